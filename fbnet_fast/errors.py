@@ -39,3 +39,7 @@ class RunDirError(FBNetError):
 
 class ExtensionError(FBNetError, ImportError):
     """The compiled extension is missing or was built for another version."""
+
+
+class TrainingError(FBNetError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""

@@ -1,0 +1,297 @@
+"""Latency look-up tables: the documented JSON format, validation, expected latency.
+
+A LUT holds one measured latency per (searchable layer, candidate) of one search
+space on one device, plus the fixed stem and head. The file (schema version 1)::
+
+    {
+      "schema": "fbnet-fast/lut",
+      "schema_version": 1,
+      "space": {"name": "fbnet-cifar", "fingerprint": "3bfadf277e0dfa93",
+                "input_size": 32, "num_layers": 22},
+      "device": {"backend": "torch-cpu", "device_name": "...", "threads": 2,
+                 "runtime": "torch 2.13.0", "batch_size": 1, "input_size": 32,
+                 "created": "2026-11-25T07:00:00Z"},
+      "candidates": ["k3_e1", ..., "skip"],
+      "fixed": {"stem": ENTRY, "head": ENTRY},
+      "layers": [{"index": 0, "c_in": 8, "c_out": 8, "stride": 1, "in_size": 32,
+                  "latency": {"k3_e1": ENTRY, ...}}, ...],
+      "correction": null | {"offset_ms": 0.1, "scale": 1.05, "fitted_on": 20}
+    }
+
+    ENTRY = {"median_ms": 0.042, "p10_ms": 0.040, "p90_ms": 0.047, "repeats": 50}
+
+``correction`` (written by the additivity study) maps a LUT sum to a predicted
+end-to-end latency: ``pred = scale * (sum of entries) + offset_ms``. The search uses
+it when present.
+
+:meth:`LatencyTable.load` validates everything and raises one :class:`LUTError`
+naming the file and the bad entry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import LUTError
+from .space import SearchSpace
+
+__all__ = ["LatencyEntry", "LatencyTable", "SCHEMA", "SCHEMA_VERSION", "atomic_write_text"]
+
+SCHEMA = "fbnet-fast/lut"
+SCHEMA_VERSION = 1
+_ENTRY_KEYS = ("median_ms", "p10_ms", "p90_ms", "repeats")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half.
+
+    Temp file in the same folder, flush + fsync, ``os.replace``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+@dataclass(frozen=True)
+class LatencyEntry:
+    """One measured latency: median and 10th/90th percentiles in ms over ``repeats``."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+
+    @classmethod
+    def constant(cls, ms: float) -> "LatencyEntry":
+        """An entry for a value that was given, not measured (repeats 0)."""
+        return cls(float(ms), float(ms), float(ms), 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "repeats": self.repeats}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "LatencyEntry":
+        if isinstance(d, (int, float)) and not isinstance(d, bool):
+            d = {"median_ms": d, "p10_ms": d, "p90_ms": d, "repeats": 0}
+        if not isinstance(d, Mapping):
+            raise LUTError(f"{where}: expected an object with {list(_ENTRY_KEYS)}, got {type(d).__name__}")
+        missing = [k for k in _ENTRY_KEYS if k not in d]
+        if missing:
+            raise LUTError(f"{where}: missing field(s) {missing}")
+        vals = {}
+        for k in _ENTRY_KEYS[:3]:
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise LUTError(f"{where}.{k}: latency must be a finite number >= 0 ms, got {v!r}")
+            vals[k] = float(v)
+        r = d["repeats"]
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise LUTError(f"{where}.repeats: must be an integer >= 0, got {r!r}")
+        return cls(vals["median_ms"], vals["p10_ms"], vals["p90_ms"], r)
+
+
+@dataclass
+class LatencyTable:
+    """A validated LUT. ``layers[l][candidate]`` is a :class:`LatencyEntry`."""
+
+    space_name: str
+    fingerprint: str
+    input_size: int
+    candidates: list[str]
+    layers: list[dict[str, LatencyEntry]]
+    fixed: dict[str, LatencyEntry] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
+    layer_shapes: list[dict[str, int]] = field(default_factory=list)
+    correction: dict[str, float] | None = None
+    source: str = "<memory>"
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_matrix(cls, space: SearchSpace, ms: Any, *, fixed_ms: float = 0.0,
+                    device: Mapping[str, Any] | None = None) -> "LatencyTable":
+        """A LUT from a ``[L, K]`` array of given latencies (tests, hand-made tables)."""
+        t = torch.as_tensor(ms, dtype=torch.float64)
+        if t.shape != (space.num_layers, len(space.candidates)):
+            raise LUTError(f"latency matrix must be [{space.num_layers}, {len(space.candidates)}], got {list(t.shape)}")
+        layers = [{c: LatencyEntry.constant(float(t[l, i])) for i, c in enumerate(space.candidates)}
+                  for l in range(space.num_layers)]
+        return cls(space.name, space.fingerprint, space.input_size, list(space.candidates), layers,
+                   fixed={"stem": LatencyEntry.constant(fixed_ms), "head": LatencyEntry.constant(0.0)},
+                   device=dict(device or {"backend": "given"}),
+                   layer_shapes=_layer_shapes(space))
+
+    # ---- numbers the search uses --------------------------------------------------------
+    def matrix(self, candidates: list[str] | None = None) -> torch.Tensor:
+        """``[L, K]`` median latencies in ms, columns in ``candidates`` order (default: the LUT's)."""
+        cands = candidates or self.candidates
+        return torch.tensor([[layer[c].median_ms for c in cands] for layer in self.layers], dtype=torch.float64)
+
+    @property
+    def fixed_ms(self) -> float:
+        """Stem + head latency (a constant the architecture does not change)."""
+        return sum(e.median_ms for e in self.fixed.values())
+
+    def predict(self, block_sum_ms: torch.Tensor | float) -> torch.Tensor | float:
+        """End-to-end latency predicted from a sum of block latencies (fixed part included)."""
+        total = block_sum_ms + self.fixed_ms
+        if self.correction:
+            return self.correction["scale"] * total + self.correction["offset_ms"]
+        return total
+
+    def expected_latency(self, weights: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """``LAT = sum_l sum_i weights[l, i] * LUT[l][i]`` (+ fixed, corrected), differentiable.
+
+        Args:
+            weights: ``[L, K]`` Gumbel weights or probabilities.
+            matrix: the cached ``[L, K]`` LUT on ``weights``' device (saves a transfer per step).
+        """
+        m = self.matrix().to(weights) if matrix is None else matrix
+        return self.predict((weights * m).sum())
+
+    def architecture_latency(self, indices: list[int]) -> float:
+        """Predicted latency in ms of one architecture (candidate index per layer)."""
+        total = sum(self.layers[l][self.candidates[i]].median_ms for l, i in enumerate(indices))
+        return float(self.predict(total))
+
+    def min_latency(self) -> float:
+        """The lowest latency any architecture of the space can reach under this LUT."""
+        return float(self.predict(float(self.matrix().min(dim=1).values.sum())))
+
+    # ---- checks -------------------------------------------------------------------------
+    def check_space(self, space: SearchSpace) -> None:
+        """Raise :class:`LUTError` unless this LUT covers exactly ``space``."""
+        if self.fingerprint != space.fingerprint:
+            raise LUTError(
+                f"{self.source}: LUT is for space {self.space_name!r} with fingerprint {self.fingerprint}, "
+                f"but the search uses space {space.name!r} with fingerprint {space.fingerprint} "
+                f"(widths, input size or candidates differ); measure a LUT for this space with 'fbnet-fast lut measure'"
+            )
+        if len(self.layers) != space.num_layers:
+            raise LUTError(f"{self.source}: LUT has {len(self.layers)} layers, space {space.name!r} has {space.num_layers}")
+        for l, layer in enumerate(self.layers):
+            for c in space.candidates:
+                if c not in layer:
+                    raise LUTError(f"{self.source}: layers[{l}] has no entry for candidate {c!r}")
+
+    # ---- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        shapes = self.layer_shapes or [{} for _ in self.layers]
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "space": {"name": self.space_name, "fingerprint": self.fingerprint,
+                      "input_size": self.input_size, "num_layers": len(self.layers)},
+            "device": self.device,
+            "candidates": list(self.candidates),
+            "fixed": {k: e.to_dict() for k, e in self.fixed.items()},
+            "layers": [{"index": l, **shapes[l], "latency": {c: layer[c].to_dict() for c in self.candidates}}
+                       for l, layer in enumerate(self.layers)],
+            "correction": self.correction,
+        }
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: Any, *, source: str = "<dict>", space: SearchSpace | None = None) -> "LatencyTable":
+        if not isinstance(d, Mapping):
+            raise LUTError(f"{source}: a LUT must be a JSON object, got {type(d).__name__}")
+        if d.get("schema") != SCHEMA:
+            raise LUTError(f"{source}: field 'schema' must be {SCHEMA!r}, got {d.get('schema')!r}")
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise LUTError(
+                f"{source}: schema_version {d.get('schema_version')!r} is not supported (this fbnet-fast reads {SCHEMA_VERSION})"
+            )
+        sp = d.get("space")
+        if not isinstance(sp, Mapping) or not isinstance(sp.get("fingerprint"), str):
+            raise LUTError(f"{source}: field 'space' must be an object with a 'fingerprint' string")
+        cands = d.get("candidates")
+        if not isinstance(cands, list) or not cands or not all(isinstance(c, str) for c in cands):
+            raise LUTError(f"{source}: field 'candidates' must be a non-empty list of block names")
+        raw_layers = d.get("layers")
+        if not isinstance(raw_layers, list) or not raw_layers:
+            raise LUTError(f"{source}: field 'layers' must be a non-empty list")
+        layers, shapes = [], []
+        for l, raw in enumerate(raw_layers):
+            where = f"{source}: layers[{l}]"
+            if not isinstance(raw, Mapping) or not isinstance(raw.get("latency"), Mapping):
+                raise LUTError(f"{where}: expected an object with a 'latency' object")
+            if raw.get("index", l) != l:
+                raise LUTError(f"{where}: 'index' is {raw.get('index')!r}, expected {l} (layers must be in order)")
+            lat = raw["latency"]
+            entries = {}
+            for c in cands:
+                if c not in lat:
+                    raise LUTError(f"{where}: no entry for candidate {c!r}")
+                entries[c] = LatencyEntry.from_dict(lat[c], f"{where}.latency.{c}")
+            extra = sorted(set(lat) - set(cands))
+            if extra:
+                raise LUTError(f"{where}: entries {extra} are not in the LUT's 'candidates' list")
+            layers.append(entries)
+            shapes.append({k: raw[k] for k in ("c_in", "c_out", "stride", "in_size") if k in raw})
+        fixed_raw = d.get("fixed", {}) or {}
+        if not isinstance(fixed_raw, Mapping):
+            raise LUTError(f"{source}: field 'fixed' must be an object like {{'stem': ENTRY, 'head': ENTRY}}")
+        fixed = {k: LatencyEntry.from_dict(v, f"{source}: fixed.{k}") for k, v in fixed_raw.items()}
+        corr = d.get("correction")
+        if corr is not None:
+            if not isinstance(corr, Mapping):
+                raise LUTError(f"{source}: field 'correction' must be null or {{offset_ms, scale}}")
+            for k in ("offset_ms", "scale"):
+                v = corr.get(k)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise LUTError(f"{source}: correction.{k} must be a finite number, got {v!r}")
+            if corr["scale"] <= 0:
+                raise LUTError(f"{source}: correction.scale must be > 0, got {corr['scale']!r}")
+            corr = dict(corr)
+        device = d.get("device", {})
+        if not isinstance(device, Mapping):
+            raise LUTError(f"{source}: field 'device' must be an object")
+        table = cls(
+            space_name=str(sp.get("name", "")), fingerprint=sp["fingerprint"],
+            input_size=int(sp.get("input_size", 0) or 0), candidates=list(cands), layers=layers,
+            fixed=fixed, device=dict(device), layer_shapes=shapes, correction=corr, source=source,
+        )
+        if space is not None:
+            table.check_space(space)
+        return table
+
+    @classmethod
+    def load(cls, path: str | Path, space: SearchSpace | None = None) -> "LatencyTable":
+        """Read and validate ``path``; with ``space``, also check it covers that space."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise LUTError(f"LUT file {str(path)!r} does not exist") from None
+        except OSError as e:
+            raise LUTError(f"cannot read LUT file {str(path)!r}: {e.strerror}") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LUTError(f"LUT file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        return cls.from_dict(d, source=str(path), space=space)
+
+
+def _layer_shapes(space: SearchSpace) -> list[dict[str, int]]:
+    return [{"c_in": l.c_in, "c_out": l.c_out, "stride": l.stride, "in_size": l.in_size} for l in space.layers]
