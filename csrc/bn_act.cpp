@@ -1,0 +1,157 @@
+// Per-channel BatchNorm pieces over channels-last activations z[M, C]:
+// statistics, affine(+ReLU) apply, the Gumbel-weighted in-place accumulation, and
+// the two passes of BN(+ReLU) backward. Reference: fbnet_fast/ops/bn_act.py (*_ref).
+#include "kernels.h"
+
+#include <cmath>
+#include <vector>
+
+namespace fbnet {
+
+void bn_stats(buf_t z, int64_t M, int64_t C, buf_t mean_out, buf_t var_out) {
+  check_buf(z, "z"); check_buf(mean_out, "mean"); check_buf(var_out, "var");
+  check_positive(M, "z.shape[0] (rows)"); check_positive(C, "z.shape[1] (channels)");
+  const float* __restrict__ zp = CF(z);
+  const int64_t R = rows_per_chunk(C);
+  const int64_t nch = (M + R - 1) / R;
+  std::vector<double> part(static_cast<size_t>(nch) * 2 * C);
+  // Shift by the first row: sums of (z - z[0]) avoid the cancellation of
+  // E[z^2] - E[z]^2 when |mean| >> std.
+  const float* __restrict__ K = zp;
+#pragma omp parallel for schedule(static)
+  for (int64_t ch = 0; ch < nch; ++ch) {
+    double* __restrict__ s = part.data() + ch * 2 * C;
+    double* __restrict__ q = s + C;
+    const int64_t r1 = std::min(M, (ch + 1) * R);
+    for (int64_t r = ch * R; r < r1; ++r) {
+      const float* __restrict__ row = zp + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const double d = static_cast<double>(row[c]) - K[c];
+        s[c] += d;
+        q[c] += d * d;
+      }
+    }
+  }
+  float* mo = F(mean_out);
+  float* vo = F(var_out);
+  for (int64_t c = 0; c < C; ++c) {
+    double S = 0, Q = 0;
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      S += part[ch * 2 * C + c];
+      Q += part[ch * 2 * C + C + c];
+    }
+    const double m = S / M;
+    mo[c] = static_cast<float>(K[c] + m);
+    vo[c] = static_cast<float>(std::max(0.0, Q / M - m * m));
+  }
+}
+
+void affine_act(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu, buf_t out) {
+  check_buf(z, "z"); check_buf(scale, "scale"); check_buf(shift, "shift"); check_buf(out, "out");
+  const float* __restrict__ a = CF(scale);
+  const float* __restrict__ b = CF(shift);
+  const float* zp = CF(z);  // may alias out (in-place apply)
+  float* op = F(out);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < M; ++r) {
+    const float* zr = zp + r * C;
+    float* o = op + r * C;
+    if (relu) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = std::max(a[c] * zr[c] + b[c], 0.0f);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = a[c] * zr[c] + b[c];
+    }
+  }
+}
+
+void affine_act_accumulate(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
+                           float alpha, buf_t out) {
+  check_buf(z, "z"); check_buf(scale, "scale"); check_buf(shift, "shift"); check_buf(out, "out");
+  const float* __restrict__ a = CF(scale);
+  const float* __restrict__ b = CF(shift);
+  const float* __restrict__ zp = CF(z);
+  float* __restrict__ op = F(out);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < M; ++r) {
+    const float* __restrict__ zr = zp + r * C;
+    float* __restrict__ o = op + r * C;
+    if (relu) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] += alpha * std::max(a[c] * zr[c] + b[c], 0.0f);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] += alpha * (a[c] * zr[c] + b[c]);
+    }
+  }
+}
+
+void act_grad_sums(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
+                   buf_t center, buf_t sum_g, buf_t sum_gz) {
+  check_buf(g, "grad"); check_buf(z, "z"); check_buf(scale, "scale"); check_buf(shift, "shift");
+  check_buf(center, "center"); check_buf(sum_g, "sum_g"); check_buf(sum_gz, "sum_gz");
+  const float* __restrict__ gp = CF(g);
+  const float* __restrict__ zp = CF(z);
+  const float* __restrict__ a = CF(scale);
+  const float* __restrict__ b = CF(shift);
+  const float* __restrict__ m = CF(center);
+  const int64_t R = rows_per_chunk(C);
+  const int64_t nch = (M + R - 1) / R;
+  std::vector<double> part(static_cast<size_t>(nch) * 2 * C);
+#pragma omp parallel for schedule(static)
+  for (int64_t ch = 0; ch < nch; ++ch) {
+    double* __restrict__ s = part.data() + ch * 2 * C;
+    double* __restrict__ q = s + C;
+    const int64_t r1 = std::min(M, (ch + 1) * R);
+    for (int64_t r = ch * R; r < r1; ++r) {
+      const float* __restrict__ gr = gp + r * C;
+      const float* __restrict__ zr = zp + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const float gm = (!relu || a[c] * zr[c] + b[c] > 0.0f) ? gr[c] : 0.0f;
+        s[c] += gm;
+        q[c] += static_cast<double>(gm) * (zr[c] - m[c]);
+      }
+    }
+  }
+  float* so = F(sum_g);
+  float* qo = F(sum_gz);
+  for (int64_t c = 0; c < C; ++c) {
+    double S = 0, Q = 0;
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      S += part[ch * 2 * C + c];
+      Q += part[ch * 2 * C + C + c];
+    }
+    so[c] = static_cast<float>(S);
+    qo[c] = static_cast<float>(Q);
+  }
+}
+
+void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
+                    buf_t k1, buf_t k2, buf_t k3, buf_t out) {
+  check_buf(g, "grad"); check_buf(z, "z"); check_buf(scale, "scale"); check_buf(shift, "shift");
+  check_buf(k1, "k1"); check_buf(k2, "k2"); check_buf(k3, "k3"); check_buf(out, "out");
+  const float* gp = CF(g);  // may alias out
+  const float* __restrict__ zp = CF(z);
+  const float* __restrict__ a = CF(scale);
+  const float* __restrict__ b = CF(shift);
+  const float* __restrict__ c1 = CF(k1);
+  const float* __restrict__ c2 = CF(k2);
+  const float* __restrict__ c3 = CF(k3);
+  float* op = F(out);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < M; ++r) {
+    const float* gr = gp + r * C;
+    const float* __restrict__ zr = zp + r * C;
+    float* o = op + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float gm = (!relu || a[c] * zr[c] + b[c] > 0.0f) ? gr[c] : 0.0f;
+      o[c] = c1[c] * gm + c2[c] * zr[c] + c3[c];
+    }
+  }
+}
+
+}  // namespace fbnet

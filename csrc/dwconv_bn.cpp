@@ -1,0 +1,204 @@
+// Depthwise k x k convolution fused with the BN + ReLU before it and the BN
+// statistics after it, channels-last. Eager runs BN1-apply, ReLU, the conv and the
+// BN2 statistics as four passes over mid-channel tensors and keeps h1 for backward;
+// here h1 = relu(scale1 * z1 + shift1) is rebuilt row by row in a thread-local
+// buffer, never stored. Reference: fbnet_fast/ops/dwconv_bn.py (dwconv_bn_*_ref).
+#include "kernels.h"
+
+#include <cmath>
+#include <vector>
+
+namespace fbnet {
+
+namespace {
+
+void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int64_t stride) {
+  check_positive(N, "z1.shape[0] (batch)"); check_positive(H, "z1.shape[1] (height)");
+  check_positive(W, "z1.shape[2] (width)"); check_positive(C, "z1.shape[3] (channels)");
+  check(k > 0 && k % 2 == 1, "weight: depthwise kernel size must be odd, got " + std::to_string(k));
+  check(stride == 1 || stride == 2, "stride must be 1 or 2, got " + std::to_string(stride));
+}
+
+}  // namespace
+
+void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf_t scale1,
+                       buf_t shift1, buf_t weight, int64_t k, int64_t stride, buf_t out,
+                       buf_t mean_out, buf_t var_out) {
+  check_conv_args(N, H, W, C, k, stride);
+  check_buf(z1, "z1"); check_buf(scale1, "scale1"); check_buf(shift1, "shift1");
+  check_buf(weight, "weight"); check_buf(out, "out");
+  check_buf(mean_out, "mean", true); check_buf(var_out, "var", true);
+  const bool stats = mean_out != 0;
+  check(stats == (var_out != 0), "mean and var must both be given or both be None");
+  const int64_t p = k / 2, Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1, Wp = W + 2 * p;
+  const float* __restrict__ zp = CF(z1);
+  const float* __restrict__ a = CF(scale1);
+  const float* __restrict__ b = CF(shift1);
+  const float* __restrict__ wt = CF(weight);  // [k*k, C]
+  float* __restrict__ op = F(out);
+  const int64_t rows = N * Ho;
+  const int64_t R = rows_per_chunk(Wo * C);
+  const int64_t nch = (rows + R - 1) / R;
+  std::vector<double> part(stats ? static_cast<size_t>(nch) * 2 * C : 0);
+#pragma omp parallel
+  {
+    // k activated input rows, zero-padded by p columns each side.
+    std::vector<float> act(static_cast<size_t>(k) * Wp * C, 0.0f);
+    std::vector<float> acc(C);
+#pragma omp for schedule(static)
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      double* __restrict__ s = stats ? part.data() + ch * 2 * C : nullptr;
+      double* __restrict__ q = stats ? s + C : nullptr;
+      const int64_t r1 = std::min(rows, (ch + 1) * R);
+      for (int64_t r = ch * R; r < r1; ++r) {
+        const int64_t n = r / Ho, oh = r % Ho;
+        for (int64_t kh = 0; kh < k; ++kh) {
+          const int64_t ih = oh * stride - p + kh;
+          float* __restrict__ dst = act.data() + kh * Wp * C + p * C;
+          if (ih < 0 || ih >= H) {
+            std::fill(dst, dst + W * C, 0.0f);
+            continue;
+          }
+          const float* __restrict__ src = zp + ((n * H + ih) * W) * C;
+          for (int64_t iw = 0; iw < W; ++iw) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c)
+              dst[iw * C + c] = std::max(a[c] * src[iw * C + c] + b[c], 0.0f);
+          }
+        }
+        float* __restrict__ orow = op + r * Wo * C;
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          float* __restrict__ ac = acc.data();
+          std::fill(ac, ac + C, 0.0f);
+          for (int64_t kh = 0; kh < k; ++kh) {
+            const float* __restrict__ arow = act.data() + kh * Wp * C + ow * stride * C;
+            for (int64_t kw = 0; kw < k; ++kw) {
+              const float* __restrict__ x = arow + kw * C;
+              const float* __restrict__ w = wt + (kh * k + kw) * C;
+#pragma omp simd
+              for (int64_t c = 0; c < C; ++c) ac[c] += w[c] * x[c];
+            }
+          }
+          float* __restrict__ o = orow + ow * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] = ac[c];
+          if (stats) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) {
+              s[c] += ac[c];
+              q[c] += static_cast<double>(ac[c]) * ac[c];
+            }
+          }
+        }
+      }
+    }
+  }
+  if (!stats) return;
+  float* mo = F(mean_out);
+  float* vo = F(var_out);
+  const double cnt = static_cast<double>(N) * Ho * Wo;
+  for (int64_t c = 0; c < C; ++c) {
+    double S = 0, Q = 0;
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      S += part[ch * 2 * C + c];
+      Q += part[ch * 2 * C + C + c];
+    }
+    const double m = S / cnt;
+    mo[c] = static_cast<float>(m);
+    vo[c] = static_cast<float>(std::max(0.0, Q / cnt - m * m));
+  }
+}
+
+void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C,
+                        buf_t scale1, buf_t shift1, buf_t weight, int64_t k, int64_t stride,
+                        buf_t center1, buf_t grad_in, buf_t grad_weight, buf_t sum_g,
+                        buf_t sum_gz) {
+  check_conv_args(N, H, W, C, k, stride);
+  check_buf(grad_out, "grad_out"); check_buf(z1, "z1"); check_buf(scale1, "scale1");
+  check_buf(shift1, "shift1"); check_buf(weight, "weight"); check_buf(center1, "center1");
+  check_buf(grad_in, "grad_in"); check_buf(grad_weight, "grad_weight");
+  check_buf(sum_g, "sum_g"); check_buf(sum_gz, "sum_gz");
+  const int64_t p = k / 2, Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1, KK = k * k;
+  const float* __restrict__ gp = CF(grad_out);
+  const float* __restrict__ zp = CF(z1);
+  const float* __restrict__ a = CF(scale1);
+  const float* __restrict__ b = CF(shift1);
+  const float* __restrict__ m = CF(center1);
+  const float* __restrict__ wt = CF(weight);
+  float* __restrict__ gi = F(grad_in);
+  const int64_t rows = N * H;
+  const int64_t R = rows_per_chunk(W * C);
+  const int64_t nch = (rows + R - 1) / R;
+  const int64_t stride_part = (KK + 2) * C;
+  std::vector<double> part(static_cast<size_t>(nch) * stride_part);
+#pragma omp parallel
+  {
+    std::vector<float> h(C), acc(C), dw(static_cast<size_t>(KK) * C);
+#pragma omp for schedule(static)
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      // Weight-grad partials in float within a chunk (<= 64K elements), in double
+      // across chunks, added in chunk order.
+      std::fill(dw.begin(), dw.end(), 0.0f);
+      double* __restrict__ s = part.data() + ch * stride_part + KK * C;
+      double* __restrict__ q = s + C;
+      const int64_t r1 = std::min(rows, (ch + 1) * R);
+      for (int64_t r = ch * R; r < r1; ++r) {
+        const int64_t n = r / H, ih = r % H;
+        for (int64_t iw = 0; iw < W; ++iw) {
+          const float* __restrict__ zr = zp + (r * W + iw) * C;
+          float* __restrict__ hv = h.data();
+          float* __restrict__ ac = acc.data();
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            hv[c] = std::max(a[c] * zr[c] + b[c], 0.0f);
+            ac[c] = 0.0f;
+          }
+          // Output (oh, ow) reads input (oh*s - p + kh, ow*s - p + kw): gather every
+          // output this input pixel feeds, for both grad_in and grad_weight.
+          for (int64_t kh = 0; kh < k; ++kh) {
+            const int64_t ohs = ih + p - kh;
+            if (ohs < 0 || ohs % stride) continue;
+            const int64_t oh = ohs / stride;
+            if (oh >= Ho) continue;
+            for (int64_t kw = 0; kw < k; ++kw) {
+              const int64_t ows = iw + p - kw;
+              if (ows < 0 || ows % stride) continue;
+              const int64_t ow = ows / stride;
+              if (ow >= Wo) continue;
+              const float* __restrict__ g = gp + ((n * Ho + oh) * Wo + ow) * C;
+              const float* __restrict__ w = wt + (kh * k + kw) * C;
+              float* __restrict__ d = dw.data() + (kh * k + kw) * C;
+#pragma omp simd
+              for (int64_t c = 0; c < C; ++c) {
+                ac[c] += w[c] * g[c];
+                d[c] += hv[c] * g[c];
+              }
+            }
+          }
+          float* __restrict__ o = gi + (r * W + iw) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const float gu = a[c] * zr[c] + b[c] > 0.0f ? ac[c] : 0.0f;
+            o[c] = gu;
+            s[c] += gu;
+            q[c] += static_cast<double>(gu) * (zr[c] - m[c]);
+          }
+        }
+      }
+      double* __restrict__ pd = part.data() + ch * stride_part;
+      for (int64_t i = 0; i < KK * C; ++i) pd[i] = dw[i];
+    }
+  }
+  float* gw = F(grad_weight);
+  float* so = F(sum_g);
+  float* qo = F(sum_gz);
+  for (int64_t i = 0; i < stride_part; ++i) {
+    double acc = 0;
+    for (int64_t ch = 0; ch < nch; ++ch) acc += part[ch * stride_part + i];
+    if (i < KK * C) gw[i] = static_cast<float>(acc);
+    else if (i < KK * C + C) so[i - KK * C] = static_cast<float>(acc);
+    else qo[i - KK * C - C] = static_cast<float>(acc);
+  }
+}
+
+}  // namespace fbnet
