@@ -1,0 +1,63 @@
+"""Argument checks and backend choice shared by the family launchers.
+
+A launcher (``bn_act.bn_stats``, ``dwconv_bn.dwconv_bn_forward``, ...) looks at its
+first tensor's device: CPU tensors go to the compiled kernels (``fbnet_fast._C``
+through :mod:`fbnet_fast._ext`), CUDA tensors to ``fbnet_fast/ops/<family>_triton.py``
+(a module with launchers of the same names and signatures). Nothing is probed at
+import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["check_act", "check_vec", "cpu_ext", "triton_family"]
+
+
+def check_act(t: torch.Tensor, name: str, ndim: int) -> None:
+    """Kernels take float32, contiguous, channels-last activations ``[M, C]`` / ``[N, H, W, C]``."""
+    if not isinstance(t, torch.Tensor):
+        raise ConfigError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ConfigError(f"{name} must have {ndim} dimensions, got shape {list(t.shape)}")
+    if t.dtype != torch.float32:
+        raise ConfigError(f"{name} must be float32, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ConfigError(f"{name} must be contiguous (channels-last rows), got strides {t.stride()}")
+
+
+def check_vec(t: torch.Tensor, name: str, c: int, device: torch.device) -> None:
+    """Per-channel vectors: float32, contiguous, ``[C]``, on the activations' device."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.shape != (c,) or not t.is_contiguous():
+        got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ConfigError(f"{name} must be a contiguous float32 [{c}] tensor, got {got}")
+    if t.device != device:
+        raise ConfigError(f"{name} is on {t.device} but the activations are on {device}")
+
+
+def cpu_ext() -> ModuleType:
+    from .. import _ext
+
+    return _ext.load()
+
+
+def triton_family(family: str) -> ModuleType:
+    """``fbnet_fast.ops.<family>_triton``, imported on first use on a CUDA tensor."""
+    try:
+        return importlib.import_module(f"fbnet_fast.ops.{family}_triton")
+    except ImportError as e:
+        raise ConfigError(f"no GPU kernels for {family!r} ({e}); use impl='reference' on CUDA tensors") from None
+
+
+def backend(t: torch.Tensor, family: str) -> ModuleType | None:
+    """``None`` for CPU (the caller uses :func:`cpu_ext`), the Triton module for CUDA."""
+    if t.device.type == "cpu":
+        return None
+    if t.device.type == "cuda":
+        return triton_family(family)
+    raise ConfigError(f"fused {family} kernels run on CPU or CUDA tensors, got device {t.device}")

@@ -1,0 +1,46 @@
+"""Eager references of the ``bn_act`` family (see :mod:`fbnet_fast.ops.bn_act`).
+
+Same signatures and results as the launchers, in plain PyTorch (float64-capable), so
+tests, benchmarks and the Triton kernels share one oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .bn_act import ActGradSums, BNStats
+
+__all__ = ["bn_stats_ref", "affine_act_ref", "affine_act_accumulate_ref", "act_grad_sums_ref", "act_grad_apply_ref"]
+
+
+def _act(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, relu: bool) -> torch.Tensor:
+    y = z * scale + shift
+    return torch.relu(y) if relu else y
+
+
+def _masked(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, relu: bool) -> torch.Tensor:
+    return torch.where(z * scale + shift > 0, grad, torch.zeros_like(grad)) if relu else grad
+
+
+def bn_stats_ref(z: torch.Tensor) -> BNStats:
+    var, mean = torch.var_mean(z, dim=0, correction=0)
+    return BNStats(mean, var)
+
+
+def affine_act_ref(z, scale, shift, *, relu, out=None):
+    y = _act(z, scale, shift, relu)
+    return y if out is None else out.copy_(y)
+
+
+def affine_act_accumulate_ref(out, z, scale, shift, *, relu, alpha):
+    out.add_(_act(z, scale, shift, relu), alpha=alpha)
+
+
+def act_grad_sums_ref(grad, z, scale, shift, center, *, relu) -> ActGradSums:
+    gm = _masked(grad, z, scale, shift, relu)
+    return ActGradSums(gm.sum(0), (gm * (z - center)).sum(0))
+
+
+def act_grad_apply_ref(grad, z, scale, shift, k1, k2, k3, *, relu, out=None):
+    y = k1 * _masked(grad, z, scale, shift, relu) + k2 * z + k3
+    return y if out is None else out.copy_(y)
