@@ -4,21 +4,49 @@
 ``"reference"`` (eager PyTorch, the oracle), ``"cpp"`` (fused CPU kernels),
 ``"triton"`` (fused GPU kernels) or ``"auto"`` (the fused kernel for the tensor's
 device when it is available, else the reference).
+
+Families (launchers in ``<family>.py``, eager oracles in ``<family>_ref.py``, GPU
+launchers of the same names in ``<family>_triton.py``): :mod:`.bn_act`,
+:mod:`.dwconv_bn`; :mod:`.mixed_op` composes them in one autograd Function.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
+from ..errors import ConfigError
 from .mixed_op_ref import active_candidates, mixed_op_ref
 
 __all__ = ["mixed_op", "mixed_op_ref", "active_candidates", "resolve_impl"]
 
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
 
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """The concrete implementation ``impl`` stands for on ``device``."""
+    """The concrete implementation ``impl`` stands for on ``device``.
+
+    ``"auto"``: CUDA -> ``"triton"``; CPU -> ``"cpp"`` when ``fbnet_fast._C`` imports,
+    else ``"reference"`` with a one-time warning that says how to build it.
+    """
     if impl != "auto":
         return impl
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "triton"
+    if device.type == "cpu":
+        from .. import _ext
+
+        if _ext.available():
+            return "cpp"
+        _warn_once(f"fused CPU kernels unavailable, using the eager reference mixed op: {_ext.BUILD_HINT}")
     return "reference"
 
 
@@ -30,8 +58,26 @@ def mixed_op(x: torch.Tensor, weights: torch.Tensor, op: torch.nn.Module, *, imp
         weights: ``[K]`` Gumbel weights of ``op``'s ``K`` candidates.
         op: a :class:`fbnet_fast.supernet.MixedOp` (its ``candidates`` are used).
         impl: ``"reference" | "cpp" | "triton" | "auto"``.
+
+    ``"cpp"`` raises :class:`~fbnet_fast.errors.ExtensionError` (with the build command)
+    when the extension is missing; ``"auto"`` falls back to the reference for
+    inputs the fused op does not handle (non-float32).
     """
+    requested = impl
     impl = resolve_impl(impl, x.device)
     if impl == "reference":
         return mixed_op_ref(x, weights, op.candidates)
-    raise NotImplementedError(f"mixed op implementation {impl!r} is not built yet")
+    if impl not in ("cpp", "triton"):
+        raise ConfigError(f"unknown mixed op implementation {impl!r}; expected reference, cpp, triton or auto")
+    want = "cpu" if impl == "cpp" else "cuda"
+    if x.device.type != want:
+        raise ConfigError(f"impl={impl!r} runs on {want} tensors, but x is on {x.device}")
+    from .mixed_op import mixed_op_fused, supports
+
+    if impl == "cpp":
+        from .. import _ext
+
+        _ext.load()  # ExtensionError naming the build command
+    if requested == "auto" and supports(x, weights, op.candidates) is not None:
+        return mixed_op_ref(x, weights, op.candidates)
+    return mixed_op_fused(x, weights, op.candidates)

@@ -1,0 +1,407 @@
+"""The fused mixed op: one autograd Function per layer, recomputing in backward.
+
+``mixed_op_fused(x, weights, blocks) == mixed_op_ref(x, weights, blocks)`` (forward
+value, every gradient, BN running statistics) with a fraction of the memory: eager
+autograd keeps every candidate's intermediates (~80 input-sized tensors for the FBNet
+table); :class:`MixedOpFunction` keeps the layer input and a few ``[C]`` vectors.
+
+Per IR candidate ``i`` (internally channels-last ``[M, C]`` rows, ``M = N*H*W``)::
+
+    z1 = x @ W1^T                         torch GEMM (oneDNN/MKL); g=2 as block-diagonal
+    bn_stats(z1)                          bn_act        (channel shuffle folded into W1's rows)
+    z2 = dwconv(relu(bn1(z1)))            dwconv_bn     (+ BN2 statistics, h1 never stored)
+    h2 = relu(bn2(z2))                    bn_act        (in place over z2)
+    z3 = h2 @ W3^T; bn_stats(z3)          torch GEMM, bn_act
+    out += w_i * bn3(z3)                  bn_act        (weighted sum in place)
+
+plus ``out += (sum of w_i over residual candidates) * x`` once. ``skip`` is the
+identity or 1x1 conv (+stride) + BN + ReLU. Candidates with ``w_i == 0`` (hard
+Gumbel) are skipped in forward and backward; their weight gradient is 0, as in the
+reference, where they are not in the graph.
+
+Backend per device: the Function is device-agnostic; its kernels are the family
+launchers (:mod:`.bn_act`, :mod:`.dwconv_bn`), which run ``fbnet_fast._C`` for CPU
+tensors and ``fbnet_fast.ops.<family>_triton`` for CUDA tensors. GEMMs are torch's.
+Float32 only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .bn_act import act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_stats
+from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
+from .mixed_op_ref import active_candidates
+
+__all__ = ["MixedOpFunction", "mixed_op_fused", "supports"]
+
+
+# ---------------------------------------------------------------------------- helpers
+class _BN(NamedTuple):
+    """A BatchNorm folded for one call: ``y = scale * z + shift`` (internal channel order)."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+    mean: torch.Tensor  # batch mean (training) or running mean (eval)
+    invstd: torch.Tensor
+    batch: bool  # normalised with batch statistics (gradients flow through mean/var)
+
+
+@dataclass(frozen=True)
+class _Cand:
+    index: int  # position in the layer's candidate list (and in ``weights``)
+    kind: str  # "ir" | "skip_id" | "skip_conv"
+    block: nn.Module
+    nparams: int
+    perm: torch.Tensor | None = None  # channel shuffle folded into conv_pw's rows (g > 1)
+    inv_perm: torch.Tensor | None = None
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` (any memory format) -> contiguous ``[N, H, W, C]``; free for channels_last."""
+    return t.permute(0, 2, 3, 1).contiguous()
+
+
+def _uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
+def _bn_fold(bn: nn.BatchNorm2d, gamma, beta, z2d: torch.Tensor, stats, perm, inv_perm) -> _BN:
+    """Fold ``bn`` into scale/shift; with batch statistics, update running stats as nn.BatchNorm2d does.
+
+    ``stats`` is ``(mean, var)`` already computed (by a fused kernel) or ``None`` to
+    compute them from ``z2d [M, C]``. ``perm`` maps internal to module channel order.
+    """
+    if perm is not None:
+        gamma, beta = gamma[perm], beta[perm]
+    if _uses_batch_stats(bn):
+        mean, var = stats if stats is not None else bn_stats(z2d)
+        count = z2d.shape[0]
+        invstd = torch.rsqrt(var + bn.eps)
+        if bn.training and bn.track_running_stats:
+            if count < 2:
+                raise ConfigError(f"BatchNorm in training needs more than 1 value per channel, got {count}")
+            bn.num_batches_tracked.add_(1)
+            f = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            m, v = (mean, var) if inv_perm is None else (mean[inv_perm], var[inv_perm])
+            bn.running_mean.mul_(1 - f).add_(m, alpha=f)
+            bn.running_var.mul_(1 - f).add_(v * (count / (count - 1)), alpha=f)
+        batch = True
+    else:
+        mean, var = bn.running_mean, bn.running_var
+        if perm is not None:
+            mean, var = mean[perm], var[perm]
+        invstd = torch.rsqrt(var + bn.eps)
+        batch = False
+    scale = (gamma * invstd).contiguous()
+    shift = (beta - mean * scale).contiguous()
+    return _BN(scale, shift, mean.contiguous(), invstd.contiguous(), batch)
+
+
+def _bn_refold(bn: nn.BatchNorm2d, gamma, beta, mean, invstd, batch, perm) -> _BN:
+    """The forward's fold, rebuilt in backward from the saved ``mean, invstd``."""
+    if perm is not None:
+        gamma, beta = gamma[perm], beta[perm]
+    scale = (gamma * invstd).contiguous()
+    return _BN(scale, (beta - mean * scale).contiguous(), mean, invstd, batch)
+
+
+class _BNGrad(NamedTuple):
+    grad_z: torch.Tensor  # [M, C] gradient w.r.t. the BN input
+    grad_gamma: torch.Tensor  # [C] internal order
+    grad_beta: torch.Tensor
+    weight_dot: torch.Tensor  # scalar: sum(grad_y * y), the Gumbel weight's gradient
+
+
+def _bn_backward(bn: _BN, gamma, beta, grad_y, z, *, relu: bool, alpha: float = 1.0,
+                 out: torch.Tensor | None = None) -> _BNGrad:
+    """Backward of ``y = act(bn(z))`` scaled by ``alpha``; ``gamma, beta`` internal order."""
+    s_g, s_gz = act_grad_sums(grad_y, z, bn.scale, bn.shift, bn.mean, relu=relu)
+    # sum(g * y) = sum_c gamma*invstd*s_gz + beta*s_g, since scale*mean + shift == beta.
+    weight_dot = (gamma * bn.invstd * s_gz + beta * s_g).sum()
+    k1 = alpha * gamma * bn.invstd
+    if bn.batch:
+        count = z.shape[0]
+        k2 = -k1 * bn.invstd * bn.invstd * s_gz / count
+        k3 = -k1 * s_g / count - k2 * bn.mean
+    else:
+        k2 = torch.zeros_like(k1)
+        k3 = k2
+    grad_z = act_grad_apply(grad_y, z, bn.scale, bn.shift, k1.contiguous(), k2.contiguous(), k3.contiguous(),
+                            relu=relu, out=out)
+    return _BNGrad(grad_z, alpha * bn.invstd * s_gz, alpha * s_g, weight_dot)
+
+
+def _dense_1x1(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[Cout, Cin/g, 1, 1]`` grouped 1x1 weight -> dense block-diagonal ``[Cout, Cin]``.
+
+    g = 2 candidates are the two cheapest (e = 1); doubling their GEMM flops costs
+    less than two small GEMMs and keeps one code path.
+    """
+    co, ci = w.shape[0], w.shape[1]
+    w2 = w.reshape(co, ci)
+    if groups == 1:
+        return w2
+    return torch.block_diag(*w2.reshape(groups, co // groups, ci).unbind(0))
+
+
+def _undense_1x1(gd: torch.Tensor, groups: int, shape: torch.Size) -> torch.Tensor:
+    if groups == 1:
+        return gd.reshape(shape)
+    co, ci = gd.shape[0] // groups, gd.shape[1] // groups
+    blocks = [gd[i * co:(i + 1) * co, i * ci:(i + 1) * ci] for i in range(groups)]
+    return torch.cat(blocks, 0).reshape(shape)
+
+
+def _shuffle_perm(c: int, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``perm[j]`` = pre-shuffle channel that :func:`channel_shuffle` moves to ``j``."""
+    j = torch.arange(c)
+    perm = (j % groups) * (c // groups) + j // groups
+    return perm, torch.argsort(perm)
+
+
+def _plan(weights: torch.Tensor, blocks: Sequence[nn.Module]) -> tuple[list[_Cand], list[torch.Tensor]]:
+    active = active_candidates(weights)
+    if not active:
+        raise ConfigError("mixed op: every candidate weight is zero")
+    cands, params = [], []
+    for i in active:
+        b = blocks[i]
+        if hasattr(b, "conv_dw"):
+            ps = [b.conv_pw.weight, b.bn1.weight, b.bn1.bias, b.conv_dw.weight, b.bn2.weight, b.bn2.bias,
+                  b.conv_pwl.weight, b.bn3.weight, b.bn3.bias]
+            perm = inv = None
+            if b.groups > 1:
+                perm, inv = _shuffle_perm(b.mid, b.groups)
+            cands.append(_Cand(i, "ir", b, len(ps), perm, inv))
+        elif getattr(b, "identity", False):
+            ps = []
+            cands.append(_Cand(i, "skip_id", b, 0))
+        else:
+            ps = [b.conv.weight, b.bn.weight, b.bn.bias]
+            cands.append(_Cand(i, "skip_conv", b, len(ps)))
+        params += ps
+    return cands, params
+
+
+# --------------------------------------------------------------------- per candidate
+def _ir_forward(c: _Cand, ps, x2, shape, out2, alpha):
+    b = c.block
+    w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
+    n, h, w, _ = shape
+    w1d = _dense_1x1(w1, b.groups)
+    if c.perm is not None:
+        w1d = w1d[c.perm]
+    z1 = torch.mm(x2, w1d.t())
+    bn1 = _bn_fold(b.bn1, g1, b1, z1, None, c.perm, c.inv_perm)
+    wt = wd.reshape(b.mid, -1).t().contiguous()
+    batch2 = _uses_batch_stats(b.bn2)
+    fw = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wt, b.stride, stats=batch2)
+    del z1
+    z2 = fw.out.view(-1, b.mid)
+    bn2 = _bn_fold(b.bn2, g2, b2, z2, (fw.mean, fw.var) if batch2 else None, None, None)
+    h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True, out=z2)
+    z3 = torch.mm(h2, _dense_1x1(w3, b.groups).t())
+    del h2, z2, fw
+    bn3 = _bn_fold(b.bn3, g3, b3, z3, None, None, None)
+    affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha)
+    return [bn1.mean, bn1.invstd, bn2.mean, bn2.invstd, bn3.mean, bn3.invstd], [bn1.batch, bn2.batch, bn3.batch]
+
+
+def _ir_backward(c: _Cand, ps, saved, batch, x2, gx2, shape, go2, alpha):
+    b = c.block
+    w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
+    n, h, w, _ = shape
+    m1, s1, m2, s2, m3, s3 = saved
+    g1p = g1 if c.perm is None else g1[c.perm]
+    b1p = b1 if c.perm is None else b1[c.perm]
+    w1d = _dense_1x1(w1, b.groups)
+    if c.perm is not None:
+        w1d = w1d[c.perm]
+    w3d = _dense_1x1(w3, b.groups)
+    wt = wd.reshape(b.mid, -1).t().contiguous()
+    bn1 = _bn_refold(b.bn1, g1, b1, m1, s1, batch[0], c.perm)
+    bn2 = _bn_refold(b.bn2, g2, b2, m2, s2, batch[1], None)
+    bn3 = _bn_refold(b.bn3, g3, b3, m3, s3, batch[2], None)
+    # Recompute this candidate's intermediates (the only ones alive at a time).
+    z1 = torch.mm(x2, w1d.t())
+    z1_4 = z1.view(n, h, w, b.mid)
+    z2 = dwconv_bn_forward(z1_4, bn1.scale, bn1.shift, wt, b.stride, stats=False).out.view(-1, b.mid)
+    h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True)
+    z3 = torch.mm(h2, w3d.t())
+    r3 = _bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=z3)
+    gz3 = r3.grad_z
+    gw3 = torch.mm(gz3.t(), h2)
+    gh2 = torch.mm(gz3, w3d)
+    del h2, z3, gz3
+    r2 = _bn_backward(bn2, g2, b2, gh2, z2, relu=True, out=gh2)
+    del z2
+    ho, wo = conv_out_size(h, b.stride), conv_out_size(w, b.stride)
+    bw = dwconv_bn_backward(r2.grad_z.view(n, ho, wo, b.mid), z1_4, bn1.scale, bn1.shift, wt, b.stride, bn1.mean)
+    r2 = r2._replace(grad_z=None)
+    gu1 = bw.grad_in.view(-1, b.mid)
+    # BN1's sums came out of the dwconv backward pass; only the elementwise pass remains.
+    k1 = g1p * bn1.invstd
+    if bn1.batch:
+        cnt = gu1.shape[0]
+        k2 = -k1 * bn1.invstd * bn1.invstd * bw.sum_gz / cnt
+        k3 = -k1 * bw.sum_g / cnt - k2 * bn1.mean
+    else:
+        k2 = torch.zeros_like(k1)
+        k3 = k2
+    gz1 = act_grad_apply(gu1, z1, bn1.scale, bn1.shift, k1.contiguous(), k2.contiguous(), k3.contiguous(),
+                         relu=False, out=gu1)
+    del z1
+    gw1d = torch.mm(gz1.t(), x2)
+    gx2.addmm_(gz1, w1d)
+    gg1, gb1 = bn1.invstd * bw.sum_gz, bw.sum_g
+    if c.inv_perm is not None:
+        gw1d, gg1, gb1 = gw1d[c.inv_perm], gg1[c.inv_perm], gb1[c.inv_perm]
+    grads = [_undense_1x1(gw1d, b.groups, w1.shape), gg1, gb1, bw.grad_weight.t().reshape(wd.shape),
+             r2.grad_gamma, r2.grad_beta, _undense_1x1(gw3, b.groups, w3.shape), r3.grad_gamma, r3.grad_beta]
+    return grads, r3.weight_dot
+
+
+def _skip_input(c: _Cand, x4):
+    s = c.block.stride
+    xs = x4 if s == 1 else x4[:, ::s, ::s, :]
+    return xs.reshape(-1, x4.shape[3])
+
+
+def _skip_forward(c: _Cand, ps, x4, out2, alpha):
+    wc, g, bb = ps
+    z = torch.mm(_skip_input(c, x4), wc.reshape(wc.shape[0], -1).t())
+    bn = _bn_fold(c.block.bn, g, bb, z, None, None, None)
+    affine_act_accumulate_(out2, z, bn.scale, bn.shift, relu=True, alpha=alpha)
+    return [bn.mean, bn.invstd], [bn.batch]
+
+
+def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha):
+    wc, g, bb = ps
+    s = c.block.stride
+    w2 = wc.reshape(wc.shape[0], -1)
+    xs = _skip_input(c, x4)
+    z = torch.mm(xs, w2.t())
+    bn = _bn_refold(c.block.bn, g, bb, saved[0], saved[1], batch[0], None)
+    r = _bn_backward(bn, g, bb, go2, z, relu=True, alpha=alpha, out=z)
+    gxs = torch.mm(r.grad_z, w2)
+    if s == 1:
+        gx4.view(-1, gx4.shape[3]).add_(gxs)
+    else:
+        gx4[:, ::s, ::s, :] += gxs.view(gx4.shape[0], -1, gx4[:, ::s, ::s, :].shape[2], gx4.shape[3])
+    return [torch.mm(r.grad_z.t(), xs).reshape(wc.shape), r.grad_gamma, r.grad_beta], r.weight_dot
+
+
+# --------------------------------------------------------------------------- Function
+class MixedOpFunction(torch.autograd.Function):
+    """``sum_i w_i * block_i(x)`` over the active candidates, recomputing in backward.
+
+    Saved: x ``[N, C_in, H, W]``, weights ``[K]``, the active candidates' parameters, and
+    per BatchNorm its mean and invstd ``[C]`` (3 per IR candidate, 1 per skip conv).
+    Recomputed: every intermediate (z1, z2, h2, z3, one candidate at a time in backward).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weights, cands, *params):
+        wl = weights.detach().tolist()
+        x4 = _nhwc(x)
+        n, h, w, cin = x4.shape
+        c_out = cands[0].block.c_out
+        stride = cands[0].block.stride
+        ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
+        out4 = x4.new_zeros(n, ho, wo, c_out)
+        out2, x2 = out4.view(-1, c_out), x4.view(-1, cin)
+        saved, batch, residual, k = [], [], 0.0, 0
+        for c in cands:
+            ps, k = params[k:k + c.nparams], k + c.nparams
+            alpha = wl[c.index]
+            if c.kind == "ir":
+                s, bt = _ir_forward(c, ps, x2, x4.shape, out2, alpha)
+                residual += alpha if c.block.residual else 0.0
+            elif c.kind == "skip_conv":
+                s, bt = _skip_forward(c, ps, x4, out2, alpha)
+            else:
+                s, bt = [], []
+                residual += alpha
+            saved += s
+            batch.append(bt)
+        if residual:
+            out2.add_(x2, alpha=residual)
+        ctx.cands, ctx.batch, ctx.nparams = cands, batch, len(params)
+        ctx.save_for_backward(x, weights, *params, *saved)
+        return out4.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weights, *rest = ctx.saved_tensors
+        params, saved = rest[:ctx.nparams], rest[ctx.nparams:]
+        wl = weights.tolist()
+        x4 = _nhwc(x)
+        n, h, w, cin = x4.shape
+        go4 = _nhwc(grad)
+        go2, x2 = go4.view(-1, go4.shape[3]), x4.view(-1, cin)
+        gx4 = torch.zeros_like(x4)
+        gx2 = gx4.view(-1, cin)
+        gweights = torch.zeros_like(weights)
+        grads, residual, x_dot, k, j = [], 0.0, None, 0, 0
+        for c, bt in zip(ctx.cands, ctx.batch):
+            ps, k = params[k:k + c.nparams], k + c.nparams
+            sv, j = saved[j:j + 2 * len(bt)], j + 2 * len(bt)
+            alpha = wl[c.index]
+            dot = None
+            if c.kind == "ir":
+                g, dot = _ir_backward(c, ps, sv, bt, x2, gx2, x4.shape, go2, alpha)
+                is_res = c.block.residual
+            elif c.kind == "skip_conv":
+                g, dot = _skip_backward(c, ps, sv, bt, x4, gx4, go2, alpha)
+                is_res = False
+            else:
+                g, is_res = [], True
+            if is_res:
+                residual += alpha
+                if x_dot is None:
+                    x_dot = torch.dot(go2.reshape(-1), x2.reshape(-1))
+                dot = x_dot if dot is None else dot + x_dot
+            gweights[c.index] = dot
+            grads += g
+        if residual:
+            gx2.add_(go2, alpha=residual)
+        return (gx4.permute(0, 3, 1, 2), gweights, None, *grads)
+
+
+def supports(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]) -> str | None:
+    """``None`` if the fused op handles this call, else the reason (for ``impl="auto"``)."""
+    if x.dtype != torch.float32:
+        return f"x is {x.dtype}; the fused kernels are float32 only"
+    if x.dim() != 4:
+        return f"x must be [N, C, H, W], got shape {list(x.shape)}"
+    for b in blocks:
+        bns = [getattr(b, n) for n in ("bn1", "bn2", "bn3", "bn") if hasattr(b, n)]
+        if any(not bn.affine for bn in bns):
+            return "a candidate has a BatchNorm without affine parameters"
+        if getattr(b, "stride", 1) not in (1, 2):
+            return f"stride {b.stride} is not supported (1 or 2)"
+    return None
+
+
+def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]) -> torch.Tensor:
+    """Fused :func:`~fbnet_fast.ops.mixed_op_ref.mixed_op_ref`.
+
+    Args:
+        x: ``[N, C_in, H, W]`` float32, any memory format.
+        weights: ``[K]`` Gumbel weights (differentiable); exact zeros are skipped.
+        blocks: the ``K`` candidates (``IRBlock`` / ``SkipBlock``).
+
+    Returns:
+        ``[N, C_out, H', W']`` in channels_last memory format.
+    """
+    why = supports(x, weights, blocks)
+    if why is not None:
+        raise ConfigError(f"fused mixed op: {why}")
+    cands, params = _plan(weights, blocks)
+    return MixedOpFunction.apply(x, weights, cands, *params)
