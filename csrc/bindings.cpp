@@ -24,7 +24,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("C"), py::arg("scale"), py::arg("shift"), py::arg("relu"), py::arg("center"),
         py::arg("sum_g"), py::arg("sum_gz"));
   m.def("act_grad_apply", &act_grad_apply, nogil, py::arg("grad"), py::arg("z"), py::arg("M"),
-        py::arg("C"), py::arg("scale"), py::arg("shift"), py::arg("relu"), py::arg("k1"),
+        py::arg("C"), py::arg("scale"), py::arg("shift"), py::arg("relu"), py::arg("center"), py::arg("k1"),
         py::arg("k2"), py::arg("k3"), py::arg("out"));
   m.def("dwconv_bn_forward", &dwconv_bn_forward, nogil, py::arg("z1"), py::arg("N"), py::arg("H"),
         py::arg("W"), py::arg("C"), py::arg("scale1"), py::arg("shift1"), py::arg("weight"),

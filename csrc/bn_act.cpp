@@ -155,13 +155,15 @@ void act_grad_sums(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t sh
 }
 
 void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
-                    buf_t k1, buf_t k2, buf_t k3, buf_t out) {
+                    buf_t center, buf_t k1, buf_t k2, buf_t k3, buf_t out) {
   check_buf(g, "grad"); check_buf(z, "z"); check_buf(scale, "scale"); check_buf(shift, "shift");
+  check_buf(center, "center");
   check_buf(k1, "k1"); check_buf(k2, "k2"); check_buf(k3, "k3"); check_buf(out, "out");
   const float* gp = CF(g);  // may alias out
   const float* __restrict__ zp = CF(z);
   const float* __restrict__ a = CF(scale);
   const float* __restrict__ b = CF(shift);
+  const float* __restrict__ m = CF(center);
   const float* __restrict__ c1 = CF(k1);
   const float* __restrict__ c2 = CF(k2);
   const float* __restrict__ c3 = CF(k3);
@@ -174,7 +176,8 @@ void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t s
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
       const float gm = (!relu || a[c] * zr[c] + b[c] > 0.0f) ? gr[c] : 0.0f;
-      o[c] = c1[c] * gm + c2[c] * zr[c] + c3[c];
+      // Centred: k2 * z + (k3 - k2 * center) cancels when |mean| >> std (few pixels).
+      o[c] = c1[c] * gm + c2[c] * (zr[c] - m[c]) + c3[c];
     }
   }
 }

@@ -96,7 +96,6 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
             for (int j = 0; j < kV; ++j) {
               o[c0 + j] = ac[j];
               fs[c0 + j] += ac[j];
-              fq[c0 + j] += ac[j] * ac[j];
             }
           }
           if (c0 < C) {
@@ -111,14 +110,33 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
             for (int64_t c = c0; c < C; ++c) {
               o[c] = ac[c];
               fs[c] += ac[c];
-              fq[c] += ac[c] * ac[c];
             }
           }
         }
         if (stats) {
+          // Row mean and centred sum of squares (second pass over the row, in cache),
+          // merged into the chunk's running (mean, M2) with Chan's formula: with few
+          // pixels per channel (2x2 -> 1x1 at batch 2) E[z^2] - E[z]^2 lost 5 digits.
+          const float inv = 1.0f / static_cast<float>(Wo);
+#pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
-            s[c] += fs[c];
-            q[c] += fq[c];
+            fs[c] *= inv;
+            fq[c] = 0.0f;
+          }
+          for (int64_t ow = 0; ow < Wo; ++ow) {
+            const float* __restrict__ o = orow + ow * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) {
+              const float d = o[c] - fs[c];
+              fq[c] += d * d;
+            }
+          }
+          const double na = static_cast<double>(r - ch * R) * Wo, nb = static_cast<double>(Wo);
+          const double f = nb / (na + nb), g = na * nb / (na + nb);
+          for (int64_t c = 0; c < C; ++c) {
+            const double delta = fs[c] - s[c];
+            s[c] += delta * f;
+            q[c] += fq[c] + delta * delta * g;
           }
         }
       }
@@ -127,16 +145,18 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
   if (!stats) return;
   float* mo = F(mean_out);
   float* vo = F(var_out);
-  const double cnt = static_cast<double>(N) * Ho * Wo;
+  // Chunks hold (mean, M2) of R rows each (the last maybe fewer); merge in chunk order.
   for (int64_t c = 0; c < C; ++c) {
-    double S = 0, Q = 0;
+    double mean = 0, m2 = 0, n = 0;
     for (int64_t ch = 0; ch < nch; ++ch) {
-      S += part[ch * 2 * C + c];
-      Q += part[ch * 2 * C + C + c];
+      const double nb = static_cast<double>(std::min(rows, (ch + 1) * R) - ch * R) * Wo;
+      const double delta = part[ch * 2 * C + c] - mean;
+      mean += delta * nb / (n + nb);
+      m2 += part[ch * 2 * C + C + c] + delta * delta * n * nb / (n + nb);
+      n += nb;
     }
-    const double m = S / cnt;
-    mo[c] = static_cast<float>(m);
-    vo[c] = static_cast<float>(std::max(0.0, Q / cnt - m * m));
+    mo[c] = static_cast<float>(mean);
+    vo[c] = static_cast<float>(m2 / n);
   }
 }
 
@@ -244,7 +264,8 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           for (int64_t kw = 0; kw < k; ++kw) {
             // ow with 0 <= ow*s - p + kw < W
             const int64_t lo = std::max<int64_t>(0, (p - kw + stride - 1) / stride);
-            const int64_t hi = std::min<int64_t>(Wo, (W - 1 + p - kw) / stride + 1);
+            const int64_t last = W - 1 + p - kw;  // may be < 0 when W < k: no ow at all
+            const int64_t hi = last < 0 ? 0 : std::min<int64_t>(Wo, last / stride + 1);
             float* __restrict__ d = dw.data() + (kh * k + kw) * C;
             int64_t c0 = 0;
             for (; c0 + kV <= C; c0 += kV) {

@@ -15,7 +15,7 @@ void affine_act_accumulate(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shi
 void act_grad_sums(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
                    buf_t center, buf_t sum_g, buf_t sum_gz);
 void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
-                    buf_t k1, buf_t k2, buf_t k3, buf_t out);
+                    buf_t center, buf_t k1, buf_t k2, buf_t k3, buf_t out);
 
 // ---- dwconv_bn family ------------------------------------------------------------
 void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf_t scale1,

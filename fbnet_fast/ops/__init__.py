@@ -7,7 +7,7 @@ device when it is available, else the reference).
 
 Families (launchers in ``<family>.py``, eager oracles in ``<family>_ref.py``, GPU
 launchers of the same names in ``<family>_triton.py``): :mod:`.bn_act`,
-:mod:`.dwconv_bn`; :mod:`.mixed_op` composes them in one autograd Function.
+:mod:`.dwconv_bn`; :mod:`.mixed_op_fused` composes them in one autograd Function.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def mixed_op(x: torch.Tensor, weights: torch.Tensor, op: torch.nn.Module, *, imp
     want = "cpu" if impl == "cpp" else "cuda"
     if x.device.type != want:
         raise ConfigError(f"impl={impl!r} runs on {want} tensors, but x is on {x.device}")
-    from .mixed_op import mixed_op_fused, supports
+    from .mixed_op_fused import mixed_op_fused, supports
 
     if impl == "cpp":
         from .. import _ext

@@ -16,7 +16,7 @@ Launchers (callable without autograd; results are small NamedTuples or tensors):
   ``gm = grad * (scale*z + shift > 0 if relu else 1)``, ``sum_g = sum_rows gm``,
   ``sum_gz = sum_rows gm * (z - center)``: the one reduction BN backward needs
   (and, with ``gamma``/``beta``, the gradient of the Gumbel weight).
-* :func:`act_grad_apply` ``-> k1 * gm + k2 * z + k3 [M, C]``: BN backward's
+* :func:`act_grad_apply` ``-> k1 * gm + k2 * (z - center) + k3 [M, C]``: BN backward's
   elementwise pass with the per-channel coefficients folded (``out`` may be ``grad``).
 
 Backend per device: CPU tensors run ``fbnet_fast._C`` (csrc/bn_act.cpp), CUDA tensors
@@ -109,18 +109,18 @@ def act_grad_sums(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shif
 
 
 def act_grad_apply(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                   k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor, *, relu: bool,
+                   center: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor, *, relu: bool,
                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """``k1 * gm + k2 * z + k3`` for ``grad, z [M, C]``; ``out`` may be ``grad``."""
+    """``k1 * gm + k2 * (z - center) + k3`` for ``grad, z [M, C]``; ``out`` may be ``grad``."""
     _check_affine(z, scale, shift)
     check_act(grad, "grad", 2)
-    for name, k in (("k1", k1), ("k2", k2), ("k3", k3)):
+    for name, k in (("center", center), ("k1", k1), ("k2", k2), ("k3", k3)):
         check_vec(k, name, z.shape[1], z.device)
     if (tk := backend(z, FAMILY)) is not None:
-        return tk.act_grad_apply(grad, z, scale, shift, k1, k2, k3, relu=relu, out=out)
+        return tk.act_grad_apply(grad, z, scale, shift, center, k1, k2, k3, relu=relu, out=out)
     out = torch.empty_like(z) if out is None else out
     check_act(out, "out", 2)
     cpu_ext().act_grad_apply(grad.data_ptr(), z.data_ptr(), z.shape[0], z.shape[1], scale.data_ptr(),
-                             shift.data_ptr(), bool(relu), k1.data_ptr(), k2.data_ptr(), k3.data_ptr(),
+                             shift.data_ptr(), bool(relu), center.data_ptr(), k1.data_ptr(), k2.data_ptr(), k3.data_ptr(),
                              out.data_ptr())
     return out

@@ -41,6 +41,6 @@ def act_grad_sums_ref(grad, z, scale, shift, center, *, relu) -> ActGradSums:
     return ActGradSums(gm.sum(0), (gm * (z - center)).sum(0))
 
 
-def act_grad_apply_ref(grad, z, scale, shift, k1, k2, k3, *, relu, out=None):
-    y = k1 * _masked(grad, z, scale, shift, relu) + k2 * z + k3
+def act_grad_apply_ref(grad, z, scale, shift, center, k1, k2, k3, *, relu, out=None):
+    y = k1 * _masked(grad, z, scale, shift, relu) + k2 * (z - center) + k3
     return y if out is None else out.copy_(y)

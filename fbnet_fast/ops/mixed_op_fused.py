@@ -128,11 +128,11 @@ def _bn_backward(bn: _BN, gamma, beta, grad_y, z, *, relu: bool, alpha: float = 
     if bn.batch:
         count = z.shape[0]
         k2 = -k1 * bn.invstd * bn.invstd * s_gz / count
-        k3 = -k1 * s_g / count - k2 * bn.mean
+        k3 = -k1 * s_g / count
     else:
         k2 = torch.zeros_like(k1)
         k3 = k2
-    grad_z = act_grad_apply(grad_y, z, bn.scale, bn.shift, k1.contiguous(), k2.contiguous(), k3.contiguous(),
+    grad_z = act_grad_apply(grad_y, z, bn.scale, bn.shift, bn.mean, k1.contiguous(), k2.contiguous(), k3.contiguous(),
                             relu=relu, out=out)
     return _BNGrad(grad_z, alpha * bn.invstd * s_gz, alpha * s_g, weight_dot)
 
@@ -250,11 +250,11 @@ def _ir_backward(c: _Cand, ps, saved, batch, x2, gx2, shape, go2, alpha):
     if bn1.batch:
         cnt = gu1.shape[0]
         k2 = -k1 * bn1.invstd * bn1.invstd * bw.sum_gz / cnt
-        k3 = -k1 * bw.sum_g / cnt - k2 * bn1.mean
+        k3 = -k1 * bw.sum_g / cnt
     else:
         k2 = torch.zeros_like(k1)
         k3 = k2
-    gz1 = act_grad_apply(gu1, z1, bn1.scale, bn1.shift, k1.contiguous(), k2.contiguous(), k3.contiguous(),
+    gz1 = act_grad_apply(gu1, z1, bn1.scale, bn1.shift, bn1.mean, k1.contiguous(), k2.contiguous(), k3.contiguous(),
                          relu=False, out=gu1)
     del z1
     gw1d = torch.mm(gz1.t(), x2)

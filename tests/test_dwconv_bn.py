@@ -1,0 +1,87 @@
+"""dwconv_bn kernels vs their eager references (fbnet_fast/ops/dwconv_bn_ref.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fbnet_fast import _ext
+from fbnet_fast.errors import ConfigError
+from fbnet_fast.ops import dwconv_bn, dwconv_bn_ref
+
+from _kernel_tol import assert_close_to_ref
+
+pytestmark = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
+
+# (N, H, W, C, k, stride)
+SHAPES = [
+    (2, 8, 8, 16, 3, 1),
+    (2, 8, 8, 16, 3, 2),
+    (2, 8, 8, 16, 5, 1),
+    (2, 8, 8, 16, 5, 2),
+    (1, 7, 7, 24, 3, 2),    # batch 1, odd size with stride 2 (ceil output)
+    (3, 9, 5, 40, 5, 1),    # non-square, C = 2.5 vectors (tail loop)
+    (2, 5, 11, 3, 3, 2),    # C below one vector
+    (1, 1, 1, 8, 5, 1),     # 1x1 image: every tap but the centre is padding
+    (2, 2, 3, 17, 5, 2),    # image smaller than the kernel
+    (2, 13, 13, 48, 3, 1),  # several reduction chunks
+]
+
+
+def _inputs(n, h, w, c, k, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, h, w, c, generator=gen)
+    scale = torch.rand(c, generator=gen) + 0.5
+    shift = torch.randn(c, generator=gen) * 0.5
+    weight = torch.randn(k * k, c, generator=gen)
+    center = torch.randn(c, generator=gen) * 0.1
+    return z1, scale, shift, weight, center
+
+
+@pytest.mark.parametrize("n,h,w,c,k,stride", SHAPES)
+def test_forward(n, h, w, c, k, stride):
+    z1, a, b, wt, _ = _inputs(n, h, w, c, k)
+    got = dwconv_bn.dwconv_bn_forward(z1, a, b, wt, stride)
+    ref32 = dwconv_bn_ref.dwconv_bn_forward_ref(z1, a, b, wt, stride)
+    ref64 = dwconv_bn_ref.dwconv_bn_forward_ref(z1.double(), a.double(), b.double(), wt.double(), stride)
+    for name in ("out", "mean", "var"):
+        assert_close_to_ref(name, getattr(got, name), getattr(ref32, name), getattr(ref64, name))
+    nostats = dwconv_bn.dwconv_bn_forward(z1, a, b, wt, stride, stats=False)
+    assert nostats.mean is None and torch.equal(nostats.out, got.out)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,stride", SHAPES)
+def test_backward(n, h, w, c, k, stride):
+    z1, a, b, wt, ctr = _inputs(n, h, w, c, k)
+    ho, wo = dwconv_bn.conv_out_size(h, stride), dwconv_bn.conv_out_size(w, stride)
+    g = torch.randn(n, ho, wo, c, generator=torch.Generator().manual_seed(1))
+    got = dwconv_bn.dwconv_bn_backward(g, z1, a, b, wt, stride, ctr)
+    ref32 = dwconv_bn_ref.dwconv_bn_backward_ref(g, z1, a, b, wt, stride, ctr)
+    ref64 = dwconv_bn_ref.dwconv_bn_backward_ref(*(t.double() for t in (g, z1, a, b, wt)), stride, ctr.double())
+    for name in ("grad_in", "grad_weight", "sum_g", "sum_gz"):
+        assert_close_to_ref(name, getattr(got, name), getattr(ref32, name), getattr(ref64, name))
+
+
+def test_backward_is_thread_count_invariant():
+    z1, a, b, wt, ctr = _inputs(4, 15, 15, 40, 5, seed=2)
+    g = torch.randn(4, 15, 15, 40)
+    old = torch.get_num_threads()
+    try:
+        res = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            res.append(dwconv_bn.dwconv_bn_backward(g, z1, a, b, wt, 1, ctr))
+    finally:
+        torch.set_num_threads(old)
+    for x, y in zip(*res):
+        assert torch.equal(x, y)
+
+
+def test_errors_name_the_tensor():
+    z1, a, b, wt, _ = _inputs(1, 4, 4, 8, 3)
+    with pytest.raises(ConfigError, match=r"weight must be \[k\*k, 8\]"):
+        dwconv_bn.dwconv_bn_forward(z1, a, b, torch.randn(8, 8), 1)
+    with pytest.raises(ConfigError, match="stride must be 1 or 2"):
+        dwconv_bn.dwconv_bn_forward(z1, a, b, wt, 3)
+    with pytest.raises(ConfigError, match="z1 must be contiguous"):
+        dwconv_bn.dwconv_bn_forward(z1.transpose(1, 2), a, b, wt, 1)
