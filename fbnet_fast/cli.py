@@ -1,0 +1,208 @@
+"""The ``fbnet-fast`` command line.
+
+``fbnet-fast search`` runs a search (default: the generated data on ``fbnet-cifar``
+at width 0.25, about ten minutes on 2 CPU cores); ``fbnet-fast lut ...`` measures and
+inspects latency tables; ``fbnet-fast space`` prints a search space. Every error a
+user can cause ends the command with one line ``fbnet-fast: error: ...`` and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import FBNetError
+
+__all__ = ["main", "build_parser", "register_command"]
+
+# Sub-commands added by other modules: name -> (add_arguments, run). Kept as a
+# registry so a new command is one function pair, not an edit of this file's parser.
+_EXTRA_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                                 Callable[[argparse.Namespace], int | None]]] = {}
+
+
+def register_command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                     run: Callable[[argparse.Namespace], int | None]) -> None:
+    """Add ``fbnet-fast NAME`` (used by modules that bring their own command)."""
+    _EXTRA_COMMANDS[name] = (help, add_arguments, run)
+
+
+def _add_search(p: argparse.ArgumentParser) -> None:
+    from .search import SearchConfig
+
+    d = SearchConfig()
+    g = p.add_argument_group("what to search")
+    g.add_argument("--space", default=d.space, help="built-in space name (fbnet, fbnet-cifar) or a JSON/YAML file "
+                   "(default: %(default)s)")
+    g.add_argument("--width-mult", type=float, default=d.width_mult,
+                   help="width multiplier for every stage (default: %(default)s; 1.0 is the paper's widths)")
+    g.add_argument("--data", default=d.data, help="'synthetic' (generated, default), 'cifar10:PATH' (python "
+                   "batches) or 'folder:PATH' (class-per-subfolder images)")
+    g.add_argument("--num-train", type=int, default=None, help="training images to use (default: all; "
+                   "the synthetic set generates 6000)")
+    g.add_argument("--num-val", type=int, default=None, help="held-out images (default: all; synthetic: 2000)")
+    g.add_argument("--lut", default=None, help="latency table JSON to use (default: measure one on this CPU "
+                   "at the start)")
+    g.add_argument("--lut-repeats", type=int, default=d.lut_repeats,
+                   help="timing samples per block when measuring the LUT (default: %(default)s)")
+    g = p.add_argument_group("schedule (the paper's defaults, scaled down)")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (default: %(default)s; paper: 90)")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help="epochs training only the weights (default: %(default)s; paper: 10)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
+    g.add_argument("--w-fraction", type=float, default=d.w_fraction,
+                   help="share of the training data for the weights; the rest trains theta (default: %(default)s)")
+    g.add_argument("--w-lr", type=float, default=d.w_lr, help="SGD learning rate, cosine decay (default: %(default)s)")
+    g.add_argument("--w-momentum", type=float, default=d.w_momentum, help="SGD momentum (default: %(default)s)")
+    g.add_argument("--w-weight-decay", type=float, default=d.w_weight_decay,
+                   help="SGD weight decay (default: %(default)s)")
+    g.add_argument("--theta-lr", type=float, default=d.theta_lr, help="Adam learning rate for theta "
+                   "(default: %(default)s)")
+    g.add_argument("--theta-weight-decay", type=float, default=d.theta_weight_decay,
+                   help="Adam weight decay for theta (default: %(default)s)")
+    g.add_argument("--tau0", type=float, default=d.tau0, help="initial Gumbel temperature (default: %(default)s)")
+    g.add_argument("--tau-decay", type=float, default=d.tau_decay,
+                   help="tau is multiplied by exp(-tau_decay) every epoch (default: %(default)s)")
+    g = p.add_argument_group("loss")
+    g.add_argument("--alpha", type=float, default=d.alpha, help="latency weight alpha (default: %(default)s)")
+    g.add_argument("--beta", type=float, default=d.beta, help="latency exponent beta (default: %(default)s)")
+    g.add_argument("--loss-form", choices=("mul", "add"), default=d.loss_form,
+                   help="'mul': CE*alpha*log(LAT)^beta (the paper); 'add': CE + alpha*log(LAT)^beta")
+    g.add_argument("--latency-unit", choices=("auto", "ms", "us"), default=d.latency_unit,
+                   help="unit of LAT inside the log; auto: ms when every architecture exceeds e ms, else us")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                   help="label smoothing of the CE (default: %(default)s)")
+    g.add_argument("--gumbel", choices=("soft", "hard"), default=d.gumbel,
+                   help="soft: weighted sum of all candidates (the paper); hard: straight-through, one "
+                   "candidate per layer in forward")
+    g = p.add_argument_group("execution")
+    g.add_argument("--kernel", choices=("auto", "fused", "reference", "cpp", "triton"), default=d.kernel,
+                   help="mixed-op implementation: fused kernels when built (auto/fused) or the eager reference")
+    g.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
+    g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="also checkpoint every N steps (default: epoch ends only)")
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help="checkpoints kept (default: %(default)s)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", "-o", default="runs/search", help="run folder (default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="continue the search in --out from its last checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from .search import SearchConfig, run_search
+
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    cfg = SearchConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    result = run_search(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    hist = result["history"]
+    last = hist[-1] if hist else {}
+    print(f"most likely architecture: {result['arch']}")
+    print(f"LUT latency {result['latency_ms']:.4f} ms; supernet val acc {last.get('val_acc', float('nan')):.4f}; "
+          f"run folder {result['run_dir']}")
+    return 0
+
+
+def _add_lut(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="lut_command", metavar="{measure,show}", required=True)
+    m = sub.add_parser("measure", help="measure a LUT on the host CPU", description="Time every (layer, candidate) "
+                       "block of a space alone at its real input shape and write the LUT JSON.")
+    m.add_argument("--space", default="fbnet-cifar", help="space name or file (default: %(default)s)")
+    m.add_argument("--width-mult", type=float, default=0.25, help="width multiplier (default: %(default)s)")
+    m.add_argument("--threads", type=int, default=None, help="intra-op threads while measuring")
+    m.add_argument("--repeats", type=int, default=20, help="timing samples per block (default: %(default)s)")
+    m.add_argument("--batch-size", type=int, default=1, help="images per call (default: %(default)s)")
+    m.add_argument("--output", "-o", required=True, help="LUT JSON file to write")
+    m.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    s = sub.add_parser("show", help="print a LUT as a table", description="Validate a LUT and print it.")
+    s.add_argument("path", help="LUT JSON file")
+    s.add_argument("--space", default=None, help="also check the LUT covers this space")
+    s.add_argument("--width-mult", type=float, default=None, help="width multiplier of --space")
+
+
+def _run_lut(args: argparse.Namespace) -> int:
+    from .lut import LatencyTable
+    from .space import load_space
+
+    if args.lut_command == "measure":
+        from .measure import measure_lut
+
+        space = load_space(args.space, width_mult=args.width_mult)
+        table = measure_lut(space, threads=args.threads, repeats=args.repeats, batch_size=args.batch_size,
+                            progress=args.progress)
+        table.save(args.output)
+        print(f"wrote {args.output}: {space.name} ({space.fingerprint}), {space.num_layers} layers x "
+              f"{len(space.candidates)} candidates, stem+head {table.fixed_ms:.4f} ms")
+        return 0
+    space = load_space(args.space, width_mult=args.width_mult) if args.space else None
+    table = LatencyTable.load(args.path, space)
+    dev = table.device
+    print(f"{args.path}: space {table.space_name} ({table.fingerprint}), device "
+          f"{dev.get('backend', '?')} {dev.get('device_name', '')} threads {dev.get('threads', '?')}")
+    cands = table.candidates
+    print("layer " + " ".join(f"{c:>9}" for c in cands))
+    for l, layer in enumerate(table.layers):
+        print(f"{l:>5} " + " ".join(f"{layer[c].median_ms:>9.4f}" for c in cands))
+    print(f"fixed (stem+head) {table.fixed_ms:.4f} ms; fastest architecture {table.min_latency():.4f} ms")
+    return 0
+
+
+def _add_space(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", nargs="?", default="fbnet-cifar", help="space name or file (default: %(default)s)")
+    p.add_argument("--width-mult", type=float, default=None, help="width multiplier")
+
+
+def _run_space(args: argparse.Namespace) -> int:
+    from .space import load_space
+
+    print(load_space(args.space, width_mult=args.width_mult).summary())
+    return 0
+
+
+_COMMANDS = {
+    "search": ("run an FBNet architecture search", _add_search, _run_search),
+    "lut": ("measure or inspect latency look-up tables", _add_lut, _run_lut),
+    "space": ("print a search space's resolved layers", _add_space, _run_space),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fbnet-fast",
+        description="Hardware-aware neural architecture search (FBNet, Wu et al. CVPR 2019) with fused kernels.",
+    )
+    parser.add_argument("--version", action="version", version=f"fbnet-fast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, add, _) in {**_COMMANDS, **_EXTRA_COMMANDS}.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                            )
+        add(sp)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _, _, run = {**_COMMANDS, **_EXTRA_COMMANDS}[args.command]
+    try:
+        return int(run(args) or 0)
+    except FBNetError as e:
+        print(f"fbnet-fast: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fbnet-fast: interrupted; resume a search with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,611 @@
+"""The FBNet search: alternate weights and architecture, write everything to a run folder.
+
+Schedule (Wu et al. 2019, Sec. 4.1; all of it in :class:`SearchConfig`):
+
+* ``warmup_epochs`` epochs train only the weights, theta frozen at its uniform
+  init, so every candidate is sampled with equal probability and gets trained;
+* each later epoch trains the weights (SGD, momentum, cosine LR over all weight
+  steps) on ``w_fraction`` (80 %) of the training data, then theta (Adam) on the
+  other 20 %;
+* ``tau = tau0 * exp(-tau_decay * epoch)``: 5.0 * e^-0.045 per epoch.
+
+The weights minimise cross-entropy: the latency factor of the loss does not
+depend on them, and in the product form it would only rescale their learning rate
+by a drifting constant. Theta minimises the latency-aware loss
+(:class:`~fbnet_fast.loss.LatencyLoss`).
+
+Reproducibility and resume: every random draw of a step (data order, augmentation,
+Gumbel noise, dropout) comes from a generator seeded by ``(seed, epoch, phase,
+step)``, so a step is a pure function of the state before it. A checkpoint holds
+the model, both optimizers, the LR schedule, the position (epoch, phase, step),
+the running sums of the current phase and the metric history; a resumed search
+ends bit-identical to an uninterrupted one.
+
+Run folder::
+
+    config.json         resolved configuration (space, fingerprint, latency unit, ...)
+    lut.json            the latency table used
+    metrics.jsonl       one line per epoch: CE, latency, accuracy, tau, softmax(theta)
+    checkpoints/        ckpt-*.pt, the last ``keep_checkpoints`` kept, written atomically
+    theta.json          final theta and softmax(theta) per layer
+    arch.json           the most likely architecture (``fbnet-fast`` architecture format)
+    summary.txt         the final architecture as a table
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .errors import CheckpointError, ConfigError, RunDirError, TrainingError
+from .loss import LatencyLoss, resolve_unit
+from .lut import LatencyTable, atomic_write_text
+from .space import SearchSpace, load_space
+from .supernet import KERNEL_IMPLS, Supernet
+
+__all__ = ["SearchConfig", "Searcher", "run_search", "tau_at", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "fbnet-fast/search-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class SearchConfig:
+    """Every knob of a search. Defaults: the paper's schedule, scaled to ~10 min on 2 cores."""
+
+    # what to search
+    space: str = "fbnet-cifar"
+    width_mult: float | None = 0.25
+    data: str = "synthetic"
+    num_train: int | None = None
+    num_val: int | None = None
+    lut: str | None = None  # path; None: measure on the host CPU at the start
+    lut_repeats: int = 20
+    # schedule
+    epochs: int = 8
+    warmup_epochs: int = 2
+    batch_size: int = 64
+    w_fraction: float = 0.8
+    w_lr: float = 0.05  # the reimplementation's 0.1 at batch 192, linearly scaled to batch 64 (rounded up)
+    w_momentum: float = 0.9
+    w_weight_decay: float = 1e-4
+    theta_lr: float = 0.01
+    theta_weight_decay: float = 5e-4
+    tau0: float = 5.0
+    tau_decay: float = 0.045
+    # loss
+    alpha: float = 0.2
+    beta: float = 0.6
+    loss_form: str = "mul"
+    latency_unit: str = "auto"
+    label_smoothing: float = 0.0
+    gumbel: str = "soft"
+    # execution
+    kernel: str = "auto"
+    device: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+    augment: bool = True
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: epoch ends only
+    keep_checkpoints: int = 3
+    progress: bool = True
+
+    def validate(self) -> None:
+        def pos(name: str, integer: bool = False, allow_zero: bool = False) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v >= 0 if allow_zero else v > 0) and (not integer or float(v).is_integer())
+            if not ok:
+                kind = "integer" if integer else "number"
+                raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {kind}, got {v!r}")
+
+        for n in ("epochs", "batch_size", "lut_repeats", "keep_checkpoints"):
+            pos(n, integer=True)
+        for n in ("warmup_epochs", "checkpoint_every"):
+            pos(n, integer=True, allow_zero=True)
+        for n in ("w_lr", "theta_lr", "tau0"):
+            pos(n)
+        for n in ("w_momentum", "w_weight_decay", "theta_weight_decay", "tau_decay", "alpha", "label_smoothing"):
+            pos(n, allow_zero=True)
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            raise ConfigError(f"beta must be > 0, got {self.beta!r}")
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs}): "
+                f"theta would never be trained"
+            )
+        if not 0 < self.w_fraction < 1:
+            raise ConfigError(f"w_fraction must be strictly between 0 and 1, got {self.w_fraction}")
+        if self.gumbel not in ("soft", "hard"):
+            raise ConfigError(f"gumbel must be 'soft' or 'hard', got {self.gumbel!r}")
+        if self.kernel not in KERNEL_IMPLS + ("fused",):
+            raise ConfigError(f"kernel must be one of {KERNEL_IMPLS + ('fused',)}, got {self.kernel!r}")
+        if self.loss_form not in ("mul", "add"):
+            raise ConfigError(f"loss_form must be 'mul' or 'add', got {self.loss_form!r}")
+        if self.latency_unit not in ("ms", "us", "auto"):
+            raise ConfigError(f"latency_unit must be 'ms', 'us' or 'auto', got {self.latency_unit!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown search option(s) {unknown}")
+        return cls(**d)
+
+
+def tau_at(cfg: SearchConfig, epoch: int) -> float:
+    """Gumbel temperature of ``epoch`` (0-based): ``tau0 * exp(-tau_decay * epoch)``."""
+    return cfg.tau0 * math.exp(-cfg.tau_decay * epoch)
+
+
+def _step_seed(seed: int, *parts: int) -> int:
+    # A 63-bit mix of the run seed and a step's coordinates (splitmix64-like), so
+    # neighbouring steps get unrelated streams.
+    x = (seed * 0x9E3779B97F4A7C15) & (2**64 - 1)
+    for p in parts:
+        x ^= (p + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & (2**64 - 1)
+        x = (x * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+        x ^= x >> 31
+    return x & (2**63 - 1)
+
+
+def _augment(images: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``padding``) + horizontal flip of a uint8 batch ``[B, C, H, W]``."""
+    b, c, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    rows = (dy[:, None] + torch.arange(h)[None]).view(b, 1, h, 1).expand(b, c, h, w + 2 * padding)
+    cols = dx[:, None] + torch.arange(w)[None]
+    cols = torch.where(flip[:, None], cols.flip(1), cols).view(b, 1, 1, w).expand(b, c, h, w)
+    out = padded.gather(2, rows)
+    return out.gather(3, cols)
+
+
+class _Split:
+    """A uint8 image tensor + labels with the data set's normalisation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std) -> None:
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: torch.Tensor, gen: torch.Generator | None, device: torch.device,
+              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[idx]
+        if gen is not None:
+            x = _augment(x, gen)
+        x = (x.float() / 255.0 - self.mean) / self.std
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.to(device), self.labels[idx].to(device)
+
+
+class Searcher:
+    """Owns one search: model, data, optimizers, position; ``run()`` drives it to the end."""
+
+    def __init__(self, cfg: SearchConfig, run_dir: str | Path, *, space: SearchSpace | None = None,
+                 lut: LatencyTable | None = None, data: Any = None, log: Callable[[str], None] = print) -> None:
+        cfg.validate()
+        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+        self.device = torch.device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.data = data if data is not None else self._build_data()
+        data = self.data
+        if space is None:
+            space = load_space(cfg.space, width_mult=cfg.width_mult)
+        if space.num_classes != data.num_classes:
+            space = space.replace(num_classes=data.num_classes)
+        if space.input_size != data.image_size:
+            raise ConfigError(
+                f"space {space.name!r} expects {space.input_size}x{space.input_size} input but data "
+                f"{cfg.data!r} has {data.image_size}x{data.image_size} images"
+            )
+        self.space = space
+        if lut is None:
+            lut = self._load_or_measure_lut()
+        lut.check_space(space)
+        self.lut = lut
+        self.unit = resolve_unit(cfg.latency_unit, lut.min_latency())
+        self.criterion = LatencyLoss(alpha=cfg.alpha, beta=cfg.beta, form=cfg.loss_form, unit=self.unit,
+                                     label_smoothing=cfg.label_smoothing)
+        impl = "auto" if cfg.kernel == "fused" else cfg.kernel
+        torch.manual_seed(cfg.seed)
+        self.model = Supernet(space, impl=impl).to(self.device)
+        self.channels_last = self.device.type == "cpu"
+        if self.channels_last:
+            # Depthwise convs and BN run ~1.7x faster in NHWC on this class of CPU.
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.lut_matrix = lut.matrix(space.candidates).to(self.device, torch.float32)
+
+        train = data.train
+        w_idx, t_idx = _split_train(train.labels, cfg.w_fraction, cfg.seed)
+        self.w_split = _Split(train.images[w_idx], train.labels[w_idx], train.mean, train.std)
+        self.t_split = _Split(train.images[t_idx], train.labels[t_idx], train.mean, train.std)
+        self.val_split = _Split(data.val.images, data.val.labels, data.val.mean, data.val.std)
+        self.w_steps = len(self.w_split) // cfg.batch_size
+        self.t_steps = len(self.t_split) // cfg.batch_size
+        if self.w_steps < 1 or self.t_steps < 1:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} is larger than the weight split ({len(self.w_split)} images) or the "
+                f"architecture split ({len(self.t_split)} images); use a smaller batch or more data"
+            )
+        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
+                                     weight_decay=cfg.w_weight_decay, nesterov=cfg.w_momentum > 0)
+        self.t_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.theta_lr,
+                                      weight_decay=cfg.theta_weight_decay)
+        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs * self.w_steps)
+        # position: the next step to run is (epoch, phase, step)
+        self.epoch, self.phase, self.step = 0, "w", 0
+        self.accum: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []
+        self.epoch_start = time.time()
+        self.elapsed = 0.0
+
+    # ---- set-up helpers -----------------------------------------------------------------
+    def _build_data(self):
+        from .data import build_datasets
+
+        return build_datasets(self.cfg.data, seed=self.cfg.seed, num_train=self.cfg.num_train,
+                              num_val=self.cfg.num_val)
+
+    def _load_or_measure_lut(self) -> LatencyTable:
+        if self.cfg.lut:
+            return LatencyTable.load(self.cfg.lut, self.space)
+        from .measure import measure_lut
+
+        self.log(f"measuring a latency table for {self.space.name} on the host CPU "
+                 f"(pass --lut to reuse one)")
+        return measure_lut(self.space, repeats=self.cfg.lut_repeats, progress=self.cfg.progress)
+
+    # ---- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": self.space.fingerprint,
+            "space": self.space.to_dict(),
+            "config": self.cfg.to_dict(),
+            "position": {"epoch": self.epoch, "phase": self.phase, "step": self.step},
+            "model": self.model.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "t_opt": self.t_opt.state_dict(),
+            "w_sched": self.w_sched.state_dict(),
+            "accum": dict(self.accum),
+            "history": list(self.history),
+            "elapsed": self.elapsed + (time.time() - self.epoch_start),
+            # Every step reseeds its own generators; these are kept so code outside the
+            # step functions (user callbacks) also resumes exactly.
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>") -> None:
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{source}: not an fbnet-fast search checkpoint")
+        if state.get("fingerprint") != self.space.fingerprint:
+            raise CheckpointError(
+                f"{source}: checkpoint is for space fingerprint {state.get('fingerprint')}, this search uses "
+                f"{self.space.name!r} with fingerprint {self.space.fingerprint}"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.w_opt.load_state_dict(state["w_opt"])
+            self.t_opt.load_state_dict(state["t_opt"])
+            self.w_sched.load_state_dict(state["w_sched"])
+            pos = state["position"]
+            self.epoch, self.phase, self.step = int(pos["epoch"]), str(pos["phase"]), int(pos["step"])
+            self.accum = dict(state["accum"])
+            self.history = list(state["history"])
+            self.elapsed = float(state.get("elapsed", 0.0))
+            rng = state["rng"]
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{source}: checkpoint does not match this search: {e}") from None
+        self.epoch_start = time.time()
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """Atomically write the current state; keep the newest ``keep_checkpoints`` files."""
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        gstep = self._global_step()
+        path = self.ckpt_dir / f"ckpt-{gstep:08d}.pt"
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(self.state_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.ckpt_dir)
+        for old in sorted(self.ckpt_dir.glob("ckpt-*.pt"))[: -self.cfg.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def _global_step(self) -> int:
+        per_epoch = self.w_steps + self.t_steps
+        return self.epoch * per_epoch + (self.step if self.phase == "w" else self.w_steps + self.step)
+
+    def resume(self) -> Path | None:
+        """Load the newest readable checkpoint of the run folder; None when there is none."""
+        ckpts = sorted(self.ckpt_dir.glob("ckpt-*.pt"), reverse=True)
+        errors = []
+        for p in ckpts:
+            try:
+                state = torch.load(p, map_location=self.device, weights_only=False)
+            except Exception as e:  # truncated / corrupt file: fall back to the previous one
+                errors.append(f"{p.name}: {type(e).__name__}: {e}")
+                continue
+            self.load_state_dict(state, source=str(p))
+            self.log(f"resumed from {p} (epoch {self.epoch}, phase {self.phase}, step {self.step})")
+            return p
+        if errors:
+            raise CheckpointError(f"no readable checkpoint in {self.ckpt_dir}: " + "; ".join(errors))
+        return None
+
+    # ---- one step ----------------------------------------------------------------------------
+    def _step_generators(self) -> tuple[torch.Generator, torch.Generator]:
+        phase_id = 0 if self.phase == "w" else 1
+        seed = _step_seed(self.cfg.seed, self.epoch, phase_id, self.step)
+        torch.manual_seed(seed)  # dropout and anything else drawing from the global stream
+        data_gen = torch.Generator().manual_seed(seed)
+        gumbel_gen = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
+        return data_gen, gumbel_gen
+
+    def _batch_indices(self, split: _Split) -> torch.Tensor:
+        phase_id = 0 if self.phase == "w" else 1
+        perm_gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, self.epoch, phase_id, 2**20))
+        perm = torch.randperm(len(split), generator=perm_gen)
+        b = self.cfg.batch_size
+        return perm[self.step * b:(self.step + 1) * b]
+
+    def _train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        split = self.w_split if self.phase == "w" else self.t_split
+        data_gen, gumbel_gen = self._step_generators()
+        x, y = split.batch(self._batch_indices(split), data_gen if cfg.augment else None, self.device,
+                           self.channels_last)
+        tau = tau_at(cfg, self.epoch)
+        self.model.train()
+        is_w = self.phase == "w"
+        for p in self.model.weight_parameters():
+            p.requires_grad_(is_w)  # theta steps skip the weight-gradient convolutions
+        for p in self.model.arch_parameters():
+            p.requires_grad_(not is_w)
+        weights = self.model.sample_weights(tau, hard=cfg.gumbel == "hard", generator=gumbel_gen)
+        logits = self.model(x, weights)
+        latency = self.lut.predict((weights * self.lut_matrix).sum())
+        terms = self.criterion(logits, y, latency)
+        loss = terms.ce if is_w else terms.loss
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {float(loss)} at epoch {self.epoch} ({'weight' if is_w else 'theta'} step {self.step}); "
+                f"the last good checkpoint is kept in {self.ckpt_dir}. Lower --w-lr or --theta-lr."
+            )
+        opt = self.w_opt if is_w else self.t_opt
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if is_w:
+            self.w_sched.step()
+        acc = (logits.detach().argmax(1) == y).float().mean()
+        return {"ce": float(terms.ce), "loss": float(loss), "acc": float(acc), "latency_ms": float(latency)}
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Top-1 and CE of the most likely architecture (supernet weights, BN running stats)."""
+        self.model.eval()
+        weights = self.model.argmax_weights()
+        correct, ce, n = 0, 0.0, len(self.val_split)
+        bs = max(self.cfg.batch_size, 256)
+        for i in range(0, n, bs):
+            idx = torch.arange(i, min(n, i + bs))
+            x, y = self.val_split.batch(idx, None, self.device, self.channels_last)
+            logits = self.model(x, weights)
+            ce += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+        return {"val_acc": correct / n, "val_ce": ce / n}
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        with tqdm(total=cfg.epochs, initial=self.epoch, desc="search", unit="epoch",
+                  disable=not cfg.progress, position=0) as ebar:
+            while self.epoch < cfg.epochs:
+                self._run_epoch()
+                ebar.update(1)
+                last = self.history[-1]
+                ebar.set_postfix(val_acc=f"{last['val_acc']:.3f}", lat_ms=f"{last['expected_latency_ms']:.3f}")
+        return self.finish()
+
+    def _phases(self) -> list[str]:
+        return ["w"] if self.epoch < self.cfg.warmup_epochs else ["w", "theta"]
+
+    def _run_epoch(self) -> None:
+        cfg = self.cfg
+        for phase in self._phases():
+            if self._phase_done(phase):
+                continue
+            self.phase = phase
+            n = self.w_steps if phase == "w" else self.t_steps
+            desc = f"epoch {self.epoch + 1}/{cfg.epochs} {'weights' if phase == 'w' else 'theta'}"
+            with tqdm(total=n, initial=self.step, desc=desc, unit="step", leave=False,
+                      disable=not cfg.progress, position=1) as bar:
+                while self.step < n:
+                    m = self._train_step()
+                    for k, v in m.items():
+                        key = f"{phase}_{k}"
+                        self.accum[key] = self.accum.get(key, 0.0) + v
+                    self.accum[f"{phase}_n"] = self.accum.get(f"{phase}_n", 0.0) + 1
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix(ce=f"{m['ce']:.3f}", lat_ms=f"{m['latency_ms']:.3f}", acc=f"{m['acc']:.2f}")
+                    if cfg.checkpoint_every and self._global_step() % cfg.checkpoint_every == 0 and self.step < n:
+                        self.save_checkpoint()
+            if phase == "w" and "theta" in self._phases():
+                self.phase, self.step = "theta", 0
+        self._end_epoch()
+
+    def _phase_done(self, phase: str) -> bool:
+        # On resume, a phase before the saved one is already done.
+        order = ["w", "theta"]
+        return order.index(phase) < order.index(self.phase)
+
+    def _end_epoch(self) -> None:
+        cfg = self.cfg
+        ev = self.evaluate()
+        probs = self.model.probabilities()
+        arch = self.model.most_likely()
+        a = self.accum
+
+        def mean(key: str) -> float | None:
+            n = a.get(key.split("_", 1)[0] + "_n", 0.0)
+            return a[key] / n if n and key in a else None
+
+        self.elapsed += time.time() - self.epoch_start
+        rec = {
+            "epoch": self.epoch + 1,
+            "phase": "warmup" if self.epoch < cfg.warmup_epochs else "search",
+            "tau": tau_at(cfg, self.epoch),
+            "lr": self.w_opt.param_groups[0]["lr"],
+            "train_ce": mean("w_ce"),
+            "train_acc": mean("w_acc"),
+            "theta_loss": mean("theta_loss"),
+            "theta_ce": mean("theta_ce"),
+            "sampled_latency_ms": mean("theta_latency_ms") if "theta_n" in a else mean("w_latency_ms"),
+            "expected_latency_ms": float(self.lut.predict(float((probs.double().cpu() * self.lut.matrix(self.space.candidates)).sum()))),
+            "argmax_latency_ms": self.lut.architecture_latency(arch.indices(self.space)),
+            **ev,
+            "arch": str(arch),
+            "probs": [[round(float(p), 6) for p in row] for row in probs],
+            "elapsed_s": round(self.elapsed, 2),
+        }
+        self.history.append(rec)
+        self.epoch, self.phase, self.step, self.accum = self.epoch + 1, "w", 0, {}
+        self.epoch_start = time.time()
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        self.save_checkpoint()
+        self.log(f"epoch {rec['epoch']}/{cfg.epochs} [{rec['phase']}] tau {rec['tau']:.3f} "
+                 f"train CE {rec['train_ce']:.3f} val acc {rec['val_acc']:.3f} "
+                 f"E[latency] {rec['expected_latency_ms']:.3f} ms  argmax {rec['argmax_latency_ms']:.3f} ms")
+
+    def finish(self) -> dict[str, Any]:
+        """Write theta, the most likely architecture and the summary table."""
+        probs = self.model.probabilities()
+        arch = self.model.most_likely()
+        theta = {
+            "space": self.space.name, "fingerprint": self.space.fingerprint,
+            "candidates": list(self.space.candidates),
+            "theta": [[float(v) for v in row] for row in self.model.theta.detach().cpu()],
+            "probs": [[float(v) for v in row] for row in probs.cpu()],
+        }
+        atomic_write_text(self.run_dir / "theta.json", json.dumps(theta, indent=1) + "\n")
+        atomic_write_text(self.run_dir / "arch.json", json.dumps(arch.to_dict(), indent=1) + "\n")
+        lat = self.lut.architecture_latency(arch.indices(self.space))
+        lines = [f"most likely architecture of {self.space.name} (fingerprint {self.space.fingerprint})",
+                 f"{'layer':>5}  {'shape':<22} {'block':<10} {'P':>6} {'latency ms':>10}"]
+        for l, (spec, block) in enumerate(zip(self.space.layers, arch.blocks)):
+            i = self.space.candidates.index(block)
+            shape = f"{spec.c_in}->{spec.c_out} s{spec.stride} {spec.in_size}px"
+            lines.append(f"{l:>5}  {shape:<22} {block:<10} {float(probs[l, i]):>6.3f} "
+                         f"{self.lut.layers[l][block].median_ms:>10.4f}")
+        last = self.history[-1] if self.history else {}
+        lines.append(f"LUT latency {lat:.4f} ms (stem+head {self.lut.fixed_ms:.4f} ms); "
+                     f"supernet val acc {last.get('val_acc', float('nan')):.4f}")
+        atomic_write_text(self.run_dir / "summary.txt", "\n".join(lines) + "\n")
+        return {"arch": arch, "latency_ms": lat, "history": self.history, "run_dir": str(self.run_dir)}
+
+
+def _split_train(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from .data import split_indices
+
+    return split_indices(len(labels), fraction, seed=seed, labels=labels)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse to write over another run unless told to resume or overwrite."""
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / "config.json").is_file():
+            raise RunDirError(f"cannot resume: {run_dir} holds no search (no config.json)")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"output folder {run_dir} already holds files (another run?); pass --resume to continue it "
+                f"or --overwrite to replace it"
+            )
+        if (run_dir / "config.json").is_file() or (run_dir / "checkpoints").is_dir():
+            shutil.rmtree(run_dir)
+        else:
+            raise RunDirError(f"--overwrite refuses to delete {run_dir}: it does not look like an fbnet-fast run folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_search(cfg: SearchConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+               log: Callable[[str], None] = print, space: SearchSpace | None = None,
+               lut: LatencyTable | None = None, data: Any = None) -> dict[str, Any]:
+    """Run (or resume) a search into ``run_dir``; returns the final architecture and history."""
+    run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        saved = json.loads((run_dir / "config.json").read_text())
+        cfg = SearchConfig.from_dict(saved["search"])
+        space = SearchSpace.from_dict(saved["space"], source=str(run_dir / "config.json"))
+        lut = LatencyTable.load(run_dir / "lut.json", space)
+    searcher = Searcher(cfg, run_dir, space=space, lut=lut, data=data, log=log)
+    if resume:
+        searcher.resume()
+    else:
+        config = {"search": cfg.to_dict(), "space": searcher.space.to_dict(),
+                  "fingerprint": searcher.space.fingerprint, "latency_unit": searcher.unit,
+                  "data": getattr(searcher.data, "description", cfg.data),
+                  "torch": torch.__version__}
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
+        searcher.lut.save(run_dir / "lut.json")
+    if searcher.epoch >= cfg.epochs:
+        return searcher.finish()
+    return searcher.run()

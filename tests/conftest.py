@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny spaces and LUTs that keep every test fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tests run several torch processes side by side (CLI subprocesses); one intra-op
+# thread each avoids oversubscribing the 2 cores.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from fbnet_fast.lut import LatencyTable  # noqa: E402
+from fbnet_fast.space import SearchSpace, Stage  # noqa: E402
+
+
+def make_tiny_space(**overrides) -> SearchSpace:
+    """5 searchable layers over 16x16 input: a channel change, a stride 2, groups 2 all covered."""
+    kw = dict(
+        name="tiny",
+        input_size=16,
+        stem_filters=8,
+        stem_stride=1,
+        stages=[Stage(8, 1, 1), Stage(16, 2, 2), Stage(24, 2, 2)],
+        head_filters=32,
+        num_classes=10,
+        candidates=["k3_e1", "k3_e1_g2", "k3_e3", "k5_e6", "skip"],
+    )
+    kw.update(overrides)
+    return SearchSpace(**kw)
+
+
+@pytest.fixture
+def tiny_space() -> SearchSpace:
+    return make_tiny_space()
+
+
+@pytest.fixture
+def tiny_lut(tiny_space) -> LatencyTable:
+    """Latency grows with expansion and kernel; skip is cheapest."""
+    base = torch.tensor([2.0, 2.5, 4.0, 9.0, 1.0], dtype=torch.float64)
+    m = base.repeat(tiny_space.num_layers, 1) * torch.linspace(1.0, 1.5, tiny_space.num_layers)[:, None]
+    return LatencyTable.from_matrix(tiny_space, m, fixed_ms=3.0)
