@@ -17,18 +17,12 @@ from typing import Callable, Sequence
 
 from .errors import FBNetError
 
-__all__ = ["main", "build_parser", "register_command"]
+__all__ = ["main", "build_parser"]
 
-# Sub-commands added by other modules: name -> (add_arguments, run). Kept as a
-# registry so a new command is one function pair, not an edit of this file's parser.
-_EXTRA_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                                 Callable[[argparse.Namespace], int | None]]] = {}
-
-
-def register_command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-                     run: Callable[[argparse.Namespace], int | None]) -> None:
-    """Add ``fbnet-fast NAME`` (used by modules that bring their own command)."""
-    _EXTRA_COMMANDS[name] = (help, add_arguments, run)
+# Modules that bring their own sub-commands: each has ``COMMANDS = {name: (help,
+# add_arguments, run)}``. A new command is a new module listed here, not an edit of
+# this file's parser; modules are imported lazily so ``--help`` stays fast.
+_COMMAND_MODULES = ("fbnet_fast.lut_cli",)
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
@@ -111,50 +105,6 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_lut(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="lut_command", metavar="{measure,show}", required=True)
-    m = sub.add_parser("measure", help="measure a LUT on the host CPU", description="Time every (layer, candidate) "
-                       "block of a space alone at its real input shape and write the LUT JSON.")
-    m.add_argument("--space", default="fbnet-cifar", help="space name or file (default: %(default)s)")
-    m.add_argument("--width-mult", type=float, default=0.25, help="width multiplier (default: %(default)s)")
-    m.add_argument("--threads", type=int, default=None, help="intra-op threads while measuring")
-    m.add_argument("--repeats", type=int, default=20, help="timing samples per block (default: %(default)s)")
-    m.add_argument("--batch-size", type=int, default=1, help="images per call (default: %(default)s)")
-    m.add_argument("--output", "-o", required=True, help="LUT JSON file to write")
-    m.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    s = sub.add_parser("show", help="print a LUT as a table", description="Validate a LUT and print it.")
-    s.add_argument("path", help="LUT JSON file")
-    s.add_argument("--space", default=None, help="also check the LUT covers this space")
-    s.add_argument("--width-mult", type=float, default=None, help="width multiplier of --space")
-
-
-def _run_lut(args: argparse.Namespace) -> int:
-    from .lut import LatencyTable
-    from .space import load_space
-
-    if args.lut_command == "measure":
-        from .measure import measure_lut
-
-        space = load_space(args.space, width_mult=args.width_mult)
-        table = measure_lut(space, threads=args.threads, repeats=args.repeats, batch_size=args.batch_size,
-                            progress=args.progress)
-        table.save(args.output)
-        print(f"wrote {args.output}: {space.name} ({space.fingerprint}), {space.num_layers} layers x "
-              f"{len(space.candidates)} candidates, stem+head {table.fixed_ms:.4f} ms")
-        return 0
-    space = load_space(args.space, width_mult=args.width_mult) if args.space else None
-    table = LatencyTable.load(args.path, space)
-    dev = table.device
-    print(f"{args.path}: space {table.space_name} ({table.fingerprint}), device "
-          f"{dev.get('backend', '?')} {dev.get('device_name', '')} threads {dev.get('threads', '?')}")
-    cands = table.candidates
-    print("layer " + " ".join(f"{c:>9}" for c in cands))
-    for l, layer in enumerate(table.layers):
-        print(f"{l:>5} " + " ".join(f"{layer[c].median_ms:>9.4f}" for c in cands))
-    print(f"fixed (stem+head) {table.fixed_ms:.4f} ms; fastest architecture {table.min_latency():.4f} ms")
-    return 0
-
-
 def _add_space(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", nargs="?", default="fbnet-cifar", help="space name or file (default: %(default)s)")
     p.add_argument("--width-mult", type=float, default=None, help="width multiplier")
@@ -169,9 +119,18 @@ def _run_space(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "search": ("run an FBNet architecture search", _add_search, _run_search),
-    "lut": ("measure or inspect latency look-up tables", _add_lut, _run_lut),
     "space": ("print a search space's resolved layers", _add_space, _run_space),
 }
+
+
+def _all_commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                                       Callable[[argparse.Namespace], int | None]]]:
+    import importlib
+
+    commands = dict(_COMMANDS)
+    for mod in _COMMAND_MODULES:
+        commands.update(importlib.import_module(mod).COMMANDS)
+    return commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fbnet-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_text, add, _) in {**_COMMANDS, **_EXTRA_COMMANDS}.items():
+    for name, (help_text, add, _) in _all_commands().items():
         sp = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
                             )
         add(sp)
@@ -193,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _, _, run = {**_COMMANDS, **_EXTRA_COMMANDS}[args.command]
+    _, _, run = _all_commands()[args.command]
     try:
         return int(run(args) or 0)
     except FBNetError as e:
