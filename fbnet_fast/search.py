@@ -226,6 +226,18 @@ class Searcher:
                 f"{cfg.data!r} has {data.image_size}x{data.image_size} images"
             )
         self.space = space
+        train = data.train
+        w_idx, t_idx = _split_train(train.labels, cfg.w_fraction, cfg.seed)
+        self.w_split = _Split(train.images[w_idx], train.labels[w_idx], train.mean, train.std)
+        self.t_split = _Split(train.images[t_idx], train.labels[t_idx], train.mean, train.std)
+        self.val_split = _Split(data.val.images, data.val.labels, data.val.mean, data.val.std)
+        self.w_steps = len(self.w_split) // cfg.batch_size
+        self.t_steps = len(self.t_split) // cfg.batch_size
+        if self.w_steps < 1 or self.t_steps < 1:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} is larger than the weight split ({len(self.w_split)} images) or the "
+                f"architecture split ({len(self.t_split)} images); use a smaller batch or more data"
+            )
         if lut is None:
             lut = self._load_or_measure_lut()
         lut.check_space(space)
@@ -242,18 +254,6 @@ class Searcher:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.lut_matrix = lut.matrix(space.candidates).to(self.device, torch.float32)
 
-        train = data.train
-        w_idx, t_idx = _split_train(train.labels, cfg.w_fraction, cfg.seed)
-        self.w_split = _Split(train.images[w_idx], train.labels[w_idx], train.mean, train.std)
-        self.t_split = _Split(train.images[t_idx], train.labels[t_idx], train.mean, train.std)
-        self.val_split = _Split(data.val.images, data.val.labels, data.val.mean, data.val.std)
-        self.w_steps = len(self.w_split) // cfg.batch_size
-        self.t_steps = len(self.t_split) // cfg.batch_size
-        if self.w_steps < 1 or self.t_steps < 1:
-            raise ConfigError(
-                f"batch_size {cfg.batch_size} is larger than the weight split ({len(self.w_split)} images) or the "
-                f"architecture split ({len(self.t_split)} images); use a smaller batch or more data"
-            )
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay, nesterov=cfg.w_momentum > 0)
         self.t_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.theta_lr,
@@ -418,7 +418,8 @@ class Searcher:
         if is_w:
             self.w_sched.step()
         acc = (logits.detach().argmax(1) == y).float().mean()
-        return {"ce": float(terms.ce), "loss": float(loss), "acc": float(acc), "latency_ms": float(latency)}
+        return {"ce": float(terms.ce.detach()), "loss": float(loss.detach()), "acc": float(acc),
+                "latency_ms": float(latency.detach())}
 
     # ---- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,127 @@
+import json
+import math
+
+import pytest
+import torch
+
+from fbnet_fast.data import build_datasets
+from fbnet_fast.errors import ConfigError, RunDirError
+from fbnet_fast.lut import LatencyTable
+from fbnet_fast.search import SearchConfig, Searcher, run_search, tau_at
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return build_datasets("synthetic", image_size=16, seed=0, num_train=320, num_val=64)
+
+
+def cfg(**kw):
+    base = dict(epochs=3, warmup_epochs=1, batch_size=32, progress=False, kernel="reference", lut_repeats=2)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def test_tau_schedule():
+    c = SearchConfig()
+    assert [round(tau_at(c, e), 6) for e in range(3)] == [5.0, round(5 * math.exp(-0.045), 6),
+                                                           round(5 * math.exp(-0.09), 6)]
+    assert math.isclose(tau_at(c, 90), 5 * math.exp(-0.045 * 90))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"warmup_epochs": 3, "epochs": 3}, "warmup_epochs"),
+    ({"tau0": 0.0}, "tau0"),
+    ({"alpha": -0.1}, "alpha"),
+    ({"beta": 0.0}, "beta"),
+    ({"w_fraction": 1.0}, "w_fraction"),
+    ({"gumbel": "gentle"}, "gumbel"),
+])
+def test_bad_options(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        SearchConfig(**kw).validate()
+
+
+def test_split_is_80_20_and_disjoint(tmp_path, tiny_space, tiny_lut, tiny_data):
+    s = Searcher(cfg(), tmp_path, space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    assert len(s.w_split) + len(s.t_split) == 320
+    assert abs(len(s.w_split) / 320 - 0.8) < 0.02  # stratified per class: rounding per class
+    w = {bytes(img.numpy()) for img in s.w_split.images}
+    t = {bytes(img.numpy()) for img in s.t_split.images}
+    assert not (w & t)
+
+
+def test_warmup_leaves_theta_untouched_then_search_moves_it(tmp_path, tiny_space, tiny_lut, tiny_data):
+    s = Searcher(cfg(), tmp_path, space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    before_w = [p.detach().clone() for p in s.model.weight_parameters()]
+    s._run_epoch()  # warm-up
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in s.model.arch_parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before_w, s.model.weight_parameters()))
+    assert s.history[0]["phase"] == "warmup" and s.history[0]["theta_loss"] is None
+    s._run_epoch()
+    assert any(p.abs().sum() > 0 for p in s.model.arch_parameters())
+    assert s.history[1]["phase"] == "search" and s.history[1]["theta_loss"] is not None
+
+
+def test_end_to_end_writes_every_artefact(tmp_path, tiny_space, tiny_lut, tiny_data):
+    out = tmp_path / "run"
+    res = run_search(cfg(), out, space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    for f in ("config.json", "lut.json", "metrics.jsonl", "theta.json", "arch.json", "summary.txt"):
+        assert (out / f).is_file(), f
+    assert list((out / "checkpoints").glob("ckpt-*.pt"))
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2, 3]
+    for l in lines:
+        assert {"train_ce", "expected_latency_ms", "val_acc", "tau", "probs"} <= set(l)
+        assert len(l["probs"]) == tiny_space.num_layers
+    theta = json.loads((out / "theta.json").read_text())
+    assert any(abs(v) > 0 for row in theta["theta"] for v in row)
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["fingerprint"] == tiny_space.fingerprint and len(arch["blocks"]) == tiny_space.num_layers
+    assert res["arch"].blocks == tuple(arch["blocks"])
+    LatencyTable.load(out / "lut.json", tiny_space)
+    with pytest.raises(RunDirError, match="--resume"):
+        run_search(cfg(), out, space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+
+
+def test_latency_dominated_search_moves_to_the_cheap_candidate(tmp_path, tiny_space, tiny_data):
+    # 'k3_e1' costs 1 ms, everything else 20 ms: a large alpha must push theta towards it.
+    L, K = tiny_space.num_layers, len(tiny_space.candidates)
+    m = torch.full((L, K), 20.0, dtype=torch.float64)
+    cheap = tiny_space.candidates.index("k3_e1")
+    m[:, cheap] = 1.0
+    lut = LatencyTable.from_matrix(tiny_space, m, fixed_ms=1.0)
+    c = cfg(epochs=3, warmup_epochs=1, alpha=5.0, beta=1.0, theta_lr=0.05, loss_form="add")
+    s = Searcher(c, tmp_path, space=tiny_space, lut=lut, data=tiny_data, log=lambda m: None)
+    s.run()
+    probs = s.model.probabilities()
+    assert torch.all(probs.argmax(1) == cheap)
+    assert s.history[-1]["expected_latency_ms"] < s.history[0]["expected_latency_ms"]
+
+
+def test_same_seed_same_result(tmp_path, tiny_space, tiny_lut, tiny_data):
+    a = Searcher(cfg(epochs=2), tmp_path / "a", space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    b = Searcher(cfg(epochs=2), tmp_path / "b", space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    a.run()
+    b.run()
+    for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_resume_mid_epoch_is_bit_identical(tmp_path, tiny_space, tiny_lut, tiny_data):
+    c = cfg(epochs=3, checkpoint_every=3)
+    ref = Searcher(c, tmp_path / "ref", space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    ref.run()
+    # run until a mid-epoch checkpoint of the search phase, then start a fresh searcher from it
+    part = Searcher(c, tmp_path / "part", space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    part._run_epoch()
+    part.phase, part.step = "w", 0
+    while part.step < 4:
+        part._train_step()
+        part.step += 1
+    part.save_checkpoint()
+    again = Searcher(c, tmp_path / "part", space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    assert again.resume() is not None and (again.epoch, again.phase, again.step) == (1, "w", 4)
+    again.accum = {}  # the partial run above did not accumulate metrics
+    again.run()
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k
