@@ -1,54 +1,331 @@
-"""``fbnet-fast lut``: measure and inspect latency look-up tables."""
+"""``fbnet-fast lut``: measure, show, diff and validate latency look-up tables.
+
+* ``lut measure``  time every (layer, candidate) block on a back end and write the LUT
+  (resumes from ``OUTPUT.partial`` after an interruption).
+* ``lut show``     the LUT as a table (median, or ``--spread`` for p10/p90).
+* ``lut diff``     two LUTs of one space side by side (two devices, or two runs of
+  one device): per-layer candidate order and which candidate pairs flip it, as in
+  the paper's iPhone X vs Samsung S8 depthwise figure.
+* ``lut validate`` the additivity study (:mod:`fbnet_fast.additivity`): end-to-end
+  latency of sampled architectures vs the LUT sum, and a fitted correction stored
+  in the LUT.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "diff_tables"]
+
+_BACKENDS = ("torch-cpu", "onnxruntime", "cuda", "ssh")
+
+
+def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool) -> None:
+    note = " (default: the LUT's)" if defaults_from_lut else ""
+    g = p.add_argument_group("back end")
+    g.add_argument("--backend", choices=_BACKENDS, default=None if defaults_from_lut else "torch-cpu",
+                   help="torch-cpu (PyTorch eager), onnxruntime (host CPU), cuda (GPU, CUDA events), ssh (a "
+                   "remote board)" + (note or " (default: %(default)s)"))
+    g.add_argument("--threads", type=int, default=None, help="intra-op threads while measuring" +
+                   (note or " (default: 1, the stable choice on a shared host)"))
+    g.add_argument("--repeats", type=int, default=None, help="timing samples per block" + (note or " (default: 40)"))
+    g.add_argument("--warmup", type=int, default=None, help="untimed calls per block first" + (note or " (default: 3)"))
+    g.add_argument("--min-sample-ms", type=float, default=None,
+                   help="each sample averages enough calls to last this long" + (note or " (default: 1.0)"))
+    g.add_argument("--clock", choices=("auto", "wall", "cpu"), default=None,
+                   help="auto: process CPU time with 1 thread (robust to other work on the host), wall time with "
+                   "more" + (note or " (default: auto)"))
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
+                   help="torch back ends: keep NCHW (default: channels_last)")
+    g = p.add_argument_group("remote board (--backend ssh)")
+    g.add_argument("--host", default=None, help="the board's address")
+    g.add_argument("--port", type=int, default=22, help="ssh port (default: %(default)s)")
+    g.add_argument("--user", default=None, help="ssh user (default: ssh's)")
+    g.add_argument("--identity", "-i", default=None, help="private key file")
+    g.add_argument("--ssh-option", "-O", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra ssh -o option (repeatable), e.g. StrictHostKeyChecking=accept-new")
+    g.add_argument("--remote-python", default="python3", help="the board's python (default: %(default)s)")
+    g.add_argument("--remote-runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+                   help="runtime on the board: ONNX models for onnxruntime or TorchScript for torch "
+                   "(default: %(default)s)")
+
+
+def _make_backend(args: argparse.Namespace, device: dict[str, Any] | None = None) -> Any:
+    from .measure import get_backend
+
+    device = device or {}
+    name = args.backend or device.get("backend", "torch-cpu")
+
+    def pick(arg: Any, key: str, default: Any) -> Any:
+        if arg is not None:
+            return arg
+        return device.get(key, default) if name == device.get("backend") else default
+
+    kw: dict[str, Any] = dict(threads=pick(args.threads, "threads", 1), repeats=pick(args.repeats, "repeats", 30),
+                              warmup=pick(args.warmup, "warmup", 3),
+                              min_sample_ms=pick(args.min_sample_ms, "min_sample_ms", 1.0))
+    if name != "cuda":
+        kw["clock"] = pick(args.clock, "clock", "auto")
+    if name in ("torch-cpu", "cuda"):
+        mf = device.get("memory_format") if name == device.get("backend") else None
+        kw["channels_last"] = args.channels_last if args.channels_last is not None else mf != "contiguous"
+    if name == "ssh":
+        kw.update(host=args.host, port=args.port, user=args.user, identity=args.identity,
+                  ssh_options=args.ssh_option, remote_python=args.remote_python, runtime=args.remote_runtime)
+    return get_backend(name, **kw)
 
 
 def _add_lut(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="lut_command", metavar="{measure,show}", required=True)
-    m = sub.add_parser("measure", help="measure a LUT on the host CPU", description="Time every (layer, candidate) "
-                       "block of a space alone at its real input shape and write the LUT JSON.")
+    sub = p.add_subparsers(dest="lut_command", metavar="{measure,show,diff,validate}", required=True)
+    m = sub.add_parser("measure", help="measure a LUT", description="Time every (layer, candidate) block of a "
+                       "space alone at its real input shape (identical blocks once) and write the LUT JSON. An "
+                       "interrupted run resumes from OUTPUT.partial.")
     m.add_argument("--space", default="fbnet-cifar", help="space name or file (default: %(default)s)")
     m.add_argument("--width-mult", type=float, default=0.25, help="width multiplier (default: %(default)s)")
-    m.add_argument("--threads", type=int, default=None, help="intra-op threads while measuring")
-    m.add_argument("--repeats", type=int, default=20, help="timing samples per block (default: %(default)s)")
     m.add_argument("--batch-size", type=int, default=1, help="images per call (default: %(default)s)")
     m.add_argument("--output", "-o", required=True, help="LUT JSON file to write")
+    m.add_argument("--restart", dest="resume", action="store_false",
+                   help="ignore OUTPUT.partial and measure everything again")
     m.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _add_backend_args(m, defaults_from_lut=False)
+
     s = sub.add_parser("show", help="print a LUT as a table", description="Validate a LUT and print it.")
     s.add_argument("path", help="LUT JSON file")
     s.add_argument("--space", default=None, help="also check the LUT covers this space")
     s.add_argument("--width-mult", type=float, default=None, help="width multiplier of --space")
+    s.add_argument("--spread", action="store_true", help="print p10-p90 instead of the median")
+
+    d = sub.add_parser("diff", help="compare two LUTs side by side",
+                       description="Two LUTs of the same space (two devices, or two runs): per layer both "
+                       "latencies and the candidate pairs whose order flips between them.")
+    d.add_argument("a", help="first LUT JSON")
+    d.add_argument("b", help="second LUT JSON")
+    d.add_argument("--min-gap", type=float, default=5.0,
+                   help="count a flip only when the two candidates differ by more than this %% in both LUTs "
+                   "(default: %(default)s; 0 counts every flip)")
+    d.add_argument("--json", default=None, help="also write the comparison as JSON here")
+
+    v = sub.add_parser("validate", help="additivity study: LUT sum vs end-to-end latency",
+                       description="Sample architectures (uniform and from a theta file), measure each built as a "
+                       "plain model end to end on the LUT's back end, compare with the LUT sum, plot it, and "
+                       "store a fitted correction (scale, offset) in the LUT for the search.")
+    v.add_argument("lut", help="LUT JSON file (the correction is written back into it unless --no-write)")
+    v.add_argument("--space", default=None, help="space name or file (default: the LUT's space name)")
+    v.add_argument("--width-mult", type=float, default=None,
+                   help="width multiplier (default: the one that matches the LUT's fingerprint)")
+    v.add_argument("--num-archs", "-n", type=int, default=20, help="uniformly sampled architectures "
+                   "(default: %(default)s)")
+    v.add_argument("--theta", default=None, help="a search's theta.json: also sample --num-theta from softmax(theta)")
+    v.add_argument("--num-theta", type=int, default=None, help="architectures from theta (default: --num-archs)")
+    v.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    v.add_argument("--plot", default=None, help="scatter PNG (default: LUT path with .additivity.png)")
+    v.add_argument("--report", default=None, help="report JSON (default: LUT path with .additivity.json)")
+    v.add_argument("--no-write", dest="write", action="store_false", help="do not store the correction in the LUT")
+    v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _add_backend_args(v, defaults_from_lut=True)
 
 
-def _run_lut(args: argparse.Namespace) -> int:
+def _fmt_device(dev: dict[str, Any]) -> str:
+    parts = [str(dev.get("backend", "?")), str(dev.get("device_name", "")), f"threads {dev.get('threads', '?')}",
+             str(dev.get("runtime", "")), f"batch {dev.get('batch_size', '?')}"]
+    if dev.get("board"):
+        parts.append(f"board {dev['board']}")
+    return ", ".join(p for p in parts if p)
+
+
+def diff_tables(a: Any, b: Any, *, min_gap_pct: float = 5.0) -> dict[str, Any]:
+    """Compare two :class:`LatencyTable` s entry by entry.
+
+    Returns ``{"layers": [{"index", "a", "b", "order_a", "order_b", "flips": [[c1, c2], ...]}],
+    "ratio_median", "ratio_max_abs_pct", "flipped_pairs", "layers_with_flips", "kendall_tau_mean"}``;
+    a pair ``(c1, c2)`` is listed when ``c1`` is faster than ``c2`` in ``a`` but slower in
+    ``b``, both by more than ``min_gap_pct`` % (so noise on near-ties is not a flip).
+    """
+    from .additivity import kendall_tau
+    from .errors import LUTError
+
+    if list(a.candidates) != list(b.candidates) or len(a.layers) != len(b.layers):
+        raise LUTError(f"cannot compare {a.source} and {b.source}: different candidates or layer counts "
+                       f"({len(a.layers)}x{len(a.candidates)} vs {len(b.layers)}x{len(b.candidates)})")
+    cands = list(a.candidates)
+    gap = 1.0 + min_gap_pct / 100.0
+    rows, ratios, taus = [], [], []
+    for l, (la, lb) in enumerate(zip(a.layers, b.layers)):
+        va = {c: la[c].median_ms for c in cands}
+        vb = {c: lb[c].median_ms for c in cands}
+        flips = []
+        for i, c1 in enumerate(cands):
+            for c2 in cands[i + 1:]:
+                x1, x2, y1, y2 = va[c1], va[c2], vb[c1], vb[c2]
+                if (x1 * gap < x2 and y2 * gap < y1) or (x2 * gap < x1 and y1 * gap < y2):
+                    flips.append(sorted((c1, c2), key=lambda c: va[c]))
+        ratios += [vb[c] / va[c] for c in cands if va[c] > 0]
+        taus.append(kendall_tau([va[c] for c in cands], [vb[c] for c in cands]))
+        rows.append({"index": l, "a": va, "b": vb, "order_a": sorted(cands, key=va.get),
+                     "order_b": sorted(cands, key=vb.get), "flips": flips})
+    rs = sorted(ratios)
+    return {"a": a.source, "b": b.source, "layers": rows,
+            "ratio_median": rs[len(rs) // 2] if rs else float("nan"),
+            "abs_pct_diff_median": sorted(abs(r - 1) * 100 for r in rs)[len(rs) // 2] if rs else float("nan"),
+            "abs_pct_diff_max": max(abs(r - 1) * 100 for r in rs) if rs else float("nan"),
+            "fixed_a_ms": a.fixed_ms, "fixed_b_ms": b.fixed_ms,
+            "flipped_pairs": sum(len(r["flips"]) for r in rows),
+            "layers_with_flips": sum(1 for r in rows if r["flips"]),
+            "kendall_tau_mean": sum(taus) / len(taus), "min_gap_pct": min_gap_pct}
+
+
+def _show(args: argparse.Namespace) -> int:
     from .lut import LatencyTable
     from .space import load_space
 
-    if args.lut_command == "measure":
-        from .measure import measure_lut
-
-        space = load_space(args.space, width_mult=args.width_mult)
-        table = measure_lut(space, threads=args.threads, repeats=args.repeats, batch_size=args.batch_size,
-                            progress=args.progress)
-        table.save(args.output)
-        print(f"wrote {args.output}: {space.name} ({space.fingerprint}), {space.num_layers} layers x "
-              f"{len(space.candidates)} candidates, stem+head {table.fixed_ms:.4f} ms")
-        return 0
     space = load_space(args.space, width_mult=args.width_mult) if args.space else None
     table = LatencyTable.load(args.path, space)
-    dev = table.device
-    print(f"{args.path}: space {table.space_name} ({table.fingerprint}), device "
-          f"{dev.get('backend', '?')} {dev.get('device_name', '')} threads {dev.get('threads', '?')}")
+    print(f"{args.path}: space {table.space_name} ({table.fingerprint}), {len(table.layers)} layers")
+    print(f"device: {_fmt_device(table.device)}")
+    extra = {k: v for k, v in table.device.items() if k in ("clock", "repeats", "warmup", "min_sample_ms", "created",
+                                                            "memory_format", "input_size")}
+    if extra:
+        print("        " + ", ".join(f"{k} {v}" for k, v in extra.items()))
     cands = table.candidates
-    print("layer " + " ".join(f"{c:>9}" for c in cands))
+    w = 13 if args.spread else 9
+    print(f"{'layer':>5} {'shape':<16} " + " ".join(f"{c:>{w}}" for c in cands))
+    shapes = table.layer_shapes or [{} for _ in table.layers]
     for l, layer in enumerate(table.layers):
-        print(f"{l:>5} " + " ".join(f"{layer[c].median_ms:>9.4f}" for c in cands))
-    print(f"fixed (stem+head) {table.fixed_ms:.4f} ms; fastest architecture {table.min_latency():.4f} ms")
+        sh = shapes[l]
+        shape = f"{sh.get('c_in', '?')}->{sh.get('c_out', '?')} s{sh.get('stride', '?')} {sh.get('in_size', '?')}px"
+        if args.spread:
+            cells = [f"{layer[c].p10_ms:.3f}-{layer[c].p90_ms:.3f}" for c in cands]
+        else:
+            cells = [f"{layer[c].median_ms:.4f}" for c in cands]
+        print(f"{l:>5} {shape:<16} " + " ".join(f"{x:>{w}}" for x in cells))
+    fixed = ", ".join(f"{k} {e.median_ms:.4f}" for k, e in table.fixed.items())
+    print(f"fixed: {fixed} (ms); fastest architecture {table.min_latency():.4f} ms")
+    if table.correction:
+        print(f"correction: predicted = {table.correction['scale']:.4f} x LUT sum + "
+              f"{table.correction['offset_ms']:.4f} ms (fitted on {table.correction.get('fitted_on', '?')} nets)")
     return 0
 
 
-COMMANDS = {"lut": ("measure or inspect latency look-up tables", _add_lut, _run_lut)}
+def _diff(args: argparse.Namespace) -> int:
+    from .lut import LatencyTable
+
+    a, b = LatencyTable.load(args.a), LatencyTable.load(args.b)
+    if a.fingerprint != b.fingerprint:
+        print(f"note: the LUTs are for different space fingerprints ({a.fingerprint} vs {b.fingerprint}); "
+              f"comparing layer by layer anyway")
+    d = diff_tables(a, b, min_gap_pct=args.min_gap)
+    print(f"A: {args.a}\n   {_fmt_device(a.device)}\nB: {args.b}\n   {_fmt_device(b.device)}")
+    cands = a.candidates
+    print(f"{'layer':>5}   " + " ".join(f"{c:>9}" for c in cands))
+    prev = None
+    for r in d["layers"]:
+        key = (tuple(r["a"].values()), tuple(r["b"].values()))
+        if key == prev:  # identical layers (same shape) repeat the row above
+            print(f"{r['index']:>5}   (same as above)")
+            continue
+        prev = key
+        print(f"{r['index']:>5} A " + " ".join(f"{r['a'][c]:>9.4f}" for c in cands))
+        print(f"{'':>5} B " + " ".join(f"{r['b'][c]:>9.4f}" for c in cands))
+        if r["flips"]:
+            print(f"{'':>5}   flips: " + ", ".join(f"{x}<{y} in A, {x}>{y} in B" for x, y in r["flips"]))
+    print(f"fixed (stem+head): A {d['fixed_a_ms']:.4f} ms, B {d['fixed_b_ms']:.4f} ms")
+    print(f"B/A per entry: median ratio {d['ratio_median']:.3f}, |B/A - 1| median {d['abs_pct_diff_median']:.1f}% "
+          f"max {d['abs_pct_diff_max']:.1f}%; per-layer Kendall tau mean {d['kendall_tau_mean']:.3f}; "
+          f"{d['flipped_pairs']} candidate pair(s) flip order (gap > {args.min_gap:g}% in both) in "
+          f"{d['layers_with_flips']} of {len(d['layers'])} layers")
+    if args.json:
+        from .lut import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(d, indent=1) + "\n")
+    return 0
+
+
+def _resolve_space(table: Any, args: argparse.Namespace) -> Any:
+    from .errors import LUTError
+    from .space import load_space
+
+    name = args.space or table.space_name
+    if args.width_mult is not None:
+        return load_space(name, width_mult=args.width_mult)
+    for wm in (0.25, 1.0, 0.5, 0.75, 0.35, 1.25, 1.5, 2.0):
+        space = load_space(name, width_mult=wm)
+        if space.fingerprint == table.fingerprint:
+            return space
+    raise LUTError(f"{table.source}: no width multiplier of space {name!r} matches the LUT's fingerprint "
+                   f"{table.fingerprint}; pass --space and --width-mult")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .additivity import apply_correction, load_theta, plot_scatter, sample_architectures, validate_lut
+    from .errors import ConfigError, LUTError
+    from .lut import LatencyTable, atomic_write_text
+
+    table = LatencyTable.load(args.lut)
+    space = _resolve_space(table, args)
+    table.check_space(space)
+    if args.num_archs < 0:
+        raise ConfigError(f"--num-archs must be >= 0, got {args.num_archs}")
+    backend = _make_backend(args, table.device)
+    if table.device.get("backend") and table.device["backend"] != backend.name:
+        raise LUTError(f"{args.lut}: the LUT was measured with back end {table.device['backend']!r}; the study "
+                       f"must use the same one (got --backend {backend.name})")
+    archs = sample_architectures(space, args.num_archs, seed=args.seed)
+    sources = ["uniform"] * len(archs)
+    if args.theta:
+        n_theta = args.num_archs if args.num_theta is None else args.num_theta
+        theta_archs = sample_architectures(space, n_theta, theta=load_theta(args.theta, space), seed=args.seed + 1)
+        archs += theta_archs
+        sources += ["theta"] * len(theta_archs)
+    report = validate_lut(table, space, archs, sources, backend, progress=args.progress)
+    s = report.summary()
+    base = Path(args.lut)
+    plot = args.plot or str(base.with_suffix("")) + ".additivity.png"
+    rep = args.report or str(base.with_suffix("")) + ".additivity.json"
+    plot_scatter(report, plot)
+    atomic_write_text(rep, json.dumps(report.to_dict(), indent=1) + "\n")
+    print(f"{s['n']} architectures ({', '.join(f'{k} {v}' for k, v in s['sources'].items())}) on "
+          f"{_fmt_device(report.device)}")
+    print(f"measured {s['measured_ms_range'][0]:.3f}-{s['measured_ms_range'][1]:.3f} ms; LUT sum error: median "
+          f"{s['median_abs_pct_error']:.1f}%, max {s['max_abs_pct_error']:.1f}%; measured/LUT mean "
+          f"{s['mean_measured_over_lut']:.3f}; Kendall tau {s['kendall_tau']:.3f}")
+    held = s["holdout_median_abs_pct_error"]
+    print(f"correction: measured ~= {report.scale:.4f} x LUT sum + {report.offset_ms:.4f} ms; error after: median "
+          f"{s['corrected_median_abs_pct_error']:.1f}%, max {s['corrected_max_abs_pct_error']:.1f}%"
+          + (f" (held-out halves: median {held:.1f}%, max {s['holdout_max_abs_pct_error']:.1f}%)" if held is not None
+             else ""))
+    print(f"wrote {plot} and {rep}")
+    if args.write:
+        apply_correction(table, report)
+        table.save(args.lut)
+        print(f"stored the correction in {args.lut}; the search applies it (LatencyTable.predict)")
+    return 0
+
+
+def _run_lut(args: argparse.Namespace) -> int:
+    if args.lut_command == "show":
+        return _show(args)
+    if args.lut_command == "diff":
+        return _diff(args)
+    if args.lut_command == "validate":
+        return _validate(args)
+    from .measure import measure_lut
+    from .space import load_space
+
+    space = load_space(args.space, width_mult=args.width_mult)
+    backend = _make_backend(args)
+    try:
+        table = measure_lut(space, backend=backend, batch_size=args.batch_size, progress=args.progress,
+                            output=args.output, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"interrupted: what was measured is in {args.output}.partial; the same command resumes from it")
+        raise
+    print(f"wrote {args.output}: {space.name} ({space.fingerprint}), {space.num_layers} layers x "
+          f"{len(space.candidates)} candidates on {_fmt_device(table.device)}; stem+head {table.fixed_ms:.4f} ms, "
+          f"fastest architecture {table.min_latency():.4f} ms")
+    return 0
+
+
+COMMANDS = {"lut": ("measure, show, compare or validate latency look-up tables", _add_lut, _run_lut)}

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Self-contained block timer: the one file copied to a board by the SSH back end.
+
+It depends on nothing from fbnet-fast (only the standard library plus the board's
+``onnxruntime`` + ``numpy`` or ``torch``), so a board needs no install of this
+project. The host imports the same timing functions (:func:`time_interleaved`,
+:func:`summarize`) for its own back ends, so a LUT measured on the host and one
+measured on a board use one sampling rule.
+
+Usage on the board::
+
+    python3 remote_runner.py MANIFEST.json
+
+``MANIFEST.json``::
+
+    {"runtime": "onnxruntime" | "torch", "threads": 1, "repeats": 40, "warmup": 3,
+     "min_sample_ms": 1.0, "clock": "auto" | "wall" | "cpu", "seed": 0,
+     "groups": [[{"key": "...", "file": "blocks/0.onnx", "shape": [1, 8, 32, 32]}, ...], ...]}
+
+``file`` is relative to the manifest's folder (ONNX for onnxruntime, TorchScript
+for torch). Output on stdout, one JSON object per line after a tag::
+
+    DEVICE {"device_name": "...", "machine": "aarch64", "runtime": "onnxruntime 1.17.0", ...}
+    RESULT {"key": "...", "median_ms": ..., "p10_ms": ..., "p90_ms": ..., "repeats": 30}
+
+Results are flushed one group at a time so the host can show progress and save a
+partial LUT while the board works.
+
+Sampling rule: the blocks of one group (the candidates of one layer shape) are
+timed in interleaved rounds: every round takes one sample of every block. Load
+that comes and goes on the machine then lands on all candidates of a layer alike
+instead of on whichever block happened to be running, so the *order* of the
+candidates (what the search uses) is stable run to run. A sample is the mean of
+``inner`` back-to-back calls, ``inner`` chosen so a sample lasts about
+``min_sample_ms``: single calls of ~20 us blocks are dominated by timer jitter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable, Sequence
+
+__all__ = ["quantile", "summarize", "time_interleaved", "resolve_clock", "CLOCKS", "cpu_model", "main"]
+
+# "cpu" (process CPU time) is the default with one thread: on a host shared with
+# other work the OS parks the timing process for whole time slices, which wall
+# time counts and CPU time does not. Measured on a 2-core VM at load average ~9:
+# the same 0.12 ms block gave medians 0.25 / 0.43 / 0.21 ms in three wall-clock
+# runs (2 ms samples) and 0.115 / 0.120 / 0.122 ms in CPU time. With more threads
+# CPU time sums over threads and is no latency, so "wall" is used.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def resolve_clock(clock: str, threads: int) -> str:
+    """``"auto"`` -> ``"cpu"`` with one thread, else ``"wall"``; others as given."""
+    if clock == "auto":
+        return "cpu" if threads == 1 else "wall"
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be 'auto', 'wall' or 'cpu', got {clock!r}")
+    return clock
+
+
+def quantile(sorted_xs: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile of an already sorted sequence (numpy's default rule)."""
+    if not sorted_xs:
+        raise ValueError("quantile of an empty sequence")
+    pos = (len(sorted_xs) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def summarize(samples_ms: Sequence[float]) -> dict:
+    """``{median_ms, p10_ms, p90_ms, repeats}`` of per-call times in ms."""
+    xs = sorted(float(x) for x in samples_ms)
+    return {"median_ms": quantile(xs, 0.5), "p10_ms": quantile(xs, 0.1), "p90_ms": quantile(xs, 0.9),
+            "repeats": len(xs)}
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 3,
+                     min_sample_ms: float = 1.0, max_inner: int = 1000,
+                     clock: Callable[[], float] = time.perf_counter,
+                     sync: Callable[[], object] | None = None) -> list[list[float]]:
+    """Per-call times in ms: ``repeats`` samples of each of ``fns``, taken in interleaved rounds.
+
+    Args:
+        fns: zero-argument callables, one per block.
+        warmup: untimed calls of each callable first (allocator, caches, lazy init).
+        min_sample_ms: a sample's target length; ``inner`` calls per sample are picked
+            per callable from the slowest of two timed calls after the warm-up.
+        clock: seconds, monotonic (a fake in tests).
+        sync: called before every clock read (e.g. a device synchronise).
+
+    Returns:
+        ``samples[i]``: ``repeats`` per-call times in ms of ``fns[i]``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    sync = sync or (lambda: None)
+    inner = []
+    for fn in fns:
+        for _ in range(max(0, warmup)):
+            fn()
+        once = 0.0
+        for _ in range(2):
+            sync()
+            t0 = clock()
+            fn()
+            sync()
+            once = max(once, clock() - t0)
+        inner.append(max(1, min(max_inner, int(min_sample_ms / 1e3 / max(once, 1e-7)))))
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            n = inner[i]
+            sync()
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            sync()
+            samples[i].append((clock() - t0) * 1e3 / n)
+    return samples
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (x86 ``model name``, ARM ``Hardware``/``Model``)."""
+    found = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if ":" in line:
+                    k, v = (s.strip() for s in line.split(":", 1))
+                    if k in ("model name", "Hardware", "Model", "cpu model") and v:
+                        found.setdefault(k, v)
+    except OSError:
+        pass
+    for k in ("model name", "Model", "Hardware", "cpu model"):
+        if k in found:
+            return found[k]
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _onnxruntime_factory(threads: int):
+    import numpy as np
+    import onnxruntime as ort
+
+    def make(path: str, shape: Sequence[int], seed: int) -> Callable[[], object]:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        x = np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
+        feed = {name: x}
+        return lambda: sess.run(None, feed)
+
+    return make, f"onnxruntime {ort.__version__}"
+
+
+def _torch_factory(threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def make(path: str, shape: Sequence[int], seed: int) -> Callable[[], object]:
+        m = torch.jit.load(path, map_location="cpu").eval()
+        x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
+
+        def call():
+            with torch.inference_mode():
+                return m(x)
+
+        return call
+
+    return make, f"torch {torch.__version__}"
+
+
+def _emit(tag: str, obj: dict) -> None:
+    sys.stdout.write(f"{tag} {json.dumps(obj)}\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        sys.stderr.write("usage: remote_runner.py MANIFEST.json\n")
+        return 2
+    manifest_path = os.path.abspath(argv[0])
+    with open(manifest_path) as f:
+        man = json.load(f)
+    base = os.path.dirname(manifest_path)
+    threads = int(man.get("threads", 1))
+    runtime = man.get("runtime", "onnxruntime")
+    if runtime == "onnxruntime":
+        make, runtime_desc = _onnxruntime_factory(threads)
+    elif runtime == "torch":
+        make, runtime_desc = _torch_factory(threads)
+    else:
+        sys.stderr.write(f"remote_runner: unknown runtime {runtime!r} (onnxruntime or torch)\n")
+        return 2
+    clock = resolve_clock(man.get("clock", "auto"), threads)
+    _emit("DEVICE", {
+        "device_name": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "host": platform.node(), "python": platform.python_version(), "runtime": runtime_desc,
+        "threads": threads, "clock": clock,
+    })
+    seed = int(man.get("seed", 0))
+    for group in man["groups"]:
+        fns = [make(os.path.join(base, job["file"]), job["shape"], seed + i) for i, job in enumerate(group)]
+        samples = time_interleaved(fns, repeats=int(man["repeats"]), warmup=int(man.get("warmup", 3)),
+                                   min_sample_ms=float(man.get("min_sample_ms", 1.0)), clock=CLOCKS[clock])
+        for job, s in zip(group, samples):
+            _emit("RESULT", {"key": job["key"], **summarize(s)})
+        del fns
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
