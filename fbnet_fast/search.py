@@ -21,6 +21,25 @@ the model, both optimizers, the LR schedule, the position (epoch, phase, step),
 the running sums of the current phase and the metric history; a resumed search
 ends bit-identical to an uninterrupted one.
 
+Crash safety: a checkpoint is written every ``checkpoint_every`` steps and at every
+epoch end, to a temp file in ``checkpoints/`` (flush + fsync), then ``os.replace``d
+into ``ckpt-<global step>.pt`` and the folder fsynced; the newest
+``keep_checkpoints`` are kept. A process killed at any point leaves complete
+checkpoints and at most one torn ``.ckpt-*.pt.tmp``, which ``resume`` deletes. A
+checkpoint that cannot be read is renamed ``*.pt.corrupt`` (never deleted) and the
+previous one is used. ``tau`` is not stored: it is a function of the epoch.
+
+Multi-process (``torchrun``, see :mod:`fbnet_fast.distributed`): every rank builds
+the same data, model and step-seeded draws (so the Gumbel noise is identical), takes
+its contiguous shard of each global batch (``batch_size / world`` images, augmented
+as part of the full batch so the pixels match a single-process run), and all-reduces
+the phase's gradients, the BN running statistics and the step metrics in one
+buffer. BatchNorm normalises with per-rank batch statistics (the DDP default;
+``SyncBatchNorm`` supports no CPU and cannot reach into the fused kernels); the
+running statistics are averaged over ranks every step, which is exact for the
+running mean and misses only the between-shard part of the running variance.
+Evaluation is sharded over ranks. Rank 0 alone writes files.
+
 Run folder::
 
     config.json         resolved configuration (space, fingerprint, latency unit, ...)
@@ -30,6 +49,9 @@ Run folder::
     theta.json          final theta and softmax(theta) per layer
     arch.json           the most likely architecture (``fbnet-fast`` architecture format)
     summary.txt         the final architecture as a table
+    samples.json        ``plot_samples`` architectures drawn from P_theta and the argmax,
+                        each with its LUT latency and held-out accuracy
+    *.png               pictures (:mod:`fbnet_fast.plots`; ``fbnet-fast plot RUN_DIR``)
 """
 
 from __future__ import annotations
@@ -50,7 +72,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError, ConfigError, RunDirError, TrainingError
+from .distributed import SINGLE, Dist, flat_params, init_from_env, shutdown, unflatten_into
+from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, TrainingError
 from .loss import LatencyLoss, resolve_unit
 from .lut import LatencyTable, atomic_write_text
 from .space import SearchSpace, load_space
@@ -102,6 +125,9 @@ class SearchConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: epoch ends only
     keep_checkpoints: int = 3
     progress: bool = True
+    # pictures at the end
+    plots: bool = True
+    plot_samples: int = 16  # architectures drawn from P_theta for the accuracy-vs-latency scatter
 
     def validate(self) -> None:
         def pos(name: str, integer: bool = False, allow_zero: bool = False) -> None:
@@ -114,7 +140,7 @@ class SearchConfig:
 
         for n in ("epochs", "batch_size", "lut_repeats", "keep_checkpoints"):
             pos(n, integer=True)
-        for n in ("warmup_epochs", "checkpoint_every"):
+        for n in ("warmup_epochs", "checkpoint_every", "plot_samples"):
             pos(n, integer=True, allow_zero=True)
         for n in ("w_lr", "theta_lr", "tau0"):
             pos(n)
@@ -194,30 +220,51 @@ class _Split:
         return len(self.labels)
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator | None, device: torch.device,
-              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+              channels_last: bool, shard: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[B', C, H, W]`` float and labels ``[B']`` of ``idx`` (``[B]``).
+
+        ``shard`` picks this rank's rows after the whole batch is augmented, so each
+        image gets the same crop and flip whatever the number of ranks.
+        """
         x = self.images[idx]
         if gen is not None:
             x = _augment(x, gen)
+        y = self.labels[idx]
+        if shard is not None:
+            x, y = x[shard], y[shard]
         x = (x.float() / 255.0 - self.mean) / self.std
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x.to(device), self.labels[idx].to(device)
+        return x.to(device), y.to(device)
 
 
 class Searcher:
-    """Owns one search: model, data, optimizers, position; ``run()`` drives it to the end."""
+    """Owns one search: model, data, optimizers, position; ``run()`` drives it to the end.
+
+    ``dist`` places this process in a ``torchrun`` group (default: a single process).
+    """
 
     def __init__(self, cfg: SearchConfig, run_dir: str | Path, *, space: SearchSpace | None = None,
-                 lut: LatencyTable | None = None, data: Any = None, log: Callable[[str], None] = print) -> None:
+                 lut: LatencyTable | None = None, data: Any = None, log: Callable[[str], None] = print,
+                 dist: Dist = SINGLE) -> None:
         cfg.validate()
-        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+        self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
+        self.log = log if dist.is_main else (lambda msg: None)
+        self.progress = cfg.progress and dist.is_main
+        if cfg.batch_size % dist.world:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} is the global batch and must divide evenly over the "
+                f"{dist.world} processes (got {cfg.batch_size % dist.world} left over)"
+            )
         self.device = torch.device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.data = data if data is not None else self._build_data()
-        data = self.data
         if space is None:
             space = load_space(cfg.space, width_mult=cfg.width_mult)
+        # The data is made at the space's input size, so a 16x16 space file searches
+        # the generated set (or resized images) without a separate option.
+        self.data = data if data is not None else self._build_data(space.input_size)
+        data = self.data
         if space.num_classes != data.num_classes:
             space = space.replace(num_classes=data.num_classes)
         if space.input_size != data.image_size:
@@ -238,6 +285,8 @@ class Searcher:
                 f"batch_size {cfg.batch_size} is larger than the weight split ({len(self.w_split)} images) or the "
                 f"architecture split ({len(self.t_split)} images); use a smaller batch or more data"
             )
+        per_rank = cfg.batch_size // dist.world
+        self.shard = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank) if dist.active else None
         if lut is None:
             lut = self._load_or_measure_lut()
         lut.check_space(space)
@@ -253,6 +302,8 @@ class Searcher:
             # Depthwise convs and BN run ~1.7x faster in NHWC on this class of CPU.
             self.model = self.model.to(memory_format=torch.channels_last)
         self.lut_matrix = lut.matrix(space.candidates).to(self.device, torch.float32)
+        # BN running statistics: averaged over ranks every step (see the module docstring).
+        self._float_buffers = [b for b in self.model.buffers() if b.is_floating_point()]
 
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay, nesterov=cfg.w_momentum > 0)
@@ -265,22 +316,28 @@ class Searcher:
         self.history: list[dict[str, Any]] = []
         self.epoch_start = time.time()
         self.elapsed = 0.0
+        self.last_checkpoint: Path | None = None
 
     # ---- set-up helpers -----------------------------------------------------------------
-    def _build_data(self):
+    def _build_data(self, image_size: int):
         from .data import build_datasets
 
-        return build_datasets(self.cfg.data, seed=self.cfg.seed, num_train=self.cfg.num_train,
-                              num_val=self.cfg.num_val)
+        return build_datasets(self.cfg.data, image_size=image_size, seed=self.cfg.seed,
+                              num_train=self.cfg.num_train, num_val=self.cfg.num_val)
 
     def _load_or_measure_lut(self) -> LatencyTable:
         if self.cfg.lut:
             return LatencyTable.load(self.cfg.lut, self.space)
-        from .measure import measure_lut
 
-        self.log(f"measuring a latency table for {self.space.name} on the host CPU "
-                 f"(pass --lut to reuse one)")
-        return measure_lut(self.space, repeats=self.cfg.lut_repeats, progress=self.cfg.progress)
+        def measure() -> dict[str, Any]:
+            from .measure import measure_lut
+
+            self.log(f"measuring a latency table for {self.space.name} on the host CPU "
+                     f"(pass --lut to reuse one)")
+            return measure_lut(self.space, repeats=self.cfg.lut_repeats, progress=self.progress).to_dict()
+
+        # Timings differ between processes: rank 0 measures and every rank uses its table.
+        return LatencyTable.from_dict(self.dist.share(measure), source="<measured>", space=self.space)
 
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -290,6 +347,8 @@ class Searcher:
             "fingerprint": self.space.fingerprint,
             "space": self.space.to_dict(),
             "config": self.cfg.to_dict(),
+            # tau is tau_at(config, epoch); the data order, augmentation and Gumbel noise
+            # of every step are drawn from generators seeded by (seed, epoch, phase, step).
             "position": {"epoch": self.epoch, "phase": self.phase, "step": self.step},
             "model": self.model.state_dict(),
             "w_opt": self.w_opt.state_dict(),
@@ -298,11 +357,18 @@ class Searcher:
             "accum": dict(self.accum),
             "history": list(self.history),
             "elapsed": self.elapsed + (time.time() - self.epoch_start),
+            "world_size": self.dist.world,
             # Every step reseeds its own generators; these are kept so code outside the
             # step functions (user callbacks) also resumes exactly.
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                     "torch": torch.get_rng_state()},
         }
+
+    # Options that change the trajectory: a checkpoint must agree on them to be resumed.
+    _TRAJECTORY_FIELDS = ("epochs", "warmup_epochs", "batch_size", "w_fraction", "w_lr", "w_momentum",
+                          "w_weight_decay", "theta_lr", "theta_weight_decay", "tau0", "tau_decay", "alpha",
+                          "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
+                          "num_train", "num_val")
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>") -> None:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -312,6 +378,13 @@ class Searcher:
                 f"{source}: checkpoint is for space fingerprint {state.get('fingerprint')}, this search uses "
                 f"{self.space.name!r} with fingerprint {self.space.fingerprint}"
             )
+        saved_cfg = state.get("config")
+        if isinstance(saved_cfg, dict):
+            mine = self.cfg.to_dict()
+            diff = [f"{k}: checkpoint {saved_cfg.get(k)!r}, this search {mine[k]!r}"
+                    for k in self._TRAJECTORY_FIELDS if k in saved_cfg and saved_cfg[k] != mine[k]]
+            if diff:
+                raise CheckpointError(f"{source}: checkpoint was written with other options ({'; '.join(diff)})")
         try:
             self.model.load_state_dict(state["model"])
             self.w_opt.load_state_dict(state["w_opt"])
@@ -328,6 +401,8 @@ class Searcher:
             torch.set_rng_state(rng["torch"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"{source}: checkpoint does not match this search: {e}") from None
+        if self.phase not in ("w", "theta") or not 0 <= self.epoch <= self.cfg.epochs:
+            raise CheckpointError(f"{source}: position {pos} is outside this search's schedule")
         self.epoch_start = time.time()
 
     # ---- checkpoints ----------------------------------------------------------------------
@@ -335,42 +410,74 @@ class Searcher:
     def ckpt_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def save_checkpoint(self) -> Path:
-        """Atomically write the current state; keep the newest ``keep_checkpoints`` files."""
+    def save_checkpoint(self) -> Path | None:
+        """Atomically write the current state; keep the newest ``keep_checkpoints`` files.
+
+        Rank 0 only (every rank holds the same state); other ranks return None.
+        """
+        if not self.dist.is_main:
+            return None
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         gstep = self._global_step()
         path = self.ckpt_dir / f"ckpt-{gstep:08d}.pt"
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(self.state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(self.state_dict(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(self.ckpt_dir)
         for old in sorted(self.ckpt_dir.glob("ckpt-*.pt"))[: -self.cfg.keep_checkpoints]:
             old.unlink(missing_ok=True)
+        self.last_checkpoint = path
         return path
 
     def _global_step(self) -> int:
         per_epoch = self.w_steps + self.t_steps
         return self.epoch * per_epoch + (self.step if self.phase == "w" else self.w_steps + self.step)
 
+    def _pick_checkpoint(self) -> tuple[str | None, list[str]]:
+        """Rank 0: delete torn temp files, set aside unreadable checkpoints, return the newest good one."""
+        for tmp in self.ckpt_dir.glob(".ckpt-*.tmp"):
+            tmp.unlink(missing_ok=True)  # a write killed before os.replace: never a checkpoint
+        notes = []
+        for p in sorted(self.ckpt_dir.glob("ckpt-*.pt"), reverse=True):
+            try:
+                state = torch.load(p, map_location="cpu", weights_only=False)
+            except Exception as e:  # truncated / corrupt file: fall back to the previous one
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+                bad = p.with_name(p.name + ".corrupt")
+                os.replace(p, bad)  # kept for inspection; out of the ckpt-*.pt rotation
+                notes.append(f"{p.name} is unreadable ({reason}); renamed to {bad.name}")
+                continue
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                notes.append(f"{p.name} is not an fbnet-fast search checkpoint")
+                continue
+            return str(p), notes
+        return None, notes
+
     def resume(self) -> Path | None:
         """Load the newest readable checkpoint of the run folder; None when there is none."""
-        ckpts = sorted(self.ckpt_dir.glob("ckpt-*.pt"), reverse=True)
-        errors = []
-        for p in ckpts:
-            try:
-                state = torch.load(p, map_location=self.device, weights_only=False)
-            except Exception as e:  # truncated / corrupt file: fall back to the previous one
-                errors.append(f"{p.name}: {type(e).__name__}: {e}")
-                continue
-            self.load_state_dict(state, source=str(p))
-            self.log(f"resumed from {p} (epoch {self.epoch}, phase {self.phase}, step {self.step})")
-            return p
-        if errors:
-            raise CheckpointError(f"no readable checkpoint in {self.ckpt_dir}: " + "; ".join(errors))
-        return None
+        found, notes = self.dist.share(self._pick_checkpoint)
+        for n in notes:
+            self.log(f"warning: {n}")
+        if found is None:
+            if notes:
+                raise CheckpointError(f"no readable checkpoint in {self.ckpt_dir}: " + "; ".join(notes))
+            return None
+        p = Path(found)
+        try:
+            state = torch.load(p, map_location=self.device, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{p}: cannot read checkpoint: {type(e).__name__}: {e}") from None
+        self.load_state_dict(state, source=str(p))
+        self.last_checkpoint = p
+        self.log(f"resumed from {p} (epoch {self.epoch}, phase {self.phase}, step {self.step})")
+        return p
 
     # ---- one step ----------------------------------------------------------------------------
     def _step_generators(self) -> tuple[torch.Generator, torch.Generator]:
@@ -393,7 +500,7 @@ class Searcher:
         split = self.w_split if self.phase == "w" else self.t_split
         data_gen, gumbel_gen = self._step_generators()
         x, y = split.batch(self._batch_indices(split), data_gen if cfg.augment else None, self.device,
-                           self.channels_last)
+                           self.channels_last, self.shard)
         tau = tau_at(cfg, self.epoch)
         self.model.train()
         is_w = self.phase == "w"
@@ -406,47 +513,82 @@ class Searcher:
         latency = self.lut.predict((weights * self.lut_matrix).sum())
         terms = self.criterion(logits, y, latency)
         loss = terms.ce if is_w else terms.loss
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {float(loss)} at epoch {self.epoch} ({'weight' if is_w else 'theta'} step {self.step}); "
-                f"the last good checkpoint is kept in {self.ckpt_dir}. Lower --w-lr or --theta-lr."
-            )
         opt = self.w_opt if is_w else self.t_opt
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        acc = (logits.detach().argmax(1) == y).float().mean()
+        stats = torch.stack([terms.ce.detach().float(), loss.detach().float(), acc])
+        if self.dist.active:
+            stats = self._all_reduce_step(loss, stats, is_w)
+        if not torch.isfinite(stats[1]):
+            where = (f"the last good checkpoint {self.last_checkpoint} is kept" if self.last_checkpoint
+                     else f"no checkpoint was written yet in {self.ckpt_dir}")
+            raise TrainingError(
+                f"loss became {float(stats[1])} at epoch {self.epoch + 1} ({'weight' if is_w else 'theta'} step "
+                f"{self.step + 1}); stopped, {where}. Lower --w-lr or --theta-lr."
+            )
+        if not self.dist.active:
+            loss.backward()
         opt.step()
         if is_w:
             self.w_sched.step()
-        acc = (logits.detach().argmax(1) == y).float().mean()
-        return {"ce": float(terms.ce.detach()), "loss": float(loss.detach()), "acc": float(acc),
+        return {"ce": float(stats[0]), "loss": float(stats[1]), "acc": float(stats[2]),
                 "latency_ms": float(latency.detach())}
+
+    def _all_reduce_step(self, loss: torch.Tensor, stats: torch.Tensor, is_w: bool) -> torch.Tensor:
+        """Backward, then average gradients, BN running stats and metrics over ranks in one collective.
+
+        Each rank's loss is the mean over its equal shard and linear in it (CE, or CE
+        times a latency factor that is the same on every rank), so the mean of the
+        ranks' gradients is the gradient of the global batch's loss.
+        """
+        loss.backward()
+        params = self.model.weight_parameters() if is_w else self.model.arch_parameters()
+        # A parameter without a gradient (a candidate hard Gumbel did not pick) has none on
+        # every rank: the noise is the same everywhere.
+        grads = [p.grad for p in params if p.grad is not None]
+        parts = grads + self._float_buffers
+        flat = torch.cat([flat_params(parts).float(), stats.to(self.device)])
+        self.dist.all_reduce_sum_(flat)
+        flat.div_(self.dist.world)
+        unflatten_into(flat[:-3], parts)
+        return flat[-3:].cpu()
 
     # ---- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Top-1 and CE of the most likely architecture (supernet weights, BN running stats)."""
+    def evaluate(self, weights: torch.Tensor | None = None) -> dict[str, float]:
+        """Top-1 and CE on the held-out split of ``weights`` (default: the most likely architecture).
+
+        Supernet weights, BN running statistics; sharded over ranks when distributed.
+        """
         self.model.eval()
-        weights = self.model.argmax_weights()
-        correct, ce, n = 0, 0.0, len(self.val_split)
+        if weights is None:
+            weights = self.model.argmax_weights()
+        n = len(self.val_split)
+        lo, hi = n * self.dist.rank // self.dist.world, n * (self.dist.rank + 1) // self.dist.world
+        correct, ce = 0.0, 0.0
         bs = max(self.cfg.batch_size, 256)
-        for i in range(0, n, bs):
-            idx = torch.arange(i, min(n, i + bs))
+        for i in range(lo, hi, bs):
+            idx = torch.arange(i, min(hi, i + bs))
             x, y = self.val_split.batch(idx, None, self.device, self.channels_last)
             logits = self.model(x, weights)
             ce += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
+        if self.dist.active:
+            t = self.dist.all_reduce_sum_(torch.tensor([correct, ce], dtype=torch.float64, device=self.device))
+            correct, ce = float(t[0]), float(t[1])
         return {"val_acc": correct / n, "val_ce": ce / n}
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         with tqdm(total=cfg.epochs, initial=self.epoch, desc="search", unit="epoch",
-                  disable=not cfg.progress, position=0) as ebar:
+                  disable=not self.progress, position=0) as ebar:
             while self.epoch < cfg.epochs:
                 self._run_epoch()
                 ebar.update(1)
                 last = self.history[-1]
-                ebar.set_postfix(val_acc=f"{last['val_acc']:.3f}", lat_ms=f"{last['expected_latency_ms']:.3f}")
+                ebar.set_postfix(ce=f"{last['train_ce']:.3f}", lat_ms=f"{last['expected_latency_ms']:.3f}",
+                                 val_acc=f"{last['val_acc']:.3f}")
         return self.finish()
 
     def _phases(self) -> list[str]:
@@ -461,7 +603,7 @@ class Searcher:
             n = self.w_steps if phase == "w" else self.t_steps
             desc = f"epoch {self.epoch + 1}/{cfg.epochs} {'weights' if phase == 'w' else 'theta'}"
             with tqdm(total=n, initial=self.step, desc=desc, unit="step", leave=False,
-                      disable=not cfg.progress, position=1) as bar:
+                      disable=not self.progress, position=1) as bar:
                 while self.step < n:
                     m = self._train_step()
                     for k, v in m.items():
@@ -509,21 +651,48 @@ class Searcher:
             **ev,
             "arch": str(arch),
             "probs": [[round(float(p), 6) for p in row] for row in probs],
+            # wall clock: the one field that differs between a resumed and an uninterrupted run
             "elapsed_s": round(self.elapsed, 2),
         }
         self.history.append(rec)
         self.epoch, self.phase, self.step, self.accum = self.epoch + 1, "w", 0, {}
         self.epoch_start = time.time()
-        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.save_checkpoint()
         self.log(f"epoch {rec['epoch']}/{cfg.epochs} [{rec['phase']}] tau {rec['tau']:.3f} "
                  f"train CE {rec['train_ce']:.3f} val acc {rec['val_acc']:.3f} "
                  f"E[latency] {rec['expected_latency_ms']:.3f} ms  argmax {rec['argmax_latency_ms']:.3f} ms")
 
+    def sample_and_evaluate(self, n: int) -> list[dict[str, Any]]:
+        """``n`` architectures drawn from ``P_theta`` (seeded by the run seed) and the argmax.
+
+        Each is evaluated on the held-out split with the supernet's weights (one-hot
+        weights, BN running statistics); returns one record per architecture.
+        """
+        gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, 2**30))
+        archs = [self.model.most_likely()] + self.model.sample_architectures(n, generator=gen)
+        logp = torch.log(self.model.probabilities().double().cpu())
+        out = []
+        for j, arch in enumerate(archs):
+            idx = arch.indices(self.space)
+            onehot = torch.zeros(self.space.num_layers, len(self.space.candidates), device=self.device)
+            onehot[torch.arange(len(idx)), torch.tensor(idx)] = 1.0
+            ev = self.evaluate(onehot)
+            out.append({"kind": "argmax" if j == 0 else "sample", "arch": str(arch),
+                        "latency_ms": self.lut.architecture_latency(idx),
+                        "log_prob": float(logp[torch.arange(len(idx)), torch.tensor(idx)].sum()), **ev})
+        return out
+
     def finish(self) -> dict[str, Any]:
-        """Write theta, the most likely architecture and the summary table."""
+        """Write theta, the most likely architecture, the summary table, samples and plots (rank 0)."""
         probs = self.model.probabilities()
         arch = self.model.most_likely()
+        lat = self.lut.architecture_latency(arch.indices(self.space))
+        samples = self.sample_and_evaluate(self.cfg.plot_samples) if self.cfg.plots else []
+        result = {"arch": arch, "latency_ms": lat, "history": self.history, "run_dir": str(self.run_dir)}
+        if not self.dist.is_main:
+            return result
         theta = {
             "space": self.space.name, "fingerprint": self.space.fingerprint,
             "candidates": list(self.space.candidates),
@@ -532,7 +701,6 @@ class Searcher:
         }
         atomic_write_text(self.run_dir / "theta.json", json.dumps(theta, indent=1) + "\n")
         atomic_write_text(self.run_dir / "arch.json", json.dumps(arch.to_dict(), indent=1) + "\n")
-        lat = self.lut.architecture_latency(arch.indices(self.space))
         lines = [f"most likely architecture of {self.space.name} (fingerprint {self.space.fingerprint})",
                  f"{'layer':>5}  {'shape':<22} {'block':<10} {'P':>6} {'latency ms':>10}"]
         for l, (spec, block) in enumerate(zip(self.space.layers, arch.blocks)):
@@ -543,8 +711,21 @@ class Searcher:
         last = self.history[-1] if self.history else {}
         lines.append(f"LUT latency {lat:.4f} ms (stem+head {self.lut.fixed_ms:.4f} ms); "
                      f"supernet val acc {last.get('val_acc', float('nan')):.4f}")
+        if samples:
+            lines.append(f"argmax as a stand-alone subnet (one-hot weights): val acc {samples[0]['val_acc']:.4f}; "
+                         f"{len(samples) - 1} sampled architectures in samples.json")
         atomic_write_text(self.run_dir / "summary.txt", "\n".join(lines) + "\n")
-        return {"arch": arch, "latency_ms": lat, "history": self.history, "run_dir": str(self.run_dir)}
+        if self.cfg.plots:
+            atomic_write_text(self.run_dir / "samples.json", json.dumps(samples, indent=1) + "\n")
+            from .plots import write_plots
+
+            try:
+                written = write_plots(self.run_dir)
+                self.log(f"wrote {', '.join(p.name for p in written)} in {self.run_dir}")
+            except Exception as e:  # pictures must never cost the search its results
+                self.log(f"warning: could not draw the plots ({type(e).__name__}: {e}); "
+                         f"run 'fbnet-fast plot {self.run_dir}' to retry")
+        return result
 
 
 def _split_train(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -566,47 +747,88 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Refuse to write over another run unless told to resume or overwrite."""
+def check_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Raise :class:`RunDirError` if ``run_dir`` cannot be used; changes nothing on disk."""
     run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; pass one of them")
     if resume:
         if not (run_dir / "config.json").is_file():
             raise RunDirError(f"cannot resume: {run_dir} holds no search (no config.json)")
-        return run_dir
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output folder {run_dir} is a file; expected a folder (new or holding a run)")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunDirError(
                 f"output folder {run_dir} already holds files (another run?); pass --resume to continue it "
                 f"or --overwrite to replace it"
             )
-        if (run_dir / "config.json").is_file() or (run_dir / "checkpoints").is_dir():
-            shutil.rmtree(run_dir)
-        else:
+        if not ((run_dir / "config.json").is_file() or (run_dir / "checkpoints").is_dir()):
             raise RunDirError(f"--overwrite refuses to delete {run_dir}: it does not look like an fbnet-fast run folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse to write over another run unless told to resume or overwrite; then make the folder."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if not resume:
+        if overwrite and run_dir.exists() and any(run_dir.iterdir()):
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _read_run_config(run_dir: Path) -> tuple[SearchConfig, SearchSpace]:
+    path = run_dir / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        search, space = saved["search"], saved["space"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"cannot resume: {path} is not a search configuration ({type(e).__name__}: {e})") from None
+    cfg = SearchConfig.from_dict(search)
+    return cfg, SearchSpace.from_dict(space, source=str(path))
 
 
 def run_search(cfg: SearchConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                log: Callable[[str], None] = print, space: SearchSpace | None = None,
                lut: LatencyTable | None = None, data: Any = None) -> dict[str, Any]:
-    """Run (or resume) a search into ``run_dir``; returns the final architecture and history."""
-    run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if resume:
-        saved = json.loads((run_dir / "config.json").read_text())
-        cfg = SearchConfig.from_dict(saved["search"])
-        space = SearchSpace.from_dict(saved["space"], source=str(run_dir / "config.json"))
+    """Run (or resume) a search into ``run_dir``; returns the final architecture and history.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the processes search
+    together; see the module docstring. Nothing in ``run_dir`` changes until the
+    options, space, LUT and data have all been checked, so a typo never costs the
+    user an earlier run (not even with ``--overwrite``).
+    """
+    run_dir = Path(run_dir)
+    if resume:  # plain reads: every rank gets the same answer or the same error
+        check_run_dir(run_dir, resume=True, overwrite=overwrite)
+        cfg, space = _read_run_config(run_dir)
         lut = LatencyTable.load(run_dir / "lut.json", space)
-    searcher = Searcher(cfg, run_dir, space=space, lut=lut, data=data, log=log)
-    if resume:
-        searcher.resume()
     else:
-        config = {"search": cfg.to_dict(), "space": searcher.space.to_dict(),
-                  "fingerprint": searcher.space.fingerprint, "latency_unit": searcher.unit,
-                  "data": getattr(searcher.data, "description", cfg.data),
-                  "torch": torch.__version__}
-        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
-        searcher.lut.save(run_dir / "lut.json")
-    if searcher.epoch >= cfg.epochs:
-        return searcher.finish()
-    return searcher.run()
+        cfg.validate()
+    dist, device = init_from_env(cfg.device)
+    try:
+        if not resume:
+            dist.share(lambda: check_run_dir(run_dir, resume=False, overwrite=overwrite))
+        if device != cfg.device:
+            cfg = dataclasses.replace(cfg, device=device)
+        searcher = Searcher(cfg, run_dir, space=space, lut=lut, data=data, log=log, dist=dist)
+        if resume:
+            searcher.resume()
+        else:
+            def start() -> None:
+                prepare_run_dir(run_dir, resume=False, overwrite=overwrite)
+                config = {"search": cfg.to_dict(), "space": searcher.space.to_dict(),
+                          "fingerprint": searcher.space.fingerprint, "latency_unit": searcher.unit,
+                          "data": getattr(searcher.data, "description", cfg.data),
+                          "torch": torch.__version__, "world_size": dist.world}
+                atomic_write_text(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
+                searcher.lut.save(run_dir / "lut.json")
+
+            dist.share(start)
+        if searcher.epoch >= searcher.cfg.epochs:
+            return searcher.finish()
+        return searcher.run()
+    finally:
+        shutdown(dist)
