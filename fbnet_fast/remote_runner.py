@@ -112,7 +112,8 @@ def time_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, warmu
             fn()
             sync()
             once = max(once, clock() - t0)
-        inner.append(max(1, min(max_inner, int(min_sample_ms / 1e3 / max(once, 1e-7)))))
+        # + 1e-6: 1 ms / 0.1 ms must give 10 calls, not 9.999... -> 9
+        inner.append(max(1, min(max_inner, int(min_sample_ms / (max(once, 1e-7) * 1e3) + 1e-6))))
     samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):

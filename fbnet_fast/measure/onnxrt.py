@@ -37,7 +37,8 @@ def export_torchscript(module: nn.Module, shape: tuple[int, ...]) -> bytes:
     """``module`` (eval mode) traced at ``shape`` and frozen, as TorchScript bytes."""
     module = module.eval()
     buf = io.BytesIO()
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notices; boards still run it
         traced = torch.jit.trace(module, torch.randn(shape))
         torch.jit.save(torch.jit.freeze(traced), buf)
     return buf.getvalue()

@@ -1,0 +1,187 @@
+"""The remote-board back end: the runner on its own, and the whole path against a real
+OpenSSH server started on 127.0.0.1 with a throwaway key and a free port.
+
+The "board" is this machine reached over ssh, running the same interpreter
+(``--remote-python sys.executable``), so the test covers export, scp, the remote
+run, streaming the results back and cleaning up. Where ``sshd`` is missing or
+cannot start (no ``openssh-server``, no privilege-separation folder, a sandbox
+without sockets) the test skips and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fbnet_fast.errors import ConfigError, LUTError
+from fbnet_fast.measure import SSHBackend, block_jobs, export_onnx, export_torchscript, measure_lut
+from tests.conftest import make_tiny_space
+
+FAST = dict(repeats=2, warmup=1, min_sample_ms=0.05)
+
+
+def _small_space():
+    base = make_tiny_space()
+    return make_tiny_space(stages=[base.stages[0], base.stages[1]], candidates=["k3_e1", "k5_e6", "skip"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _find_sshd() -> str | None:
+    for p in (shutil.which("sshd"), "/usr/sbin/sshd", "/usr/local/sbin/sshd"):
+        if p and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """``dict(host, port, user, identity, options)`` of a throwaway sshd; stopped after the module."""
+    sshd_bin = _find_sshd()
+    if sshd_bin is None:
+        pytest.skip("sshd not found: install Debian's openssh-server to run the real SSH test")
+    for tool in ("ssh", "scp", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"OpenSSH client tool {tool!r} not found")
+    d = tmp_path_factory.mktemp("sshd")
+    os.chmod(d, 0o700)
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    auth = d / "authorized_keys"
+    auth.write_text((d / "client_key.pub").read_text())
+    os.chmod(auth, 0o600)
+    port = _free_port()
+    sftp = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
+                             "/usr/libexec/sftp-server") if os.path.exists(p)), None)
+    config = [
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {d / 'host_key'}", f"PidFile {d / 'sshd.pid'}",
+        f"AuthorizedKeysFile {auth}", "PubkeyAuthentication yes", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password",
+        "LogLevel ERROR",
+    ]
+    if sftp:  # scp speaks SFTP by default since OpenSSH 9
+        config.append(f"Subsystem sftp {sftp}")
+    (d / "sshd_config").write_text("\n".join(config) + "\n")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)  # privilege-separation folder Debian's sshd requires
+    log = open(d / "sshd.log", "w+")
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=subprocess.STDOUT)
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    info = dict(host="127.0.0.1", port=port, user=user, identity=str(d / "client_key"),
+                ssh_options=["StrictHostKeyChecking=no", f"UserKnownHostsFile={d / 'known_hosts'}",
+                             "LogLevel=ERROR"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.skip(f"sshd could not start (exit {proc.returncode}): {log.read().strip()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.skip("sshd did not listen on its port within 10 s")
+                time.sleep(0.05)
+        probe = SSHBackend(**info, **FAST)
+        p = subprocess.run(probe.ssh_command("true"), capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            log.seek(0)
+            pytest.skip(f"sshd started but key login failed: {p.stderr.strip()[-300:]} {log.read().strip()[-300:]}")
+        yield info
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+# ---- the runner on its own (no ssh) -------------------------------------------------------
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_runner_times_exported_blocks(tmp_path, runtime):
+    space = _small_space()
+    groups = block_jobs(space)[:1]
+    export, ext = (export_onnx, ".onnx") if runtime == "onnxruntime" else (export_torchscript, ".pt")
+    man_groups = []
+    for g in groups:
+        mg = []
+        for i, job in enumerate(g):
+            (tmp_path / f"b{i}{ext}").write_bytes(export(job.build(), job.shape))
+            mg.append({"key": job.key, "file": f"b{i}{ext}", "shape": list(job.shape)})
+        man_groups.append(mg)
+    (tmp_path / "m.json").write_text(json.dumps({"runtime": runtime, "threads": 1, "groups": man_groups, **FAST}))
+    runner = Path(__file__).parents[1] / "fbnet_fast" / "remote_runner.py"
+    # Run from an empty folder with -I: the runner must not need fbnet_fast.
+    p = subprocess.run([sys.executable, "-I", str(runner), str(tmp_path / "m.json")], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("DEVICE ")
+    dev = json.loads(lines[0].split(" ", 1)[1])
+    assert dev["runtime"].startswith(runtime) and dev["threads"] == 1 and dev["clock"] == "cpu"
+    results = [json.loads(x.split(" ", 1)[1]) for x in lines[1:]]
+    assert [r["key"] for r in results] == [j.key for j in groups[0]]
+    for r in results:
+        assert r["repeats"] == 2 and 0 <= r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+
+
+def test_runner_rejects_unknown_runtime(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps({"runtime": "tflite", "groups": [], **FAST}))
+    runner = Path(__file__).parents[1] / "fbnet_fast" / "remote_runner.py"
+    p = subprocess.run([sys.executable, str(runner), str(tmp_path / "m.json")], capture_output=True, text=True)
+    assert p.returncode == 2 and "tflite" in p.stderr
+
+
+def test_ssh_backend_needs_a_host():
+    with pytest.raises(ConfigError, match="--host"):
+        SSHBackend(host=None)
+
+
+# ---- the real thing -------------------------------------------------------------------------
+
+def test_ssh_lut_against_loopback_sshd(sshd, tmp_path):
+    space = _small_space()
+    out = tmp_path / "board.json"
+    table = measure_lut(space, backend="ssh", output=out, progress=False, remote_python=sys.executable, **sshd,
+                        **FAST)
+    table.check_space(space)
+    from fbnet_fast.lut import LatencyTable
+
+    again = LatencyTable.load(out, space)  # written in the same validated format as the local back ends
+    dev = again.device
+    assert dev["backend"] == "ssh" and dev["board"] == f"{sshd['user']}@127.0.0.1:{sshd['port']}"
+    assert dev["runtime"].startswith("onnxruntime ") and dev["threads"] == 1 and dev["batch_size"] == 1
+    assert dev["device_name"] and dev["format"] == "onnx"
+    assert all(e.repeats == 2 for layer in again.layers for e in layer.values())
+    assert set(again.fixed) == {"stem", "head"}
+    assert not Path(str(out) + ".partial").exists()
+    # the remote temporary folders are removed
+    backend = SSHBackend(**sshd, **FAST)
+    left = subprocess.run(backend.ssh_command("ls -d /tmp/fbnet-lut.* 2>/dev/null | wc -l"), capture_output=True,
+                          text=True).stdout.strip()
+    assert left == "0"
+
+
+def test_ssh_torchscript_runtime_and_runner_failure(sshd):
+    space = _small_space()
+    table = measure_lut(space, backend="ssh", runtime="torch", progress=False, remote_python=sys.executable,
+                        **sshd, **FAST)
+    assert table.device["runtime"].startswith("torch ") and table.device["format"] == "torchscript"
+    with pytest.raises(LUTError, match="runner failed"):
+        measure_lut(space, backend="ssh", progress=False, remote_python="/nonexistent/python3", **sshd, **FAST)
