@@ -89,3 +89,4 @@ def pytest_sessionfinish(session, exitstatus):
             w = csv.DictWriter(f, fieldnames=FIELDS)
             w.writeheader()
             w.writerows(rows)
+pytest_plugins = ["lut_plugin"]  # the LUT suite options, bench/lut_plugin.py

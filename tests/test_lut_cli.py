@@ -169,3 +169,23 @@ def test_validate_refuses_another_backend(measured, space_file, capsys):
     rc = main(["lut", "validate", str(measured), "--space", str(space_file), "--width-mult", "1", "-n", "2",
                "--backend", "onnxruntime", "--no-progress", "--no-write", *FAST])
     assert rc == 2 and "same one" in capsys.readouterr().err
+
+
+def test_pytest_benchmark_writes_the_same_lut_format(tmp_path, space_file, small_space):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    out = tmp_path / "bench_lut.json"
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", str(root / "bench"), "-k", "test_lut_block", "--benchmark-only", "-q",
+         "-p", "no:cacheprovider", f"--bench-out={tmp_path}", f"--lut-space={space_file}", "--lut-width-mult=1",
+         "--lut-repeats=2", "--lut-min-sample-ms=0.05", f"--lut-out={out}", "--benchmark-storage", str(tmp_path)],
+        capture_output=True, text=True, cwd=root, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    n_jobs = 3 * 3 + 2  # three distinct layer shapes x three candidates + stem + head
+    assert f"{n_jobs} passed" in p.stdout
+    t = LatencyTable.load(out, small_space)
+    assert t.device["measured_by"] == "pytest-benchmark" and t.device["clock"] == "cpu"
+    assert all(e.repeats == 2 for layer in t.layers for e in layer.values())
