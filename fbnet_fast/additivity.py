@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError, LUTError
+from .errors import ConfigError
 from .lut import LatencyTable
 from .space import Architecture, SearchSpace
 
@@ -185,6 +185,11 @@ class AdditivityReport:
             "median_abs_pct_error": _median(raw), "max_abs_pct_error": max(raw),
             "mean_measured_over_lut": sum(ratio) / len(ratio),
             "kendall_tau": kendall_tau(self.lut_sum_ms, self.measured_ms) if len(raw) >= 2 else float("nan"),
+            # within one source: the pooled tau is inflated when the sources form two clusters
+            "kendall_tau_by_source": {
+                src: kendall_tau([self.lut_sum_ms[i] for i in idx], [self.measured_ms[i] for i in idx])
+                for src in sorted(set(self.sources))
+                for idx in [[i for i, x in enumerate(self.sources) if x == src]] if len(idx) >= 3},
             "correction": {"offset_ms": self.offset_ms, "scale": self.scale},
             "corrected_median_abs_pct_error": _median(corr), "corrected_max_abs_pct_error": max(corr),
             "holdout_median_abs_pct_error": _median(held) if held else None,
@@ -223,8 +228,9 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
     raw = [sum(table.layers[l][b].median_ms for l, b in enumerate(a.blocks)) + table.fixed_ms for a in archs]
     meas = [res[j.key].median_ms for j in jobs]
     off, sc = fit_correction(raw, meas)
+    device = {**backend.describe(), "batch_size": bs, "input_size": space.input_size}
     return AdditivityReport(list(archs), list(sources), raw, meas, [res[j.key].p10_ms for j in jobs],
-                            [res[j.key].p90_ms for j in jobs], off, sc, backend.describe())
+                            [res[j.key].p90_ms for j in jobs], off, sc, device)
 
 
 def apply_correction(table: LatencyTable, report: AdditivityReport) -> None:
@@ -267,11 +273,3 @@ def plot_scatter(report: AdditivityReport, path: str | Path, *, title: str = "")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-
-
-def _check_same_settings(table: LatencyTable, backend: Any) -> None:
-    """Raise :class:`LUTError` when the study's back end differs from the LUT's."""
-    dev = table.device
-    if dev.get("backend") and dev.get("backend") != backend.name:
-        raise LUTError(f"{table.source}: the LUT was measured with back end {dev.get('backend')!r}; validate it with "
-                       f"the same back end (got {backend.name!r})")

@@ -8,24 +8,55 @@ space on one device, plus the fixed stem and head. The file (schema version 1)::
       "schema_version": 1,
       "space": {"name": "fbnet-cifar", "fingerprint": "3bfadf277e0dfa93",
                 "input_size": 32, "num_layers": 22},
-      "device": {"backend": "torch-cpu", "device_name": "...", "threads": 2,
-                 "runtime": "torch 2.13.0", "batch_size": 1, "input_size": 32,
-                 "created": "2026-11-25T07:00:00Z"},
+      "device": {"backend": "torch-cpu", "device_name": "Intel(R) Xeon(R) Processor",
+                 "threads": 1, "runtime": "torch 2.13.0+cpu", "batch_size": 1,
+                 "input_size": 32, "clock": "cpu", "repeats": 40, "warmup": 3,
+                 "min_sample_ms": 1.0, "created": "2026-11-25T07:00:00Z", ...},
       "candidates": ["k3_e1", ..., "skip"],
       "fixed": {"stem": ENTRY, "head": ENTRY},
       "layers": [{"index": 0, "c_in": 8, "c_out": 8, "stride": 1, "in_size": 32,
                   "latency": {"k3_e1": ENTRY, ...}}, ...],
-      "correction": null | {"offset_ms": 0.1, "scale": 1.05, "fitted_on": 20}
+      "correction": null | {"offset_ms": 0.1, "scale": 1.05, "fitted_on": 40, ...}
     }
 
-    ENTRY = {"median_ms": 0.042, "p10_ms": 0.040, "p90_ms": 0.047, "repeats": 50}
+    ENTRY = {"median_ms": 0.042, "p10_ms": 0.040, "p90_ms": 0.047, "repeats": 40}
 
-``correction`` (written by the additivity study) maps a LUT sum to a predicted
-end-to-end latency: ``pred = scale * (sum of entries) + offset_ms``. The search uses
-it when present.
+Fields:
+
+* ``schema``, ``schema_version``: ``"fbnet-fast/lut"``, 1. Other values are refused.
+* ``space.fingerprint``: :attr:`SearchSpace.fingerprint` (resolved layer shapes after the
+  width multiplier, candidates in order, stem/head widths, input size). A LUT is only
+  used for a space with the same fingerprint.
+* ``device``: free-form description of where and how it was measured. Written by
+  :mod:`fbnet_fast.measure`: ``backend`` (``torch-cpu``, ``onnxruntime``, ``cuda``, ``ssh``,
+  or ``given`` for hand-made tables), ``device_name`` (CPU model, or GPU name for
+  ``cuda``), ``threads`` (intra-op threads, fixed while measuring), ``runtime``
+  (``"torch 2.13.0"``, ``"onnxruntime 1.22.0"``), ``batch_size``, ``input_size``
+  (resolution), ``clock`` (``cpu`` process time, ``wall``, or ``cuda-events``), the
+  sampling settings ``repeats``/``warmup``/``min_sample_ms``, ``created`` (UTC);
+  ``ssh`` adds ``board`` (``user@host:port``), ``format`` (``onnx``/``torchscript``) and
+  ``board_*`` (machine, python, cpu_count); ``memory_format`` for torch back ends.
+* ``candidates``: the column order; every layer has exactly these entries.
+* ``fixed``: stem and head, measured alone like the blocks (added to every prediction).
+* ``layers[i]``: the layer's shape (``c_in``, ``c_out``, ``stride``, ``in_size``: input
+  height = width) and one ENTRY per candidate. Layers of the same shape share one
+  measurement.
+* ENTRY: median and 10th/90th percentiles in ms of ``repeats`` samples of the block's
+  per-call time (a bare number is read as a given value with ``repeats`` 0).
+* ``correction`` (written by ``fbnet-fast lut validate``, the additivity study) maps a
+  LUT sum to a predicted end-to-end latency:
+  ``pred = scale * (sum of entries + fixed) + offset_ms``. The search uses it when
+  present (:meth:`LatencyTable.predict`). Extra keys record the fit (``fitted_on``,
+  ``median_abs_pct_error_before``/``_after``, ``kendall_tau``).
+
+An interrupted ``lut measure`` leaves ``OUTPUT.partial`` next to the output:
+``{"schema": "fbnet-fast/lut-partial", "fingerprint", "settings", "batch_size",
+"entries": {JOB_KEY: ENTRY}}`` with ``JOB_KEY`` = ``"cin8-cout16-s2-in32/k3_e6"``,
+``"stem"`` or ``"head"``; it is not a LUT and is never loaded as one.
 
 :meth:`LatencyTable.load` validates everything and raises one :class:`LUTError`
-naming the file and the bad entry.
+naming the file and the bad entry (missing layer or candidate, wrong fingerprint,
+negative or non-finite value, wrong schema).
 """
 
 from __future__ import annotations

@@ -290,7 +290,9 @@ def _validate(args: argparse.Namespace) -> int:
           f"{_fmt_device(report.device)}")
     print(f"measured {s['measured_ms_range'][0]:.3f}-{s['measured_ms_range'][1]:.3f} ms; LUT sum error: median "
           f"{s['median_abs_pct_error']:.1f}%, max {s['max_abs_pct_error']:.1f}%; measured/LUT mean "
-          f"{s['mean_measured_over_lut']:.3f}; Kendall tau {s['kendall_tau']:.3f}")
+          f"{s['mean_measured_over_lut']:.3f}; Kendall tau {s['kendall_tau']:.3f}"
+          + "".join(f", {k} only {v:.3f}" for k, v in s["kendall_tau_by_source"].items()
+                    if len(s["kendall_tau_by_source"]) > 1))
     held = s["holdout_median_abs_pct_error"]
     print(f"correction: measured ~= {report.scale:.4f} x LUT sum + {report.offset_ms:.4f} ms; error after: median "
           f"{s['corrected_median_abs_pct_error']:.1f}%, max {s['corrected_max_abs_pct_error']:.1f}%"
