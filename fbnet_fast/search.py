@@ -441,33 +441,46 @@ class Searcher:
         return self.epoch * per_epoch + (self.step if self.phase == "w" else self.w_steps + self.step)
 
     def _pick_checkpoint(self) -> tuple[str | None, list[str]]:
-        """Rank 0: delete torn temp files, set aside unreadable checkpoints, return the newest good one."""
+        """Rank 0: delete torn temp files and return the newest readable checkpoint.
+
+        Unreadable checkpoints newer than it are renamed ``*.pt.corrupt`` (kept for
+        inspection, out of the ``keep_checkpoints`` rotation that would otherwise let them
+        push out the good ones); when none is readable nothing is renamed.
+        """
         for tmp in self.ckpt_dir.glob(".ckpt-*.tmp"):
             tmp.unlink(missing_ok=True)  # a write killed before os.replace: never a checkpoint
-        notes = []
+        bad: list[tuple[Path, str]] = []
         for p in sorted(self.ckpt_dir.glob("ckpt-*.pt"), reverse=True):
             try:
                 state = torch.load(p, map_location="cpu", weights_only=False)
+                if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                    raise ValueError("not an fbnet-fast search checkpoint")
             except Exception as e:  # truncated / corrupt file: fall back to the previous one
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-                bad = p.with_name(p.name + ".corrupt")
-                os.replace(p, bad)  # kept for inspection; out of the ckpt-*.pt rotation
-                notes.append(f"{p.name} is unreadable ({reason}); renamed to {bad.name}")
+                # torch's messages run to several sentences of advice; the first says what broke
+                first = (str(e).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+                bad.append((p, f"{type(e).__name__}: {first}" if first else type(e).__name__))
                 continue
-            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-                notes.append(f"{p.name} is not an fbnet-fast search checkpoint")
-                continue
+            notes = []
+            for b, why in bad:
+                os.replace(b, b.with_name(b.name + ".corrupt"))
+                notes.append(f"{b.name} is unreadable ({why}); renamed to {b.name}.corrupt, using {p.name}")
             return str(p), notes
-        return None, notes
+        if not bad:
+            return None, []
+        names = ", ".join(b.name for b, _ in bad)
+        return None, [f"{names} {'is' if len(bad) == 1 else 'are all'} corrupt or truncated "
+                      f"(newest: {bad[0][1]})"]
 
     def resume(self) -> Path | None:
         """Load the newest readable checkpoint of the run folder; None when there is none."""
         found, notes = self.dist.share(self._pick_checkpoint)
-        for n in notes:
-            self.log(f"warning: {n}")
-        if found is None:
+        if found is not None:
+            for n in notes:
+                self.log(f"warning: {n}")
+        else:
             if notes:
-                raise CheckpointError(f"no readable checkpoint in {self.ckpt_dir}: " + "; ".join(notes))
+                raise CheckpointError(f"no readable checkpoint in {self.ckpt_dir}: " + "; ".join(notes)
+                                      + "; expected a file written by 'fbnet-fast search'")
             return None
         p = Path(found)
         try:
