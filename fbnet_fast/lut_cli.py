@@ -230,7 +230,8 @@ def _diff(args: argparse.Namespace) -> int:
         print(f"{r['index']:>5} A " + " ".join(f"{r['a'][c]:>9.4f}" for c in cands))
         print(f"{'':>5} B " + " ".join(f"{r['b'][c]:>9.4f}" for c in cands))
         if r["flips"]:
-            print(f"{'':>5}   flips: " + ", ".join(f"{x}<{y} in A, {x}>{y} in B" for x, y in r["flips"]))
+            print(f"{'':>5}   flips (faster in A < slower in A, reversed in B): "
+                  + ", ".join(f"{x}<{y}" for x, y in r["flips"]))
     print(f"fixed (stem+head): A {d['fixed_a_ms']:.4f} ms, B {d['fixed_b_ms']:.4f} ms")
     print(f"B/A per entry: median ratio {d['ratio_median']:.3f}, |B/A - 1| median {d['abs_pct_diff_median']:.1f}% "
           f"max {d['abs_pct_diff_max']:.1f}%; per-layer Kendall tau mean {d['kendall_tau_mean']:.3f}; "

@@ -81,7 +81,7 @@ def test_diff_finds_the_candidates_that_flip(tmp_path, small_space, capsys):
     js = tmp_path / "d.json"
     assert main(["lut", "diff", str(pa), str(pb), "--json", str(js)]) == 0
     out = capsys.readouterr().out
-    assert "k3_e1<k5_e6 in A, k3_e1>k5_e6 in B" in out and "1 candidate pair(s) flip" in out
+    assert "reversed in B): k3_e1<k5_e6" in out and "1 candidate pair(s) flip" in out
     assert json.loads(js.read_text())["flipped_pairs"] == 1
     assert main(["lut", "diff", str(pa), str(pb), "--min-gap", "0"]) == 0
     assert "2 candidate pair(s) flip" in capsys.readouterr().out
