@@ -1,0 +1,322 @@
+"""``fbnet-fast sample | train | export``: from a finished search to a deployable model.
+
+    fbnet-fast sample RUN_DIR [--num K --seed S]     argmax + K samples of P_theta, with cost
+    fbnet-fast train ARCH.json [--data ... --inherit RUN_DIR]   train one from scratch
+    fbnet-fast export MODEL_DIR_OR_CKPT --format onnx,torchscript --out DIR
+
+An architecture file is the search's ``arch.json`` format
+(``{"space", "fingerprint", "blocks"}``); ``sample`` adds ``space_def`` (the resolved
+space, widths included) and ``stats``, so ``train`` needs nothing else. A hand-written
+file may be just the JSON ``blocks`` list with ``space`` (then ``--space`` /
+``--width-mult`` say which widths), or plain text: block names separated by spaces or
+newlines, ``#`` starting a comment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COMMANDS", "load_architecture_file", "sample_run"]
+
+
+# ---- sample ---------------------------------------------------------------------------------
+
+def _add_sample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a search run folder (config.json, lut.json, theta.json "
+                   "or checkpoints/)")
+    p.add_argument("--num", "-k", type=int, default=6, help="architectures to sample from P_theta "
+                   "(default: %(default)s, as many as the paper trains)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--out", "-o", default=None, help="folder for the architecture files (default: RUN_DIR/samples)")
+
+
+def _run_theta(run_dir: Path, space) -> tuple["torch.Tensor", str]:
+    import torch
+
+    from .errors import CheckpointError
+
+    theta_path = run_dir / "theta.json"
+    if theta_path.is_file():
+        try:
+            d = json.loads(theta_path.read_text())
+            theta = torch.tensor(d["theta"], dtype=torch.float64)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{theta_path}: expected {{'theta': [[...] per layer]}} ({type(e).__name__}: {e})") from None
+        if d.get("candidates", space.candidates) != space.candidates:
+            raise CheckpointError(f"{theta_path}: candidates {d.get('candidates')} differ from the run's space")
+        source = str(theta_path)
+    else:
+        from .model import load_run_supernet
+
+        _, state, ckpt = load_run_supernet(run_dir)
+        theta = torch.stack([state[f"layers.{l}.theta"].double() for l in range(space.num_layers)])
+        source = f"{ckpt} (search not finished: no theta.json)"
+    if tuple(theta.shape) != (space.num_layers, len(space.candidates)):
+        raise CheckpointError(f"{source}: theta must be [{space.num_layers}, {len(space.candidates)}], "
+                              f"got {list(theta.shape)}")
+    return theta, source
+
+
+def sample_run(run_dir: str | Path, *, num: int, seed: int) -> dict[str, Any]:
+    """The argmax architecture and ``num`` seeded samples of ``P_theta`` with LUT latency, params, FLOPs.
+
+    Returns ``{"space", "theta_source", "rows": [{name, arch, log_prob, latency_ms, params, flops, macs}]}``.
+    """
+    import torch
+
+    from .errors import CheckpointError, ConfigError
+    from .lut import LatencyTable
+    from .model import model_stats
+    from .space import SearchSpace
+    from .supernet import Supernet
+
+    if num < 0:
+        raise ConfigError(f"--num must be >= 0, got {num}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a search run folder (no config.json)")
+    try:
+        space = SearchSpace.from_dict(json.loads(cfg_path.read_text())["space"], source=str(cfg_path))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: not a search configuration ({type(e).__name__}: {e})") from None
+    lut = LatencyTable.load(run_dir / "lut.json", space)
+    theta, source = _run_theta(run_dir, space)
+
+    # The supernet's own sampler, built on the meta device: no weights are allocated.
+    with torch.device("meta"):
+        net = Supernet(space, impl="reference")
+    for op, row in zip(net.layers, theta):
+        op.theta = torch.nn.Parameter(row.float(), requires_grad=False)
+    archs = [("argmax", net.most_likely())]
+    gen = torch.Generator().manual_seed(seed)
+    archs += [(f"sample-{j + 1:02d}", a) for j, a in enumerate(net.sample_architectures(num, generator=gen))] if num else []
+
+    log_p = torch.log_softmax(theta, dim=-1)
+    rows, seen = [], {}
+    for name, arch in archs:
+        idx = arch.indices(space)
+        stats = model_stats(space, arch)
+        rows.append({
+            "name": name, "arch": arch, "blocks": list(arch.blocks),
+            "log_prob": float(sum(log_p[l, i] for l, i in enumerate(idx))),
+            "latency_ms": lut.architecture_latency(idx), **stats.to_dict(),
+            "same_as": seen.get(arch.blocks),
+        })
+        seen.setdefault(arch.blocks, name)
+    return {"space": space, "theta_source": source, "rows": rows, "lut_device": lut.device}
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from .lut import atomic_write_text
+
+    res = sample_run(args.run_dir, num=args.num, seed=args.seed)
+    space = res["space"]
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"space {space.name} ({space.fingerprint}), theta from {res['theta_source']}")
+    print(f"{'name':<10} {'log P':>8} {'LUT ms':>9} {'params':>9} {'MFLOPs':>8}  blocks")
+    summary = []
+    for r in res["rows"]:
+        doc = {**r["arch"].to_dict(), "space_def": space.to_dict(),
+               "stats": {k: r[k] for k in ("log_prob", "latency_ms", "params", "flops", "macs")},
+               "source": {"run_dir": str(args.run_dir), "sample": r["name"], "seed": args.seed}}
+        atomic_write_text(out / f"{r['name']}.json", json.dumps(doc, indent=1) + "\n")
+        note = f"  (same as {r['same_as']})" if r["same_as"] else ""
+        print(f"{r['name']:<10} {r['log_prob']:>8.2f} {r['latency_ms']:>9.4f} {r['params']:>9,d} "
+              f"{r['flops'] / 1e6:>8.2f}  {' '.join(r['blocks'])}{note}")
+        summary.append({k: v for k, v in r.items() if k != "arch"} | {"file": f"{r['name']}.json"})
+    atomic_write_text(out / "samples.json", json.dumps({"space": space.name, "fingerprint": space.fingerprint,
+                                                        "seed": args.seed, "theta_source": res["theta_source"],
+                                                        "architectures": summary}, indent=1) + "\n")
+    print(f"FLOPs counted by torch FlopCounterMode (2 per multiply-add) for one "
+          f"{space.in_channels}x{space.input_size}x{space.input_size} image; LUT latency includes stem+head")
+    print(f"wrote {len(summary)} architecture files to {out}")
+    return 0
+
+
+# ---- train ----------------------------------------------------------------------------------
+
+def load_architecture_file(path: str | Path, *, space_name: str | None = None, width_mult: float | None = None,
+                           run_dir: str | Path | None = None):
+    """``(space, architecture)`` from an architecture file (see the module docstring).
+
+    The space comes from, in order: ``run_dir``'s config.json (``--inherit``), an explicit
+    ``space_name``, the file's ``space_def``, the file's ``space`` name. Raises
+    :class:`SpaceError` naming the file when it cannot be read or does not fit the space.
+    """
+    from .errors import SpaceError
+    from .space import Architecture, SearchSpace, load_space
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpaceError(f"architecture file {str(path)!r} does not exist") from None
+    except OSError as e:
+        raise SpaceError(f"cannot read architecture file {str(path)!r}: {e.strerror}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpaceError(f"architecture file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    else:
+        blocks = [tok for line in text.splitlines() for tok in line.split("#", 1)[0].split()]
+        doc = {"blocks": blocks}
+    arch = Architecture.from_dict(doc, source=str(path))
+    if run_dir is not None:
+        cfg_path = Path(run_dir) / "config.json"
+        try:
+            space = SearchSpace.from_dict(json.loads(cfg_path.read_text())["space"], source=str(cfg_path))
+        except (OSError, KeyError, json.JSONDecodeError) as e:
+            raise SpaceError(f"--inherit {run_dir}: cannot read the search's space from {cfg_path} "
+                             f"({type(e).__name__})") from None
+        how = f"the space of search {run_dir}"
+    elif space_name is None and isinstance(doc.get("space_def"), dict):
+        space = SearchSpace.from_dict(doc["space_def"], source=f"{path}:space_def")
+        how = f"the space_def in {path}"
+    else:
+        name = space_name or doc.get("space") or "fbnet-cifar"
+        space = load_space(name, width_mult=width_mult)
+        how = f"space {name!r} at width {space.width_mult:g}"
+    try:
+        arch.check(space)
+    except SpaceError as e:
+        hint = " (pass the --space and --width-mult the search used, or --inherit RUN_DIR)" \
+            if "fingerprint" in str(e) else ""
+        raise SpaceError(f"{path}: does not fit {how}: {e}{hint}") from None
+    return space, arch
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("arch", metavar="ARCH", nargs="?", help="architecture file (from 'fbnet-fast sample', a "
+                   "search's arch.json, or hand-written); not needed with --resume")
+    g = p.add_argument_group("architecture and data")
+    g.add_argument("--space", default=None, help="space name or file (default: the file's space_def, else its "
+                   "'space' name)")
+    g.add_argument("--width-mult", type=float, default=None, help="width multiplier of --space")
+    g.add_argument("--inherit", metavar="RUN_DIR", default=None, help="start from the search's supernet weights "
+                   "of the chosen candidates (default: from scratch)")
+    g.add_argument("--data", default=d.data, help="'synthetic' (default), 'cifar10:PATH' (python batches) or "
+                   "'folder:PATH' (class-per-subfolder images, resized to the space's input size; only read)")
+    g.add_argument("--num-train", type=int, default=None, help="training images (default: all; synthetic: 6000)")
+    g.add_argument("--num-val", type=int, default=None, help="held-out images (default: all; synthetic: 2000)")
+    g = p.add_argument_group("recipe")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate, cosine to 0 (default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="weight decay of conv and linear weights (default: %(default)s)")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default: %(default)s)")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="before the classifier (default: %(default)s)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    g = p.add_argument_group("execution and output")
+    g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    g.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help="checkpoints kept (default: %(default)s)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("--out", "-o", default="runs/train", help="output folder (default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="continue the training in --out from its last checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .errors import ConfigError
+    from .train import TrainConfig, run_training
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if args.resume:
+        space = arch = None
+    else:
+        if not args.arch:
+            raise ConfigError("an architecture file is needed (or --resume to continue the run in --out)")
+        space, arch = load_architecture_file(args.arch, space_name=args.space, width_mult=args.width_mult,
+                                             run_dir=args.inherit)
+    s = run_training(cfg, space, arch, args.out, resume=args.resume, overwrite=args.overwrite)
+    print(f"architecture: {s['arch']}")
+    print(f"held-out top-1: best {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), last {s['last_val_acc']:.4f}; "
+          f"{s['params']:,d} parameters, {s['flops'] / 1e6:.2f} MFLOPs")
+    print(f"best model: {s['best_model']}")
+    return 0
+
+
+# ---- export ---------------------------------------------------------------------------------
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    from .export import ONNX_OPSET
+
+    p.add_argument("model", metavar="MODEL_DIR_OR_CKPT", help="a 'fbnet-fast train' output folder (its best.pt), "
+                   "a model file or a training checkpoint")
+    p.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript "
+                   "(default: %(default)s)")
+    p.add_argument("--out", "-o", default=None, help="output folder (default: MODEL_DIR/export)")
+    p.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--name", default="model", help="file name stem (default: %(default)s)")
+    p.add_argument("--bench-runs", type=int, default=50, help="timed batch-1 runs per format on 1 thread "
+                   "(default: %(default)s; 0: skip)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .errors import CheckpointError
+    from .export import export_model, parse_formats
+    from .model import load_model_file, model_stats
+
+    formats = parse_formats(args.format)
+    src = Path(args.model)
+    if src.is_dir():
+        if not (src / "best.pt").is_file():
+            raise CheckpointError(f"{src} holds no best.pt; pass a 'fbnet-fast train' output folder or a model file")
+        src_file, default_out = src / "best.pt", src / "export"
+    else:
+        src_file, default_out = src, src.parent / "export"
+    model, payload = load_model_file(src_file)
+    space = model.space
+    stats = model_stats(space, model=model)
+    meta = {"source": str(src_file), "arch": model.arch.to_dict(), "space": space.to_dict(),
+            "stats": stats.to_dict(), "val_acc": payload.get("val_acc"),
+            "preprocess": {"scale": 1 / 255, "mean": payload.get("mean"), "std": payload.get("std"),
+                           "layout": "NCHW, RGB"},
+            "class_names": payload.get("class_names")}
+    out = Path(args.out) if args.out else default_out
+    rep = export_model(model, out, formats=formats, opset=args.opset, name=args.name,
+                       input_shape=(space.in_channels, space.input_size, space.input_size),
+                       bench_runs=args.bench_runs, metadata=meta)
+    ver = rep["verification"]
+    for fmt in formats:
+        c = ver[fmt]
+        extra = f" opset {rep['onnx_opset']}" if fmt == "onnx" else ""
+        print(f"{fmt}{extra}: {out / rep['files'][fmt]}  max |diff| vs float64 eager {c['max_abs_err']:.2e} "
+              f"(tolerance {c['tolerance']:.2e}, float32 eager {c['eager_fp32_err']:.2e}), "
+              f"top-1 agreement {c['argmax_agreement']:.3f}")
+    lat = rep.get("latency_ms_batch1_1thread")
+    if lat:
+        print("batch-1 latency on this CPU, 1 thread (median): " +
+              ", ".join(f"{k} {v:.3f} ms" for k, v in lat.items()))
+    acc = payload.get("val_acc")
+    acc_s = f"held-out top-1 {acc:.4f}, " if isinstance(acc, float) and math.isfinite(acc) else ""
+    print(f"{acc_s}{stats.params:,d} parameters, {stats.flops / 1e6:.2f} MFLOPs; BN folded; report {out / 'export.json'}")
+    return 0
+
+
+COMMANDS = {
+    "sample": ("print and save the argmax architecture and samples of P_theta from a search run",
+               _add_sample, _run_sample),
+    "train": ("train an architecture from scratch (or from inherited supernet weights)", _add_train, _run_train),
+    "export": ("export a trained model to ONNX and TorchScript with BN folded, checked against PyTorch",
+               _add_export, _run_export),
+}
