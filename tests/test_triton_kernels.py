@@ -88,13 +88,12 @@ def test_compiles_for_gpu(spec, cc, fresh_cache, capsys):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fbnet_fast.ops.bn_act_triton import FP_FUSION, NUM_WARPS
+    from fbnet_fast.ops.bn_act_triton import LAUNCH_OPTS
 
     src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs,
                     attrs=_attrs(spec, TARGETS[cc] == "aligned"))
     try:
-        k = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                           options=dict(num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION))
+        k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=LAUNCH_OPTS)
     except Exception as e:  # noqa: BLE001 - report the compiler's own message
         if "ptxas" in str(e) and ("No such file" in str(e) or "not found" in str(e)):
             pytest.skip(f"ptxas missing from this triton install: {e}")
@@ -119,3 +118,48 @@ def test_package_imports_without_triton():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ConfigError no GPU kernels for 'bn_act'" in r.stdout, r.stdout
+
+
+# ------------------------------------------------------------- on a real GPU, if any
+def _cuda() -> bool:
+    import torch
+
+    return HAS_TRITON and torch.cuda.is_available() and not INTERPRETED
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (the kernels' numerics are checked above without one)")
+@pytest.mark.parametrize("n,c_in,c_out,stride,h", [(4, 16, 16, 1, 14), (3, 24, 32, 2, 15), (1, 32, 16, 1, 7)])
+def test_fused_mixed_op_on_gpu(n, c_in, c_out, stride, h):
+    """The Function on CUDA (Triton + cuBLAS) vs eager fp32 and fp64 on the same GPU; bit-identical reruns."""
+    import copy
+
+    import torch
+
+    from fbnet_fast.ops import mixed_op
+    from fbnet_fast.ops.mixed_op_ref import mixed_op_ref
+    from fbnet_fast.space import FBNET_CANDIDATES, LayerSpec
+    from fbnet_fast.supernet import MixedOp
+
+    from _kernel_tol import assert_close_to_ref
+
+    torch.manual_seed(0)
+    op = MixedOp(LayerSpec(0, 0, c_in, c_out, stride, h, (h - 1) // stride + 1), FBNET_CANDIDATES).cuda()
+    x0 = torch.randn(n, c_in, h, h, device="cuda").contiguous(memory_format=torch.channels_last)
+    w0 = torch.softmax(torch.randn(len(FBNET_CANDIDATES), device="cuda"), 0)
+    runs = {}
+    for name, dtype in (("fused", torch.float32), ("fused again", torch.float32), ("eager", torch.float32),
+                        ("f64", torch.float64)):
+        o = copy.deepcopy(op).to(dtype)
+        x = x0.to(dtype).requires_grad_(True)
+        w = w0.to(dtype).requires_grad_(True)
+        y = mixed_op(x, w, o, impl="triton") if name.startswith("fused") else mixed_op_ref(x, w, o.candidates)
+        go = torch.randn(y.shape, generator=torch.Generator(device="cuda").manual_seed(3), device="cuda")
+        y.backward(go.to(dtype))
+        runs[name] = [y.detach(), x.grad, w.grad] + [p.grad for p in o.parameters()] + list(o.buffers())
+    for i, (a, b, e, r) in enumerate(zip(runs["fused"], runs["fused again"], runs["eager"], runs["f64"])):
+        if a is None:
+            assert e is None, f"tensor {i}: no gradient from the fused op, eager has one"
+            continue
+        assert torch.equal(a, b), f"tensor {i}: two identical fused runs differ (non-deterministic reduction?)"
+        if a.dtype.is_floating_point:
+            assert_close_to_ref(f"tensor {i}", a, e, r)

@@ -185,6 +185,8 @@ NUM_WARPS = 4
 # FMA contraction stated explicitly (Triton 3.9 warns and 3.10 flips the default):
 # results must not change with the Triton version.
 FP_FUSION = True
+# The compile options of every launch (the AOT test compiles with the same ones).
+LAUNCH_OPTS = dict(num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
 
 
 def block_c(c: int) -> int:
@@ -204,7 +206,7 @@ class RowChunks(NamedTuple):
 
 def row_chunks(m: int, c: int, tile: int) -> RowChunks:
     """Split ``m`` rows into ``P`` chunks of whole ``tile``-row tiles (shape-only policy)."""
-    tiles = triton.cdiv(m, tile)
+    tiles = max(1, triton.cdiv(m, tile))
     want = max(1, TARGET_PROGRAMS // triton.cdiv(c, block_c(c)))
     per = triton.cdiv(tiles, min(tiles, want))
     rows = per * tile
@@ -216,10 +218,14 @@ def device_ctx(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+INT32_LIMIT = 2**31 - 2**16  # headroom for the last block's offsets past the end
+
+
 def check_int32(name: str, t: torch.Tensor) -> None:
     """Kernels index with int32 (half the integer work of int64 in the address math)."""
-    if t.numel() >= 2**31:
-        raise ConfigError(f"{name} has {t.numel()} elements; the Triton kernels index with int32 (< 2**31)")
+    if t.numel() > INT32_LIMIT:
+        raise ConfigError(f"{name} has {t.numel()} elements; the Triton kernels index with int32 "
+                          f"(at most {INT32_LIMIT})")
 
 
 def sum_parts(part: torch.Tensor) -> torch.Tensor:
@@ -227,7 +233,7 @@ def sum_parts(part: torch.Tensor) -> torch.Tensor:
     p, d = part.shape
     out = part.new_empty(d)
     _sum_parts_kernel[(triton.cdiv(d, PART_BLOCK_D),)](part, out, p, d, BLOCK_P=PART_BLOCK_P, BLOCK_D=PART_BLOCK_D,
-                                                        num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+                                                        **LAUNCH_OPTS)
     return out
 
 
@@ -237,8 +243,7 @@ def merge_stats(mean_part: torch.Tensor, m2_part: torch.Tensor, m: int, rows_per
     mean, var = mean_part.new_empty(c), mean_part.new_empty(c)
     bc = block_c(c)
     _stats_merge_kernel[(triton.cdiv(c, bc),)](mean_part, m2_part, mean, var, p, m, c, rows_per_part,
-                                               BLOCK_P=PART_BLOCK_P, BLOCK_C=bc, num_warps=NUM_WARPS,
-                                               enable_fp_fusion=FP_FUSION)
+                                               BLOCK_P=PART_BLOCK_P, BLOCK_C=bc, **LAUNCH_OPTS)
     return BNStats(mean, var)
 
 
@@ -253,8 +258,7 @@ def bn_stats(z: torch.Tensor) -> BNStats:
     m2_part = z.new_empty(ch.programs, c)
     with device_ctx(z):
         _stats_partial_kernel[(ch.programs, triton.cdiv(c, bc))](
-            z, mean_part, m2_part, m, c, ch.rows_per_prog, BLOCK_M=RED_BLOCK_M, BLOCK_C=bc, num_warps=NUM_WARPS,
-            enable_fp_fusion=FP_FUSION)
+            z, mean_part, m2_part, m, c, ch.rows_per_prog, BLOCK_M=RED_BLOCK_M, BLOCK_C=bc, **LAUNCH_OPTS)
         return merge_stats(mean_part, m2_part, m, ch.rows_per_prog)
 
 
@@ -264,7 +268,7 @@ def _affine(z, scale, shift, out, relu, accumulate, alpha):
     with device_ctx(z):
         _affine_act_kernel[(triton.cdiv(n, ELEM_BLOCK),)](
             z, scale, shift, out, n, z.shape[1], float(alpha), RELU=bool(relu), ACCUMULATE=accumulate,
-            BLOCK=ELEM_BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+            BLOCK=ELEM_BLOCK, **LAUNCH_OPTS)
 
 
 def affine_act(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *, relu: bool,
@@ -292,7 +296,7 @@ def act_grad_sums(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shif
     with device_ctx(z):
         _grad_sums_partial_kernel[(ch.programs, triton.cdiv(c, bc))](
             grad, z, scale, shift, center, part, m, c, ch.rows_per_prog, RELU=bool(relu), BLOCK_M=RED_BLOCK_M,
-            BLOCK_C=bc, num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+            BLOCK_C=bc, **LAUNCH_OPTS)
         sums = sum_parts(part)
     return ActGradSums(sums[:c], sums[c:])
 
@@ -307,7 +311,7 @@ def act_grad_apply(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shi
     with device_ctx(z):
         _act_grad_apply_kernel[(triton.cdiv(n, ELEM_BLOCK),)](
             grad, z, scale, shift, center, k1, k2, k3, out, n, z.shape[1], RELU=bool(relu), BLOCK=ELEM_BLOCK,
-            num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+            **LAUNCH_OPTS)
     return out
 
 
@@ -321,7 +325,7 @@ class AOTSpec(NamedTuple):
     constexprs: dict  # constexpr name -> value
 
 
-def _sig(fn, types: dict, constexprs: dict) -> dict:
+def aot_signature(fn, types: dict, constexprs: dict) -> dict:
     """Full signature in argument order: ``types`` by name, constexprs marked."""
     return {a: ("constexpr" if a in constexprs else types[a]) for a in fn.arg_names}
 
@@ -333,7 +337,7 @@ def aot_specs() -> list[AOTSpec]:
     specs = []
 
     def add(name, fn, ce, **types):
-        specs.append(AOTSpec(name, fn, _sig(fn, {**{a: ptr for a in fn.arg_names}, **types}, ce), ce))
+        specs.append(AOTSpec(name, fn, aot_signature(fn, {**{a: ptr for a in fn.arg_names}, **types}, ce), ce))
 
     for relu in (False, True):
         for acc in (False, True):

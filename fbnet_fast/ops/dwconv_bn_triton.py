@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .bn_act_triton import (FP_FUSION, NUM_WARPS, AOTSpec, _sig, block_c, check_int32, device_ctx, merge_stats,
+from .bn_act_triton import (LAUNCH_OPTS, AOTSpec, aot_signature, block_c, check_int32, device_ctx, merge_stats,
                             row_chunks, sum_parts)
 from .dwconv_bn import DWConvBNBackward, DWConvBNForward, conv_out_size
 
@@ -60,6 +60,8 @@ def _dwconv_fwd_kernel(z_ptr, scale_ptr, shift_ptr, w_ptr, out_ptr, mean_part_pt
         oy = (pos // Wo) % Ho
         n = pos // (Wo * Ho)
         acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+        # Taps in a loop, not tl.static_range: unrolled, ptxas issued all k*k loads at
+        # once (255 registers and spills on sm_90 for k=5) and compiled 5-10x slower.
         for dy in range(K):
             iy = oy * STRIDE + (dy - PAD)
             ymask = pmask & (iy >= 0) & (iy < H)
@@ -153,7 +155,7 @@ def block_p(c: int) -> int:
     """Positions per tile: ``BLOCK_P * BLOCK_C = 1024`` fp32, 8 a thread at 4 warps.
 
     2048 (16 a thread) spilled on sm_90 (255 registers, ptxas -v, k=3 and k=5); 1024
-    needs 93 registers in the forward and 112-151 in the backward, no spills.
+    needs 89-107 registers in the forward and 133-168 in the backward, no spills.
     """
     return 1024 // block_c(c)
 
@@ -175,8 +177,7 @@ def dwconv_bn_forward(z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tens
     with device_ctx(z1):
         _dwconv_fwd_kernel[(ch.programs, triton.cdiv(c, bc))](
             z1, scale1, shift1, weight, out, parts[0], parts[1], h, w, c, ho, wo, npos, ch.rows_per_prog,
-            K=k, STRIDE=int(stride), STATS=bool(stats), BLOCK_P=bp, BLOCK_C=bc, num_warps=NUM_WARPS,
-            enable_fp_fusion=FP_FUSION)
+            K=k, STRIDE=int(stride), STATS=bool(stats), BLOCK_P=bp, BLOCK_C=bc, **LAUNCH_OPTS)
         if not stats:
             return DWConvBNForward(out, None, None)
         mean, var = merge_stats(parts[0], parts[1], npos, ch.rows_per_prog)
@@ -201,7 +202,7 @@ def dwconv_bn_backward(grad_out: torch.Tensor, z1: torch.Tensor, scale1: torch.T
         _dwconv_bwd_kernel[(ch.programs, triton.cdiv(c, bc))](
             grad_out, z1, scale1, shift1, weight, center1, grad_in, gw_part, s_part, h, w, c, ho, wo, npos,
             ch.rows_per_prog, K=k, STRIDE=int(stride), KK_PAD=triton.next_power_of_2(kk), BLOCK_P=bp, BLOCK_C=bc,
-            num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+            **LAUNCH_OPTS)
         grad_w = sum_parts(gw_part).view(kk, c)
         sums = sum_parts(s_part)
     return DWConvBNBackward(grad_in, grad_w, sums[:c], sums[c:])
@@ -226,5 +227,5 @@ def aot_specs() -> list[AOTSpec]:
                     variants = [(f" stats={st}", dict(STATS=st)) for st in (False, True)]
                 for tag, extra in variants:
                     ce = dict(K=k, STRIDE=stride, **extra, **tiles)
-                    specs.append(AOTSpec(f"{fn.__name__.strip('_')} k={k} s={stride}{tag}", fn, _sig(fn, types, ce), ce))
+                    specs.append(AOTSpec(f"{fn.__name__.strip('_')} k={k} s={stride}{tag}", fn, aot_signature(fn, types, ce), ce))
     return specs
