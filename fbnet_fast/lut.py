@@ -10,8 +10,8 @@ space on one device, plus the fixed stem and head. The file (schema version 1)::
                 "input_size": 32, "num_layers": 22},
       "device": {"backend": "torch-cpu", "device_name": "Intel(R) Xeon(R) Processor",
                  "threads": 1, "runtime": "torch 2.13.0+cpu", "batch_size": 1,
-                 "input_size": 32, "clock": "cpu", "repeats": 40, "warmup": 3,
-                 "min_sample_ms": 1.0, "created": "2026-11-25T07:00:00Z", ...},
+                 "input_size": 32, "clock": "cpu", "repeats": 40, "passes": 2,
+                 "warmup": 3, "min_sample_ms": 1.0, "created": "2026-11-25T07:00:00Z", ...},
       "candidates": ["k3_e1", ..., "skip"],
       "fixed": {"stem": ENTRY, "head": ENTRY},
       "layers": [{"index": 0, "c_in": 8, "c_out": 8, "stride": 1, "in_size": 32,
@@ -51,8 +51,9 @@ Fields:
 
 An interrupted ``lut measure`` leaves ``OUTPUT.partial`` next to the output:
 ``{"schema": "fbnet-fast/lut-partial", "fingerprint", "settings", "batch_size",
-"entries": {JOB_KEY: ENTRY}}`` with ``JOB_KEY`` = ``"cin8-cout16-s2-in32/k3_e6"``,
-``"stem"`` or ``"head"``; it is not a LUT and is never loaded as one.
+"passes": [{JOB_KEY: ENTRY}, ...]}`` (one object per measuring pass) with ``JOB_KEY`` =
+``"cin8-cout16-s2-in32/k3_e6"``, ``"stem"`` or ``"head"``; it is not a LUT and is never
+loaded as one.
 
 :meth:`LatencyTable.load` validates everything and raises one :class:`LUTError`
 naming the file and the bad entry (missing layer or candidate, wrong fingerprint,

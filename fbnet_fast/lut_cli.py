@@ -35,6 +35,9 @@ def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool) ->
     g.add_argument("--warmup", type=int, default=None, help="untimed calls per block first" + (note or " (default: 3)"))
     g.add_argument("--min-sample-ms", type=float, default=None,
                    help="each sample averages enough calls to last this long" + (note or " (default: 1.0)"))
+    g.add_argument("--passes", type=int, default=None,
+                   help="passes over all blocks; each entry is the pass with the lowest median" +
+                   (note or " (default: 2)"))
     g.add_argument("--clock", choices=("auto", "wall", "cpu"), default=None,
                    help="auto: process CPU time with 1 thread (robust to other work on the host), wall time with "
                    "more" + (note or " (default: auto)"))
@@ -66,7 +69,8 @@ def _make_backend(args: argparse.Namespace, device: dict[str, Any] | None = None
 
     kw: dict[str, Any] = dict(threads=pick(args.threads, "threads", 1), repeats=pick(args.repeats, "repeats", 30),
                               warmup=pick(args.warmup, "warmup", 3),
-                              min_sample_ms=pick(args.min_sample_ms, "min_sample_ms", 1.0))
+                              min_sample_ms=pick(args.min_sample_ms, "min_sample_ms", 1.0),
+                              passes=pick(args.passes, "passes", 2))
     if name != "cuda":
         kw["clock"] = pick(args.clock, "clock", "auto")
     if name in ("torch-cpu", "cuda"):
@@ -185,7 +189,8 @@ def _show(args: argparse.Namespace) -> int:
     table = LatencyTable.load(args.path, space)
     print(f"{args.path}: space {table.space_name} ({table.fingerprint}), {len(table.layers)} layers")
     print(f"device: {_fmt_device(table.device)}")
-    extra = {k: v for k, v in table.device.items() if k in ("clock", "repeats", "warmup", "min_sample_ms", "created",
+    extra = {k: v for k, v in table.device.items() if k in ("clock", "repeats", "passes", "warmup", "min_sample_ms",
+                                                            "created",
                                                             "memory_format", "input_size")}
     if extra:
         print("        " + ", ".join(f"{k} {v}" for k, v in extra.items()))

@@ -17,7 +17,7 @@ from fbnet_fast.lut_cli import diff_tables
 from fbnet_fast.space import Stage
 from tests.conftest import make_tiny_space
 
-FAST = ["--repeats", "2", "--warmup", "1", "--min-sample-ms", "0.05"]
+FAST = ["--repeats", "2", "--warmup", "1", "--min-sample-ms", "0.05", "--passes", "1"]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from fbnet_fast.space import Stage
 from fbnet_fast.remote_runner import quantile, resolve_clock, summarize, time_interleaved
 from tests.conftest import make_tiny_space
 
-FAST = dict(repeats=2, warmup=1, min_sample_ms=0.05)
+FAST = dict(repeats=2, warmup=1, min_sample_ms=0.05, passes=1)
 
 
 def _two_stage_space(**kw):
@@ -67,7 +67,7 @@ def test_clock_choice():
 
 
 def test_time_module_is_an_entry():
-    e = time_module(lambda: sum(range(100)), **FAST)
+    e = time_module(lambda: sum(range(100)), repeats=2, warmup=1, min_sample_ms=0.05)
     assert isinstance(e, LatencyEntry) and e.repeats == 2 and 0 < e.p10_ms <= e.median_ms <= e.p90_ms
 
 
@@ -236,12 +236,15 @@ def test_interrupted_run_resumes_from_the_partial_file(tmp_path):
         measure_lut(space, backend=b1, output=out, progress=False)
     assert not out.exists() and partial.exists()
     saved = json.loads(partial.read_text())  # complete JSON: written atomically per group
-    assert len(saved["entries"]) == len(b1.measured) == 2 * len(space.candidates)
+    assert len(saved["passes"][0]) == len(b1.measured) == 2 * len(space.candidates)
+    assert saved["passes"][1] == {}
     b2 = _CountingBackend()
     t = measure_lut(space, backend=b2, output=out, progress=False)
-    assert set(b2.measured).isdisjoint(b1.measured)  # only what was missing
     n_jobs = sum(len(g) for g in block_jobs(space))
-    assert len(b1.measured) + len(b2.measured) == n_jobs
+    # only what was missing: the rest of pass 1, all of pass 2
+    assert len(b1.measured) + len(b2.measured) == 2 * n_jobs
+    assert sorted(b2.measured[:n_jobs - len(b1.measured)]) == sorted(
+        j.key for g in block_jobs(space) for j in g if j.key not in b1.measured)
     assert out.exists() and not partial.exists()
     full = measure_lut(space, backend=_CountingBackend(), progress=False)
     torch.testing.assert_close(t.matrix(), full.matrix())
@@ -255,13 +258,13 @@ def test_partial_from_other_settings_is_not_reused(tmp_path):
         measure_lut(space, backend=_CountingBackend(stop_after=1, threads=2), output=out, progress=False)
     b = _CountingBackend(threads=1)
     measure_lut(space, backend=b, output=out, progress=False)
-    assert len(b.measured) == sum(len(g) for g in block_jobs(space))
+    assert len(b.measured) == 2 * sum(len(g) for g in block_jobs(space))
     # --restart ignores a matching partial too
     with pytest.raises(KeyboardInterrupt):
         measure_lut(space, backend=_CountingBackend(stop_after=1), output=out, progress=False)
     b = _CountingBackend()
     measure_lut(space, backend=b, output=out, progress=False, resume=False)
-    assert len(b.measured) == sum(len(g) for g in block_jobs(space))
+    assert len(b.measured) == 2 * sum(len(g) for g in block_jobs(space))
 
 
 def test_backend_that_drops_a_result_is_an_error():
@@ -271,3 +274,27 @@ def test_backend_that_drops_a_result_is_an_error():
 
     with pytest.raises(LUTError, match="no timing"):
         measure_lut(make_tiny_space(), backend=Lossy(), progress=False)
+
+
+def test_each_entry_is_its_best_pass():
+    """A disturbance during one pass (here: pass 1 of one job is 10x slow) does not reach the LUT."""
+
+    class Disturbed(_CountingBackend):
+        pass_no = 0
+
+        def measure(self, groups, on_result):
+            Disturbed.pass_no += 1
+
+            def wrapped(job, e):
+                if Disturbed.pass_no == 1 and job.key == "stem":
+                    e = LatencyEntry(e.median_ms * 10, e.p10_ms * 10, e.p90_ms * 10, e.repeats)
+                on_result(job, e)
+            super().measure(groups, wrapped)
+
+    space = make_tiny_space()
+    t = measure_lut(space, backend=Disturbed(), progress=False)
+    ref = measure_lut(space, backend=_CountingBackend(passes=1), progress=False)
+    assert t.fixed == ref.fixed and t.device["passes"] == 2
+    torch.testing.assert_close(t.matrix(), ref.matrix())
+    with pytest.raises(ConfigError, match="passes"):
+        get_backend("torch-cpu", passes=0)

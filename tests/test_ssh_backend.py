@@ -25,7 +25,7 @@ from fbnet_fast.errors import ConfigError, LUTError
 from fbnet_fast.measure import SSHBackend, block_jobs, export_onnx, export_torchscript, measure_lut
 from tests.conftest import make_tiny_space
 
-FAST = dict(repeats=2, warmup=1, min_sample_ms=0.05)
+FAST = dict(repeats=2, warmup=1, min_sample_ms=0.05, passes=1)
 
 
 def _small_space():
@@ -158,8 +158,9 @@ def test_ssh_backend_needs_a_host():
 def test_ssh_lut_against_loopback_sshd(sshd, tmp_path):
     space = _small_space()
     out = tmp_path / "board.json"
+    # two passes: two remote runs, the second reusing the exported blocks
     table = measure_lut(space, backend="ssh", output=out, progress=False, remote_python=sys.executable, **sshd,
-                        **FAST)
+                        **{**FAST, "passes": 2})
     table.check_space(space)
     from fbnet_fast.lut import LatencyTable
 
@@ -168,7 +169,7 @@ def test_ssh_lut_against_loopback_sshd(sshd, tmp_path):
     assert dev["backend"] == "ssh" and dev["board"] == f"{sshd['user']}@127.0.0.1:{sshd['port']}"
     assert dev["runtime"].startswith("onnxruntime ") and dev["threads"] == 1 and dev["batch_size"] == 1
     assert dev["device_name"] and dev["format"] == "onnx"
-    assert all(e.repeats == 2 for layer in again.layers for e in layer.values())
+    assert all(e.repeats == 2 for layer in again.layers for e in layer.values()) and dev["passes"] == 2
     assert set(again.fixed) == {"stem", "head"}
     assert not Path(str(out) + ".partial").exists()
     # the remote temporary folders are removed

@@ -6,10 +6,11 @@ candidate) pair, or the fixed stem or head. Layers with the same
 once (``fbnet-cifar`` at width 0.25: 22 x 9 = 198 entries from 10 x 9 + 2 = 92 jobs).
 
 Jobs come in *groups*, the candidates of one layer shape, which a back end times
-in interleaved rounds (see :mod:`fbnet_fast.remote_runner`). After every group the
-driver writes the entries measured so far to ``<output>.partial`` atomically; a run
-that is interrupted and started again with the same output, back end and settings
-measures only what is missing.
+in interleaved rounds (see :mod:`fbnet_fast.remote_runner`); the whole job list is
+measured ``passes`` times (default 2) and each entry is its best pass. After every
+group the driver writes the entries measured so far to ``<output>.partial``
+atomically; a run that is interrupted (even killed) and started again with the same
+output, back end and settings measures only what is missing.
 """
 
 from __future__ import annotations
@@ -93,13 +94,14 @@ class Backend:
     :meth:`prepare` (local back ends) or override :meth:`measure` (remote ones).
 
     Settings shared by all back ends: ``threads`` (intra-op threads, recorded),
-    ``repeats`` samples per block after ``warmup`` calls, ``min_sample_ms`` per sample.
+    ``repeats`` samples per block after ``warmup`` calls, ``min_sample_ms`` per sample,
+    ``passes`` over the whole job list (see :func:`measure_jobs`).
     """
 
     name = "abstract"
 
     def __init__(self, *, threads: int | None = 1, repeats: int = 40, warmup: int = 3,
-                 min_sample_ms: float = 1.0, clock: str = "auto", seed: int = 0) -> None:
+                 min_sample_ms: float = 1.0, clock: str = "auto", passes: int = 2, seed: int = 0) -> None:
         from ..remote_runner import resolve_clock
 
         if threads is not None and threads < 1:
@@ -110,6 +112,9 @@ class Backend:
             raise ConfigError(f"warmup must be >= 0, got {warmup}")
         if not min_sample_ms >= 0:
             raise ConfigError(f"min_sample_ms must be >= 0, got {min_sample_ms}")
+        if passes < 1:
+            raise ConfigError(f"passes must be >= 1, got {passes}")
+        self.passes = passes
         self.threads = threads if threads is not None else torch.get_num_threads()
         self.repeats, self.warmup, self.min_sample_ms, self.seed = repeats, warmup, min_sample_ms, seed
         try:
@@ -125,7 +130,7 @@ class Backend:
 
     def settings(self) -> dict[str, Any]:
         """What must match for a partial LUT to be resumed with this back end."""
-        return {"backend": self.name, "threads": self.threads, "clock": self.clock}
+        return {"backend": self.name, "threads": self.threads, "clock": self.clock, "passes": self.passes}
 
     def prepare(self, job: Job) -> Callable[[], object]:
         """A zero-argument callable that runs ``job``'s module once (local back ends)."""
@@ -165,59 +170,83 @@ def _partial_path(output: str | Path) -> Path:
 
 
 def _load_partial(path: Path, space: SearchSpace, settings: Mapping[str, Any], batch_size: int
-                  ) -> dict[str, LatencyEntry]:
-    """Entries of a partial LUT written by an interrupted run with the same settings, else {}."""
+                  ) -> list[dict[str, LatencyEntry]]:
+    """Per-pass entries of a partial LUT written by an interrupted run with the same settings, else []."""
     try:
         d = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return {}
+        return []
     if (not isinstance(d, dict) or d.get("schema") != PARTIAL_SCHEMA or d.get("fingerprint") != space.fingerprint
-            or d.get("settings") != dict(settings) or d.get("batch_size") != batch_size):
-        return {}
-    out = {}
-    for k, v in (d.get("entries") or {}).items():
-        try:
-            out[k] = LatencyEntry.from_dict(v, f"{path}: entries.{k}")
-        except LUTError:
-            continue  # a damaged entry is measured again
+            or d.get("settings") != dict(settings) or d.get("batch_size") != batch_size
+            or not isinstance(d.get("passes"), list)):
+        return []
+    out = []
+    for p, entries in enumerate(d["passes"]):
+        got = {}
+        for k, v in (entries if isinstance(entries, dict) else {}).items():
+            try:
+                got[k] = LatencyEntry.from_dict(v, f"{path}: passes[{p}].{k}")
+            except LUTError:
+                continue  # a damaged entry is measured again
+        out.append(got)
     return out
 
 
 def measure_jobs(backend: Backend, groups: Sequence[Sequence[Job]], *, done: Mapping[str, LatencyEntry] | None = None,
-                 progress: bool = True, on_update: Callable[[dict[str, LatencyEntry]], None] | None = None,
+                 done_passes: Sequence[Mapping[str, LatencyEntry]] = (), progress: bool = True,
+                 on_update: Callable[[list[dict[str, LatencyEntry]]], None] | None = None,
                  desc: str = "measuring") -> dict[str, LatencyEntry]:
-    """Run ``backend`` over the jobs not already in ``done``; returns every entry by job key.
+    """Run ``backend.passes`` passes over the jobs; returns one entry per job key.
 
-    ``on_update(entries)`` is called after each group completes (the driver saves the
-    partial file there).
+    Each pass times every job (``repeats`` samples); a job's entry is the pass with the
+    lowest median. Passes are a whole job list apart in time, so load that disturbs
+    one layer shape's group for a few seconds reaches at most one of its passes, and
+    extra load only ever adds time. Measured on this 2-core host under load 7-10: one
+    pass left 17-54 % worst-entry differences between two consecutive LUTs, from a
+    single disturbed group.
+
+    Args:
+        done: final entries already known (reused as they are, in every pass).
+        done_passes: per-pass entries of an interrupted run (resume).
+        on_update: called with the per-pass entries after each group (the driver saves
+            the partial file there).
     """
-    results = dict(done or {})
-    todo = [[j for j in g if j.key not in results] for g in groups]
-    todo = [g for g in todo if g]
-    n = sum(len(g) for g in todo)
+    known = dict(done or {})
+    per_pass: list[dict[str, LatencyEntry]] = [dict(known) for _ in range(backend.passes)]
+    for p, entries in enumerate(list(done_passes)[:backend.passes]):
+        per_pass[p].update(entries)
+    todo_by_pass = []
+    for p in range(backend.passes):
+        todo = [[j for j in g if j.key not in per_pass[p]] for g in groups]
+        todo_by_pass.append([g for g in todo if g])
+    n = sum(len(g) for todo in todo_by_pass for g in todo)
     bar = tqdm(total=n, desc=desc, unit="block", disable=not progress or n == 0)
-    pending: dict[int, int] = {id(g): len(g) for g in todo}
-    group_of = {j.key: id(g) for g in todo for j in g}
-
-    def on_result(job: Job, entry: LatencyEntry) -> None:
-        results[job.key] = entry
-        bar.update(1)
-        if job.label:
-            bar.set_postfix_str(job.label, refresh=False)
-        gid = group_of.get(job.key)
-        if gid is not None:
-            pending[gid] -= 1
-            if pending[gid] == 0 and on_update is not None:
-                on_update(results)
-
     try:
-        backend.measure(todo, on_result)
+        for p, todo in enumerate(todo_by_pass):
+            pending: dict[int, int] = {id(g): len(g) for g in todo}
+            group_of = {j.key: id(g) for g in todo for j in g}
+
+            def on_result(job: Job, entry: LatencyEntry, p: int = p) -> None:
+                per_pass[p][job.key] = entry
+                bar.update(1)
+                if job.label:
+                    bar.set_postfix_str(f"pass {p + 1}/{backend.passes} {job.label}", refresh=False)
+                gid = group_of.get(job.key)
+                if gid is not None:
+                    pending[gid] -= 1
+                    if pending[gid] == 0 and on_update is not None:
+                        on_update(per_pass)
+
+            if todo:
+                backend.measure(todo, on_result)
+            missing = [j.key for g in todo for j in g if j.key not in per_pass[p]]
+            if missing:
+                raise LUTError(f"back end {backend.name!r} returned no timing for {len(missing)} block(s), "
+                               f"e.g. {missing[0]!r}")
     finally:
         bar.close()
-    missing = [j.key for g in todo for j in g if j.key not in results]
-    if missing:
-        raise LUTError(f"back end {backend.name!r} returned no timing for {len(missing)} block(s), e.g. {missing[0]!r}")
-    return results
+    keys = [j.key for g in groups for j in g]
+    return {k: min((pp[k] for pp in per_pass), key=lambda e: e.median_ms) for k in keys}
 
 
 def get_backend(backend: str | Backend, **kw: Any) -> Backend:
@@ -233,7 +262,7 @@ def get_backend(backend: str | Backend, **kw: Any) -> Backend:
 
 def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", threads: int | None = 1,
                 repeats: int = 40, warmup: int = 3, min_sample_ms: float = 1.0, clock: str = "auto",
-                batch_size: int = 1,
+                passes: int = 2, batch_size: int = 1,
                 channels_last: bool = True, progress: bool = True, partial: LatencyTable | None = None,
                 output: str | Path | None = None, resume: bool = True, seed: int = 0,
                 **backend_options: Any) -> LatencyTable:
@@ -252,6 +281,8 @@ def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", thr
             :func:`fbnet_fast.remote_runner.time_interleaved`.
         clock: ``"auto"`` (process CPU time with one thread, wall time with more; see
             :data:`fbnet_fast.remote_runner.CLOCKS` for why), ``"wall"`` or ``"cpu"``.
+        passes: times the whole job list is measured; each entry is the pass with the
+            lowest median (see :func:`measure_jobs`).
         batch_size: images per call (deployment latency is usually batch 1).
         channels_last: torch back ends run NHWC, the faster layout for depthwise convs here.
         partial: a finished or partial LUT of the same space whose entries are reused.
@@ -263,7 +294,7 @@ def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", thr
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(backend, str):
         opts = dict(threads=threads, repeats=repeats, warmup=warmup, min_sample_ms=min_sample_ms, clock=clock,
-                    seed=seed)
+                    passes=passes, seed=seed)
         if backend in ("torch-cpu", "cuda"):
             opts["channels_last"] = channels_last
         backend = get_backend(backend, **opts, **backend_options)
@@ -278,27 +309,29 @@ def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", thr
                     done[job_key(layer.shape_key(), c)] = partial.layers[l][c]
         done.update({k: v for k, v in partial.fixed.items() if k in ("stem", "head")})
     ppath = _partial_path(output) if output is not None else None
+    done_passes: list[dict[str, LatencyEntry]] = []
     if ppath is not None and resume and ppath.exists():
-        done.update(_load_partial(ppath, space, backend.settings(), batch_size))
+        done_passes = _load_partial(ppath, space, backend.settings(), batch_size)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def save_partial(entries: dict[str, LatencyEntry]) -> None:
+    def save_partial(per_pass: list[dict[str, LatencyEntry]]) -> None:
         if ppath is None:
             return
         atomic_write_text(ppath, json.dumps({
             "schema": PARTIAL_SCHEMA, "fingerprint": space.fingerprint, "space": space.name,
             "settings": backend.settings(), "batch_size": batch_size, "created": created,
-            "entries": {k: e.to_dict() for k, e in entries.items()},
+            "passes": [{k: e.to_dict() for k, e in entries.items()} for entries in per_pass],
         }, indent=1) + "\n")
 
     try:
-        results = measure_jobs(backend, groups, done=done, progress=progress, on_update=save_partial,
-                               desc=f"LUT {space.name} on {backend.name}")
+        results = measure_jobs(backend, groups, done=done, done_passes=done_passes, progress=progress,
+                               on_update=save_partial, desc=f"LUT {space.name} on {backend.name}")
         device = backend.describe()
     finally:
         backend.close()
     device.update(batch_size=batch_size, input_size=space.input_size, repeats=backend.repeats,
-                  warmup=backend.warmup, min_sample_ms=backend.min_sample_ms, created=created)
+                  warmup=backend.warmup, min_sample_ms=backend.min_sample_ms, passes=backend.passes,
+                  created=created)
     device.setdefault("clock", backend.clock)
     device.setdefault("threads", backend.threads)
     table_layers = [{c: results[job_key(l.shape_key(), c)] for c in space.candidates} for l in space.layers]

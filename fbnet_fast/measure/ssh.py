@@ -58,6 +58,7 @@ class SSHBackend(Backend):
         self.keep_remote, self.connect_timeout = keep_remote, connect_timeout
         self._ssh, self._scp = ssh, scp
         self._board: dict[str, Any] | None = None
+        self._exported: dict[str, bytes] = {}  # job key -> model bytes, reused by later passes
 
     # ---- plumbing ------------------------------------------------------------------------
     @property
@@ -113,7 +114,9 @@ class SSHBackend(Backend):
             mg = []
             for job in group:
                 rel = f"blocks/{i}{ext}"
-                (folder / rel).write_bytes(export(job.build(), job.shape))
+                if job.key not in self._exported:
+                    self._exported[job.key] = export(job.build(), job.shape)
+                (folder / rel).write_bytes(self._exported[job.key])
                 mg.append({"key": job.key, "file": rel, "shape": list(job.shape)})
                 by_key[job.key] = job
                 i += 1
