@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMMANDS", "load_architecture_file", "sample_run"]
+__all__ = ["COMMANDS", "draw_architectures", "load_architecture_file", "sample_run"]
 
 
 # ---- sample ---------------------------------------------------------------------------------
@@ -61,16 +61,16 @@ def _run_theta(run_dir: Path, space) -> tuple["torch.Tensor", str]:
     return theta, source
 
 
-def sample_run(run_dir: str | Path, *, num: int, seed: int) -> dict[str, Any]:
-    """The argmax architecture and ``num`` seeded samples of ``P_theta`` with LUT latency, params, FLOPs.
+def draw_architectures(run_dir: str | Path, *, num: int, seed: int):
+    """The argmax architecture and ``num`` samples of ``P_theta`` (seeded) of a search run.
 
-    Returns ``{"space", "theta_source", "rows": [{name, arch, log_prob, latency_ms, params, flops, macs}]}``.
+    Returns ``(space, lut, theta [L, K] float64, theta source, [(name, Architecture)])``,
+    names ``"argmax"``, ``"sample-01"`` ...
     """
     import torch
 
     from .errors import CheckpointError, ConfigError
     from .lut import LatencyTable
-    from .model import model_stats
     from .space import SearchSpace
     from .supernet import Supernet
 
@@ -95,9 +95,23 @@ def sample_run(run_dir: str | Path, *, num: int, seed: int) -> dict[str, Any]:
     for op, row in zip(net.layers, theta):
         op.theta = torch.nn.Parameter(row.float(), requires_grad=False)
     archs = [("argmax", net.most_likely())]
-    gen = torch.Generator().manual_seed(seed)
-    archs += [(f"sample-{j + 1:02d}", a) for j, a in enumerate(net.sample_architectures(num, generator=gen))] if num else []
+    if num:
+        gen = torch.Generator().manual_seed(seed)
+        archs += [(f"sample-{j + 1:02d}", a) for j, a in enumerate(net.sample_architectures(num, generator=gen))]
+    return space, lut, theta, source, archs
 
+
+def sample_run(run_dir: str | Path, *, num: int, seed: int) -> dict[str, Any]:
+    """:func:`draw_architectures` plus each one's log-probability, LUT latency, params and FLOPs.
+
+    Returns ``{"space", "theta_source", "rows": [{name, arch, blocks, log_prob, latency_ms, params,
+    flops, macs, same_as}]}``.
+    """
+    import torch
+
+    from .model import model_stats
+
+    space, lut, theta, source, archs = draw_architectures(run_dir, num=num, seed=seed)
     log_p = torch.log_softmax(theta, dim=-1)
     rows, seen = [], {}
     for name, arch in archs:
@@ -110,7 +124,7 @@ def sample_run(run_dir: str | Path, *, num: int, seed: int) -> dict[str, Any]:
             "same_as": seen.get(arch.blocks),
         })
         seen.setdefault(arch.blocks, name)
-    return {"space": space, "theta_source": source, "rows": rows, "lut_device": lut.device}
+    return {"space": space, "theta_source": source, "rows": rows}
 
 
 def _run_sample(args: argparse.Namespace) -> int:
