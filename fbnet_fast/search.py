@@ -447,8 +447,10 @@ class Searcher:
         inspection, out of the ``keep_checkpoints`` rotation that would otherwise let them
         push out the good ones); when none is readable nothing is renamed.
         """
-        for tmp in self.ckpt_dir.glob(".ckpt-*.tmp"):
-            tmp.unlink(missing_ok=True)  # a write killed before os.replace: never a checkpoint
+        # Writes killed before their os.replace (checkpoints, metrics.jsonl, PNGs): never
+        # a file anyone reads, so they go.
+        for tmp in [*self.ckpt_dir.glob(".ckpt-*.tmp"), *self.run_dir.glob(".*.tmp")]:
+            tmp.unlink(missing_ok=True)
         bad: list[tuple[Path, str]] = []
         for p in sorted(self.ckpt_dir.glob("ckpt-*.pt"), reverse=True):
             try:

@@ -326,6 +326,12 @@ def overwrite_with_a_bad_option_keeps_the_old_run(tmp, finished_run):
     return _search(tmp, "--overwrite", "--alpha", "-1")
 
 
+@case(RunDirError, "--resume and --overwrite contradict each other")
+def resume_and_overwrite_together(tmp, finished_run):
+    run = _copy_run(finished_run, tmp / "run")
+    return ["search", "--resume", "--overwrite", "--out", str(run)]
+
+
 @case(RunDirError, "metrics.jsonl does not exist", "at least one finished epoch")
 def plot_a_folder_without_a_run(tmp):
     (tmp / "x").mkdir()
@@ -358,8 +364,9 @@ def test_bad_input(name, tmp_path, request, capsys):
     err = capsys.readouterr().err
     assert err == f"fbnet-fast: error: {msg}\n", err
     assert _snapshot(tmp_path) == before, f"{name}: files changed"
-    with capsys.disabled():
-        print(f"\nCATALOGUE {name} [{type(info.value).__name__}]: {msg}")
+    if request.config.getoption("capture") == "no":  # pytest -s: print the catalogue
+        with capsys.disabled():
+            print(f"\nCATALOGUE {name} [{type(info.value).__name__}]: {msg}")
 
 
 def test_catalogue_is_complete():

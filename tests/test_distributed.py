@@ -120,3 +120,14 @@ def test_two_processes_match_one_and_resume(tmp_path):
         assert abs(a["train_ce"] - b["train_ce"]) < 1e-4 and a["val_acc"] == b["val_acc"]
     for f in ("theta_heatmap.png", "search_curves.png", "samples_scatter.png", "summary.txt"):
         assert (tmp_path / "two" / f).is_file(), f
+
+
+def test_global_batch_must_split_evenly_over_the_ranks(tmp_path):
+    from fbnet_fast.distributed import Dist
+    from fbnet_fast.errors import ConfigError
+    from fbnet_fast.search import SearchConfig, Searcher
+
+    # Raised before any collective, so no process group is needed to see it.
+    with pytest.raises(ConfigError, match=r"batch_size 16 is the global batch .* 3 processes"):
+        Searcher(SearchConfig(batch_size=16, progress=False), tmp_path, space=make_tiny_space(),
+                 dist=Dist(rank=0, world=3), data=object())
