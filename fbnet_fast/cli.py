@@ -159,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fbnet-fast: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fbnet-fast: interrupted; resume a search with --resume", file=sys.stderr)
+        print(f"fbnet-fast: interrupted; run the same command again to continue"
+              f"{' (with --resume)' if args.command == 'search' else ''}", file=sys.stderr)
         return 130
 
 

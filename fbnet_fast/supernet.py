@@ -60,7 +60,7 @@ def gumbel_weights(theta: torch.Tensor, tau: float, *, hard: bool = False,
 class MixedOp(nn.Module):
     """One searchable layer: K candidate blocks and their logits ``theta [K]``."""
 
-    def __init__(self, layer: LayerSpec, candidates: Sequence[str], *, impl: str = "reference") -> None:
+    def __init__(self, layer: LayerSpec, candidates: Sequence[str], *, impl: str = "auto") -> None:
         super().__init__()
         self.layer = layer
         self.names = list(candidates)
@@ -86,7 +86,7 @@ class Supernet(nn.Module):
     (evaluating the most likely architecture).
     """
 
-    def __init__(self, space: SearchSpace, *, impl: str = "reference", dropout: float = 0.0) -> None:
+    def __init__(self, space: SearchSpace, *, impl: str = "auto", dropout: float = 0.0) -> None:
         super().__init__()
         if impl not in KERNEL_IMPLS:
             raise ConfigError(f"unknown kernel impl {impl!r}; expected one of {KERNEL_IMPLS}")

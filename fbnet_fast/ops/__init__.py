@@ -33,14 +33,20 @@ def _warn_once(msg: str) -> None:
 def resolve_impl(impl: str, device: torch.device) -> str:
     """The concrete implementation ``impl`` stands for on ``device``.
 
-    ``"auto"``: CUDA -> ``"triton"``; CPU -> ``"cpp"`` when ``fbnet_fast._C`` imports,
+    ``"auto"``: CUDA -> ``"triton"`` when triton is installed; CPU -> ``"cpp"`` when ``fbnet_fast._C`` imports,
     else ``"reference"`` with a one-time warning that says how to build it.
     """
     if impl != "auto":
         return impl
     device = torch.device(device)
     if device.type == "cuda":
-        return "triton"
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is not None:
+            return "triton"
+        _warn_once("triton is not installed, using the eager reference mixed op on CUDA: "
+                   "pip install 'fbnet-fast[triton]'")
+        return "reference"
     if device.type == "cpu":
         from .. import _ext
 
