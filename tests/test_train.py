@@ -1,6 +1,5 @@
 """Training from scratch: it learns, it resumes bit-identically, it keeps the best model, users' data."""
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -66,16 +65,10 @@ LEARN_SPACE = dict(input_size=32, stem_filters=16, stem_stride=2,
                    stages=[Stage(16, 1, 1), Stage(24, 1, 2), Stage(32, 1, 2)], head_filters=64)
 
 
-def test_training_on_default_data_improves_val_accuracy(tmp_path, monkeypatch):
-    # The default generator ("synthetic" spec, 10 shape classes, 32x32) with its clutter
-    # (distractor shapes, textured background, occluding line) turned off. Measured: at full
-    # difficulty a 13k-parameter model stays at chance (0.09-0.13) for the first ~1000 SGD
-    # steps, so no few-second test could see it learn; without the clutter it leaves chance
-    # within ~200 steps (measured over 4 data/training seeds: val top-1 0.11-0.14 after
-    # epoch 1, 0.25-0.30 after epoch 8).
-    easier = dataclasses.replace(data_mod._DIFFICULTY, num_distractors=0, texture=0.0, occluder=False,
-                                 noise_sigma=(0.0, 0.02), contrast=(0.5, 0.6))
-    monkeypatch.setattr(data_mod, "_DIFFICULTY", easier)
+def test_training_on_default_data_improves_val_accuracy(tmp_path):
+    # The default data ("synthetic" spec: 10 shape classes at 32x32), 2000 images, 8 epochs of
+    # 62 steps. Measured over 2 data/training seeds: val top-1 0.11-0.12 after epoch 1,
+    # 0.31-0.33 after epoch 8; the check asks for +0.05.
     data = build_datasets("synthetic", image_size=32, seed=0, num_train=2000, num_val=500)
     space = make_tiny_space(**LEARN_SPACE)
     cfg = TrainConfig(epochs=8, batch_size=32, lr=0.05, dropout=0.0, augment=False, seed=0, **QUIET)
