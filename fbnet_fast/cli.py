@@ -47,7 +47,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (default: %(default)s; paper: 90)")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
                    help="epochs training only the weights (default: %(default)s; paper: 10)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="global batch size; under torchrun it is split across the ranks (default: %(default)s)")
     g.add_argument("--w-fraction", type=float, default=d.w_fraction,
                    help="share of the training data for the weights; the rest trains theta (default: %(default)s)")
     g.add_argument("--w-lr", type=float, default=d.w_lr, help="SGD learning rate, cosine decay (default: %(default)s)")
@@ -86,6 +87,11 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="checkpoints kept (default: %(default)s)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     g = p.add_argument_group("output")
+    g.add_argument("--no-plots", dest="plots", action="store_false",
+                   help="write no PNGs and sample no architectures at the end")
+    g.add_argument("--plot-samples", type=int, default=d.plot_samples,
+                   help="architectures drawn from P_theta and evaluated for the accuracy-vs-latency scatter "
+                   "(default: %(default)s)")
     g.add_argument("--out", "-o", default="runs/search", help="run folder (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue the search in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
