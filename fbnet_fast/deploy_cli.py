@@ -26,8 +26,12 @@ __all__ = ["COMMANDS", "draw_architectures", "load_architecture_file", "sample_r
 # ---- sample ---------------------------------------------------------------------------------
 
 def _add_sample(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a search run folder (config.json, lut.json, theta.json "
-                   "or checkpoints/)")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a search run folder (config.json, lut.json, "
+                   "theta.json or checkpoints/); not needed with --preset")
+    p.add_argument("--preset", default=None, help="instead of a search: write a published architecture "
+                   "(fbnet_a, fbnet_b, fbnet_c, fbnet_s8, fbnet_iphonex) as an architecture file")
+    p.add_argument("--input-size", type=int, default=None, help="with --preset: input resolution (default 224)")
+    p.add_argument("--num-classes", type=int, default=None, help="with --preset: classes (default 1000)")
     p.add_argument("--num", "-k", type=int, default=6, help="architectures to sample from P_theta "
                    "(default: %(default)s, as many as the paper trains)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
@@ -129,6 +133,11 @@ def sample_run(run_dir: str | Path, *, num: int, seed: int) -> dict[str, Any]:
 
 def _run_sample(args: argparse.Namespace) -> int:
     from .lut import atomic_write_text
+
+    if args.preset or not args.run_dir:
+        from .presets import run_preset_sample
+
+        return run_preset_sample(args)
 
     res = sample_run(args.run_dir, num=args.num, seed=args.seed)
     space = res["space"]
