@@ -1,0 +1,605 @@
+"""Does the search beat chance? The accuracy-vs-latency study behind ``fbnet-fast study pareto``.
+
+For a sweep of latency weights ``alpha`` the study runs one search per alpha (all
+with one LUT and one seed, so alpha is the only difference), takes each search's most
+likely architecture, trains it from scratch with one fixed schedule and records its
+held-out top-1, its LUT latency and its latency *measured* end to end on the host.
+``num_random`` architectures drawn uniformly from the same space (and the FBNet
+presets whose block list fits the space, see :func:`fitting_presets`) are trained and
+measured the same way. The report is
+
+* ``points.csv``: one row per point (searched / random / preset);
+* ``pareto.png``: accuracy vs measured latency: the random cloud and its Pareto front,
+  the searched points joined as a front, the presets;
+* ``summary.json``: the two figures (fraction of random architectures dominated by
+  the searched front; accuracy gap at matched latency, interpolated on the random
+  front; :func:`dominated_fraction`, :func:`accuracy_gaps`) and the search cost;
+* ``cost.csv``: wall time and peak memory (max RSS) of every search, with the fused
+  kernels and, for ``cost_alphas``, again with the eager reference (``--kernel reference``).
+
+Study folder (every phase reuses what a previous run finished, so an interrupted
+study continues where it stopped; a killed search or training resumes from its
+checkpoint)::
+
+    study.json                      the study's options, resolved search and training
+                                    configs, seeds, host, torch version
+    lut.json                        the one latency table every search uses
+    searches/alpha-<a>-<kernel>/    one ``fbnet-fast search`` run folder per search
+    searches/alpha-<a>-<kernel>.cost.json   its wall time and peak RSS
+    searches/alpha-<a>-<kernel>.log         its console output
+    train/<key>/                    one ``fbnet_fast.train`` run folder per distinct architecture
+    latency.json                    end-to-end host latency per architecture key
+    points.csv, cost.csv, summary.json, pareto.png
+
+Searches run as child processes (``python -m fbnet_fast search``), so each one's peak
+RSS is its own (``os.wait4``) and a search's memory never inflates the next one's.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import ConfigError, RunDirError, TrainingError
+from .lut import LatencyTable, atomic_write_text
+from .space import Architecture, SearchSpace, load_space
+
+__all__ = ["StudyConfig", "PHASES", "run_study", "pareto_front", "dominates", "dominated_fraction",
+           "front_accuracy_at", "accuracy_gaps", "fitting_presets", "arch_key", "plot_pareto"]
+
+STUDY_FORMAT = "fbnet-fast/pareto-study"
+STUDY_VERSION = 1
+
+# Phases a run can skip (``--skip``); the report is always written from what exists.
+PHASES = ("search", "cost", "measure", "train", "random", "presets")
+
+
+@dataclass
+class StudyConfig:
+    """Every knob of a study. Defaults: the issue's sweep on the default data and space."""
+
+    space: str = "fbnet-cifar"
+    width_mult: float | None = 0.25
+    data: str = "synthetic"
+    num_train: int | None = None
+    num_val: int | None = None
+    alphas: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0)
+    num_random: int = 20
+    presets: bool = True
+    cost_alphas: tuple[float, ...] = (0.2,)  # searched again with --kernel reference
+    seed: int = 0
+    # one schedule for every search ...
+    search_epochs: int = 8
+    warmup_epochs: int = 2
+    # ... and one for every training from scratch
+    train_epochs: int = 10
+    batch_size: int = 64
+    lut: str | None = None  # a LUT file to use; None: measure one on this host
+    lut_repeats: int = 20
+    latency_repeats: int = 20  # timing samples per architecture, end to end
+    threads: int | None = 1  # torch intra-op threads in searches, trainings and timings
+    progress: bool = True
+
+    # Options that change results: a study folder refuses a rerun that differs in them.
+    # alphas, num_random, presets and cost_alphas only add or leave out points.
+    FIXED = ("space", "width_mult", "data", "num_train", "num_val", "seed", "search_epochs", "warmup_epochs",
+             "train_epochs", "batch_size", "lut_repeats", "latency_repeats", "threads")
+
+    def validate(self) -> None:
+        def positive_int(name: str, allow_zero: bool = False) -> None:
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)):
+                raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
+
+        for n in ("search_epochs", "train_epochs", "batch_size", "lut_repeats", "latency_repeats"):
+            positive_int(n)
+        for n in ("warmup_epochs", "num_random", "seed"):
+            positive_int(n, allow_zero=True)
+        if self.warmup_epochs >= self.search_epochs:
+            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than search_epochs "
+                              f"({self.search_epochs}): theta would never be trained")
+        for name in ("alphas", "cost_alphas"):
+            vals = getattr(self, name)
+            if any(not (isinstance(a, (int, float)) and math.isfinite(a) and a >= 0) for a in vals):
+                raise ConfigError(f"{name} must be non-negative numbers, got {list(vals)}")
+        if not self.alphas:
+            raise ConfigError("alphas is empty: the study needs at least one search")
+        missing = [a for a in self.cost_alphas if a not in self.alphas]
+        if missing:
+            raise ConfigError(f"cost_alphas {missing} are not in alphas {list(self.alphas)}: the reference "
+                              f"search is timed against the fused search of the same alpha")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be >= 1, got {self.threads!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["alphas"], d["cost_alphas"] = list(self.alphas), list(self.cost_alphas)
+        return d
+
+    def search_config(self, alpha: float, kernel: str):
+        """The :class:`~fbnet_fast.search.SearchConfig` of one search of the sweep."""
+        from .search import SearchConfig
+
+        return SearchConfig(space=self.space, width_mult=self.width_mult, data=self.data, num_train=self.num_train,
+                            num_val=self.num_val, epochs=self.search_epochs, warmup_epochs=self.warmup_epochs,
+                            batch_size=self.batch_size, alpha=float(alpha), kernel=kernel, seed=self.seed,
+                            threads=self.threads, plots=False, progress=False)
+
+    def train_config(self):
+        """The one :class:`~fbnet_fast.train.TrainConfig` every architecture is trained with."""
+        from .train import TrainConfig
+
+        return TrainConfig(data=self.data, num_train=self.num_train, num_val=self.num_val,
+                           epochs=self.train_epochs, batch_size=self.batch_size, seed=self.seed,
+                           threads=self.threads, progress=self.progress)
+
+    @property
+    def random_seed(self) -> int:
+        # The uniform draws have their own stream so adding alphas never changes them;
+        # the first R of a larger R are the same architectures.
+        return self.seed + 1
+
+
+# ---- the figures (pure functions: points are (latency, accuracy) pairs) ------------------------
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """``a`` (latency, accuracy) is at least as fast and as accurate as ``b`` and better in one."""
+    return a[0] <= b[0] and a[1] >= b[1] and (a[0] < b[0] or a[1] > b[1])
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the points no other point dominates, by increasing latency."""
+    idx = [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
+    return sorted(idx, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def dominated_fraction(front: Sequence[Sequence[float]], others: Sequence[Sequence[float]]) -> float:
+    """Share of ``others`` dominated by at least one point of ``front`` (nan when ``others`` is empty)."""
+    if not others:
+        return float("nan")
+    return sum(any(dominates(f, o) for f in front) for o in others) / len(others)
+
+
+def front_accuracy_at(front: Sequence[Sequence[float]], latency: float) -> float | None:
+    """Accuracy of the Pareto front of ``front`` at ``latency``, linear between its points.
+
+    None below the fastest point (the front says nothing there); the front's best
+    accuracy beyond the slowest (a slower budget can always run the faster model).
+    """
+    pts = [front[i] for i in pareto_front(front)]
+    if not pts or latency < pts[0][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= latency <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (latency - x0) / (x1 - x0)
+    return max(p[1] for p in pts)
+
+
+def accuracy_gaps(searched: Sequence[Sequence[float]], random: Sequence[Sequence[float]]) -> list[float | None]:
+    """Per searched point: its accuracy minus the random front's at the same latency (None: out of range)."""
+    out = []
+    for lat, acc in searched:
+        ref = front_accuracy_at(random, lat)
+        out.append(None if ref is None else acc - ref)
+    return out
+
+
+# ---- architectures -----------------------------------------------------------------------------
+
+def arch_key(arch: Architecture | Sequence[str]) -> str:
+    """A short stable key of a block list (the training and latency folders are named by it)."""
+    blocks = arch.blocks if isinstance(arch, Architecture) else tuple(arch)
+    return hashlib.sha1(" ".join(blocks).encode()).hexdigest()[:12]
+
+
+def fitting_presets(space: SearchSpace) -> list[tuple[str, str, Architecture]]:
+    """``(name, label, architecture)`` of every FBNet preset whose block list fits ``space``.
+
+    A preset fits when the space has as many searchable layers as the preset and every
+    block is a candidate; its blocks then run in this space's channels, strides and
+    head (not the preset's ImageNet widths), hence the label "blocks in <space>".
+    """
+    try:
+        from .presets import PRESETS
+    except ImportError:
+        return []
+    out = []
+    for name, p in PRESETS.items():
+        if len(p.blocks) == space.num_layers and all(b in space.candidates for b in p.blocks):
+            arch = Architecture(tuple(p.blocks), space.name, space.fingerprint)
+            out.append((name, f"{p.title} (blocks in {space.name})", arch))
+    return out
+
+
+# ---- the study ---------------------------------------------------------------------------------
+
+def _fmt_alpha(a: float) -> str:
+    return f"{a:g}"
+
+
+class Study:
+    """One study folder; each ``phase_*`` method reuses what is already there."""
+
+    def __init__(self, cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] = print) -> None:
+        cfg.validate()
+        self.cfg, self.out, self.log = cfg, Path(out), log
+        self.space = load_space(cfg.space, width_mult=cfg.width_mult)
+        self._data = None
+        self._stats: dict[str, dict[str, int]] = {}
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_study_json()
+        self.lut = self._lut()
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _write_study_json(self) -> None:
+        import torch
+
+        path = self.out / "study.json"
+        mine = self.cfg.to_dict()
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())["study"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise RunDirError(f"{path} is not a study file ({type(e).__name__}: {e}); use another --out") from None
+            diff = [f"{k}: folder {saved.get(k)!r}, now {mine[k]!r}" for k in StudyConfig.FIXED
+                    if saved.get(k) != mine[k]]
+            if diff:
+                raise RunDirError(f"{self.out} holds a study with other options ({'; '.join(diff)}); rerun with "
+                                  f"the same options to continue it, or pick another --out")
+        elif any(p.name not in ("lut.json", "lut.json.partial") for p in self.out.iterdir()):
+            raise RunDirError(f"{self.out} already holds files but no study.json; pick an empty or new --out")
+        doc = {
+            "format": STUDY_FORMAT, "version": STUDY_VERSION, "study": mine,
+            "seeds": {"search": self.cfg.seed, "train": self.cfg.seed, "data": self.cfg.seed,
+                      "random_architectures": self.cfg.random_seed},
+            "search_config": {_fmt_alpha(a): self.cfg.search_config(a, "auto").to_dict() for a in self.cfg.alphas},
+            "reference_kernel_alphas": list(self.cfg.cost_alphas),
+            "train_config": self.cfg.train_config().to_dict(),
+            "space": self.space.to_dict(), "fingerprint": self.space.fingerprint,
+            "host": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                     "torch": torch.__version__, "platform": platform.platform()},
+        }
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+
+    def _lut(self) -> LatencyTable:
+        path = self.out / "lut.json"
+        if path.is_file():
+            return LatencyTable.load(path, self.space)
+        if self.cfg.lut:
+            table = LatencyTable.load(self.cfg.lut, self.space)
+        else:
+            from .measure import measure_lut
+
+            self.log(f"measuring the latency table of {self.space.name} on this host ({path})")
+            table = measure_lut(self.space, threads=self.cfg.threads or 1, repeats=self.cfg.lut_repeats,
+                                output=path, progress=self.cfg.progress)
+        table.save(path)
+        return table
+
+    @property
+    def data(self):
+        if self._data is None:
+            from .data import build_datasets
+
+            self._data = build_datasets(self.cfg.data, image_size=self.space.input_size, seed=self.cfg.seed,
+                                        num_train=self.cfg.num_train, num_val=self.cfg.num_val)
+        return self._data
+
+    # ---- searches -----------------------------------------------------------------------------
+    def search_dir(self, alpha: float, kernel: str) -> Path:
+        return self.out / "searches" / f"alpha-{_fmt_alpha(alpha)}-{kernel}"
+
+    def run_search(self, alpha: float, kernel: str) -> dict[str, Any]:
+        """One search as a child process; returns (and stores) its cost record. Reused when finished."""
+        run = self.search_dir(alpha, kernel)
+        cost_path = run.with_name(run.name + ".cost.json")
+        if cost_path.is_file() and (run / "arch.json").is_file():
+            return json.loads(cost_path.read_text())
+        scfg = self.cfg.search_config(alpha, kernel)
+        cmd = [sys.executable, "-m", "fbnet_fast", "search", "--out", str(run), "--lut", str(self.out / "lut.json"),
+               "--space", scfg.space, "--data", scfg.data, "--epochs", str(scfg.epochs),
+               "--warmup-epochs", str(scfg.warmup_epochs), "--batch-size", str(scfg.batch_size),
+               "--alpha", repr(float(alpha)), "--kernel", kernel, "--seed", str(scfg.seed), "--no-plots",
+               "--no-progress"]
+        for opt, v in (("--width-mult", scfg.width_mult), ("--num-train", scfg.num_train),
+                       ("--num-val", scfg.num_val), ("--threads", scfg.threads)):
+            if v is not None:
+                cmd += [opt, str(v)]
+        resumed = (run / "config.json").is_file()
+        if resumed:
+            cmd.append("--resume")
+        elif run.exists():
+            cmd.append("--overwrite")
+        run.parent.mkdir(parents=True, exist_ok=True)
+        log_path = run.with_name(run.name + ".log")
+        self.log(f"search alpha={_fmt_alpha(alpha)} kernel={kernel}{' (resuming)' if resumed else ''} -> {run}")
+        env = dict(os.environ)
+        if self.cfg.threads:
+            env["OMP_NUM_THREADS"] = str(self.cfg.threads)
+        t0 = time.perf_counter()
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise TrainingError(f"search alpha={_fmt_alpha(alpha)} kernel={kernel} failed (exit {proc.returncode}); "
+                                f"its log {log_path} ends: " + " | ".join(tail))
+        hist = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        arch = json.loads((run / "arch.json").read_text())
+        rec = {"alpha": float(alpha), "kernel": kernel, "wall_s": round(wall, 2),
+               "search_loop_s": hist[-1].get("elapsed_s") if hist else None,
+               # ru_maxrss is KiB on Linux: the child's own peak resident set
+               "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "epochs": scfg.epochs, "resumed": resumed,
+               "arch": " ".join(arch["blocks"]), "load_avg_1m": round(os.getloadavg()[0], 2)}
+        atomic_write_text(cost_path, json.dumps(rec, indent=1) + "\n")
+        return rec
+
+    def searched_archs(self) -> list[tuple[float, Architecture]]:
+        out = []
+        for a in self.cfg.alphas:
+            p = self.search_dir(a, "auto") / "arch.json"
+            if p.is_file() and p.with_name("theta.json").is_file():
+                out.append((float(a), Architecture.from_dict(json.loads(p.read_text()), source=str(p))))
+        return out
+
+    # ---- points -------------------------------------------------------------------------------
+    def planned_points(self, skip: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Searched (finished searches only), presets, random: ``{kind, label, alpha, arch}``."""
+        from .additivity import sample_architectures
+
+        pts = [{"kind": "searched", "label": f"alpha={_fmt_alpha(a)}", "alpha": a, "arch": arch}
+               for a, arch in self.searched_archs()]
+        if self.cfg.num_random and "random" not in skip:
+            for i, arch in enumerate(sample_architectures(self.space, self.cfg.num_random, seed=self.cfg.random_seed)):
+                pts.append({"kind": "random", "label": f"random-{i:03d}", "alpha": None, "arch": arch})
+        if self.cfg.presets and "presets" not in skip:
+            for name, label, arch in fitting_presets(self.space):
+                pts.append({"kind": "preset", "label": label, "alpha": None, "arch": arch})
+        return pts
+
+    def train(self, arch: Architecture) -> dict[str, Any]:
+        """Train ``arch`` from scratch into ``train/<key>`` (reused when finished, resumed when started)."""
+        from .train import run_training
+
+        d = self.out / "train" / arch_key(arch)
+        if (d / "summary.json").is_file():
+            return json.loads((d / "summary.json").read_text())
+        resume = (d / "config.json").is_file() and any((d / "checkpoints").glob("ckpt-*.pt"))
+        self.log(f"training {arch_key(arch)} ({'resuming' if resume else 'from scratch'}): {arch}")
+        return run_training(self.cfg.train_config(), self.space, arch, d, resume=resume, overwrite=not resume,
+                            data=self.data, log=lambda m: None)
+
+    def measure(self, archs: Sequence[Architecture]) -> dict[str, dict[str, Any]]:
+        """End-to-end host latency of every architecture not yet in ``latency.json``; returns all entries.
+
+        The missing models form one group, timed in interleaved rounds by the LUT's own
+        back end and rules (torch-cpu, one thread, process CPU clock, two passes), so
+        load on the shared host slows every model of a round alike.
+        """
+        from .additivity import build_model
+        from .measure import TorchCPUBackend
+        from .measure.core import Job, measure_jobs
+
+        path = self.out / "latency.json"
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        todo = {arch_key(a): a for a in archs if arch_key(a) not in known}
+        if todo:
+            self.log(f"measuring {len(todo)} architecture(s) end to end on this host")
+            backend = TorchCPUBackend(threads=self.cfg.threads or 1, repeats=self.cfg.latency_repeats)
+            shape = (1, self.space.in_channels, self.space.input_size, self.space.input_size)
+            jobs = [Job(k, (lambda a=a: build_model(self.space, a)), shape, k) for k, a in todo.items()]
+            res = measure_jobs(backend, [jobs], progress=self.cfg.progress, desc="end-to-end latency")
+            backend.close()
+            for k, a in todo.items():
+                e = res[k]
+                known[k] = {"blocks": list(a.blocks), "median_ms": e.median_ms, "p10_ms": e.p10_ms,
+                            "p90_ms": e.p90_ms, "settings": backend.settings()}
+            atomic_write_text(path, json.dumps(known, indent=1) + "\n")
+        return known
+
+    # ---- report -------------------------------------------------------------------------------
+    def collect(self, points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        from .model import model_stats
+
+        lat_path = self.out / "latency.json"
+        measured = json.loads(lat_path.read_text()) if lat_path.is_file() else {}
+        rows = []
+        for p in points:
+            arch, key = p["arch"], arch_key(p["arch"])
+            summ_path = self.out / "train" / key / "summary.json"
+            summ = json.loads(summ_path.read_text()) if summ_path.is_file() else {}
+            m = measured.get(key, {})
+            if key not in self._stats:  # a FLOP count is a forward pass: once per architecture
+                self._stats[key] = model_stats(self.space, arch).to_dict()
+            stats = self._stats[key]
+            rows.append({
+                "kind": p["kind"], "label": p["label"],
+                "alpha": "" if p["alpha"] is None else p["alpha"], "key": key, "blocks": " ".join(arch.blocks),
+                "lut_ms": round(self.lut.architecture_latency(arch.indices(self.space)), 5),
+                "measured_ms": _r(m.get("median_ms")), "measured_p10_ms": _r(m.get("p10_ms")),
+                "measured_p90_ms": _r(m.get("p90_ms")),
+                "val_acc": summ.get("last_val_acc", ""), "best_val_acc": summ.get("best_val_acc", ""),
+                "params": stats["params"], "macs": stats["macs"], "train_s": summ.get("elapsed_s", ""),
+            })
+        return rows
+
+    def report(self, points: Sequence[dict[str, Any]], costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        rows = self.collect(points)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["kind"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.out / "points.csv", buf.getvalue())
+        cbuf = io.StringIO()
+        cw = csv.DictWriter(cbuf, fieldnames=["alpha", "kernel", "wall_s", "search_loop_s", "peak_rss_mib", "epochs",
+                                              "resumed", "load_avg_1m", "arch"])
+        cw.writeheader()
+        cw.writerows(costs)
+        atomic_write_text(self.out / "cost.csv", cbuf.getvalue())
+
+        def pts(kind: str, lat: str = "measured_ms") -> list[tuple[float, float]]:
+            return [(float(r[lat]), float(r["val_acc"])) for r in rows
+                    if r["kind"] == kind and r[lat] != "" and r["val_acc"] != ""]
+
+        figures: dict[str, Any] = {}
+        for lat in ("measured_ms", "lut_ms"):
+            s, r = pts("searched", lat), pts("random", lat)
+            gaps = accuracy_gaps(s, r)
+            defined = [g for g in gaps if g is not None]
+            figures[lat] = {
+                "num_searched": len(s), "num_random": len(r),
+                "random_dominated_by_searched_front": dominated_fraction(s, r),
+                "searched_dominated_by_random": dominated_fraction(r, s),
+                "accuracy_gap_per_searched_point": gaps,
+                "mean_accuracy_gap": sum(defined) / len(defined) if defined else None,
+                "searched_points_in_random_latency_range": len(defined),
+            }
+        by_alpha = {}
+        for c in costs:
+            by_alpha.setdefault(c["alpha"], {})[c["kernel"]] = c
+        speedups = [{"alpha": a, "fused_wall_s": k["auto"]["wall_s"], "reference_wall_s": k["reference"]["wall_s"],
+                     "wall_speedup": k["reference"]["wall_s"] / k["auto"]["wall_s"],
+                     "fused_peak_rss_mib": k["auto"]["peak_rss_mib"],
+                     "reference_peak_rss_mib": k["reference"]["peak_rss_mib"],
+                     "same_architecture": k["auto"]["arch"] == k["reference"]["arch"]}
+                    for a, k in sorted(by_alpha.items()) if "auto" in k and "reference" in k]
+        trained = sum(r["val_acc"] != "" for r in rows)
+        summary = {"figures": figures, "search_cost": {"searches": list(costs), "fused_vs_reference": speedups},
+                   "points": len(rows), "trained": trained, "complete": trained == len(rows),
+                   "random_below_issue_minimum": self.cfg.num_random < 20}
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1) + "\n")
+        try:
+            plot_pareto(rows, self.out / "pareto.png", figures["measured_ms"],
+                        title=f"{self.space.name} w{self.space.width_mult:g}, {self.cfg.train_epochs} training epochs")
+        except ImportError as e:
+            self.log(f"warning: no plot ({e})")
+        return summary
+
+
+def _r(v: Any) -> Any:
+    return "" if v is None else round(float(v), 5)
+
+
+def _cpu_name() -> str:
+    try:
+        from .measure import cpu_name
+
+        return cpu_name()
+    except Exception:  # the host name is a label; never fail the study for it
+        return platform.processor()
+
+
+def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, figures: dict[str, Any], *, title: str = "") -> Path:
+    """Accuracy vs measured latency: random cloud + its front, searched front (joined), presets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def sel(kind: str) -> list[dict[str, Any]]:
+        return [r for r in rows if r["kind"] == kind and r["measured_ms"] != "" and r["val_acc"] != ""]
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    rnd = sel("random")
+    if rnd:
+        pts = [(r["measured_ms"], r["val_acc"]) for r in rnd]
+        ax.scatter(*zip(*pts), s=22, c="0.6", label=f"uniformly random ({len(rnd)})", zorder=2)
+        front = [pts[i] for i in pareto_front(pts)]
+        ax.plot(*zip(*front), ls="--", c="0.45", lw=1, label="random Pareto front", zorder=2)
+    srch = sorted(sel("searched"), key=lambda r: r["measured_ms"])
+    if srch:
+        ax.plot([r["measured_ms"] for r in srch], [r["val_acc"] for r in srch], "-o", c="tab:red", ms=6,
+                label="searched (argmax), joined", zorder=4)
+        for r in srch:
+            ax.annotate(f"α={r['alpha']:g}", (r["measured_ms"], r["val_acc"]), textcoords="offset points",
+                        xytext=(4, 5), fontsize=8, color="tab:red")
+    for r in sel("preset"):
+        ax.scatter([r["measured_ms"]], [r["val_acc"]], marker="*", s=140, c="tab:blue", zorder=5)
+        ax.annotate(r["label"].split(" (")[0], (r["measured_ms"], r["val_acc"]), textcoords="offset points",
+                    xytext=(5, -10), fontsize=8, color="tab:blue")
+    if sel("preset"):
+        ax.scatter([], [], marker="*", s=140, c="tab:blue", label="FBNet presets (blocks in this space)")
+    frac, gap = figures.get("random_dominated_by_searched_front"), figures.get("mean_accuracy_gap")
+    sub = []
+    if frac is not None and not math.isnan(frac):
+        sub.append(f"random dominated by searched front: {frac:.0%}")
+    if gap is not None:
+        sub.append(f"mean gap at matched latency: {gap * 100:+.1f} pts")
+    ax.set_title(title + ("\n" + "; ".join(sub) if sub else ""), fontsize=10)
+    ax.set_xlabel("measured end-to-end latency on the host (ms, batch 1, 1 thread)")
+    ax.set_ylabel("held-out top-1 (last epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def run_study(cfg: StudyConfig, out: str | Path, *, skip: Sequence[str] = (),
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or continue) the study in ``out``; returns the summary (also in ``summary.json``).
+
+    Order: LUT, fused searches, reference searches (cost), end-to-end latency of every
+    point, trainings (searched, then random, then presets), report. ``skip`` leaves out
+    phases of :data:`PHASES`; the report covers whatever exists.
+    """
+    bad = sorted(set(skip) - set(PHASES))
+    if bad:
+        raise ConfigError(f"unknown phase(s) {bad} to skip; phases are {', '.join(PHASES)}")
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    study = Study(cfg, out, log=log)
+    costs = []
+    for a in cfg.alphas:
+        if "search" in skip:
+            break
+        costs.append(study.run_search(a, "auto"))
+    for a in cfg.cost_alphas:
+        if "cost" in skip:
+            break
+        costs.append(study.run_search(a, "reference"))
+    # finished searches from earlier runs count too (e.g. a rerun with --skip search)
+    seen = {(c["alpha"], c["kernel"]) for c in costs}
+    for p in sorted((study.out / "searches").glob("*.cost.json")) if (study.out / "searches").is_dir() else []:
+        c = json.loads(p.read_text())
+        if (c["alpha"], c["kernel"]) not in seen:
+            costs.append(c)
+    points = study.planned_points(skip)
+    if "measure" not in skip:
+        study.measure([p["arch"] for p in points])
+    if "train" not in skip:
+        done: set[str] = set()
+        for p in points:
+            k = arch_key(p["arch"])
+            if k not in done:
+                study.train(p["arch"])
+                done.add(k)
+                study.report(points, costs)  # a partial study always has an up-to-date report
+    summary = study.report(points, costs)
+    summary["out"] = str(study.out)
+    return summary

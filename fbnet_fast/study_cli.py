@@ -1,0 +1,98 @@
+"""``fbnet-fast study pareto``: searched vs uniformly random architectures (see :mod:`fbnet_fast.study`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from .errors import ConfigError
+
+__all__ = ["COMMANDS"]
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_study(p: argparse.ArgumentParser) -> None:
+    from .study import PHASES, StudyConfig
+
+    d = StudyConfig()
+    p.add_argument("kind", choices=("pareto",), help="the study to run: 'pareto' (accuracy vs latency, searched "
+                   "architectures against uniformly random ones)")
+    g = p.add_argument_group("what to study")
+    g.add_argument("--space", default=d.space, help="space name or file (default: %(default)s)")
+    g.add_argument("--width-mult", type=float, default=d.width_mult, help="width multiplier (default: %(default)s)")
+    g.add_argument("--data", default=d.data, help="data spec as for 'search' (default: %(default)s)")
+    g.add_argument("--num-train", type=int, default=None, help="training images (default: all; synthetic: 6000)")
+    g.add_argument("--num-val", type=int, default=None, help="held-out images (default: all; synthetic: 2000)")
+    g.add_argument("--alphas", type=_floats, default=d.alphas,
+                   help="latency weights, one search each (default: %s)" % ",".join(f"{a:g}" for a in d.alphas))
+    g.add_argument("--num-random", type=int, default=d.num_random,
+                   help="uniformly random architectures trained for comparison (default: %(default)s)")
+    g.add_argument("--no-presets", dest="presets", action="store_false",
+                   help="leave out the FBNet presets (only used when their block list fits the space)")
+    g.add_argument("--cost-alphas", type=_floats, default=d.cost_alphas,
+                   help="alphas searched a second time with --kernel reference to time the fused kernels "
+                   "against (default: %s; '' for none)" % ",".join(f"{a:g}" for a in d.cost_alphas))
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of searches, trainings and data; the random "
+                   "architectures use seed+1 (default: %(default)s)")
+    g = p.add_argument_group("schedules (one for every search, one for every training)")
+    g.add_argument("--search-epochs", type=int, default=d.search_epochs, help="search epochs (default: %(default)s)")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help="search warm-up epochs (default: %(default)s)")
+    g.add_argument("--train-epochs", type=int, default=d.train_epochs,
+                   help="epochs of every training from scratch (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
+    g = p.add_argument_group("latency")
+    g.add_argument("--lut", default=None, help="latency table to use (default: measure one on this host)")
+    g.add_argument("--lut-repeats", type=int, default=d.lut_repeats,
+                   help="timing samples per block when measuring the LUT (default: %(default)s)")
+    g.add_argument("--latency-repeats", type=int, default=d.latency_repeats,
+                   help="timing samples per architecture end to end (default: %(default)s)")
+    g.add_argument("--threads", type=int, default=d.threads,
+                   help="torch intra-op threads everywhere (default: %(default)s)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", "-o", default="runs/study-pareto",
+                   help="study folder; a rerun with the same options reuses what is finished (default: %(default)s)")
+    g.add_argument("--skip", action="append", default=[], metavar="PHASE",
+                   help=f"leave out a phase ({', '.join(PHASES)}; repeat or comma-separate); the report covers "
+                   "what exists")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from .study import StudyConfig, run_study
+
+    skip = [s.strip() for item in args.skip for s in item.split(",") if s.strip()]
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    cfg = StudyConfig(space=args.space, width_mult=args.width_mult, data=args.data, num_train=args.num_train,
+                      num_val=args.num_val, alphas=tuple(args.alphas), num_random=args.num_random,
+                      presets=args.presets, cost_alphas=tuple(args.cost_alphas), seed=args.seed,
+                      search_epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
+                      train_epochs=args.train_epochs, batch_size=args.batch_size, lut=args.lut,
+                      lut_repeats=args.lut_repeats, latency_repeats=args.latency_repeats, threads=args.threads,
+                      progress=args.progress)
+    s = run_study(cfg, args.out, skip=skip)
+    f = s["figures"]["measured_ms"]
+    frac, gap = f["random_dominated_by_searched_front"], f["mean_accuracy_gap"]
+    print(f"{s['trained']}/{s['points']} points trained; study folder {s['out']}")
+    print("random architectures dominated by the searched front: "
+          + ("n/a" if frac is None or math.isnan(frac) else f"{frac:.1%}")
+          + f" ({f['num_random']} random, {f['num_searched']} searched)")
+    print("mean accuracy gap at matched latency: "
+          + ("n/a" if gap is None else f"{gap * 100:+.2f} points")
+          + f" ({f['searched_points_in_random_latency_range']} searched point(s) inside the random latency range)")
+    for c in s["search_cost"]["fused_vs_reference"]:
+        print(f"search alpha={c['alpha']:g}: fused {c['fused_wall_s']:.1f} s / {c['fused_peak_rss_mib']:.0f} MiB, "
+              f"reference {c['reference_wall_s']:.1f} s / {c['reference_peak_rss_mib']:.0f} MiB "
+              f"({c['wall_speedup']:.2f}x)")
+    return 0
+
+
+COMMANDS = {"study": ("run a study (pareto: searched vs random architectures, accuracy vs latency)",
+                      _add_study, _run_study)}
