@@ -22,7 +22,8 @@ __all__ = ["main", "build_parser"]
 # Modules that bring their own sub-commands: each has ``COMMANDS = {name: (help,
 # add_arguments, run)}``. A new command is a new module listed here, not an edit of
 # this file's parser; modules are imported lazily so ``--help`` stays fast.
-_COMMAND_MODULES = ("fbnet_fast.lut_cli", "fbnet_fast.deploy_cli", "fbnet_fast.plots", "fbnet_fast.study_cli")
+_COMMAND_MODULES = ("fbnet_fast.lut_cli", "fbnet_fast.deploy_cli", "fbnet_fast.plots", "fbnet_fast.study_cli",
+                    "fbnet_fast.research_cli")
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
