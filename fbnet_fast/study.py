@@ -72,6 +72,7 @@ class StudyConfig:
 
     space: str = "fbnet-cifar"
     width_mult: float | None = 0.25
+    input_size: int | None = None  # None: the space's own (fbnet-cifar: 32)
     data: str = "synthetic"
     num_train: int | None = None
     num_val: int | None = None
@@ -94,8 +95,8 @@ class StudyConfig:
 
     # Options that change results: a study folder refuses a rerun that differs in them.
     # alphas, num_random, presets and cost_alphas only add or leave out points.
-    FIXED = ("space", "width_mult", "data", "num_train", "num_val", "seed", "search_epochs", "warmup_epochs",
-             "train_epochs", "batch_size", "lut_repeats", "latency_repeats", "threads")
+    FIXED = ("space", "width_mult", "input_size", "data", "num_train", "num_val", "seed", "search_epochs",
+             "warmup_epochs", "train_epochs", "batch_size", "lut_repeats", "latency_repeats", "threads")
 
     def validate(self) -> None:
         def positive_int(name: str, allow_zero: bool = False) -> None:
@@ -235,7 +236,7 @@ class Study:
     def __init__(self, cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] = print) -> None:
         cfg.validate()
         self.cfg, self.out, self.log = cfg, Path(out), log
-        self.space = load_space(cfg.space, width_mult=cfg.width_mult)
+        self.space = load_space(cfg.space, width_mult=cfg.width_mult, input_size=cfg.input_size)
         self._data = None
         self._stats: dict[str, dict[str, int]] = {}
         self.out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +259,7 @@ class Study:
             if diff:
                 raise RunDirError(f"{self.out} holds a study with other options ({'; '.join(diff)}); rerun with "
                                   f"the same options to continue it, or pick another --out")
-        elif any(p.name not in ("lut.json", "lut.json.partial") for p in self.out.iterdir()):
+        elif any(p.name not in ("lut.json", "lut.json.partial", "space.json") for p in self.out.iterdir()):
             raise RunDirError(f"{self.out} already holds files but no study.json; pick an empty or new --out")
         doc = {
             "format": STUDY_FORMAT, "version": STUDY_VERSION, "study": mine,
@@ -272,6 +273,8 @@ class Study:
                      "torch": torch.__version__, "platform": platform.platform()},
         }
         atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+        # The resolved space (width and input size applied) is what every search loads.
+        atomic_write_text(self.out / "space.json", json.dumps(self.space.to_dict(), indent=1) + "\n")
 
     def _lut(self) -> LatencyTable:
         path = self.out / "lut.json"
@@ -309,11 +312,12 @@ class Study:
             return json.loads(cost_path.read_text())
         scfg = self.cfg.search_config(alpha, kernel)
         cmd = [sys.executable, "-m", "fbnet_fast", "search", "--out", str(run), "--lut", str(self.out / "lut.json"),
-               "--space", scfg.space, "--data", scfg.data, "--epochs", str(scfg.epochs),
+               "--space", str(self.out / "space.json"), "--data", scfg.data, "--epochs", str(scfg.epochs),
                "--warmup-epochs", str(scfg.warmup_epochs), "--batch-size", str(scfg.batch_size),
                "--alpha", repr(float(alpha)), "--kernel", kernel, "--seed", str(scfg.seed), "--no-plots",
                "--no-progress"]
-        for opt, v in (("--width-mult", scfg.width_mult), ("--num-train", scfg.num_train),
+        # --width-mult explicitly: the search's own default (0.25) would replace the file's
+        for opt, v in (("--width-mult", self.space.width_mult), ("--num-train", scfg.num_train),
                        ("--num-val", scfg.num_val), ("--threads", scfg.threads)):
             if v is not None:
                 cmd += [opt, str(v)]

@@ -26,6 +26,8 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to study")
     g.add_argument("--space", default=d.space, help="space name or file (default: %(default)s)")
     g.add_argument("--width-mult", type=float, default=d.width_mult, help="width multiplier (default: %(default)s)")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="input resolution, overriding the space's (fbnet-cifar: 32); the generated data follows it")
     g.add_argument("--data", default=d.data, help="data spec as for 'search' (default: %(default)s)")
     g.add_argument("--num-train", type=int, default=None, help="training images (default: all; synthetic: 6000)")
     g.add_argument("--num-val", type=int, default=None, help="held-out images (default: all; synthetic: 2000)")
@@ -70,8 +72,8 @@ def _run_study(args: argparse.Namespace) -> int:
     skip = [s.strip() for item in args.skip for s in item.split(",") if s.strip()]
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    cfg = StudyConfig(space=args.space, width_mult=args.width_mult, data=args.data, num_train=args.num_train,
-                      num_val=args.num_val, alphas=tuple(args.alphas), num_random=args.num_random,
+    cfg = StudyConfig(space=args.space, width_mult=args.width_mult, input_size=args.input_size, data=args.data,
+                      num_train=args.num_train, num_val=args.num_val, alphas=tuple(args.alphas), num_random=args.num_random,
                       presets=args.presets, cost_alphas=tuple(args.cost_alphas), seed=args.seed,
                       search_epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
                       train_epochs=args.train_epochs, batch_size=args.batch_size, lut=args.lut,
