@@ -42,6 +42,8 @@ def _add_crossdeploy(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=float, default=0.6, help="latency exponent (default: %(default)s)")
     g.add_argument("--theta-lr", type=float, default=0.01, help="Adam LR for theta (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    g.add_argument("--kernel", choices=("auto", "reference"), default="auto",
+                   help="supernet mixed op: fused kernels when built, or the eager reference (default: %(default)s)")
     g = p.add_argument_group("measurement")
     g.add_argument("--passes", type=int, default=None, help="passes over the nets per target (default: the LUT's)")
     g.add_argument("--repeats", type=int, default=None, help="samples per net (default: the LUT's)")
@@ -77,7 +79,7 @@ def _run_crossdeploy(args: argparse.Namespace) -> int:
         search = SearchConfig(space=space.name, width_mult=space.width_mult, data=args.data, num_train=args.num_train,
                               num_val=args.num_val, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                               batch_size=args.batch_size, alpha=args.alpha, beta=args.beta, theta_lr=args.theta_lr,
-                              seed=args.seed, progress=args.progress, plots=False)
+                              seed=args.seed, kernel=args.kernel, progress=args.progress, plots=False)
         search.validate()
     overrides = {k: v for k, v in (("passes", args.passes), ("repeats", args.repeats)) if v is not None}
     res = cross_deploy(space, luts, args.out, archs=archs, search=search, names=args.name,
