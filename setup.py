@@ -6,8 +6,10 @@ so the build environment stays small: setuptools, pybind11, cmake, ninja.
 
 Environment knobs (all optional):
   FBNET_BUILD_TYPE   CMake build type, default ``Release``
-  FBNET_NATIVE       ``1`` (default) compiles with ``-march=native``; ``0`` for a
-                     portable binary (e.g. a wheel built for other machines)
+  FBNET_NATIVE       ``1`` (default) tunes for the build machine: on x86-64 ``-mtune=native``
+                     only (the kernels are compiled for x86-64, AVX2 and AVX-512 and the
+                     widest the CPU runs is picked at import, so the binary stays portable);
+                     elsewhere ``-march=native``. ``0``: no tuning flags (a wheel).
   CMAKE_ARGS         extra arguments passed to the CMake configure step
 """
 

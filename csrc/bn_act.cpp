@@ -6,7 +6,9 @@
 #include <cmath>
 #include <vector>
 
+FBNET_ISA_BEGIN
 namespace fbnet {
+namespace FBNET_ISA {
 
 void bn_stats(buf_t z, int64_t M, int64_t C, buf_t mean_out, buf_t var_out) {
   check_buf(z, "z"); check_buf(mean_out, "mean"); check_buf(var_out, "var");
@@ -182,4 +184,72 @@ void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t s
   }
 }
 
+// BatchNorm's per-channel finish, one call instead of ~10 tiny tensor ops (on a GPU each
+// was a kernel launch: ~700 of the Function's ~1030). Internal channel j is module
+// channel perm[j] (the channel shuffle folded into conv_pw's rows; perm == 0: identity).
+// Double inside: C values only, and the rounding then happens once per output.
+void bn_fold(buf_t mean, buf_t var, buf_t gamma, buf_t beta, buf_t perm, int64_t C, double eps,
+             buf_t running_mean, buf_t running_var, double momentum, int64_t count,
+             buf_t scale, buf_t shift, buf_t invstd) {
+  check_buf(mean, "mean"); check_buf(var, "var"); check_buf(gamma, "gamma"); check_buf(beta, "beta");
+  check_buf(running_mean, "running_mean", true); check_buf(running_var, "running_var", true);
+  check_buf(scale, "scale"); check_buf(shift, "shift"); check_buf(invstd, "invstd");
+  check_positive(C, "C");
+  const bool update = running_mean != 0;
+  check(update == (running_var != 0), "running_mean and running_var must both be given or both be None");
+  check(!update || count > 1, "BatchNorm in training needs more than 1 value per channel, got " +
+                                  std::to_string(count));
+  const int64_t* pm = reinterpret_cast<const int64_t*>(perm);
+  const float *mp = CF(mean), *vp = CF(var), *gp = CF(gamma), *bp = CF(beta);
+  float *so = F(scale), *ho = F(shift), *io = F(invstd);
+  float *rm = F(running_mean), *rv = F(running_var);
+  const double unbias = update ? static_cast<double>(count) / static_cast<double>(count - 1) : 1.0;
+  for (int64_t j = 0; j < C; ++j) {
+    const int64_t c = pm ? pm[j] : j;
+    check(c >= 0 && c < C, "perm must hold channel indices in [0, C)");
+    const double inv = 1.0 / std::sqrt(static_cast<double>(vp[j]) + eps);
+    const double a = gp[c] * inv;
+    io[j] = static_cast<float>(inv);
+    so[j] = static_cast<float>(a);
+    ho[j] = static_cast<float>(bp[c] - mp[j] * a);
+    if (update) {
+      rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * mp[j]);
+      rv[c] = static_cast<float>((1.0 - momentum) * rv[c] + momentum * vp[j] * unbias);
+    }
+  }
+}
+
+// Backward coefficients of y = alpha * act(bn(z)) from act_grad_sums' (or the dwconv
+// backward's) sums: grad_z = k1*gm + k2*(z - mean) + k3, the gamma/beta gradients
+// (module order through perm) and sum(grad_y * bn(z)), the Gumbel weight's gradient,
+// using scale*mean + shift == beta. The dot runs over channels in index order.
+void bn_grad_fold(buf_t sum_g, buf_t sum_gz, buf_t gamma, buf_t beta, buf_t invstd, buf_t perm,
+                  int64_t C, double alpha, int64_t count, bool batch, buf_t k1, buf_t k2, buf_t k3,
+                  buf_t grad_gamma, buf_t grad_beta, buf_t weight_dot) {
+  check_buf(sum_g, "sum_g"); check_buf(sum_gz, "sum_gz"); check_buf(gamma, "gamma");
+  check_buf(beta, "beta"); check_buf(invstd, "invstd"); check_buf(k1, "k1"); check_buf(k2, "k2");
+  check_buf(k3, "k3"); check_buf(grad_gamma, "grad_gamma"); check_buf(grad_beta, "grad_beta");
+  check_buf(weight_dot, "weight_dot", true);
+  check_positive(C, "C"); check_positive(count, "count");
+  const int64_t* pm = reinterpret_cast<const int64_t*>(perm);
+  const float *sg = CF(sum_g), *sz = CF(sum_gz), *gp = CF(gamma), *bp = CF(beta), *ip = CF(invstd);
+  float *o1 = F(k1), *o2 = F(k2), *o3 = F(k3), *gg = F(grad_gamma), *gb = F(grad_beta);
+  const double n = static_cast<double>(count);
+  double dot = 0.0;
+  for (int64_t j = 0; j < C; ++j) {
+    const int64_t c = pm ? pm[j] : j;
+    check(c >= 0 && c < C, "perm must hold channel indices in [0, C)");
+    const double inv = ip[j], a = alpha * gp[c] * inv;
+    dot += gp[c] * inv * sz[j] + static_cast<double>(bp[c]) * sg[j];
+    o1[j] = static_cast<float>(a);
+    o2[j] = batch ? static_cast<float>(-a * inv * inv * sz[j] / n) : 0.0f;
+    o3[j] = batch ? static_cast<float>(-a * sg[j] / n) : 0.0f;
+    gg[c] = static_cast<float>(alpha * inv * sz[j]);
+    gb[c] = static_cast<float>(alpha * sg[j]);
+  }
+  if (weight_dot != 0) *F(weight_dot) = static_cast<float>(dot);
+}
+
+}  // namespace FBNET_ISA
 }  // namespace fbnet
+FBNET_ISA_END

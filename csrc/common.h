@@ -41,3 +41,35 @@ inline int64_t rows_per_chunk(int64_t row_elems, int64_t target = 1 << 16) {
 }
 
 }  // namespace fbnet
+
+// ---- ISA variants ----------------------------------------------------------------
+// On x86-64 every kernel source is compiled three times (CMakeLists.txt), each time with
+// FBNET_ISA naming the variant's namespace: `base` (plain x86-64, SSE2), `v3` (AVX2+FMA)
+// and `v4` (AVX-512, 512-bit vectors); csrc/bindings.cpp picks one at import from
+// __builtin_cpu_supports. The ISA is raised with `#pragma GCC target` *after* the
+// standard headers (FBNET_ISA_BEGIN), never with -m flags on the command line: the
+// out-of-line std:: template instances that the three objects share (COMDAT, one copy
+// kept by the linker) are then always compiled for plain x86-64, so the base variant
+// cannot pick up an AVX-512 copy and crash on an older CPU. Flags listed, not
+// `arch=`: gcc only inlines a callee (std::max, ...) whose arch equals the caller's.
+// 512-bit: gcc's default prefers 256-bit vectors even with AVX-512; the dwconv
+// channel blocks of 16 floats become one zmm FMA instead of two ymm ones.
+#ifndef FBNET_ISA
+#define FBNET_ISA base
+#endif
+#define FBNET_STR2(x) #x
+#define FBNET_STR(x) FBNET_STR2(x)
+#if defined(FBNET_ISA_V4)
+#define FBNET_ISA_BEGIN                                                                     \
+  _Pragma("GCC push_options")                                                              \
+  _Pragma("GCC target(\"sse3,ssse3,sse4.1,sse4.2,popcnt,avx,avx2,fma,f16c,bmi,bmi2,lzcnt,movbe,avx512f,avx512bw,avx512cd,avx512dq,avx512vl,prefer-vector-width=512\")")
+#define FBNET_ISA_END _Pragma("GCC pop_options")
+#elif defined(FBNET_ISA_V3)
+#define FBNET_ISA_BEGIN                                                                     \
+  _Pragma("GCC push_options")                                                              \
+  _Pragma("GCC target(\"sse3,ssse3,sse4.1,sse4.2,popcnt,avx,avx2,fma,f16c,bmi,bmi2,lzcnt,movbe\")")
+#define FBNET_ISA_END _Pragma("GCC pop_options")
+#else
+#define FBNET_ISA_BEGIN
+#define FBNET_ISA_END
+#endif

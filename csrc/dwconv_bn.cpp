@@ -8,7 +8,9 @@
 #include <cmath>
 #include <vector>
 
+FBNET_ISA_BEGIN
 namespace fbnet {
+namespace FBNET_ISA {
 
 namespace {
 
@@ -26,13 +28,21 @@ void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int6
 
 void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf_t scale1,
                        buf_t shift1, buf_t weight, int64_t k, int64_t stride, buf_t out,
-                       buf_t mean_out, buf_t var_out) {
+                       buf_t mean_out, buf_t var_out, buf_t scale2, buf_t shift2, buf_t act_out) {
   check_conv_args(N, H, W, C, k, stride);
   check_buf(z1, "z1"); check_buf(scale1, "scale1"); check_buf(shift1, "shift1");
   check_buf(weight, "weight"); check_buf(out, "out");
   check_buf(mean_out, "mean", true); check_buf(var_out, "var", true);
+  check_buf(scale2, "scale2", true); check_buf(shift2, "shift2", true); check_buf(act_out, "act_out", true);
   const bool stats = mean_out != 0;
   check(stats == (var_out != 0), "mean and var must both be given or both be None");
+  // With act_out, relu(scale2 * out + shift2) is written too, from registers: the
+  // recomputation in backward (BN2 known) then skips a separate read of out.
+  const bool act2 = act_out != 0;
+  check(act2 == (scale2 != 0) && act2 == (shift2 != 0), "scale2, shift2 and act_out must all be given or all None");
+  const float* __restrict__ a2 = CF(scale2);
+  const float* __restrict__ b2 = CF(shift2);
+  float* __restrict__ hp = F(act_out);
   const int64_t p = k / 2, Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1, Wp = W + 2 * p;
   const float* __restrict__ zp = CF(z1);
   const float* __restrict__ a = CF(scale1);
@@ -48,6 +58,9 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
     // k activated input rows, zero-padded by p columns each side.
     std::vector<float> act(static_cast<size_t>(k) * Wp * C, 0.0f);
     std::vector<float> acc(C), rs(C), rq(C);
+    constexpr int64_t kNone = -1, kZero = -2;  // slot tags besides a row index n*H + ih
+    int64_t held[32];
+    const float* rowp[32];
 #pragma omp for schedule(static)
     for (int64_t ch = 0; ch < nch; ++ch) {
       double* __restrict__ s = stats ? part.data() + ch * 2 * C : nullptr;
@@ -55,12 +68,22 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
       float* __restrict__ fs = rs.data();
       float* __restrict__ fq = rq.data();
       const int64_t r1 = std::min(rows, (ch + 1) * R);
+      // Ring of k activated rows: input row ih lives in slot ih mod k while the output
+      // rows of its image that read it are produced, so each row is activated once per
+      // chunk, not k / stride times (that was ~25 % of the k=3 forward's work).
+      for (int64_t i = 0; i < k; ++i) held[i] = kNone;
       for (int64_t r = ch * R; r < r1; ++r) {
         const int64_t n = r / Ho, oh = r % Ho;
         for (int64_t kh = 0; kh < k; ++kh) {
           const int64_t ih = oh * stride - p + kh;
-          float* __restrict__ dst = act.data() + kh * Wp * C + p * C;
-          if (ih < 0 || ih >= H) {
+          const int64_t slot = ((ih % k) + k) % k;
+          const bool pad = ih < 0 || ih >= H;
+          const int64_t tag = pad ? kZero : n * H + ih;
+          rowp[kh] = act.data() + slot * Wp * C;
+          if (held[slot] == tag) continue;
+          held[slot] = tag;
+          float* __restrict__ dst = act.data() + slot * Wp * C + p * C;
+          if (pad) {
             std::fill(dst, dst + W * C, 0.0f);
             continue;
           }
@@ -78,14 +101,15 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
         std::fill(fq, fq + C, 0.0f);
         for (int64_t ow = 0; ow < Wo; ++ow) {
           float* __restrict__ o = orow + ow * C;
-          const float* __restrict__ abase = act.data() + ow * stride * C;
+          float* __restrict__ hv = act2 ? hp + (r * Wo + ow) * C : nullptr;
+          const int64_t aoff = ow * stride * C;
           // Channel blocks of kV accumulate in registers over the k*k taps; the
           // generic per-channel loop kept the accumulator in memory and ran ~3x slower.
           int64_t c0 = 0;
           for (; c0 + kV <= C; c0 += kV) {
             float ac[kV] = {};
             for (int64_t kh = 0; kh < k; ++kh) {
-              const float* __restrict__ arow = abase + kh * Wp * C + c0;
+              const float* __restrict__ arow = rowp[kh] + aoff + c0;
               const float* __restrict__ wrow = wt + kh * k * C + c0;
               for (int64_t kw = 0; kw < k; ++kw) {
 #pragma omp simd
@@ -97,19 +121,24 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
               o[c0 + j] = ac[j];
               fs[c0 + j] += ac[j];
             }
+            if (act2) {
+#pragma omp simd
+              for (int j = 0; j < kV; ++j) hv[c0 + j] = std::max(a2[c0 + j] * ac[j] + b2[c0 + j], 0.0f);
+            }
           }
           if (c0 < C) {
             float* __restrict__ ac = acc.data();
             std::fill(ac + c0, ac + C, 0.0f);
             for (int64_t kh = 0; kh < k; ++kh)
               for (int64_t kw = 0; kw < k; ++kw) {
-                const float* __restrict__ x = abase + kh * Wp * C + kw * C;
+                const float* __restrict__ x = rowp[kh] + aoff + kw * C;
                 const float* __restrict__ w = wt + (kh * k + kw) * C;
                 for (int64_t c = c0; c < C; ++c) ac[c] += w[c] * x[c];
               }
             for (int64_t c = c0; c < C; ++c) {
               o[c] = ac[c];
               fs[c] += ac[c];
+              if (act2) hv[c] = std::max(a2[c] * ac[c] + b2[c], 0.0f);
             }
           }
         }
@@ -303,4 +332,6 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   }
 }
 
+}  // namespace FBNET_ISA
 }  // namespace fbnet
+FBNET_ISA_END

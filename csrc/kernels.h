@@ -1,29 +1,39 @@
 // Declarations of the fused CPU kernels. Every activation is float32, contiguous,
 // channels-last: z[M, C] with M = N*H*W, or [N, H, W, C]. Shapes and semantics are
 // documented on the Python launchers (fbnet_fast/ops/bn_act.py, dwconv_bn.py).
+// One copy of the declarations per ISA namespace (fbnet::base / v3 / v4, see common.h).
 #pragma once
 
 #include "common.h"
 
+#define FBNET_KERNEL_DECLS                                                                        \
+  /* bn_act family */                                                                             \
+  void bn_stats(buf_t z, int64_t M, int64_t C, buf_t mean_out, buf_t var_out);                    \
+  void affine_act(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu, buf_t out); \
+  void affine_act_accumulate(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,  \
+                             float alpha, buf_t out);                                             \
+  void act_grad_sums(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu, \
+                     buf_t center, buf_t sum_g, buf_t sum_gz);                                    \
+  void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift,           \
+                      bool relu, buf_t center, buf_t k1, buf_t k2, buf_t k3, buf_t out);          \
+  void bn_fold(buf_t mean, buf_t var, buf_t gamma, buf_t beta, buf_t perm, int64_t C, double eps, \
+               buf_t running_mean, buf_t running_var, double momentum, int64_t count,             \
+               buf_t scale, buf_t shift, buf_t invstd);                                           \
+  void bn_grad_fold(buf_t sum_g, buf_t sum_gz, buf_t gamma, buf_t beta, buf_t invstd, buf_t perm, \
+                    int64_t C, double alpha, int64_t count, bool batch, buf_t k1, buf_t k2,       \
+                    buf_t k3, buf_t grad_gamma, buf_t grad_beta, buf_t weight_dot);               \
+  /* dwconv_bn family */                                                                          \
+  void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf_t scale1,      \
+                         buf_t shift1, buf_t weight, int64_t k, int64_t stride, buf_t out,        \
+                         buf_t mean_out, buf_t var_out, buf_t scale2, buf_t shift2,               \
+                         buf_t act_out);                                                          \
+  void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C,   \
+                          buf_t scale1, buf_t shift1, buf_t weight, int64_t k, int64_t stride,    \
+                          buf_t center1, buf_t grad_in, buf_t grad_weight, buf_t sum_g,           \
+                          buf_t sum_gz);
+
 namespace fbnet {
-
-// ---- bn_act family ---------------------------------------------------------------
-void bn_stats(buf_t z, int64_t M, int64_t C, buf_t mean_out, buf_t var_out);
-void affine_act(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu, buf_t out);
-void affine_act_accumulate(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
-                           float alpha, buf_t out);
-void act_grad_sums(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
-                   buf_t center, buf_t sum_g, buf_t sum_gz);
-void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
-                    buf_t center, buf_t k1, buf_t k2, buf_t k3, buf_t out);
-
-// ---- dwconv_bn family ------------------------------------------------------------
-void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf_t scale1,
-                       buf_t shift1, buf_t weight, int64_t k, int64_t stride, buf_t out,
-                       buf_t mean_out, buf_t var_out);
-void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C,
-                        buf_t scale1, buf_t shift1, buf_t weight, int64_t k, int64_t stride,
-                        buf_t center1, buf_t grad_in, buf_t grad_weight, buf_t sum_g,
-                        buf_t sum_gz);
-
+namespace FBNET_ISA {
+FBNET_KERNEL_DECLS
+}  // namespace FBNET_ISA
 }  // namespace fbnet

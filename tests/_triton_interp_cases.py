@@ -38,6 +38,7 @@ from fbnet_fast.space import FBNET_CANDIDATES, LayerSpec, Stage, load_space  # n
 from fbnet_fast.supernet import MixedOp, Supernet, gumbel_weights  # noqa: E402
 
 from _kernel_tol import assert_close_to_ref  # noqa: E402
+from test_bn_act import check_bn_fold, check_bn_grad_fold  # noqa: E402  (the CPU tests' checks, one oracle)
 
 torch.set_num_threads(1)
 
@@ -109,6 +110,15 @@ def test_bn_act_grad_sums_and_apply(m, c, relu, policy):
     got = bn_act_triton.act_grad_apply(gg, z, a, b, ctr, *ks, relu=relu, out=gg)
     assert_close_to_ref("act_grad_apply", got, bn_act_ref.act_grad_apply_ref(g, z, a, b, ctr, *ks, relu=relu),
                         bn_act_ref.act_grad_apply_ref(*d, *(k.double() for k in ks), relu=relu))
+
+
+@pytest.mark.parametrize("c", [1, 37, 600])  # one channel; a partial block; 3 blocks of 256
+@pytest.mark.parametrize("use_perm", [False, True], ids=["identity", "perm"])
+@pytest.mark.parametrize("flag", [False, True], ids=["eval", "train"])
+def test_bn_act_folds(c, use_perm, flag):
+    """The BatchNorm finishing kernels (update running stats / batch-statistics gradient when ``flag``)."""
+    check_bn_fold(bn_act_triton.bn_fold, c, use_perm, flag)
+    check_bn_grad_fold(bn_act_triton.bn_grad_fold, c, use_perm, flag)
 
 
 # --------------------------------------------------------------------------- dwconv_bn

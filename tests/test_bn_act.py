@@ -96,3 +96,99 @@ def test_launcher_errors_name_the_tensor():
         bn_act.bn_stats(z.double())
     with pytest.raises(ConfigError, match=r"scale must be a contiguous float32 \[4\]"):
         bn_act.affine_act(z, torch.ones(3), torch.ones(4), relu=True)
+
+
+# ------------------------------------------------------------------ BatchNorm finishing
+FOLD_C = [1, 7, 37, 600]  # one channel; below a vector; a vector and a tail; > 2 Triton blocks of 256
+
+
+def _fold_inputs(c, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mean, gamma, beta = (torch.randn(c, generator=g) for _ in range(3))
+    var = torch.rand(c, generator=g) * 2 + 1e-3  # down to ~eps: invstd up to ~30
+    rm, rv = torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5
+    sums = [torch.randn(c, generator=g) * 10 for _ in range(2)]
+    perm = torch.randperm(c, generator=g)
+    return mean, var, gamma, beta, rm, rv, sums, perm
+
+
+def check_bn_fold(fold, c, use_perm, update):
+    """``fold`` (a family launcher: CPU or Triton) vs :func:`bn_fold_ref`, fp32 and fp64."""
+    mean, var, gamma, beta, rm, rv, _, perm = _fold_inputs(c)
+    kw = dict(eps=1e-5, perm=perm if use_perm else None)
+    run = [dict(running_mean=r.clone(), running_var=v.clone(), momentum=0.1, count=37) if update else {}
+           for r, v in ((rm, rv), (rm, rv), (rm.double(), rv.double()))]
+    got = fold(mean, var, gamma, beta, **kw, **run[0])
+    ref32 = bn_act_ref.bn_fold_ref(mean, var, gamma, beta, **kw, **run[1])
+    ref64 = bn_act_ref.bn_fold_ref(mean.double(), var.double(), gamma.double(), beta.double(), **kw, **run[2])
+    for name in ("scale", "shift", "invstd"):
+        assert_close_to_ref(name, getattr(got, name), getattr(ref32, name), getattr(ref64, name))
+    for name in (("running_mean", "running_var") if update else ()):
+        assert_close_to_ref(name, run[0][name], run[1][name], run[2][name])
+
+
+def check_bn_grad_fold(grad_fold, c, use_perm, batch):
+    mean, var, gamma, beta, _, _, (sg, sgz), perm = _fold_inputs(c)
+    invstd = torch.rsqrt(var + 1e-5)
+    kw = dict(count=53, batch=batch, alpha=0.37, perm=perm if use_perm else None)
+    got = grad_fold(sg, sgz, gamma, beta, invstd, **kw)
+    ref32 = bn_act_ref.bn_grad_fold_ref(sg, sgz, gamma, beta, invstd, **kw)
+    ref64 = bn_act_ref.bn_grad_fold_ref(*(t.double() for t in (sg, sgz, gamma, beta, invstd)), **kw)
+    for name in ("k1", "k2", "k3", "grad_gamma", "grad_beta", "weight_dot"):
+        assert_close_to_ref(name, getattr(got, name), getattr(ref32, name), getattr(ref64, name))
+
+
+@pytest.mark.parametrize("c", FOLD_C)
+@pytest.mark.parametrize("use_perm", [False, True], ids=["identity", "perm"])
+@pytest.mark.parametrize("update", [False, True], ids=["eval", "train"])
+def test_bn_fold(c, use_perm, update):
+    check_bn_fold(bn_act.bn_fold, c, use_perm, update)
+
+
+@pytest.mark.parametrize("c", FOLD_C)
+@pytest.mark.parametrize("use_perm", [False, True], ids=["identity", "perm"])
+@pytest.mark.parametrize("batch", [False, True], ids=["running", "batch"])
+def test_bn_grad_fold(c, use_perm, batch):
+    check_bn_grad_fold(bn_act.bn_grad_fold, c, use_perm, batch)
+
+
+def test_fold_errors_name_the_tensor():
+    v = torch.ones(4)
+    with pytest.raises(ConfigError, match=r"perm must be a contiguous int64 \[4\]"):
+        bn_act.bn_fold(v, v, v, v, eps=1e-5, perm=torch.arange(4, dtype=torch.int32))
+    with pytest.raises(ConfigError, match="more than 1 value per channel"):
+        bn_act.bn_fold(v, v, v, v, eps=1e-5, running_mean=v.clone(), running_var=v.clone(), momentum=0.1, count=1)
+    with pytest.raises(ConfigError, match=r"invstd must be a contiguous float32 \[4\]"):
+        bn_act.bn_grad_fold(v, v, v, v, torch.ones(3), count=2, batch=True)
+
+
+def test_isa_variants_agree():
+    """Every compiled ISA variant this CPU runs (base x86-64, AVX2, AVX-512) gives eager-level results,
+    and each is bit-identical across thread counts (the dispatch changes instructions, not the order)."""
+    ext = _ext.load()
+    if not hasattr(ext, "set_isa"):
+        pytest.skip("single-variant build")
+    z, g, (a, b, ctr, *_) = _inputs(3001, 40, seed=5)
+    start, threads = ext.isa(), torch.get_num_threads()
+    results = {}
+    try:
+        for isa in ext.compiled_isas():
+            try:
+                ext.set_isa(isa)
+            except ValueError:  # this CPU lacks it
+                continue
+            runs = []
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                runs.append((*bn_act.bn_stats(z), *bn_act.act_grad_sums(g, z, a, b, ctr, relu=True)))
+            assert all(torch.equal(x, y) for x, y in zip(*runs)), isa
+            results[isa] = runs[0]
+    finally:
+        ext.set_isa(start)
+        torch.set_num_threads(threads)
+    ref64 = (*bn_act_ref.bn_stats_ref(z.double()),
+             *bn_act_ref.act_grad_sums_ref(g.double(), z.double(), a.double(), b.double(), ctr.double(), relu=True))
+    ref32 = (*bn_act_ref.bn_stats_ref(z), *bn_act_ref.act_grad_sums_ref(g, z, a, b, ctr, relu=True))
+    for isa, got in results.items():
+        for i, name in enumerate(("mean", "var", "sum_g", "sum_gz")):
+            assert_close_to_ref(f"{isa} {name}", got[i], ref32[i], ref64[i])

@@ -25,6 +25,8 @@ SHAPES = [
     (1, 1, 1, 8, 5, 1),     # 1x1 image: every tap but the centre is padding
     (2, 2, 3, 17, 5, 2),    # image smaller than the kernel
     (2, 13, 13, 48, 3, 1),  # several reduction chunks
+    (2, 30, 64, 48, 5, 1),  # 22-row chunks that start mid-image (the activated-row ring restarts)
+    (2, 12, 9, 16, 5, 2),   # even height at stride 2: the ring skips a row between outputs
 ]
 
 
@@ -48,6 +50,14 @@ def test_forward(n, h, w, c, k, stride):
         assert_close_to_ref(name, getattr(got, name), getattr(ref32, name), getattr(ref64, name))
     nostats = dwconv_bn.dwconv_bn_forward(z1, a, b, wt, stride, stats=False)
     assert nostats.mean is None and torch.equal(nostats.out, got.out)
+    # BN2 apply + ReLU from the same pass (the recomputation in backward).
+    a2, b2 = a.flip(0).contiguous(), (b * 3).contiguous()  # shift * 3: a good share of ReLU zeros
+    fused = dwconv_bn.dwconv_bn_forward(z1, a, b, wt, stride, stats=False, scale2=a2, shift2=b2)
+    assert torch.equal(fused.out, got.out)
+    ref64 = dwconv_bn_ref.dwconv_bn_forward_ref(z1.double(), a.double(), b.double(), wt.double(), stride,
+                                                scale2=a2.double(), shift2=b2.double())
+    ref32 = dwconv_bn_ref.dwconv_bn_forward_ref(z1, a, b, wt, stride, scale2=a2, shift2=b2)
+    assert_close_to_ref("act", fused.act, ref32.act, ref64.act)
 
 
 @pytest.mark.parametrize("n,h,w,c,k,stride", SHAPES)

@@ -77,7 +77,7 @@ def fresh_cache(tmp_path_factory):
 def _attrs(spec, aligned: bool) -> dict:
     if not aligned:
         return {}
-    return {(i,): [["tt.divisibility", 16]] for i, t in enumerate(spec.signature.values()) if t in ("*fp32", "i32")}
+    return {(i,): [["tt.divisibility", 16]] for i, t in enumerate(spec.signature.values()) if t in ("*fp32", "*i64", "i32")}
 
 
 @pytest.mark.skipif(INTERPRETED, reason="TRITON_INTERPRET=1 replaces the kernels by interpreted functions")

@@ -16,6 +16,9 @@ Kernels, top to bottom:
 * ``_grad_sums_partial_kernel``: per row chunk, ``sum gm`` and ``sum gm*(z - center)``.
 * ``_stats_merge_kernel`` / ``_sum_parts_kernel``: stage 2, fold the ``[P, ...]``
   partials in a fixed order (``[BLOCK_P, BLOCK_D]`` tiles, then tile by tile).
+* ``_bn_fold_kernel`` / ``_bn_grad_fold_kernel``: BatchNorm's per-channel finish (scale,
+  shift, invstd and the running statistics; backward's k1..k3, gamma/beta gradients and
+  the Gumbel-weight dot), one launch each where ~10 tiny tensor ops were.
 
 Determinism: the chunking depends on the shape alone (never on the GPU's SM count),
 partials are written to their own slots, and stage 2 folds them in index order; no
@@ -36,10 +39,10 @@ import triton
 import triton.language as tl
 
 from ..errors import ConfigError
-from .bn_act import ActGradSums, BNStats
+from .bn_act import ActGradSums, BNFold, BNGradFold, BNStats
 
-__all__ = ["bn_stats", "affine_act", "affine_act_accumulate_", "act_grad_sums", "act_grad_apply", "aot_specs",
-           "AOTSpec"]
+__all__ = ["bn_stats", "affine_act", "affine_act_accumulate_", "act_grad_sums", "act_grad_apply", "bn_fold",
+           "bn_grad_fold", "aot_specs", "AOTSpec"]
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -169,6 +172,63 @@ def _sum_parts_kernel(part_ptr, out_ptr, P, D, BLOCK_P: tl.constexpr, BLOCK_D: t
     tl.store(out_ptr + cols, tl.sum(acc, axis=0), mask=dmask)
 
 
+@triton.jit
+def _bn_fold_kernel(mean_ptr, var_ptr, gamma_ptr, beta_ptr, perm_ptr, rmean_ptr, rvar_ptr, scale_ptr, shift_ptr,
+                    invstd_ptr, C, eps, momentum, unbias, HAS_PERM: tl.constexpr, UPDATE: tl.constexpr,
+                    BLOCK_C: tl.constexpr):
+    j = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = j < C
+    if HAS_PERM:
+        c = tl.load(perm_ptr + j, mask=mask, other=0).to(tl.int32)
+    else:
+        c = j
+    mean = tl.load(mean_ptr + j, mask=mask, other=0.0)
+    var = tl.load(var_ptr + j, mask=mask, other=0.0)
+    inv = 1.0 / tl.sqrt_rn(var + eps)
+    a = tl.load(gamma_ptr + c, mask=mask, other=0.0) * inv
+    tl.store(invstd_ptr + j, inv, mask=mask)
+    tl.store(scale_ptr + j, a, mask=mask)
+    tl.store(shift_ptr + j, tl.load(beta_ptr + c, mask=mask, other=0.0) - mean * a, mask=mask)
+    if UPDATE:
+        rm = tl.load(rmean_ptr + c, mask=mask, other=0.0)
+        rv = tl.load(rvar_ptr + c, mask=mask, other=0.0)
+        tl.store(rmean_ptr + c, (1.0 - momentum) * rm + momentum * mean, mask=mask)
+        tl.store(rvar_ptr + c, (1.0 - momentum) * rv + momentum * (var * unbias), mask=mask)
+
+
+@triton.jit
+def _bn_grad_fold_kernel(sg_ptr, sgz_ptr, gamma_ptr, beta_ptr, invstd_ptr, perm_ptr, k1_ptr, k2_ptr, k3_ptr,
+                         gg_ptr, gb_ptr, dot_ptr, C, alpha, count, HAS_PERM: tl.constexpr,
+                         BATCH: tl.constexpr, BLOCK_C: tl.constexpr):
+    # One program walking the channel blocks in order: the dot's summation order is fixed.
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for start in range(0, C, BLOCK_C):
+        j = start + tl.arange(0, BLOCK_C)
+        mask = j < C
+        if HAS_PERM:
+            c = tl.load(perm_ptr + j, mask=mask, other=0).to(tl.int32)
+        else:
+            c = j
+        sg = tl.load(sg_ptr + j, mask=mask, other=0.0)
+        sgz = tl.load(sgz_ptr + j, mask=mask, other=0.0)
+        inv = tl.load(invstd_ptr + j, mask=mask, other=0.0)
+        g = tl.load(gamma_ptr + c, mask=mask, other=0.0)
+        acc += g * inv * sgz + tl.load(beta_ptr + c, mask=mask, other=0.0) * sg
+        k1 = alpha * g * inv
+        tl.store(k1_ptr + j, k1, mask=mask)
+        if BATCH:
+            # Divided, as eager does, not multiplied by 1/count: the BN backward
+            # subtracts nearly equal terms, and one ulp here moved a grad past 2x eager's error.
+            tl.store(k2_ptr + j, -k1 * inv * inv * sgz / count, mask=mask)
+            tl.store(k3_ptr + j, -k1 * sg / count, mask=mask)
+        else:
+            tl.store(k2_ptr + j, k1 * 0.0, mask=mask)
+            tl.store(k3_ptr + j, k1 * 0.0, mask=mask)
+        tl.store(gg_ptr + c, alpha * inv * sgz, mask=mask)
+        tl.store(gb_ptr + c, alpha * sg, mask=mask)
+    tl.store(dot_ptr, tl.sum(acc, axis=0))
+
+
 # ---------------------------------------------------------------------- launch policy
 # Flat elementwise blocks: 1024 fp32 = 8 per thread at 4 warps, enough bytes in
 # flight per SM for a bandwidth-bound pass.
@@ -187,6 +247,8 @@ NUM_WARPS = 4
 FP_FUSION = True
 # The compile options of every launch (the AOT test compiles with the same ones).
 LAUNCH_OPTS = dict(num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+# BatchNorm finish: 256 channels a block (C <= 1104 in the FBNet spaces: <= 5 blocks).
+FOLD_BLOCK_C = 256
 
 
 def block_c(c: int) -> int:
@@ -315,6 +377,37 @@ def act_grad_apply(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shi
     return out
 
 
+def bn_fold(mean: torch.Tensor, var: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, eps: float,
+            perm: torch.Tensor | None = None, running_mean: torch.Tensor | None = None,
+            running_var: torch.Tensor | None = None, momentum: float = 0.0, count: int = 1) -> BNFold:
+    """BatchNorm's fold from ``mean, var [C]``; updates the running statistics in place when given."""
+    c = mean.shape[0]
+    scale, shift, invstd = mean.new_empty(c), mean.new_empty(c), mean.new_empty(c)
+    update = running_mean is not None
+    with device_ctx(mean):
+        _bn_fold_kernel[(triton.cdiv(c, FOLD_BLOCK_C),)](
+            mean, var, gamma, beta, perm if perm is not None else mean, running_mean if update else mean,
+            running_var if update else mean, scale, shift, invstd, c, float(eps), float(momentum),
+            float(count) / float(count - 1) if update else 1.0, HAS_PERM=perm is not None, UPDATE=update,
+            BLOCK_C=FOLD_BLOCK_C, **LAUNCH_OPTS)
+    return BNFold(scale, shift, invstd)
+
+
+def bn_grad_fold(sum_g: torch.Tensor, sum_gz: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                 invstd: torch.Tensor, *, count: int, batch: bool, alpha: float = 1.0,
+                 perm: torch.Tensor | None = None) -> BNGradFold:
+    """Backward coefficients of ``y = alpha * bn(z)`` from the ``[C]`` sums (one program)."""
+    c = sum_g.shape[0]
+    k1, k2, k3, gg, gb = (sum_g.new_empty(c) for _ in range(5))
+    dot = sum_g.new_empty(())
+    with device_ctx(sum_g):
+        _bn_grad_fold_kernel[(1,)](
+            sum_g, sum_gz, gamma, beta, invstd, perm if perm is not None else sum_g, k1, k2, k3, gg, gb, dot, c,
+            float(alpha), float(count), HAS_PERM=perm is not None, BATCH=bool(batch), BLOCK_C=FOLD_BLOCK_C,
+            **LAUNCH_OPTS)
+    return BNGradFold(k1, k2, k3, gg, gb, dot)
+
+
 # ----------------------------------------------------------------- ahead-of-time specs
 class AOTSpec(NamedTuple):
     """One specialisation a launcher can request, for ``triton.compile(ASTSource(...))``."""
@@ -352,4 +445,14 @@ def aot_specs() -> list[AOTSpec]:
     add("stats_merge", _stats_merge_kernel, dict(BLOCK_P=PART_BLOCK_P, BLOCK_C=bc), P=i32, M=i32, C=i32,
         ROWS_PER_PART=i32)
     add("sum_parts", _sum_parts_kernel, dict(BLOCK_P=PART_BLOCK_P, BLOCK_D=PART_BLOCK_D), P=i32, D=i32)
+    for has_perm in (False, True):
+        perm_t = "*i64" if has_perm else ptr
+        for update in (False, True):
+            add(f"bn_fold perm={has_perm} update={update}", _bn_fold_kernel,
+                dict(HAS_PERM=has_perm, UPDATE=update, BLOCK_C=FOLD_BLOCK_C), perm_ptr=perm_t, C=i32, eps=f32,
+                momentum=f32, unbias=f32)
+        for batch in (False, True):
+            add(f"bn_grad_fold perm={has_perm} batch={batch}", _bn_grad_fold_kernel,
+                dict(HAS_PERM=has_perm, BATCH=batch, BLOCK_C=FOLD_BLOCK_C), perm_ptr=perm_t, C=i32, alpha=f32,
+                count=f32)
     return specs

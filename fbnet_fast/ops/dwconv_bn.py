@@ -13,9 +13,11 @@ are contiguous), ``scale1, shift1 [C]`` (``h1 = relu(scale1 * z1 + shift1)``),
 
 Launchers (callable without autograd):
 
-* :func:`dwconv_bn_forward` ``-> DWConvBNForward(out [N, Ho, Wo, C], mean [C], var [C])``:
+* :func:`dwconv_bn_forward` ``-> DWConvBNForward(out [N, Ho, Wo, C], mean [C], var [C], act)``:
   ``out = dwconv(relu(scale1*z1 + shift1))`` and its biased per-channel statistics
-  (``None`` when ``stats=False``, e.g. recomputation in backward or eval mode).
+  (``None`` when ``stats=False``, e.g. recomputation in backward or eval mode); with
+  ``scale2, shift2`` (BN2 already known: the recomputation in backward) also
+  ``act = relu(scale2*out + shift2) [N, Ho, Wo, C]`` from the same pass.
 * :func:`dwconv_bn_backward` ``-> DWConvBNBackward(grad_in [N, H, W, C], grad_weight
   [k*k, C], sum_g [C], sum_gz [C])``: ``grad_in`` is the gradient w.r.t. the BN1 output
   *before* its ReLU (``u1 = scale1*z1 + shift1``, ReLU mask applied);
@@ -45,6 +47,7 @@ class DWConvBNForward(NamedTuple):
     out: torch.Tensor  # [N, Ho, Wo, C]
     mean: torch.Tensor | None  # [C] batch mean of out
     var: torch.Tensor | None  # [C] biased batch variance of out
+    act: torch.Tensor | None = None  # [N, Ho, Wo, C] relu(scale2 * out + shift2) when asked for
 
 
 class DWConvBNBackward(NamedTuple):
@@ -74,19 +77,27 @@ def _check(z1, scale1, shift1, weight, stride) -> int:
 
 
 def dwconv_bn_forward(z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tensor, weight: torch.Tensor,
-                      stride: int, *, stats: bool = True) -> DWConvBNForward:
+                      stride: int, *, stats: bool = True, scale2: torch.Tensor | None = None,
+                      shift2: torch.Tensor | None = None) -> DWConvBNForward:
     """``dwconv(relu(scale1 * z1 + shift1))`` with its BN statistics; see the module docstring."""
     k = _check(z1, scale1, shift1, weight, stride)
-    if (tk := backend(z1, FAMILY)) is not None:
-        return tk.dwconv_bn_forward(z1, scale1, shift1, weight, stride, stats=stats)
     n, h, w, c = z1.shape
+    if (scale2 is None) != (shift2 is None):
+        raise ConfigError("scale2 and shift2 must both be given or both be None")
+    if scale2 is not None:
+        check_vec(scale2, "scale2", c, z1.device)
+        check_vec(shift2, "shift2", c, z1.device)
+    if (tk := backend(z1, FAMILY)) is not None:
+        return tk.dwconv_bn_forward(z1, scale1, shift1, weight, stride, stats=stats, scale2=scale2, shift2=shift2)
     out = z1.new_empty(n, conv_out_size(h, stride), conv_out_size(w, stride), c)
     mean = z1.new_empty(c) if stats else None
     var = z1.new_empty(c) if stats else None
+    act = torch.empty_like(out) if scale2 is not None else None
+    extra = {} if act is None else dict(scale2=scale2.data_ptr(), shift2=shift2.data_ptr(), act_out=act.data_ptr())
     cpu_ext().dwconv_bn_forward(z1.data_ptr(), n, h, w, c, scale1.data_ptr(), shift1.data_ptr(), weight.data_ptr(),
                                 k, stride, out.data_ptr(), mean.data_ptr() if stats else 0,
-                                var.data_ptr() if stats else 0)
-    return DWConvBNForward(out, mean, var)
+                                var.data_ptr() if stats else 0, **extra)
+    return DWConvBNForward(out, mean, var, act)
 
 
 def dwconv_bn_backward(grad_out: torch.Tensor, z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tensor,

@@ -18,12 +18,14 @@ def _conv(z1, scale1, shift1, weight, stride):
     return F.conv2d(h1, wt, stride=stride, padding=k // 2, groups=c).permute(0, 2, 3, 1)
 
 
-def dwconv_bn_forward_ref(z1, scale1, shift1, weight, stride, *, stats=True) -> DWConvBNForward:
+def dwconv_bn_forward_ref(z1, scale1, shift1, weight, stride, *, stats=True, scale2=None,
+                          shift2=None) -> DWConvBNForward:
     out = _conv(z1, scale1, shift1, weight, stride).contiguous()
+    act = None if scale2 is None else torch.relu(out * scale2 + shift2)
     if not stats:
-        return DWConvBNForward(out, None, None)
+        return DWConvBNForward(out, None, None, act)
     var, mean = torch.var_mean(out.reshape(-1, out.shape[-1]), dim=0, correction=0)
-    return DWConvBNForward(out, mean, var)
+    return DWConvBNForward(out, mean, var, act)
 
 
 def dwconv_bn_backward_ref(grad_out, z1, scale1, shift1, weight, stride, center1) -> DWConvBNBackward:

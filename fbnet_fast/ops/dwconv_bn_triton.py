@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .bn_act_triton import (LAUNCH_OPTS, AOTSpec, aot_signature, block_c, check_int32, device_ctx, merge_stats,
-                            row_chunks, sum_parts)
+from .bn_act_triton import (LAUNCH_OPTS, AOTSpec, affine_act, aot_signature, block_c, check_int32, device_ctx,
+                            merge_stats, row_chunks, sum_parts)
 from .dwconv_bn import DWConvBNBackward, DWConvBNForward, conv_out_size
 
 __all__ = ["dwconv_bn_forward", "dwconv_bn_backward", "aot_specs"]
@@ -162,7 +162,8 @@ def block_p(c: int) -> int:
 
 # -------------------------------------------------------------------------- launchers
 def dwconv_bn_forward(z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tensor, weight: torch.Tensor,
-                      stride: int, *, stats: bool = True) -> DWConvBNForward:
+                      stride: int, *, stats: bool = True, scale2: torch.Tensor | None = None,
+                      shift2: torch.Tensor | None = None) -> DWConvBNForward:
     """``dwconv(relu(scale1 * z1 + shift1))`` ``[N, Ho, Wo, C]`` with its BN statistics."""
     check_int32("z1", z1)
     n, h, w, c = z1.shape
@@ -178,10 +179,13 @@ def dwconv_bn_forward(z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tens
         _dwconv_fwd_kernel[(ch.programs, triton.cdiv(c, bc))](
             z1, scale1, shift1, weight, out, parts[0], parts[1], h, w, c, ho, wo, npos, ch.rows_per_prog,
             K=k, STRIDE=int(stride), STATS=bool(stats), BLOCK_P=bp, BLOCK_C=bc, **LAUNCH_OPTS)
+        # BN2 apply as its own elementwise launch (the CPU kernel fuses it into the conv's
+        # epilogue; on a GPU that is the next step once a GPU can time it).
+        act = None if scale2 is None else affine_act(out.view(-1, c), scale2, shift2, relu=True).view(out.shape)
         if not stats:
-            return DWConvBNForward(out, None, None)
+            return DWConvBNForward(out, None, None, act)
         mean, var = merge_stats(parts[0], parts[1], npos, ch.rows_per_prog)
-    return DWConvBNForward(out, mean, var)
+    return DWConvBNForward(out, mean, var, act)
 
 
 def dwconv_bn_backward(grad_out: torch.Tensor, z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tensor,

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .bn_act import act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_stats
+from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_fold, bn_grad_fold,
+                     bn_stats)
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
 from .mixed_op_ref import active_candidates
 
@@ -48,6 +49,7 @@ class _BN(NamedTuple):
     scale: torch.Tensor
     shift: torch.Tensor
     mean: torch.Tensor  # batch mean (training) or running mean (eval)
+    var: torch.Tensor  # biased batch variance (training) or running variance (eval)
     invstd: torch.Tensor
     batch: bool  # normalised with batch statistics (gradients flow through mean/var)
 
@@ -58,7 +60,7 @@ class _Cand:
     kind: str  # "ir" | "skip_id" | "skip_conv"
     block: nn.Module
     nparams: int
-    perm: torch.Tensor | None = None  # channel shuffle folded into conv_pw's rows (g > 1)
+    perm: torch.Tensor | None = None  # channel shuffle folded into conv_pw's rows (g > 1), int64 on x's device
     inv_perm: torch.Tensor | None = None
 
 
@@ -71,70 +73,54 @@ def _uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
     return bn.training or (bn.running_mean is None and bn.running_var is None)
 
 
-def _bn_fold(bn: nn.BatchNorm2d, gamma, beta, z2d: torch.Tensor, stats, perm, inv_perm) -> _BN:
+def _bn_fold(bn: nn.BatchNorm2d, gamma, beta, z2d: torch.Tensor, stats, perm) -> _BN:
     """Fold ``bn`` into scale/shift; with batch statistics, update running stats as nn.BatchNorm2d does.
 
     ``stats`` is ``(mean, var)`` already computed (by a fused kernel) or ``None`` to
     compute them from ``z2d [M, C]``. ``perm`` maps internal to module channel order.
+    One :func:`bn_fold` launch does the per-channel arithmetic and the running update.
     """
-    if perm is not None:
-        gamma, beta = gamma[perm], beta[perm]
     if _uses_batch_stats(bn):
         mean, var = stats if stats is not None else bn_stats(z2d)
         count = z2d.shape[0]
-        invstd = torch.rsqrt(var + bn.eps)
+        run = {}
         if bn.training and bn.track_running_stats:
             if count < 2:
                 raise ConfigError(f"BatchNorm in training needs more than 1 value per channel, got {count}")
             bn.num_batches_tracked.add_(1)
             f = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            m, v = (mean, var) if inv_perm is None else (mean[inv_perm], var[inv_perm])
-            bn.running_mean.mul_(1 - f).add_(m, alpha=f)
-            bn.running_var.mul_(1 - f).add_(v * (count / (count - 1)), alpha=f)
-        batch = True
-    else:
-        mean, var = bn.running_mean, bn.running_var
-        if perm is not None:
-            mean, var = mean[perm], var[perm]
-        invstd = torch.rsqrt(var + bn.eps)
-        batch = False
-    scale = (gamma * invstd).contiguous()
-    shift = (beta - mean * scale).contiguous()
-    return _BN(scale, shift, mean.contiguous(), invstd.contiguous(), batch)
-
-
-def _bn_refold(bn: nn.BatchNorm2d, gamma, beta, mean, invstd, batch, perm) -> _BN:
-    """The forward's fold, rebuilt in backward from the saved ``mean, invstd``."""
+            run = dict(running_mean=bn.running_mean, running_var=bn.running_var, momentum=f, count=count)
+        fold = bn_fold(mean, var, gamma, beta, eps=bn.eps, perm=perm, **run)
+        return _BN(fold.scale, fold.shift, mean, var, fold.invstd, True)
+    mean, var = bn.running_mean, bn.running_var
     if perm is not None:
-        gamma, beta = gamma[perm], beta[perm]
-    scale = (gamma * invstd).contiguous()
-    return _BN(scale, (beta - mean * scale).contiguous(), mean, invstd, batch)
+        mean, var = mean[perm], var[perm]
+    else:  # saved for backward: a snapshot, not the module's buffer
+        mean, var = mean.clone(), var.clone()
+    fold = bn_fold(mean, var, gamma, beta, eps=bn.eps, perm=perm)
+    return _BN(fold.scale, fold.shift, mean, var, fold.invstd, False)
+
+
+def _bn_refold(bn: nn.BatchNorm2d, gamma, beta, mean, var, batch, perm) -> _BN:
+    """The forward's fold, rebuilt in backward from the saved ``mean, var`` (same bits)."""
+    fold = bn_fold(mean, var, gamma, beta, eps=bn.eps, perm=perm)
+    return _BN(fold.scale, fold.shift, mean, var, fold.invstd, batch)
 
 
 class _BNGrad(NamedTuple):
     grad_z: torch.Tensor  # [M, C] gradient w.r.t. the BN input
-    grad_gamma: torch.Tensor  # [C] internal order
+    grad_gamma: torch.Tensor  # [C] module order
     grad_beta: torch.Tensor
     weight_dot: torch.Tensor  # scalar: sum(grad_y * y), the Gumbel weight's gradient
 
 
 def _bn_backward(bn: _BN, gamma, beta, grad_y, z, *, relu: bool, alpha: float = 1.0,
                  out: torch.Tensor | None = None) -> _BNGrad:
-    """Backward of ``y = act(bn(z))`` scaled by ``alpha``; ``gamma, beta`` internal order."""
+    """Backward of ``y = act(bn(z))`` scaled by ``alpha``; ``gamma, beta`` module order (no perm)."""
     s_g, s_gz = act_grad_sums(grad_y, z, bn.scale, bn.shift, bn.mean, relu=relu)
-    # sum(g * y) = sum_c gamma*invstd*s_gz + beta*s_g, since scale*mean + shift == beta.
-    weight_dot = (gamma * bn.invstd * s_gz + beta * s_g).sum()
-    k1 = alpha * gamma * bn.invstd
-    if bn.batch:
-        count = z.shape[0]
-        k2 = -k1 * bn.invstd * bn.invstd * s_gz / count
-        k3 = -k1 * s_g / count
-    else:
-        k2 = torch.zeros_like(k1)
-        k3 = k2
-    grad_z = act_grad_apply(grad_y, z, bn.scale, bn.shift, bn.mean, k1.contiguous(), k2.contiguous(), k3.contiguous(),
-                            relu=relu, out=out)
-    return _BNGrad(grad_z, alpha * bn.invstd * s_gz, alpha * s_g, weight_dot)
+    gf = bn_grad_fold(s_g, s_gz, gamma, beta, bn.invstd, count=z.shape[0], batch=bn.batch, alpha=alpha)
+    grad_z = act_grad_apply(grad_y, z, bn.scale, bn.shift, bn.mean, gf.k1, gf.k2, gf.k3, relu=relu, out=out)
+    return _BNGrad(grad_z, gf.grad_gamma, gf.grad_beta, gf.weight_dot)
 
 
 def _dense_1x1(w: torch.Tensor, groups: int) -> torch.Tensor:
@@ -177,7 +163,7 @@ def _plan(weights: torch.Tensor, blocks: Sequence[nn.Module]) -> tuple[list[_Can
                   b.conv_pwl.weight, b.bn3.weight, b.bn3.bias]
             perm = inv = None
             if b.groups > 1:
-                perm, inv = _shuffle_perm(b.mid, b.groups)
+                perm, inv = (t.to(weights.device) for t in _shuffle_perm(b.mid, b.groups))
             cands.append(_Cand(i, "ir", b, len(ps), perm, inv))
         elif getattr(b, "identity", False):
             ps = []
@@ -190,79 +176,80 @@ def _plan(weights: torch.Tensor, blocks: Sequence[nn.Module]) -> tuple[list[_Can
 
 
 # --------------------------------------------------------------------- per candidate
-def _ir_forward(c: _Cand, ps, x2, shape, out2, alpha):
+class _IRWeights(NamedTuple):
+    """An IR candidate's weights in kernel layout, built once per step (forward) and reused in backward."""
+
+    w1: torch.Tensor  # [mid, C_in] dense (block-diagonal for g > 1), rows in internal (shuffled) order
+    wt: torch.Tensor  # [k*k, mid] depthwise taps major
+    w3: torch.Tensor  # [C_out, mid] dense
+
+
+def _ir_weights(c: _Cand, ps) -> _IRWeights:
     b = c.block
-    w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
-    n, h, w, _ = shape
+    w1, wd, w3 = ps[0], ps[3], ps[6]
     w1d = _dense_1x1(w1, b.groups)
     if c.perm is not None:
         w1d = w1d[c.perm]
-    z1 = torch.mm(x2, w1d.t())
-    bn1 = _bn_fold(b.bn1, g1, b1, z1, None, c.perm, c.inv_perm)
-    wt = wd.reshape(b.mid, -1).t().contiguous()
+    return _IRWeights(w1d, wd.reshape(b.mid, -1).t().contiguous(), _dense_1x1(w3, b.groups))
+
+
+def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha):
+    b = c.block
+    _, g1, b1, _, g2, b2, _, g3, b3 = ps
+    n, h, w, _ = shape
+    z1 = torch.mm(x2, wts.w1.t())
+    bn1 = _bn_fold(b.bn1, g1, b1, z1, None, c.perm)
     batch2 = _uses_batch_stats(b.bn2)
-    fw = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wt, b.stride, stats=batch2)
+    fw = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wts.wt, b.stride, stats=batch2)
     del z1
     z2 = fw.out.view(-1, b.mid)
-    bn2 = _bn_fold(b.bn2, g2, b2, z2, (fw.mean, fw.var) if batch2 else None, None, None)
+    bn2 = _bn_fold(b.bn2, g2, b2, z2, (fw.mean, fw.var) if batch2 else None, None)
     h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True, out=z2)
-    z3 = torch.mm(h2, _dense_1x1(w3, b.groups).t())
+    z3 = torch.mm(h2, wts.w3.t())
     del h2, z2, fw
-    bn3 = _bn_fold(b.bn3, g3, b3, z3, None, None, None)
+    bn3 = _bn_fold(b.bn3, g3, b3, z3, None, None)
     affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha)
-    return [bn1.mean, bn1.invstd, bn2.mean, bn2.invstd, bn3.mean, bn3.invstd], [bn1.batch, bn2.batch, bn3.batch]
+    return [bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch]
 
 
-def _ir_backward(c: _Cand, ps, saved, batch, x2, gx2, shape, go2, alpha):
+def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, x2, gx2, shape, go2, alpha):
     b = c.block
     w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
     n, h, w, _ = shape
-    m1, s1, m2, s2, m3, s3 = saved
-    g1p = g1 if c.perm is None else g1[c.perm]
-    b1p = b1 if c.perm is None else b1[c.perm]
-    w1d = _dense_1x1(w1, b.groups)
-    if c.perm is not None:
-        w1d = w1d[c.perm]
-    w3d = _dense_1x1(w3, b.groups)
-    wt = wd.reshape(b.mid, -1).t().contiguous()
-    bn1 = _bn_refold(b.bn1, g1, b1, m1, s1, batch[0], c.perm)
-    bn2 = _bn_refold(b.bn2, g2, b2, m2, s2, batch[1], None)
-    bn3 = _bn_refold(b.bn3, g3, b3, m3, s3, batch[2], None)
+    m1, v1, m2, v2, m3, v3 = saved
+    bn1 = _bn_refold(b.bn1, g1, b1, m1, v1, batch[0], c.perm)
+    bn2 = _bn_refold(b.bn2, g2, b2, m2, v2, batch[1], None)
+    bn3 = _bn_refold(b.bn3, g3, b3, m3, v3, batch[2], None)
     # Recompute this candidate's intermediates (the only ones alive at a time).
-    z1 = torch.mm(x2, w1d.t())
+    z1 = torch.mm(x2, wts.w1.t())
     z1_4 = z1.view(n, h, w, b.mid)
-    z2 = dwconv_bn_forward(z1_4, bn1.scale, bn1.shift, wt, b.stride, stats=False).out.view(-1, b.mid)
-    h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True)
-    z3 = torch.mm(h2, w3d.t())
+    # BN2 is known here, so h2 = relu(bn2(z2)) comes out of the conv pass too (no extra read of z2).
+    fw = dwconv_bn_forward(z1_4, bn1.scale, bn1.shift, wts.wt, b.stride, stats=False, scale2=bn2.scale,
+                           shift2=bn2.shift)
+    z2, h2 = fw.out.view(-1, b.mid), fw.act.view(-1, b.mid)
+    del fw
+    z3 = torch.mm(h2, wts.w3.t())
     r3 = _bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=z3)
     gz3 = r3.grad_z
     gw3 = torch.mm(gz3.t(), h2)
-    gh2 = torch.mm(gz3, w3d)
+    gh2 = torch.mm(gz3, wts.w3)
     del h2, z3, gz3
     r2 = _bn_backward(bn2, g2, b2, gh2, z2, relu=True, out=gh2)
     del z2
     ho, wo = conv_out_size(h, b.stride), conv_out_size(w, b.stride)
-    bw = dwconv_bn_backward(r2.grad_z.view(n, ho, wo, b.mid), z1_4, bn1.scale, bn1.shift, wt, b.stride, bn1.mean)
+    bw = dwconv_bn_backward(r2.grad_z.view(n, ho, wo, b.mid), z1_4, bn1.scale, bn1.shift, wts.wt, b.stride,
+                            bn1.mean)
     r2 = r2._replace(grad_z=None)
     gu1 = bw.grad_in.view(-1, b.mid)
-    # BN1's sums came out of the dwconv backward pass; only the elementwise pass remains.
-    k1 = g1p * bn1.invstd
-    if bn1.batch:
-        cnt = gu1.shape[0]
-        k2 = -k1 * bn1.invstd * bn1.invstd * bw.sum_gz / cnt
-        k3 = -k1 * bw.sum_g / cnt
-    else:
-        k2 = torch.zeros_like(k1)
-        k3 = k2
-    gz1 = act_grad_apply(gu1, z1, bn1.scale, bn1.shift, bn1.mean, k1.contiguous(), k2.contiguous(), k3.contiguous(),
-                         relu=False, out=gu1)
+    # BN1's sums came out of the dwconv backward pass; only the fold and the elementwise pass remain.
+    gf1 = bn_grad_fold(bw.sum_g, bw.sum_gz, g1, b1, bn1.invstd, count=gu1.shape[0], batch=bn1.batch, perm=c.perm)
+    gz1 = act_grad_apply(gu1, z1, bn1.scale, bn1.shift, bn1.mean, gf1.k1, gf1.k2, gf1.k3, relu=False, out=gu1)
     del z1
     gw1d = torch.mm(gz1.t(), x2)
-    gx2.addmm_(gz1, w1d)
-    gg1, gb1 = bn1.invstd * bw.sum_gz, bw.sum_g
+    gx2.addmm_(gz1, wts.w1)
     if c.inv_perm is not None:
-        gw1d, gg1, gb1 = gw1d[c.inv_perm], gg1[c.inv_perm], gb1[c.inv_perm]
-    grads = [_undense_1x1(gw1d, b.groups, w1.shape), gg1, gb1, bw.grad_weight.t().reshape(wd.shape),
+        gw1d = gw1d[c.inv_perm]
+    grads = [_undense_1x1(gw1d, b.groups, w1.shape), gf1.grad_gamma, gf1.grad_beta, bw.grad_weight.t().reshape(wd.shape),
              r2.grad_gamma, r2.grad_beta, _undense_1x1(gw3, b.groups, w3.shape), r3.grad_gamma, r3.grad_beta]
     return grads, r3.weight_dot
 
@@ -276,9 +263,9 @@ def _skip_input(c: _Cand, x4):
 def _skip_forward(c: _Cand, ps, x4, out2, alpha):
     wc, g, bb = ps
     z = torch.mm(_skip_input(c, x4), wc.reshape(wc.shape[0], -1).t())
-    bn = _bn_fold(c.block.bn, g, bb, z, None, None, None)
+    bn = _bn_fold(c.block.bn, g, bb, z, None, None)
     affine_act_accumulate_(out2, z, bn.scale, bn.shift, relu=True, alpha=alpha)
-    return [bn.mean, bn.invstd], [bn.batch]
+    return [bn.mean, bn.var], [bn.batch]
 
 
 def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha):
@@ -302,7 +289,8 @@ class MixedOpFunction(torch.autograd.Function):
     """``sum_i w_i * block_i(x)`` over the active candidates, recomputing in backward.
 
     Saved: x ``[N, C_in, H, W]``, weights ``[K]``, the active candidates' parameters, and
-    per BatchNorm its mean and invstd ``[C]`` (3 per IR candidate, 1 per skip conv).
+    per BatchNorm its mean and variance ``[C]`` (3 per IR candidate, 1 per skip conv); off the
+    autograd record, each IR candidate's weights in kernel layout (parameter-sized).
     Recomputed: every intermediate (z1, z2, h2, z3, one candidate at a time in backward).
     """
 
@@ -316,12 +304,13 @@ class MixedOpFunction(torch.autograd.Function):
         ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
         out4 = x4.new_zeros(n, ho, wo, c_out)
         out2, x2 = out4.view(-1, c_out), x4.view(-1, cin)
-        saved, batch, residual, k = [], [], 0.0, 0
+        saved, batch, wts, residual, k = [], [], [], 0.0, 0
         for c in cands:
             ps, k = params[k:k + c.nparams], k + c.nparams
             alpha = wl[c.index]
+            wts.append(_ir_weights(c, ps) if c.kind == "ir" else None)
             if c.kind == "ir":
-                s, bt = _ir_forward(c, ps, x2, x4.shape, out2, alpha)
+                s, bt = _ir_forward(c, ps, wts[-1], x2, x4.shape, out2, alpha)
                 residual += alpha if c.block.residual else 0.0
             elif c.kind == "skip_conv":
                 s, bt = _skip_forward(c, ps, x4, out2, alpha)
@@ -332,7 +321,7 @@ class MixedOpFunction(torch.autograd.Function):
             batch.append(bt)
         if residual:
             out2.add_(x2, alpha=residual)
-        ctx.cands, ctx.batch, ctx.nparams = cands, batch, len(params)
+        ctx.cands, ctx.batch, ctx.nparams, ctx.wts = cands, batch, len(params), wts
         ctx.save_for_backward(x, weights, *params, *saved)
         return out4.permute(0, 3, 1, 2)
 
@@ -347,15 +336,14 @@ class MixedOpFunction(torch.autograd.Function):
         go2, x2 = go4.view(-1, go4.shape[3]), x4.view(-1, cin)
         gx4 = torch.zeros_like(x4)
         gx2 = gx4.view(-1, cin)
-        gweights = torch.zeros_like(weights)
-        grads, residual, x_dot, k, j = [], 0.0, None, 0, 0
-        for c, bt in zip(ctx.cands, ctx.batch):
+        dots, grads, residual, x_dot, k, j = [], [], 0.0, None, 0, 0
+        for c, bt, wts in zip(ctx.cands, ctx.batch, ctx.wts):
             ps, k = params[k:k + c.nparams], k + c.nparams
             sv, j = saved[j:j + 2 * len(bt)], j + 2 * len(bt)
             alpha = wl[c.index]
             dot = None
             if c.kind == "ir":
-                g, dot = _ir_backward(c, ps, sv, bt, x2, gx2, x4.shape, go2, alpha)
+                g, dot = _ir_backward(c, ps, wts, sv, bt, x2, gx2, x4.shape, go2, alpha)
                 is_res = c.block.residual
             elif c.kind == "skip_conv":
                 g, dot = _skip_backward(c, ps, sv, bt, x4, gx4, go2, alpha)
@@ -367,10 +355,12 @@ class MixedOpFunction(torch.autograd.Function):
                 if x_dot is None:
                     x_dot = torch.dot(go2.reshape(-1), x2.reshape(-1))
                 dot = x_dot if dot is None else dot + x_dot
-            gweights[c.index] = dot
+            dots.append(dot.reshape(()))
             grads += g
         if residual:
             gx2.add_(go2, alpha=residual)
+        index = torch.tensor([c.index for c in ctx.cands], device=weights.device)
+        gweights = torch.zeros_like(weights).index_copy_(0, index, torch.stack(dots))
         return (gx4.permute(0, 3, 1, 2), gweights, None, *grads)
 
 
