@@ -6,6 +6,7 @@
 #include "kernels.h"
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 FBNET_ISA_BEGIN
@@ -22,6 +23,92 @@ void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int6
   check(k > 0 && k % 2 == 1, "weight: depthwise kernel size must be odd, got " + std::to_string(k));
   check(stride == 1 || stride == 2, "stride must be 1 or 2, got " + std::to_string(stride));
   check(k <= 31, "weight: depthwise kernel size must be <= 31, got " + std::to_string(k));
+}
+
+// GCC vector types: one `V` is 16 (or 8) channels, a zmm in the v4 build, two ymm in v3,
+// four xmm in base; unaligned (aligned(4)) so any channel offset loads.
+typedef float V16 __attribute__((vector_size(64), aligned(4)));
+typedef float V8 __attribute__((vector_size(32), aligned(4)));
+
+// memcpy, not a cast: a typedef's aligned(4) is dropped when it is a template argument,
+// and an aligned vector load of an arbitrary channel offset faults.
+template <typename V>
+inline V vload(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+inline void vstore(float* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+
+// Forward, one output row, all channel blocks of |V|: P output pixels at a time, each tap's
+// weight vector loaded once for the P pixels (1.25 loads a FMA at P = 4, not 2: the runtime-k
+// loop was load-bound) and P independent FMA chains. Pixel-major like the generic loop, so
+// the k activated rows stream through L1 in address order (a channel-block-major order with
+// the taps held in registers measured ~1.8x slower). Same summation order as the generic
+// loop (kh major, kw minor).
+template <int K, int S, typename V>
+inline int64_t conv_row_blocks(const float* const* rowp, const float* __restrict__ wt, int64_t C, int64_t c_begin,
+                               int64_t Wo, float* __restrict__ orow, float* __restrict__ fs,
+                               const float* __restrict__ a2, const float* __restrict__ b2, float* __restrict__ hrow) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  constexpr int P = 4;
+  const V zero = {};
+  int64_t c_end = c_begin;
+  while (c_end + L <= C) c_end += L;
+  if (c_end == c_begin) return c_begin;
+  const float* r[K];
+  for (int kh = 0; kh < K; ++kh) r[kh] = rowp[kh];
+  for (int64_t ow = 0; ow < Wo; ow += P) {
+    const int np = static_cast<int>(std::min<int64_t>(P, Wo - ow));
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += L) {
+      V ac[P];
+      for (int q = 0; q < P; ++q) ac[q] = zero;
+      if (np == P) {
+        for (int kh = 0; kh < K; ++kh) {
+          const float* arow = r[kh] + ow * S * C + c0;
+          for (int kw = 0; kw < K; ++kw) {
+            const V w = vload<V>(wt + (kh * K + kw) * C + c0);
+            for (int q = 0; q < P; ++q) ac[q] += w * vload<V>(arow + (q * S + kw) * C);
+          }
+        }
+      } else {
+        for (int q = 0; q < np; ++q)
+          for (int kh = 0; kh < K; ++kh) {
+            const float* arow = r[kh] + (ow + q) * S * C + c0;
+            for (int kw = 0; kw < K; ++kw) ac[q] += vload<V>(wt + (kh * K + kw) * C + c0) * vload<V>(arow + kw * C);
+          }
+      }
+      V sv = vload<V>(fs + c0);
+      for (int q = 0; q < np; ++q) {
+        vstore<V>(orow + (ow + q) * C + c0, ac[q]);
+        sv += ac[q];
+        if (hrow) {
+          const V hv = vload<V>(a2 + c0) * ac[q] + vload<V>(b2 + c0);
+          vstore<V>(hrow + (ow + q) * C + c0, hv < zero ? zero : hv);  // std::max(hv, 0): keeps NaN
+        }
+      }
+      vstore<V>(fs + c0, sv);
+    }
+  }
+  return c_end;
+}
+
+// Channel blocks of 16, then at most one of 8; returns the first channel left to the generic loop.
+template <int K, int S>
+int64_t conv_row_fast(const float* const* rowp, const float* wt, int64_t C, int64_t Wo, float* orow, float* fs,
+                      const float* a2, const float* b2, float* hrow) {
+  const int64_t c = conv_row_blocks<K, S, V16>(rowp, wt, C, 0, Wo, orow, fs, a2, b2, hrow);
+  return conv_row_blocks<K, S, V8>(rowp, wt, C, c, Wo, orow, fs, a2, b2, hrow);
+}
+
+int64_t conv_row_dispatch(int64_t k, int64_t stride, const float* const* rowp, const float* wt, int64_t C,
+                          int64_t Wo, float* orow, float* fs, const float* a2, const float* b2, float* hrow) {
+  if (k == 3 && stride == 1) return conv_row_fast<3, 1>(rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
+  if (k == 3 && stride == 2) return conv_row_fast<3, 2>(rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
+  if (k == 5 && stride == 1) return conv_row_fast<5, 1>(rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
+  if (k == 5 && stride == 2) return conv_row_fast<5, 2>(rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
+  return 0;
 }
 
 }  // namespace
@@ -99,13 +186,17 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
         // double across rows: vectorises, and keeps the error at eager's level.
         std::fill(fs, fs + C, 0.0f);
         std::fill(fq, fq + C, 0.0f);
-        for (int64_t ow = 0; ow < Wo; ++ow) {
+        // k in {3, 5}: register-resident taps for whole channel blocks; the generic loop
+        // below does the rest (other k, and the last C % 8 channels).
+        const int64_t cfast = conv_row_dispatch(k, stride, rowp, wt, C, Wo, orow, fs, a2, b2,
+                                                act2 ? hp + r * Wo * C : nullptr);
+        for (int64_t ow = 0; cfast < C && ow < Wo; ++ow) {
           float* __restrict__ o = orow + ow * C;
           float* __restrict__ hv = act2 ? hp + (r * Wo + ow) * C : nullptr;
           const int64_t aoff = ow * stride * C;
           // Channel blocks of kV accumulate in registers over the k*k taps; the
           // generic per-channel loop kept the accumulator in memory and ran ~3x slower.
-          int64_t c0 = 0;
+          int64_t c0 = cfast;
           for (; c0 + kV <= C; c0 += kV) {
             float ac[kV] = {};
             for (int64_t kh = 0; kh < k; ++kh) {
@@ -211,6 +302,19 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   const int64_t nch = (rows + R - 1) / R;
   const int64_t stride_part = (KK + 2) * C;
   std::vector<double> part(static_cast<size_t>(nch) * stride_part);
+  // Per input column iw, the (kw, ow) taps it feeds, computed once: built per pixel
+  // with two integer divisions a tap, they cost more than the k=5 FMAs they fed.
+  std::vector<int64_t> col_n(W), col_kw(static_cast<size_t>(W) * k), col_ow(static_cast<size_t>(W) * k);
+  for (int64_t iw = 0; iw < W; ++iw) {
+    int64_t cnt = 0;
+    for (int64_t kw = 0; kw < k; ++kw) {
+      const int64_t t = iw + p - kw;
+      if (t < 0 || t % stride || t / stride >= Wo) continue;
+      col_kw[iw * k + cnt] = kw;
+      col_ow[iw * k + cnt++] = t / stride;
+    }
+    col_n[iw] = cnt;
+  }
 #pragma omp parallel
   {
     std::vector<float> h(W * C), dw(static_cast<size_t>(KK) * C), rs(C), rq(C);
@@ -244,34 +348,28 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
         std::fill(fq, fq + C, 0.0f);
         for (int64_t iw = 0; iw < W; ++iw) {
           int64_t taps[32 * 32], offs[32 * 32], nt = 0;
+          const int64_t* ckw = col_kw.data() + iw * k;
+          const int64_t* cow = col_ow.data() + iw * k;
           for (int64_t kh = 0; kh < k; ++kh) {
             if (ohs[kh] < 0) continue;
-            for (int64_t kw = 0; kw < k; ++kw) {
-              const int64_t t = iw + p - kw;
-              if (t < 0 || t % stride || t / stride >= Wo) continue;
-              taps[nt] = (kh * k + kw) * C;
-              offs[nt++] = ((n * Ho + ohs[kh]) * Wo + t / stride) * C;
+            const int64_t rowoff = (n * Ho + ohs[kh]) * Wo;
+            for (int64_t i = 0; i < col_n[iw]; ++i) {
+              taps[nt] = (kh * k + ckw[i]) * C;
+              offs[nt++] = (rowoff + cow[i]) * C;
             }
           }
           const float* __restrict__ zr = zrow + iw * C;
           float* __restrict__ o = gi + (r * W + iw) * C;
           int64_t c0 = 0;
+          // Explicit vectors: gcc vectorised the loop above over taps (gathers) instead.
           for (; c0 + kV <= C; c0 += kV) {
-            float ac[kV] = {};
-            for (int64_t t = 0; t < nt; ++t) {
-              const float* __restrict__ w = wt + taps[t] + c0;
-              const float* __restrict__ g = gp + offs[t] + c0;
-#pragma omp simd
-              for (int j = 0; j < kV; ++j) ac[j] += w[j] * g[j];
-            }
-#pragma omp simd
-            for (int j = 0; j < kV; ++j) {
-              const int64_t c = c0 + j;
-              const float gu = a[c] * zr[c] + b[c] > 0.0f ? ac[j] : 0.0f;
-              o[c] = gu;
-              fs[c] += gu;
-              fq[c] += gu * (zr[c] - m[c]);
-            }
+            V16 ac = {};
+            for (int64_t t = 0; t < nt; ++t) ac += vload<V16>(wt + taps[t] + c0) * vload<V16>(gp + offs[t] + c0);
+            const V16 zero = {}, zv = vload<V16>(zr + c0);
+            const V16 gu = vload<V16>(a + c0) * zv + vload<V16>(b + c0) > zero ? ac : zero;
+            vstore<V16>(o + c0, gu);
+            vstore<V16>(fs + c0, vload<V16>(fs + c0) + gu);
+            vstore<V16>(fq + c0, vload<V16>(fq + c0) + gu * (zv - vload<V16>(m + c0)));
           }
           for (int64_t c = c0; c < C; ++c) {
             float acc1 = 0.0f;
@@ -323,9 +421,18 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   float* gw = F(grad_weight);
   float* so = F(sum_g);
   float* qo = F(sum_gz);
+  // Chunk-major: the same per-element order (chunks ascending) as a per-element loop over
+  // chunks, but sequential reads; that strided loop (a (k*k+2)*C*8-byte stride per add)
+  // was the largest single cost of the k=5 backward in a profile.
+  std::vector<double> tot(part.begin(), part.begin() + stride_part);
+  for (int64_t ch = 1; ch < nch; ++ch) {
+    const double* __restrict__ pc = part.data() + ch * stride_part;
+    double* __restrict__ t = tot.data();
+#pragma omp simd
+    for (int64_t i = 0; i < stride_part; ++i) t[i] += pc[i];
+  }
   for (int64_t i = 0; i < stride_part; ++i) {
-    double acc = 0;
-    for (int64_t ch = 0; ch < nch; ++ch) acc += part[ch * stride_part + i];
+    const double acc = tot[i];
     if (i < KK * C) gw[i] = static_cast<float>(acc);
     else if (i < KK * C + C) so[i - KK * C] = static_cast<float>(acc);
     else qo[i - KK * C - C] = static_cast<float>(acc);
