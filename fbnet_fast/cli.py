@@ -53,6 +53,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--w-fraction", type=float, default=d.w_fraction,
                    help="share of the training data for the weights; the rest trains theta (default: %(default)s)")
     g.add_argument("--w-lr", type=float, default=d.w_lr, help="SGD learning rate, cosine decay (default: %(default)s)")
+    g.add_argument("--w-lr-ramp-steps", type=int, default=d.w_lr_ramp_steps,
+                   help="linear warm-up of the weight LR over this many steps, then cosine (default: %(default)s)")
     g.add_argument("--w-momentum", type=float, default=d.w_momentum, help="SGD momentum (default: %(default)s)")
     g.add_argument("--w-weight-decay", type=float, default=d.w_weight_decay,
                    help="SGD weight decay (default: %(default)s)")
