@@ -62,6 +62,7 @@ class PruneConfig:
     control: bool = True  # random re-initialisation with each round's mask
     epochs: int = 3
     batch_size: int = 64
+    augment: bool = True  # random crop + flip, as the trainer does
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -248,7 +249,7 @@ def _train(model: nn.Module, data: _Data, cfg: PruneConfig, masks: dict[str, tor
         for step in range(steps):
             if snapshot_step and step_no == snapshot_step:
                 snap = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            gen = torch.Generator().manual_seed(_step_seed(seed, epoch, step))
+            gen = torch.Generator().manual_seed(_step_seed(seed, epoch, step)) if cfg.augment else None
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             loss = F.cross_entropy(model(data.prep(imgs[idx], gen)), labels[idx])
             opt.zero_grad(set_to_none=True)

@@ -131,6 +131,7 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
                    help="structured fine-tuning epochs (default: --epochs)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="(default: %(default)s)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip")
     g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     g = p.add_argument_group("latency")
     g.add_argument("--backend", choices=("torch-cpu", "onnxruntime"), default=d.backend, help="(default: %(default)s)")
