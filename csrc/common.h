@@ -21,15 +21,21 @@ inline const float* CF(buf_t p) { return reinterpret_cast<const float*>(p); }
 inline void check(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument(msg);
 }
+inline void check(bool ok, const char* msg) {  // a literal: no std::string unless it fails
+  if (!ok) throw std::invalid_argument(msg);
+}
 
+// Messages are built only on failure: a std::string per check per call added up to
+// microseconds on the [C]-sized kernels called ~50 times a layer.
 inline void check_buf(buf_t p, const char* name, bool optional = false) {
   if (optional && p == 0) return;
-  check(p != 0, std::string(name) + " must be a non-null float32 buffer");
-  check(p % alignof(float) == 0, std::string(name) + " must be aligned to 4 bytes (a float32 buffer)");
+  if (p == 0) throw std::invalid_argument(std::string(name) + " must be a non-null float32 buffer");
+  if (p % alignof(float) != 0)
+    throw std::invalid_argument(std::string(name) + " must be aligned to 4 bytes (a float32 buffer)");
 }
 
 inline void check_positive(int64_t v, const char* name) {
-  check(v > 0, std::string(name) + " must be > 0, got " + std::to_string(v));
+  if (v <= 0) throw std::invalid_argument(std::string(name) + " must be > 0, got " + std::to_string(v));
 }
 
 // Rows per work chunk so that a chunk holds about `target` elements. The partition

@@ -20,9 +20,9 @@ constexpr int kV = 16;  // one AVX-512 register of float32
 void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int64_t stride) {
   check_positive(N, "z1.shape[0] (batch)"); check_positive(H, "z1.shape[1] (height)");
   check_positive(W, "z1.shape[2] (width)"); check_positive(C, "z1.shape[3] (channels)");
-  check(k > 0 && k % 2 == 1, "weight: depthwise kernel size must be odd, got " + std::to_string(k));
-  check(stride == 1 || stride == 2, "stride must be 1 or 2, got " + std::to_string(stride));
-  check(k <= 31, "weight: depthwise kernel size must be <= 31, got " + std::to_string(k));
+  if (!(k > 0 && k % 2 == 1)) check(false, "weight: depthwise kernel size must be odd, got " + std::to_string(k));
+  if (stride != 1 && stride != 2) check(false, "stride must be 1 or 2, got " + std::to_string(stride));
+  if (k > 31) check(false, "weight: depthwise kernel size must be <= 31, got " + std::to_string(k));
 }
 
 // GCC vector types: one `V` is 16 (or 8) channels, a zmm in the v4 build, two ymm in v3,

@@ -40,10 +40,17 @@ def check_vec(t: torch.Tensor, name: str, c: int, device: torch.device) -> None:
         raise ConfigError(f"{name} is on {t.device} but the activations are on {device}")
 
 
-def cpu_ext() -> ModuleType:
-    from .. import _ext
+_cpu_module: ModuleType | None = None
 
-    return _ext.load()
+
+def cpu_ext() -> ModuleType:
+    """``fbnet_fast._C`` via :func:`fbnet_fast._ext.load`, cached (every launcher call asks)."""
+    global _cpu_module
+    if _cpu_module is None:
+        from .. import _ext
+
+        _cpu_module = _ext.load()
+    return _cpu_module
 
 
 def triton_family(family: str) -> ModuleType:
