@@ -45,6 +45,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -291,6 +292,12 @@ class Study:
         table.save(path)
         return table
 
+    def data_classes(self) -> int:
+        # The number of classes without building the data set (a report-only rerun stays cheap).
+        for p in sorted((self.out / "train").glob("*/config.json")) if (self.out / "train").is_dir() else []:
+            return int(json.loads(p.read_text())["space"]["num_classes"])
+        return self.space.num_classes
+
     @property
     def data(self):
         if self._data is None:
@@ -446,6 +453,15 @@ class Study:
             })
         return rows
 
+    def _num_val(self) -> int | None:
+        # the data description of a training run says "N train / M val"
+        for p in sorted((self.out / "train").glob("*/config.json")) if (self.out / "train").is_dir() else []:
+            d = json.loads(p.read_text())
+            desc = str(d.get("data", ""))
+            m = re.search(r"(\d+) val", desc)
+            return int(m.group(1)) if m else None
+        return None
+
     def report(self, points: Sequence[dict[str, Any]], costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rows = self.collect(points)
         buf = io.StringIO()
@@ -477,6 +493,13 @@ class Study:
                 "mean_accuracy_gap": sum(defined) / len(defined) if defined else None,
                 "searched_points_in_random_latency_range": len(defined),
             }
+        nval = self._num_val()
+        if nval:
+            # one binomial standard error of a held-out accuracy near the points' mean
+            accs = [float(r["val_acc"]) for r in rows if r["val_acc"] != ""]
+            p = sum(accs) / len(accs) if accs else 0.5
+            figures["val_images"] = nval
+            figures["accuracy_standard_error"] = math.sqrt(p * (1 - p) / nval)
         by_alpha = {}
         for c in costs:
             by_alpha.setdefault(c["alpha"], {})[c["kernel"]] = c
@@ -493,7 +516,8 @@ class Study:
         atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1) + "\n")
         try:
             plot_pareto(rows, self.out / "pareto.png", figures["measured_ms"],
-                        title=f"{self.space.name} w{self.space.width_mult:g}, {self.cfg.train_epochs} training epochs")
+                        title=f"{self.space.name} w{self.space.width_mult:g} {self.space.input_size}px, "
+                              f"{self.cfg.train_epochs} training epochs", chance=1.0 / self.data_classes())
         except ImportError as e:
             self.log(f"warning: no plot ({e})")
         return summary
@@ -512,8 +536,13 @@ def _cpu_name() -> str:
         return platform.processor()
 
 
-def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, figures: dict[str, Any], *, title: str = "") -> Path:
-    """Accuracy vs measured latency: random cloud + its front, searched front (joined), presets."""
+def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, figures: dict[str, Any], *, title: str = "",
+                chance: float | None = None) -> Path:
+    """Accuracy vs measured latency: random cloud + its front, searched front (joined), presets.
+
+    ``chance`` draws the accuracy of guessing (1 / classes) so a study whose trainings
+    did not learn cannot be misread.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -529,19 +558,28 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, figures: dict[
         ax.scatter(*zip(*pts), s=22, c="0.6", label=f"uniformly random ({len(rnd)})", zorder=2)
         front = [pts[i] for i in pareto_front(pts)]
         ax.plot(*zip(*front), ls="--", c="0.45", lw=1, label="random Pareto front", zorder=2)
-    srch = sorted(sel("searched"), key=lambda r: r["measured_ms"])
+    srch = sel("searched")
     if srch:
-        ax.plot([r["measured_ms"] for r in srch], [r["val_acc"] for r in srch], "-o", c="tab:red", ms=6,
-                label="searched (argmax), joined", zorder=4)
+        # Alphas that found the same architecture share one marker and one label.
+        merged: dict[str, dict[str, Any]] = {}
         for r in srch:
-            ax.annotate(f"α={r['alpha']:g}", (r["measured_ms"], r["val_acc"]), textcoords="offset points",
-                        xytext=(4, 5), fontsize=8, color="tab:red")
+            m = merged.setdefault(r["key"], {**r, "alphas": []})
+            m["alphas"].append(r["alpha"])
+        pts = [(m["measured_ms"], m["val_acc"]) for m in merged.values()]
+        front = [pts[i] for i in pareto_front(pts)]
+        ax.plot(*zip(*front), "-", c="tab:red", lw=1.5, label="searched front (joined)", zorder=4)
+        ax.scatter(*zip(*pts), c="tab:red", s=36, label="searched argmax, one per alpha", zorder=5)
+        for m in merged.values():
+            ax.annotate("α=" + ", ".join(f"{a:g}" for a in m["alphas"]), (m["measured_ms"], m["val_acc"]),
+                        textcoords="offset points", xytext=(4, 5), fontsize=8, color="tab:red")
     for r in sel("preset"):
         ax.scatter([r["measured_ms"]], [r["val_acc"]], marker="*", s=140, c="tab:blue", zorder=5)
         ax.annotate(r["label"].split(" (")[0], (r["measured_ms"], r["val_acc"]), textcoords="offset points",
                     xytext=(5, -10), fontsize=8, color="tab:blue")
     if sel("preset"):
         ax.scatter([], [], marker="*", s=140, c="tab:blue", label="FBNet presets (blocks in this space)")
+    if chance is not None:
+        ax.axhline(chance, c="0.3", lw=0.8, ls=":", label=f"chance ({chance:.0%})", zorder=1)
     frac, gap = figures.get("random_dominated_by_searched_front"), figures.get("mean_accuracy_gap")
     sub = []
     if frac is not None and not math.isnan(frac):
@@ -552,6 +590,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, figures: dict[
     ax.set_xlabel("measured end-to-end latency on the host (ms, batch 1, 1 thread)")
     ax.set_ylabel("held-out top-1 (last epoch)")
     ax.grid(alpha=0.3)
+    ax.margins(x=0.08)  # room for the labels of the slowest points
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = Path(path)
