@@ -8,11 +8,15 @@ table); :class:`MixedOpFunction` keeps the layer input and a few ``[C]`` vectors
 Per IR candidate ``i`` (internally channels-last ``[M, C]`` rows, ``M = N*H*W``)::
 
     z1 = x @ W1^T                         torch GEMM (oneDNN/MKL); g=2 as block-diagonal
-    bn_stats(z1)                          bn_act        (channel shuffle folded into W1's rows)
+    bn_stats(z1); bn_fold                 bn_act        (channel shuffle folded into W1's rows)
     z2 = dwconv(relu(bn1(z1)))            dwconv_bn     (+ BN2 statistics, h1 never stored)
-    h2 = relu(bn2(z2))                    bn_act        (in place over z2)
+    h2 = relu(bn2(z2))                    bn_act        (in place over z2; in the recomputation
+                                                         the dwconv pass writes h2 beside z2)
     z3 = h2 @ W3^T; bn_stats(z3)          torch GEMM, bn_act
     out += w_i * bn3(z3)                  bn_act        (weighted sum in place)
+
+Each BatchNorm's per-channel finish is one launcher call (``bn_fold`` forward, ``bn_grad_fold``
+backward: scale/shift/invstd, running statistics, k1..k3, gamma/beta grads, the Gumbel dot).
 
 plus ``out += (sum of w_i over residual candidates) * x`` once. ``skip`` is the
 identity or 1x1 conv (+stride) + BN + ReLU. Candidates with ``w_i == 0`` (hard
