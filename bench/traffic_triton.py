@@ -202,8 +202,12 @@ def eager(layer: Layer) -> Ledger:
 
 # ----------------------------------------------------------------- launches, measured
 # Triton launches per launcher call (two-stage reductions: a partials kernel + a fold).
+# BatchNorm's finish (bn_fold / bn_grad_fold) is one launch each; the dwconv forward is
+# 1 launch, +1 for the statistics' fold, +1 for BN2 apply when asked for (the recomputation).
 TRITON_LAUNCHES = {"bn_stats": 2, "affine_act": 1, "affine_act_accumulate_": 1, "act_grad_sums": 2,
-                   "act_grad_apply": 1, "dwconv_bn_forward": None, "dwconv_bn_backward": 3}
+                   "act_grad_apply": 1, "bn_fold": 1, "bn_grad_fold": 1,
+                   "dwconv_bn_forward": lambda k: 1 + bool(k.get("stats", True)) + (k.get("scale2") is not None),
+                   "dwconv_bn_backward": 3}
 _NO_KERNEL = {"detach", "empty", "empty_like", "new_empty", "new_empty_strided", "empty_strided", "lift_fresh", "set_",
               "resize_"}
 
@@ -241,7 +245,7 @@ def measured_launches(space_name: str, index: int) -> dict[str, int]:
     def wrap(name, fn):
         def run(*a, **k):
             n = TRITON_LAUNCHES[name]
-            counts["triton"] += n if n is not None else (2 if k.get("stats", True) else 1)
+            counts["triton"] += n(k) if callable(n) else n
             with torch.utils._python_dispatch._disable_current_modes():
                 return fn(*a, **k)
         return run
