@@ -32,6 +32,7 @@ Float32 only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple, Sequence
 
 import torch
@@ -148,6 +149,12 @@ def _undense_1x1(gd: torch.Tensor, groups: int, shape: torch.Size) -> torch.Tens
     return torch.cat(blocks, 0).reshape(shape)
 
 
+@lru_cache(maxsize=256)
+def _shuffle_perm_on(c: int, groups: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_shuffle_perm` on ``device``, built once per shape (it was 5 tiny ops, i.e. GPU launches, a call)."""
+    return tuple(t.to(device) for t in _shuffle_perm(c, groups))
+
+
 def _shuffle_perm(c: int, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``perm[j]`` = pre-shuffle channel that :func:`channel_shuffle` moves to ``j``."""
     j = torch.arange(c)
@@ -167,7 +174,7 @@ def _plan(weights: torch.Tensor, blocks: Sequence[nn.Module]) -> tuple[list[_Can
                   b.conv_pwl.weight, b.bn3.weight, b.bn3.bias]
             perm = inv = None
             if b.groups > 1:
-                perm, inv = (t.to(weights.device) for t in _shuffle_perm(b.mid, b.groups))
+                perm, inv = _shuffle_perm_on(b.mid, b.groups, str(weights.device))
             cands.append(_Cand(i, "ir", b, len(ps), perm, inv))
         elif getattr(b, "identity", False):
             ps = []
