@@ -40,8 +40,13 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-train", type=int, default=None, help="training images to use (default: all; "
                    "the synthetic set generates 6000)")
     g.add_argument("--num-val", type=int, default=None, help="held-out images (default: all; synthetic: 2000)")
-    g.add_argument("--lut", default=None, help="latency table JSON to use (default: measure one on this CPU "
+    g.add_argument("--lut", default=None, help="latency table JSON to use, or several comma-separated for a "
+                   "multi-target search (default: measure one on this CPU "
                    "at the start)")
+    g.add_argument("--lut-weights", default=d.lut_weights, help="multi-target search (--lut a.json,b.json): weight per "
+                   "LUT, e.g. 1,2 (default: equal)")
+    g.add_argument("--lut-combine", choices=("mean", "max"), default=d.lut_combine, help="multi-target: 'mean' "
+                   "sums the weighted per-device log latencies, 'max' takes the worst device (default: %(default)s)")
     g.add_argument("--lut-repeats", type=int, default=d.lut_repeats,
                    help="timing samples per block when measuring the LUT (default: %(default)s)")
     g = p.add_argument_group("schedule (the paper's defaults, scaled down)")
@@ -109,6 +114,8 @@ def _run_search(args: argparse.Namespace) -> int:
     hist = result["history"]
     last = hist[-1] if hist else {}
     print(f"most likely architecture: {result['arch']}")
+    for target, ms in result.get("latency_per_target_ms", {}).items():
+        print(f"  on {target}: {ms:.4f} ms (LUT)")
     print(f"LUT latency {result['latency_ms']:.4f} ms; supernet val acc {last.get('val_acc', float('nan')):.4f}; "
           f"run folder {result['run_dir']}")
     return 0

@@ -74,7 +74,7 @@ def draw_architectures(run_dir: str | Path, *, num: int, seed: int):
     import torch
 
     from .errors import CheckpointError, ConfigError
-    from .lut import LatencyTable
+    from .multitarget import load_latency_model
     from .space import SearchSpace
     from .supernet import Supernet
 
@@ -90,7 +90,7 @@ def draw_architectures(run_dir: str | Path, *, num: int, seed: int):
         space = SearchSpace.from_dict(json.loads(cfg_path.read_text())["space"], source=str(cfg_path))
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfg_path}: not a search configuration ({type(e).__name__}: {e})") from None
-    lut = LatencyTable.load(run_dir / "lut.json", space)
+    lut = load_latency_model(run_dir / "lut.json", space)  # one LUT or a multi-target search's
     theta, source = _run_theta(run_dir, space)
 
     # The supernet's own sampler, built on the meta device: no weights are allocated.

@@ -76,6 +76,7 @@ from .distributed import SINGLE, Dist, flat_params, init_from_env, shutdown, unf
 from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, TrainingError
 from .loss import LatencyLoss, resolve_unit
 from .lut import LatencyTable, atomic_write_text
+from .multitarget import COMBINE_MODES, load_latency_model
 from .space import SearchSpace, load_space
 from .supernet import KERNEL_IMPLS, Supernet
 
@@ -95,7 +96,9 @@ class SearchConfig:
     data: str = "synthetic"
     num_train: int | None = None
     num_val: int | None = None
-    lut: str | None = None  # path; None: measure on the host CPU at the start
+    lut: str | None = None  # path, or comma-separated paths (multi-target); None: measure on the host CPU
+    lut_weights: str | None = None  # multi-target: per-LUT weights "1,2" (default: equal)
+    lut_combine: str = "mean"  # multi-target: "mean" (weighted log-latency sum) or "max" (worst case)
     lut_repeats: int = 20
     # schedule
     epochs: int = 8
@@ -165,6 +168,8 @@ class SearchConfig:
             raise ConfigError(f"kernel must be one of {KERNEL_IMPLS + ('fused',)}, got {self.kernel!r}")
         if self.loss_form not in ("mul", "add"):
             raise ConfigError(f"loss_form must be 'mul' or 'add', got {self.loss_form!r}")
+        if self.lut_combine not in COMBINE_MODES:
+            raise ConfigError(f"lut_combine must be one of {COMBINE_MODES}, got {self.lut_combine!r}")
         if self.latency_unit not in ("ms", "us", "auto"):
             raise ConfigError(f"latency_unit must be 'ms', 'us' or 'auto', got {self.latency_unit!r}")
         if self.threads is not None and self.threads < 1:
@@ -346,7 +351,8 @@ class Searcher:
 
     def _load_or_measure_lut(self) -> LatencyTable:
         if self.cfg.lut:
-            return LatencyTable.load(self.cfg.lut, self.space)
+            return load_latency_model(self.cfg.lut, self.space, weights=self.cfg.lut_weights,
+                                      combine=self.cfg.lut_combine)
 
         def measure() -> dict[str, Any]:
             from .measure import measure_lut
@@ -544,7 +550,7 @@ class Searcher:
             p.requires_grad_(not is_w)
         weights = self.model.sample_weights(tau, hard=cfg.gumbel == "hard", generator=gumbel_gen)
         logits = self.model(x, weights)
-        latency = self.lut.predict((weights * self.lut_matrix).sum())
+        latency = self.lut.expected_latency(weights, self.lut_matrix)
         terms = self.criterion(logits, y, latency)
         loss = terms.ce if is_w else terms.loss
         opt = self.w_opt if is_w else self.t_opt
@@ -680,7 +686,8 @@ class Searcher:
             "theta_loss": mean("theta_loss"),
             "theta_ce": mean("theta_ce"),
             "sampled_latency_ms": mean("theta_latency_ms") if "theta_n" in a else mean("w_latency_ms"),
-            "expected_latency_ms": float(self.lut.predict(float((probs.double().cpu() * self.lut.matrix(self.space.candidates)).sum()))),
+            "expected_latency_ms": float(self.lut.expected_latency(probs.double().cpu(),
+                                                                  self.lut.matrix(self.space.candidates))),
             "argmax_latency_ms": self.lut.architecture_latency(arch.indices(self.space)),
             **ev,
             "arch": str(arch),
@@ -725,6 +732,8 @@ class Searcher:
         lat = self.lut.architecture_latency(arch.indices(self.space))
         samples = self.sample_and_evaluate(self.cfg.plot_samples) if self.cfg.plots else []
         result = {"arch": arch, "latency_ms": lat, "history": self.history, "run_dir": str(self.run_dir)}
+        if hasattr(self.lut, "per_target_latency"):  # multi-target: every device's latency
+            result["latency_per_target_ms"] = self.lut.per_target_latency(arch.indices(self.space))
         if not self.dist.is_main:
             return result
         theta = {
@@ -743,6 +752,8 @@ class Searcher:
             lines.append(f"{l:>5}  {shape:<22} {block:<10} {float(probs[l, i]):>6.3f} "
                          f"{self.lut.layers[l][block].median_ms:>10.4f}")
         last = self.history[-1] if self.history else {}
+        if "latency_per_target_ms" in result:
+            lines.append("per target: " + ", ".join(f"{k} {v:.4f} ms" for k, v in result["latency_per_target_ms"].items()))
         lines.append(f"LUT latency {lat:.4f} ms (stem+head {self.lut.fixed_ms:.4f} ms); "
                      f"supernet val acc {last.get('val_acc', float('nan')):.4f}")
         if samples:
@@ -838,7 +849,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path, *, resume: bool = False, 
     if resume:  # plain reads: every rank gets the same answer or the same error
         check_run_dir(run_dir, resume=True, overwrite=overwrite)
         cfg, space = _read_run_config(run_dir)
-        lut = LatencyTable.load(run_dir / "lut.json", space)
+        lut = load_latency_model(run_dir / "lut.json", space)
     else:
         cfg.validate()
     dist, device = init_from_env(cfg.device)
