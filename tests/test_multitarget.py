@@ -94,11 +94,18 @@ def _search(tmp_path, name, lut, space):
     return run_search(cfg, tmp_path / name, space=space, lut=lut, data=data, log=lambda m: None)
 
 
+@pytest.fixture(scope="module")
+def single_target_runs(tmp_path_factory):
+    """The two single-target searches, shared by both combinations."""
+    space = _space()
+    a, b = _lut(space, COST_A, "devA"), _lut(space, COST_B, "devB")
+    root = tmp_path_factory.mktemp("single")
+    return space, a, b, _search(root, "a", a, space), _search(root, "b", b, space)
+
+
 @pytest.mark.parametrize("combine", ["mean", "max"])
-def test_multi_target_search_lands_between_the_single_target_searches(tmp_path, pair, combine):
-    space, a, b = pair
-    res_a = _search(tmp_path, "a", a, space)
-    res_b = _search(tmp_path, "b", b, space)
+def test_multi_target_search_lands_between_the_single_target_searches(tmp_path, single_target_runs, combine):
+    space, a, b, res_a, res_b = single_target_runs
     mt = MultiTargetLatency([a, b], combine=combine)
     res_m = _search(tmp_path, "m", mt, space)
     idx = {k: r["arch"].indices(space) for k, r in (("a", res_a), ("b", res_b), ("m", res_m))}
