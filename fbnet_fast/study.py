@@ -266,7 +266,9 @@ class Study:
             "format": STUDY_FORMAT, "version": STUDY_VERSION, "study": mine,
             "seeds": {"search": self.cfg.seed, "train": self.cfg.seed, "data": self.cfg.seed,
                       "random_architectures": self.cfg.random_seed},
-            "search_config": {_fmt_alpha(a): self.cfg.search_config(a, "auto").to_dict() for a in self.cfg.alphas},
+            # as each search runs it: on the resolved space file (input size and width applied)
+            "search_config": {_fmt_alpha(a): {**self.cfg.search_config(a, "auto").to_dict(), "space": "space.json",
+                                              "width_mult": self.space.width_mult} for a in self.cfg.alphas},
             "reference_kernel_alphas": list(self.cfg.cost_alphas),
             "train_config": self.cfg.train_config().to_dict(),
             "space": self.space.to_dict(), "fingerprint": self.space.fingerprint,

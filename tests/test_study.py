@@ -84,6 +84,7 @@ def test_tiny_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_lut, c
     study = json.loads((out / "study.json").read_text())
     assert study["seeds"] == {"search": 0, "train": 0, "data": 0, "random_architectures": 1}
     assert study["search_config"]["1"]["alpha"] == 1.0 and study["train_config"]["epochs"] == 1
+    assert study["search_config"]["1"]["space"] == "space.json" and (out / "space.json").is_file()
     assert (out / "pareto.png").stat().st_size > 1000
 
     # A rerun reuses every search, training and timing: same points, nothing new in the folder's logs.
