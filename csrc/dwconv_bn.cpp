@@ -287,7 +287,10 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   check_conv_args(N, H, W, C, k, stride);
   check_buf(grad_out, "grad_out"); check_buf(z1, "z1"); check_buf(scale1, "scale1");
   check_buf(shift1, "shift1"); check_buf(weight, "weight"); check_buf(center1, "center1");
-  check_buf(grad_in, "grad_in"); check_buf(grad_weight, "grad_weight");
+  check_buf(grad_in, "grad_in"); check_buf(grad_weight, "grad_weight", true);
+  // grad_weight == 0: not wanted (a theta step of the search, weights frozen): the
+  // weight-gradient loop, about half the pass's FMAs, is skipped.
+  const bool wgrad = grad_weight != 0;
   check_buf(sum_g, "sum_g"); check_buf(sum_gz, "sum_gz");
   const int64_t p = k / 2, Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1, KK = k * k;
   const float* __restrict__ gp = CF(grad_out);
@@ -332,7 +335,7 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
         const int64_t n = r / H, ih = r % H;
         const float* __restrict__ zrow = zp + r * W * C;
         float* __restrict__ hrow = h.data();
-        for (int64_t i = 0; i < W * C; i += C) {
+        for (int64_t i = 0; wgrad && i < W * C; i += C) {  // h feeds the weight gradient only
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) hrow[i + c] = std::max(a[c] * zrow[i + c] + b[c], 0.0f);
         }
@@ -385,7 +388,7 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           q[c] += fq[c];
         }
         // grad_weight[kh, kw] += sum_ow h[ih, ow*s - p + kw] * g[oh, ow]; registers over ow.
-        for (int64_t kh = 0; kh < k; ++kh) {
+        for (int64_t kh = 0; wgrad && kh < k; ++kh) {
           if (ohs[kh] < 0) continue;
           const float* __restrict__ grow = gp + (n * Ho + ohs[kh]) * Wo * C;
           for (int64_t kw = 0; kw < k; ++kw) {
@@ -433,7 +436,9 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   }
   for (int64_t i = 0; i < stride_part; ++i) {
     const double acc = tot[i];
-    if (i < KK * C) gw[i] = static_cast<float>(acc);
+    if (i < KK * C) {
+      if (wgrad) gw[i] = static_cast<float>(acc);
+    }
     else if (i < KK * C + C) so[i - KK * C] = static_cast<float>(acc);
     else qo[i - KK * C - C] = static_cast<float>(acc);
   }

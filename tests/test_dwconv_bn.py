@@ -98,6 +98,19 @@ def test_errors_name_the_tensor():
 
 
 @pytest.mark.parametrize("k,stride", [(5, 1), (3, 2)])
+def test_backward_without_weight_grad(k, stride):
+    """``weight_grad=False`` (frozen weights): no weight gradient, the rest bit-identical."""
+    z1, a, b, wt, ctr = _inputs(2, 9, 11, 40, k, seed=6)
+    ho, wo = dwconv_bn.conv_out_size(9, stride), dwconv_bn.conv_out_size(11, stride)
+    g = torch.randn(2, ho, wo, 40, generator=torch.Generator().manual_seed(3))
+    full = dwconv_bn.dwconv_bn_backward(g, z1, a, b, wt, stride, ctr)
+    part = dwconv_bn.dwconv_bn_backward(g, z1, a, b, wt, stride, ctr, weight_grad=False)
+    assert part.grad_weight is None
+    for name in ("grad_in", "sum_g", "sum_gz"):
+        assert torch.equal(getattr(full, name), getattr(part, name)), name
+
+
+@pytest.mark.parametrize("k,stride", [(5, 1), (3, 2)])
 def test_isa_variants_agree(k, stride):
     """Each compiled ISA variant this CPU runs (base x86-64, AVX2, AVX-512) is checked against the
     reference: the vector-typed fast paths compile to SSE, AVX2 or AVX-512 code. C = 40 covers the

@@ -195,6 +195,23 @@ def test_deterministic_repeat():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("stride,c_in,c_out", [(1, 8, 8), (2, 16, 24)])
+def test_frozen_weights_skip_their_gradients(stride, c_in, c_out):
+    """A theta step (weights frozen): no weight gradients, and x / theta gradients bit-identical
+    to a step with every gradient (the skipped GEMMs and weight-gradient loop feed nothing else)."""
+    op = _make_op(c_in, c_out, stride, 9)
+    x = torch.randn(2, c_in, 9, 9)
+    theta = torch.randn(len(FBNET_CANDIDATES))
+    go = torch.randn(2, c_out, (9 - 1) // stride + 1, (9 - 1) // stride + 1, dtype=torch.float64)
+    full = _run(copy.deepcopy(op), x, theta, False, mixed_op_fused, go)
+    frozen_op = copy.deepcopy(op)
+    frozen_op.requires_grad_(False)
+    frozen = _run(frozen_op, x, theta, False, mixed_op_fused, go)
+    for a, b in zip(full, frozen):
+        assert torch.equal(a, b)
+    assert all(p.grad is None for p in frozen_op.parameters())
+
+
 def _tiny_supernet_space():
     # fbnet-cifar at width 0.25, cut to one layer of each kind: residual, stride 2 +
     # channel change, channel change at stride 1.

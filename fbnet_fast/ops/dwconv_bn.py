@@ -52,7 +52,7 @@ class DWConvBNForward(NamedTuple):
 
 class DWConvBNBackward(NamedTuple):
     grad_in: torch.Tensor  # [N, H, W, C] gradient w.r.t. u1 = scale1*z1 + shift1 (ReLU mask applied)
-    grad_weight: torch.Tensor  # [k*k, C]
+    grad_weight: torch.Tensor | None  # [k*k, C]; None when not asked for
     sum_g: torch.Tensor  # [C] sum of grad_in
     sum_gz: torch.Tensor  # [C] sum of grad_in * (z1 - center1)
 
@@ -101,8 +101,13 @@ def dwconv_bn_forward(z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tens
 
 
 def dwconv_bn_backward(grad_out: torch.Tensor, z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tensor,
-                       weight: torch.Tensor, stride: int, center1: torch.Tensor) -> DWConvBNBackward:
-    """Gradients of :func:`dwconv_bn_forward`'s ``out`` w.r.t. ``u1`` and ``weight``, plus BN1 sums."""
+                       weight: torch.Tensor, stride: int, center1: torch.Tensor, *,
+                       weight_grad: bool = True) -> DWConvBNBackward:
+    """Gradients of :func:`dwconv_bn_forward`'s ``out`` w.r.t. ``u1`` and ``weight``, plus BN1 sums.
+
+    ``weight_grad=False`` (frozen weights, e.g. a theta step): ``grad_weight`` is ``None`` and
+    the CPU kernel skips its loop.
+    """
     k = _check(z1, scale1, shift1, weight, stride)
     n, h, w, c = z1.shape
     check_act(grad_out, "grad_out", 4)
@@ -111,11 +116,12 @@ def dwconv_bn_backward(grad_out: torch.Tensor, z1: torch.Tensor, scale1: torch.T
         raise ConfigError(f"grad_out must be {list(expect)}, got {list(grad_out.shape)}")
     check_vec(center1, "center1", c, z1.device)
     if (tk := backend(z1, FAMILY)) is not None:
-        return tk.dwconv_bn_backward(grad_out, z1, scale1, shift1, weight, stride, center1)
+        return tk.dwconv_bn_backward(grad_out, z1, scale1, shift1, weight, stride, center1, weight_grad=weight_grad)
     grad_in = torch.empty_like(z1)
-    grad_w = torch.empty_like(weight)
+    grad_w = torch.empty_like(weight) if weight_grad else None
     sg, sgz = z1.new_empty(c), z1.new_empty(c)
     cpu_ext().dwconv_bn_backward(grad_out.data_ptr(), z1.data_ptr(), n, h, w, c, scale1.data_ptr(),
                                  shift1.data_ptr(), weight.data_ptr(), k, stride, center1.data_ptr(),
-                                 grad_in.data_ptr(), grad_w.data_ptr(), sg.data_ptr(), sgz.data_ptr())
+                                 grad_in.data_ptr(), grad_w.data_ptr() if weight_grad else 0, sg.data_ptr(),
+                                 sgz.data_ptr())
     return DWConvBNBackward(grad_in, grad_w, sg, sgz)

@@ -28,7 +28,8 @@ def dwconv_bn_forward_ref(z1, scale1, shift1, weight, stride, *, stats=True, sca
     return DWConvBNForward(out, mean, var, act)
 
 
-def dwconv_bn_backward_ref(grad_out, z1, scale1, shift1, weight, stride, center1) -> DWConvBNBackward:
+def dwconv_bn_backward_ref(grad_out, z1, scale1, shift1, weight, stride, center1, *,
+                           weight_grad=True) -> DWConvBNBackward:
     with torch.enable_grad():
         u1 = (z1 * scale1 + shift1).detach().requires_grad_(True)
         wt = weight.detach().requires_grad_(True)
@@ -38,4 +39,5 @@ def dwconv_bn_backward_ref(grad_out, z1, scale1, shift1, weight, stride, center1
                      padding=k // 2, groups=c).permute(0, 2, 3, 1)
         g_u1, g_w = torch.autograd.grad(y, (u1, wt), grad_out)
     g2 = g_u1.reshape(-1, c)
-    return DWConvBNBackward(g_u1.contiguous(), g_w, g2.sum(0), (g2 * (z1.reshape(-1, c) - center1)).sum(0))
+    return DWConvBNBackward(g_u1.contiguous(), g_w if weight_grad else None, g2.sum(0),
+                            (g2 * (z1.reshape(-1, c) - center1)).sum(0))

@@ -189,7 +189,8 @@ def dwconv_bn_forward(z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tens
 
 
 def dwconv_bn_backward(grad_out: torch.Tensor, z1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tensor,
-                       weight: torch.Tensor, stride: int, center1: torch.Tensor) -> DWConvBNBackward:
+                       weight: torch.Tensor, stride: int, center1: torch.Tensor, *,
+                       weight_grad: bool = True) -> DWConvBNBackward:
     """Gradients of :func:`dwconv_bn_forward`'s ``out`` w.r.t. ``u1`` and ``weight``, plus BN1 sums."""
     check_int32("z1", z1)
     n, h, w, c = z1.shape
@@ -207,9 +208,11 @@ def dwconv_bn_backward(grad_out: torch.Tensor, z1: torch.Tensor, scale1: torch.T
             grad_out, z1, scale1, shift1, weight, center1, grad_in, gw_part, s_part, h, w, c, ho, wo, npos,
             ch.rows_per_prog, K=k, STRIDE=int(stride), KK_PAD=triton.next_power_of_2(kk), BLOCK_P=bp, BLOCK_C=bc,
             **LAUNCH_OPTS)
-        grad_w = sum_parts(gw_part).view(kk, c)
+        grad_w = sum_parts(gw_part).view(kk, c) if weight_grad else None
         sums = sum_parts(s_part)
-    return DWConvBNBackward(grad_in, grad_w, sums[:c], sums[c:])
+    # weight_grad=False: the kernel computes the partials anyway (one specialisation fewer to
+    # compile and check); only the stage-2 fold is skipped.
+    return DWConvBNBackward(grad_in, grad_w if weight_grad else None, sums[:c], sums[c:])
 
 
 # ----------------------------------------------------------------- ahead-of-time specs

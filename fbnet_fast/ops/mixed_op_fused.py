@@ -223,7 +223,7 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha):
     return [bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch]
 
 
-def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, x2, gx2, shape, go2, alpha):
+def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, x2, gx2, shape, go2, alpha, needs):
     b = c.block
     w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
     n, h, w, _ = shape
@@ -242,27 +242,33 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, x2, gx2, shape, go
     z3 = torch.mm(h2, wts.w3.t())
     r3 = _bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=z3)
     gz3 = r3.grad_z
-    gw3 = torch.mm(gz3.t(), h2)
+    # Frozen weights (a theta step of the search): their GEMMs and the depthwise weight
+    # gradient are skipped, as eager autograd skips them.
+    gw3 = torch.mm(gz3.t(), h2) if needs[6] else None
     gh2 = torch.mm(gz3, wts.w3)
     del h2, z3, gz3
     r2 = _bn_backward(bn2, g2, b2, gh2, z2, relu=True, out=gh2)
     del z2
     ho, wo = conv_out_size(h, b.stride), conv_out_size(w, b.stride)
     bw = dwconv_bn_backward(r2.grad_z.view(n, ho, wo, b.mid), z1_4, bn1.scale, bn1.shift, wts.wt, b.stride,
-                            bn1.mean)
+                            bn1.mean, weight_grad=needs[3])
     r2 = r2._replace(grad_z=None)
     gu1 = bw.grad_in.view(-1, b.mid)
     # BN1's sums came out of the dwconv backward pass; only the fold and the elementwise pass remain.
     gf1 = bn_grad_fold(bw.sum_g, bw.sum_gz, g1, b1, bn1.invstd, count=gu1.shape[0], batch=bn1.batch, perm=c.perm)
     gz1 = act_grad_apply(gu1, z1, bn1.scale, bn1.shift, bn1.mean, gf1.k1, gf1.k2, gf1.k3, relu=False, out=gu1)
     del z1
-    gw1d = torch.mm(gz1.t(), x2)
+    gw1 = None
+    if needs[0]:
+        gw1d = torch.mm(gz1.t(), x2)
+        if c.inv_perm is not None:
+            gw1d = gw1d[c.inv_perm]
+        gw1 = _undense_1x1(gw1d, b.groups, w1.shape)
     gx2.addmm_(gz1, wts.w1)
-    if c.inv_perm is not None:
-        gw1d = gw1d[c.inv_perm]
-    grads = [_undense_1x1(gw1d, b.groups, w1.shape), gf1.grad_gamma, gf1.grad_beta, bw.grad_weight.t().reshape(wd.shape),
-             r2.grad_gamma, r2.grad_beta, _undense_1x1(gw3, b.groups, w3.shape), r3.grad_gamma, r3.grad_beta]
-    return grads, r3.weight_dot
+    grads = [gw1, gf1.grad_gamma, gf1.grad_beta, bw.grad_weight.t().reshape(wd.shape) if needs[3] else None,
+             r2.grad_gamma, r2.grad_beta, _undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None,
+             r3.grad_gamma, r3.grad_beta]
+    return [g if need else None for g, need in zip(grads, needs)], r3.weight_dot
 
 
 def _skip_input(c: _Cand, x4):
@@ -279,7 +285,7 @@ def _skip_forward(c: _Cand, ps, x4, out2, alpha):
     return [bn.mean, bn.var], [bn.batch]
 
 
-def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha):
+def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs):
     wc, g, bb = ps
     s = c.block.stride
     w2 = wc.reshape(wc.shape[0], -1)
@@ -292,7 +298,8 @@ def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha):
         gx4.view(-1, gx4.shape[3]).add_(gxs)
     else:
         gx4[:, ::s, ::s, :] += gxs.view(gx4.shape[0], -1, gx4[:, ::s, ::s, :].shape[2], gx4.shape[3])
-    return [torch.mm(r.grad_z.t(), xs).reshape(wc.shape), r.grad_gamma, r.grad_beta], r.weight_dot
+    gwc = torch.mm(r.grad_z.t(), xs).reshape(wc.shape) if needs[0] else None
+    return [gwc, r.grad_gamma if needs[1] else None, r.grad_beta if needs[2] else None], r.weight_dot
 
 
 # --------------------------------------------------------------------------- Function
@@ -353,11 +360,12 @@ class MixedOpFunction(torch.autograd.Function):
             sv, j = saved[j:j + 2 * len(bt)], j + 2 * len(bt)
             alpha = wl[c.index]
             dot = None
+            needs = ctx.needs_input_grad[3 + k - c.nparams:3 + k]
             if c.kind == "ir":
-                g, dot = _ir_backward(c, ps, wts, sv, bt, x2, gx2, x4.shape, go2, alpha)
+                g, dot = _ir_backward(c, ps, wts, sv, bt, x2, gx2, x4.shape, go2, alpha, needs)
                 is_res = c.block.residual
             elif c.kind == "skip_conv":
-                g, dot = _skip_backward(c, ps, sv, bt, x4, gx4, go2, alpha)
+                g, dot = _skip_backward(c, ps, sv, bt, x4, gx4, go2, alpha, needs)
                 is_res = False
             else:
                 g, is_res = [], True
