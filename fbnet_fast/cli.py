@@ -38,8 +38,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", default=d.data, help="'synthetic' (generated, default), 'cifar10:PATH' (python "
                    "batches) or 'folder:PATH' (class-per-subfolder images)")
     g.add_argument("--num-train", type=int, default=None, help="training images to use (default: all; "
-                   "the synthetic set generates 6000)")
-    g.add_argument("--num-val", type=int, default=None, help="held-out images (default: all; synthetic: 2000)")
+                   "4000 of the synthetic set)")
+    g.add_argument("--num-val", type=int, default=None, help="held-out images (default: all; synthetic: 1000)")
     g.add_argument("--lut", default=None, help="latency table JSON to use, or several comma-separated for a "
                    "multi-target search (default: measure one on this CPU "
                    "at the start)")
