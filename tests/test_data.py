@@ -39,6 +39,13 @@ def test_synthetic_image_independent_of_count():
     assert torch.equal(big_x[:37], small_x) and torch.equal(big_y[:37], small_y)
 
 
+def test_synthetic_other_sizes_are_prefix_stable():
+    # Chunks shrink with the image area; the prefix property must still hold.
+    big_x, _ = D.make_synthetic(70, seed=0, image_size=96)
+    small_x, _ = D.make_synthetic(25, seed=0, image_size=96)
+    assert big_x.shape == (70, 3, 96, 96) and torch.equal(big_x[:25], small_x)
+
+
 def test_synthetic_shapes_dtypes_and_range():
     x, y = D.make_synthetic(50, seed=0, image_size=24, num_classes=4)
     assert x.shape == (50, 3, 24, 24) and x.dtype == torch.uint8
@@ -219,6 +226,15 @@ def test_image_folder_centre_crop_of_non_square(tmp_path):
     ds = D.ImageFolderDataset(root, image_size=10)
     wide = ds.images[0]
     assert int(wide[1, 5, 5]) == 255 and int(wide[0, 5, 5]) == 0
+
+
+def test_image_folder_ignores_hidden_and_follows_links_once(tmp_path):
+    root = _make_tree(tmp_path / "data", classes=("a", "b"), per_class=2)
+    _write_png(root / "__MACOSX" / "a" / "._img0.png", (0, 0, 0))  # would be a 3rd class
+    (root / "a" / ".DS_Store").write_bytes(b"\x00")
+    (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)
+    ds = D.ImageFolderDataset(root, 8)
+    assert ds.classes == ["a", "b"] and len(ds) == 4
 
 
 def test_image_folder_missing(tmp_path):
