@@ -607,7 +607,7 @@ class ImageFolderDataset(TensorImageDataset):
                     if not skip_bad_files:
                         raise DataError(
                             f"{path} is not a readable image ({type(exc).__name__}: {exc}); "
-                            "remove it or pass skip_bad_files=True"
+                            "remove or replace the file"
                         ) from exc
                     self.skipped.append(path)
                     continue
@@ -909,6 +909,7 @@ def build_datasets(
     seed: int = 0,
     num_train: int | None = None,
     num_val: int | None = None,
+    skip_bad_files: bool = False,
 ) -> DataBundle:
     """Build train (augmented) and val data sets from a spec string.
 
@@ -923,6 +924,7 @@ def build_datasets(
         split seeded by ``seed`` puts :data:`FOLDER_TRAIN_FRACTION` (80 %) in train.
 
     For cifar10 and folder, ``num_train``/``num_val`` take a seeded stratified subset.
+    ``skip_bad_files`` is passed to :class:`ImageFolderDataset` (folder specs only).
     Raises ConfigError for a malformed spec, DataError for unusable data.
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -960,8 +962,8 @@ def build_datasets(
             raise DataError(f"{path} has {have.name}/ but no {missing.name}/; provide both or neither "
                             "(then a seeded 80/20 split is made)")
         if train_dir.is_dir():
-            tr = ImageFolderDataset(train_dir, image_size)
-            va = ImageFolderDataset(val_dir, image_size)
+            tr = ImageFolderDataset(train_dir, image_size, skip_bad_files=skip_bad_files)
+            va = ImageFolderDataset(val_dir, image_size, skip_bad_files=skip_bad_files)
             if tr.classes != va.classes:
                 only_tr = sorted(set(tr.classes) - set(va.classes))
                 only_va = sorted(set(va.classes) - set(tr.classes))
@@ -970,7 +972,7 @@ def build_datasets(
             tr_x, tr_y, va_x, va_y = tr.images, tr.labels, va.images, va.labels
             how = "train/ and val/ folders"
         else:
-            full = ImageFolderDataset(path, image_size)
+            full = ImageFolderDataset(path, image_size, skip_bad_files=skip_bad_files)
             a, b = split_indices(len(full), FOLDER_TRAIN_FRACTION, seed=seed, labels=full.labels)
             tr_x, tr_y, va_x, va_y = full.images[a], full.labels[a], full.images[b], full.labels[b]
             tr = full
