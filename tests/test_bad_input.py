@@ -415,8 +415,6 @@ def test_nan_loss_mid_search_stops_and_keeps_the_last_checkpoint(tmp_path):
     print(f"\nCATALOGUE nan_loss_mid_search [{TrainingError.__name__}]: {msg[len('fbnet-fast: error: '):]}")
 
 
-@pytest.mark.xfail(strict=True, reason="data.py (not this test's owner) advises skip_bad_files=True, a Python "
-                   "keyword the CLI does not offer; route to the data owner")
 def test_corrupt_image_message_names_something_a_cli_user_can_do(tmp_path, capsys):
     root = _image_folder(tmp_path / "imgs", {"cats": ["0.png", "bad.png"], "dogs": ["0.png", "1.png"]})
     assert main(_search(tmp_path, "--data", f"folder:{root}")) == 2
