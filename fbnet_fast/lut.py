@@ -75,7 +75,7 @@ import torch
 from .errors import LUTError
 from .space import SearchSpace
 
-__all__ = ["LatencyEntry", "LatencyTable", "SCHEMA", "SCHEMA_VERSION", "atomic_write_text"]
+__all__ = ["LatencyEntry", "LatencyTable", "SCHEMA", "SCHEMA_VERSION", "atomic_torch_save", "atomic_write_text"]
 
 SCHEMA = "fbnet-fast/lut"
 SCHEMA_VERSION = 1
@@ -102,6 +102,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` with the same guarantee as :func:`atomic_write_text`, plus a folder fsync.
+
+    The temp name starts with ``.{name}.`` and ends with ``.tmp``, so a reader cleaning up
+    after a kill can find it with a glob.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)

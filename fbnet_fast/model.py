@@ -230,7 +230,7 @@ def model_stats(space: SearchSpace, arch: Architecture | None = None, model: nn.
 
 def save_model_file(path: str | Path, model: FBNetModel, **extra: Any) -> None:
     """Write ``{format, space, arch, model: state_dict, **extra}`` atomically to ``path``."""
-    from .train import atomic_torch_save
+    from .lut import atomic_torch_save
 
     payload = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "space": model.space.to_dict(),
                "fingerprint": model.space.fingerprint, "arch": model.arch.to_dict(),

@@ -76,7 +76,7 @@ from tqdm.auto import tqdm
 from .distributed import SINGLE, Dist, flat_params, init_from_env, shutdown, unflatten_into
 from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, TrainingError
 from .loss import LatencyLoss, resolve_unit
-from .lut import LatencyTable, atomic_write_text
+from .lut import LatencyTable, atomic_torch_save, atomic_write_text
 from .multitarget import COMBINE_MODES, load_latency_model
 from .space import SearchSpace, load_space
 from .supernet import KERNEL_IMPLS, Supernet
@@ -456,17 +456,7 @@ class Searcher:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         gstep = self._global_step()
         path = self.ckpt_dir / f"ckpt-{gstep:08d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.ckpt_dir)
+        atomic_torch_save(self.state_dict(), path)
         for old in sorted(self.ckpt_dir.glob("ckpt-*.pt"))[: -self.cfg.keep_checkpoints]:
             old.unlink(missing_ok=True)
         self.last_checkpoint = path
@@ -838,19 +828,6 @@ def _split_train(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torc
     from .data import split_indices
 
     return split_indices(len(labels), fraction, seed=seed, labels=labels)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def check_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:

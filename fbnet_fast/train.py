@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, ConfigError, TrainingError
-from .lut import atomic_write_text
+from .lut import atomic_torch_save, atomic_write_text
 from .model import FBNetModel, build_model, inherit_from_supernet, load_run_supernet, model_stats, save_model_file
 from .search import _augment, _step_seed, prepare_run_dir
 from .space import Architecture, SearchSpace
@@ -107,30 +107,6 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training option(s) {unknown}")
         return cls(**d)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, rename: never a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 class Trainer:
