@@ -90,9 +90,28 @@ SEARCH_SYNTHETIC_VAL = 1000
 CHECKPOINT_VERSION = 1
 
 
+class OptionsDict:
+    """``to_dict``/``from_dict`` for an options dataclass; unknown keys are one ConfigError."""
+
+    _what = "option"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls._what}(s) {unknown}")
+        return cls(**d)
+
+
 @dataclass
-class SearchConfig:
+class SearchConfig(OptionsDict):
     """Every knob of a search. Defaults: the paper's schedule, scaled to ~10 min on 2 cores."""
+
+    _what = "search option"  # for the unknown-option message (a class attribute, not a field)
 
     # what to search
     space: str = "fbnet-cifar"
@@ -180,16 +199,6 @@ class SearchConfig:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown search option(s) {unknown}")
-        return cls(**d)
 
 
 def tau_at(cfg: SearchConfig, epoch: int) -> float:
