@@ -102,6 +102,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    "(default: %(default)s)")
     g.add_argument("--out", "-o", default="runs/search", help="run folder (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue the search in --out from its last checkpoint")
+    g.add_argument("--warmup-from", metavar="RUN_DIR", default=None,
+                   help="skip the warm-up: start from the end of RUN_DIR's (its checkpoints/warmup.pt). Only alpha, "
+                   "beta, the loss form and theta's optimiser may differ from RUN_DIR's options; the result is "
+                   "the same as running the warm-up again (for alpha sweeps)")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
 

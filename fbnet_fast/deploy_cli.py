@@ -237,6 +237,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate, cosine to 0 (default: %(default)s)")
+    g.add_argument("--lr-ramp-steps", type=int, default=d.lr_ramp_steps,
+                   help="steps of linear LR ramp from 0 at the start (default: %(default)s; 0: none)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="weight decay of conv and linear weights (default: %(default)s)")

@@ -158,6 +158,9 @@ class SearchConfig(OptionsDict):
     # pictures at the end
     plots: bool = True
     recalibrate_batches: int = 8  # BN re-estimation batches before evaluating one architecture
+    # start from the end of another search's warm-up (its checkpoints/warmup.pt) instead of
+    # running the warm-up again: an alpha sweep trains the weights-only epochs once
+    warmup_from: str | None = None
     plot_samples: int = 16  # architectures drawn from P_theta for the accuracy-vs-latency scatter
 
     def validate(self) -> None:
@@ -177,6 +180,8 @@ class SearchConfig(OptionsDict):
             pos(n)
         for n in ("w_momentum", "w_weight_decay", "theta_weight_decay", "tau_decay", "alpha", "label_smoothing"):
             pos(n, allow_zero=True)
+        if self.warmup_from is not None and not self.warmup_epochs:
+            raise ConfigError(f"warmup_from={self.warmup_from!r} needs warm-up epochs to skip; warmup_epochs is 0")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise ConfigError(f"beta must be > 0, got {self.beta!r}")
         if self.warmup_epochs >= self.epochs:
@@ -415,7 +420,12 @@ class Searcher:
                           "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
                           "num_train", "num_val")
 
-    def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>") -> None:
+    # Options the warm-up does not read (weight steps minimise the CE alone and theta is not
+    # trained): a search may start from the warm-up of another that differs only in these.
+    _POST_WARMUP_FIELDS = ("alpha", "beta", "loss_form", "theta_lr", "theta_weight_decay")
+
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>",
+                        ignore: tuple[str, ...] = ()) -> None:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{source}: not an fbnet-fast search checkpoint")
         if state.get("fingerprint") != self.space.fingerprint:
@@ -427,7 +437,8 @@ class Searcher:
         if isinstance(saved_cfg, dict):
             mine = self.cfg.to_dict()
             diff = [f"{k}: checkpoint {saved_cfg.get(k)!r}, this search {mine[k]!r}"
-                    for k in self._TRAJECTORY_FIELDS if k in saved_cfg and saved_cfg[k] != mine[k]]
+                    for k in self._TRAJECTORY_FIELDS
+                    if k not in ignore and k in saved_cfg and saved_cfg[k] != mine[k]]
             if diff:
                 raise CheckpointError(f"{source}: checkpoint was written with other options ({'; '.join(diff)})")
         try:
@@ -507,6 +518,46 @@ class Searcher:
         names = ", ".join(b.name for b, _ in bad)
         return None, [f"{names} {'is' if len(bad) == 1 else 'are all'} corrupt or truncated "
                       f"(newest: {bad[0][1]})"]
+
+    @property
+    def warmup_checkpoint(self) -> Path:
+        """The state at the end of the warm-up, kept out of the rotation for ``warmup_from``."""
+        return self.ckpt_dir / "warmup.pt"
+
+    def start_from_warmup(self, run_dir: str | Path) -> None:
+        """Load another search's end-of-warm-up state (``warmup_from``).
+
+        The warm-up trains only the weights on the CE, so its trajectory depends on the
+        seed, data and schedule but not on alpha, beta, the loss form or theta's
+        optimiser: a search started here ends exactly as one that ran its own warm-up.
+        Those options are the only ones allowed to differ; the LUT must be the same
+        (the warm-up epochs' history records its latencies).
+        """
+        donor = Path(run_dir)
+        p = donor / "checkpoints" / "warmup.pt"
+        if not p.is_file():
+            raise RunDirError(f"warmup_from {donor}: no warm-up checkpoint {p} (a search writes it when its "
+                              f"warm-up epochs end)")
+        try:
+            state = torch.load(p, map_location=self.device, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{p}: cannot read checkpoint: {type(e).__name__}: {e}") from None
+        try:
+            theirs = load_latency_model(donor / "lut.json", self.space).matrix(self.space.candidates)
+        except FBNetError as e:
+            raise RunDirError(f"warmup_from {donor}: cannot read its LUT: {e}") from None
+        mine = self.lut.matrix(self.space.candidates)
+        if theirs.shape != mine.shape or not torch.equal(torch.as_tensor(theirs), torch.as_tensor(mine)):
+            raise CheckpointError(f"warmup_from {donor}: that search used another latency table; its warm-up "
+                                  f"history's latencies would not be this search's")
+        fresh_t_opt = self.t_opt.state_dict()  # theta's Adam: untouched by the warm-up, this search's options
+        self.load_state_dict(state, source=str(p), ignore=self._POST_WARMUP_FIELDS)
+        self.t_opt.load_state_dict(fresh_t_opt)
+        if (self.epoch, self.phase, self.step) != (self.cfg.warmup_epochs, "w", 0):
+            raise CheckpointError(f"{p}: position epoch {self.epoch} {self.phase} step {self.step} is not the end "
+                                  f"of {self.cfg.warmup_epochs} warm-up epochs")
+        self.last_checkpoint = None
+        self.log(f"starting after the warm-up of {donor} (epoch {self.epoch})")
 
     def resume(self) -> Path | None:
         """Load the newest readable checkpoint of the run folder; None when there is none."""
@@ -761,6 +812,8 @@ class Searcher:
         if self.dist.is_main:
             atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.save_checkpoint()
+        if self.epoch == cfg.warmup_epochs and self.dist.is_main:
+            atomic_torch_save(self.state_dict(), self.warmup_checkpoint)
         self.log(f"epoch {rec['epoch']}/{cfg.epochs} [{rec['phase']}] tau {rec['tau']:.3f} "
                  f"train CE {rec['train_ce']:.3f} val acc {rec['val_acc']:.3f} (argmax net {rec['val_acc_argmax']:.3f}) "
                  f"E[latency] {rec['expected_latency_ms']:.3f} ms  argmax {rec['argmax_latency_ms']:.3f} ms")
@@ -919,6 +972,9 @@ def run_search(cfg: SearchConfig, run_dir: str | Path, *, resume: bool = False, 
                 searcher.lut.save(run_dir / "lut.json")
 
             dist.share(start)
+            if cfg.warmup_from:
+                searcher.start_from_warmup(cfg.warmup_from)
+                searcher.save_checkpoint()  # a kill from here on resumes this run, not the donor's
         if searcher.epoch >= searcher.cfg.epochs:
             return searcher.finish()
         return searcher.run()

@@ -125,3 +125,56 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path, tiny_space, tiny_lut, tiny_
     again.run()
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
+
+
+def test_warmup_from_another_alpha_ends_like_its_own_warmup(tmp_path, tiny_space, tiny_lut, tiny_data):
+    quiet = dict(space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    # alpha 0.5, theta's optimiser and loss form different: none of them is read by the warm-up
+    donor_cfg = cfg(epochs=3, warmup_epochs=2, alpha=0.05, theta_lr=0.05, plots=False)
+    mine_cfg = cfg(epochs=3, warmup_epochs=2, alpha=0.5, loss_form="add", plots=False)
+    run_search(donor_cfg, tmp_path / "donor", **quiet)
+    assert (tmp_path / "donor" / "checkpoints" / "warmup.pt").is_file()
+    own = run_search(mine_cfg, tmp_path / "own", **quiet)
+    shared = run_search(SearchConfig(**{**mine_cfg.to_dict(), "warmup_from": str(tmp_path / "donor")}),
+                        tmp_path / "shared", **quiet)
+    assert own["arch"] == shared["arch"]
+    a = json.loads((tmp_path / "own" / "theta.json").read_text())
+    b = json.loads((tmp_path / "shared" / "theta.json").read_text())
+    assert a["theta"] == b["theta"] and a["theta"] != [[0.0] * len(r) for r in a["theta"]]
+    strip = lambda h: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in h]  # noqa: E731
+    assert strip(own["history"]) == strip(shared["history"])
+    # the shared run is a run of its own from then on: it resumes from its own checkpoints
+    assert sorted(p.name for p in (tmp_path / "shared" / "checkpoints").glob("ckpt-*.pt"))
+
+
+@pytest.mark.parametrize("change, msg", [
+    (dict(seed=1), "seed: checkpoint 0, this search 1"),
+    (dict(tau0=4.0), "tau0"),
+    (dict(epochs=4), "epochs"),
+])
+def test_warmup_from_refuses_a_different_warmup(tmp_path, tiny_space, tiny_lut, tiny_data, change, msg):
+    from fbnet_fast.errors import CheckpointError
+
+    quiet = dict(space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    run_search(cfg(epochs=2, warmup_epochs=1, plots=False), tmp_path / "donor", **quiet)
+    c = cfg(**{"epochs": 2, "warmup_epochs": 1, "plots": False, "warmup_from": str(tmp_path / "donor"), **change})
+    with pytest.raises(CheckpointError, match=msg):
+        run_search(c, tmp_path / "mine", **quiet)
+
+
+def test_warmup_from_needs_a_warmup_checkpoint_and_the_same_lut(tmp_path, tiny_space, tiny_lut, tiny_data):
+    from fbnet_fast.errors import CheckpointError
+
+    quiet = dict(space=tiny_space, data=tiny_data, log=lambda m: None)
+    with pytest.raises(RunDirError, match="no warm-up checkpoint"):
+        run_search(cfg(epochs=2, warmup_epochs=1, warmup_from=str(tmp_path / "nothing")), tmp_path / "a",
+                   lut=tiny_lut, **quiet)
+    with pytest.raises(ConfigError, match="warmup_epochs is 0"):
+        cfg(epochs=2, warmup_epochs=0, warmup_from=str(tmp_path)).validate()
+    run_search(cfg(epochs=2, warmup_epochs=1, plots=False), tmp_path / "donor", lut=tiny_lut, **quiet)
+    m = tiny_lut.matrix(tiny_space.candidates).clone()
+    m[0, 0] *= 2
+    other = LatencyTable.from_matrix(tiny_space, m, fixed_ms=3.0)
+    with pytest.raises(CheckpointError, match="another latency table"):
+        run_search(cfg(epochs=2, warmup_epochs=1, plots=False, warmup_from=str(tmp_path / "donor")),
+                   tmp_path / "b", lut=other, **quiet)
