@@ -85,6 +85,8 @@ class StudyConfig:
     # one schedule for every search ...
     search_epochs: int = 8
     warmup_epochs: int = 2
+    theta_lr: float = 0.01
+    gumbel: str = "soft"
     # ... and one for every training from scratch
     train_epochs: int = 10
     batch_size: int = 64
@@ -92,12 +94,17 @@ class StudyConfig:
     lut_repeats: int = 20
     latency_repeats: int = 20  # timing samples per architecture, end to end
     threads: int | None = 1  # torch intra-op threads in searches, trainings and timings
+    jobs: int = 1  # searches / trainings run at once, each a child process with `threads` threads
+    # Searches of alphas outside cost_alphas start from the end of one full search's warm-up
+    # (``search --warmup-from``): the warm-up does not read alpha, so the result is the same.
+    share_warmup: bool = True
     progress: bool = True
 
     # Options that change results: a study folder refuses a rerun that differs in them.
     # alphas, num_random, presets and cost_alphas only add or leave out points.
     FIXED = ("space", "width_mult", "input_size", "data", "num_train", "num_val", "seed", "search_epochs",
-             "warmup_epochs", "train_epochs", "batch_size", "lut_repeats", "latency_repeats", "threads")
+             "warmup_epochs", "theta_lr", "gumbel", "train_epochs", "batch_size", "lut_repeats",
+             "latency_repeats", "threads")
 
     def validate(self) -> None:
         def positive_int(name: str, allow_zero: bool = False) -> None:
@@ -105,7 +112,7 @@ class StudyConfig:
             if not (isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)):
                 raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
 
-        for n in ("search_epochs", "train_epochs", "batch_size", "lut_repeats", "latency_repeats"):
+        for n in ("search_epochs", "train_epochs", "batch_size", "lut_repeats", "latency_repeats", "jobs"):
             positive_int(n)
         for n in ("warmup_epochs", "num_random", "seed"):
             positive_int(n, allow_zero=True)
@@ -122,6 +129,10 @@ class StudyConfig:
         if missing:
             raise ConfigError(f"cost_alphas {missing} are not in alphas {list(self.alphas)}: the reference "
                               f"search is timed against the fused search of the same alpha")
+        if self.gumbel not in ("soft", "hard"):
+            raise ConfigError(f"gumbel must be 'soft' or 'hard', got {self.gumbel!r}")
+        if not (isinstance(self.theta_lr, (int, float)) and math.isfinite(self.theta_lr) and self.theta_lr > 0):
+            raise ConfigError(f"theta_lr must be a positive number, got {self.theta_lr!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be >= 1, got {self.threads!r}")
 
@@ -137,7 +148,8 @@ class StudyConfig:
         return SearchConfig(space=self.space, width_mult=self.width_mult, data=self.data, num_train=self.num_train,
                             num_val=self.num_val, epochs=self.search_epochs, warmup_epochs=self.warmup_epochs,
                             batch_size=self.batch_size, alpha=float(alpha), kernel=kernel, seed=self.seed,
-                            threads=self.threads, plots=False, progress=False)
+                            theta_lr=self.theta_lr, gumbel=self.gumbel, threads=self.threads, plots=False,
+                            progress=False)
 
     def train_config(self):
         """The one :class:`~fbnet_fast.train.TrainConfig` every architecture is trained with."""
@@ -146,6 +158,13 @@ class StudyConfig:
         return TrainConfig(data=self.data, num_train=self.num_train, num_val=self.num_val,
                            epochs=self.train_epochs, batch_size=self.batch_size, seed=self.seed,
                            threads=self.threads, progress=self.progress)
+
+    def warmup_donor(self) -> float:
+        """The alpha whose fused search runs its own warm-up for every alpha outside ``cost_alphas``."""
+        return self.cost_alphas[0] if self.cost_alphas else self.alphas[0]
+
+    def shares_warmup(self, alpha: float) -> bool:
+        return self.share_warmup and alpha not in self.cost_alphas and alpha != self.warmup_donor()
 
     @property
     def random_seed(self) -> int:
@@ -238,7 +257,6 @@ class Study:
         cfg.validate()
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.space = load_space(cfg.space, width_mult=cfg.width_mult, input_size=cfg.input_size)
-        self._data = None
         self._stats: dict[str, dict[str, int]] = {}
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_study_json()
@@ -300,31 +318,47 @@ class Study:
             return int(json.loads(p.read_text())["space"]["num_classes"])
         return self.space.num_classes
 
-    @property
-    def data(self):
-        if self._data is None:
-            from .data import build_datasets
-
-            self._data = build_datasets(self.cfg.data, image_size=self.space.input_size, seed=self.cfg.seed,
-                                        num_train=self.cfg.num_train, num_val=self.cfg.num_val)
-        return self._data
-
     # ---- searches -----------------------------------------------------------------------------
     def search_dir(self, alpha: float, kernel: str) -> Path:
         return self.out / "searches" / f"alpha-{_fmt_alpha(alpha)}-{kernel}"
 
-    def run_search(self, alpha: float, kernel: str) -> dict[str, Any]:
-        """One search as a child process; returns (and stores) its cost record. Reused when finished."""
+    def _child(self, cmd: list[str], log_path: Path, what: str) -> tuple[float, Any]:
+        """Run ``python -m fbnet_fast <cmd>`` with its output in ``log_path``; (wall s, rusage)."""
+        env = dict(os.environ)
+        if self.cfg.threads:
+            env["OMP_NUM_THREADS"] = str(self.cfg.threads)
+        t0 = time.perf_counter()
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "fbnet_fast", *cmd], stdout=logf,
+                                    stderr=subprocess.STDOUT, env=env)
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        wall = time.perf_counter() - t0
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise TrainingError(f"{what} failed (exit {code}); its log {log_path} ends: " + " | ".join(tail))
+        return wall, usage
+
+    def run_search(self, alpha: float, kernel: str, warmup_from: Path | None = None) -> dict[str, Any]:
+        """One search as a child process; returns (and stores) its cost record. Reused when finished.
+
+        ``warmup_from``: a finished search of this study whose warm-up this one starts from.
+        """
         run = self.search_dir(alpha, kernel)
         cost_path = run.with_name(run.name + ".cost.json")
         if cost_path.is_file() and (run / "arch.json").is_file():
             return json.loads(cost_path.read_text())
         scfg = self.cfg.search_config(alpha, kernel)
-        cmd = [sys.executable, "-m", "fbnet_fast", "search", "--out", str(run), "--lut", str(self.out / "lut.json"),
+        cmd = ["search", "--out", str(run), "--lut", str(self.out / "lut.json"),
                "--space", str(self.out / "space.json"), "--data", scfg.data, "--epochs", str(scfg.epochs),
                "--warmup-epochs", str(scfg.warmup_epochs), "--batch-size", str(scfg.batch_size),
-               "--alpha", repr(float(alpha)), "--kernel", kernel, "--seed", str(scfg.seed), "--no-plots",
-               "--no-progress"]
+               "--alpha", repr(float(alpha)), "--kernel", kernel, "--seed", str(scfg.seed),
+               "--theta-lr", repr(float(scfg.theta_lr)), "--gumbel", scfg.gumbel, "--no-plots", "--no-progress"]
         # --width-mult explicitly: the search's own default (0.25) would replace the file's
         for opt, v in (("--width-mult", self.space.width_mult), ("--num-train", scfg.num_train),
                        ("--num-val", scfg.num_val), ("--threads", scfg.threads)):
@@ -333,35 +367,25 @@ class Study:
         resumed = (run / "config.json").is_file()
         if resumed:
             cmd.append("--resume")
-        elif run.exists():
-            cmd.append("--overwrite")
+        else:
+            if run.exists():
+                cmd.append("--overwrite")
+            if warmup_from is not None:
+                cmd += ["--warmup-from", str(warmup_from)]
         run.parent.mkdir(parents=True, exist_ok=True)
         log_path = run.with_name(run.name + ".log")
-        self.log(f"search alpha={_fmt_alpha(alpha)} kernel={kernel}{' (resuming)' if resumed else ''} -> {run}")
-        env = dict(os.environ)
-        if self.cfg.threads:
-            env["OMP_NUM_THREADS"] = str(self.cfg.threads)
-        t0 = time.perf_counter()
-        with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-            try:
-                _, status, usage = os.wait4(proc.pid, 0)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            raise TrainingError(f"search alpha={_fmt_alpha(alpha)} kernel={kernel} failed (exit {proc.returncode}); "
-                                f"its log {log_path} ends: " + " | ".join(tail))
+        self.log(f"search alpha={_fmt_alpha(alpha)} kernel={kernel}{' (resuming)' if resumed else ''}"
+                 f"{f' after the warm-up of {warmup_from.name}' if warmup_from is not None else ''} -> {run}")
+        wall, usage = self._child(cmd, log_path, f"search alpha={_fmt_alpha(alpha)} kernel={kernel}")
         hist = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
         arch = json.loads((run / "arch.json").read_text())
         rec = {"alpha": float(alpha), "kernel": kernel, "wall_s": round(wall, 2),
                "search_loop_s": hist[-1].get("elapsed_s") if hist else None,
                # ru_maxrss is KiB on Linux: the child's own peak resident set
                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "epochs": scfg.epochs, "resumed": resumed,
+               # epochs this process ran: a search after a shared warm-up skips those epochs
+               "epochs_run": scfg.epochs - (scfg.warmup_epochs if warmup_from is not None else 0),
+               "warmup_from": "" if warmup_from is None else warmup_from.name, "jobs": self.cfg.jobs,
                "arch": " ".join(arch["blocks"]), "load_avg_1m": round(os.getloadavg()[0], 2)}
         atomic_write_text(cost_path, json.dumps(rec, indent=1) + "\n")
         return rec
@@ -390,16 +414,35 @@ class Study:
         return pts
 
     def train(self, arch: Architecture) -> dict[str, Any]:
-        """Train ``arch`` from scratch into ``train/<key>`` (reused when finished, resumed when started)."""
-        from .train import run_training
+        """Train ``arch`` from scratch into ``train/<key>`` (reused when finished, resumed when started).
 
-        d = self.out / "train" / arch_key(arch)
+        A child process (``fbnet-fast train``), so trainings can run side by side (``jobs``).
+        """
+        key = arch_key(arch)
+        d = self.out / "train" / key
         if (d / "summary.json").is_file():
             return json.loads((d / "summary.json").read_text())
+        tcfg = self.cfg.train_config()
         resume = (d / "config.json").is_file() and any((d / "checkpoints").glob("ckpt-*.pt"))
-        self.log(f"training {arch_key(arch)} ({'resuming' if resume else 'from scratch'}): {arch}")
-        return run_training(self.cfg.train_config(), self.space, arch, d, resume=resume, overwrite=not resume,
-                            data=self.data, log=lambda m: None)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        if resume:
+            cmd = ["train", "--resume"]
+        else:
+            arch_file = d.with_name(key + ".arch.json")
+            atomic_write_text(arch_file, json.dumps(arch.to_dict(), indent=1) + "\n")
+            cmd = ["train", str(arch_file), "--space", str(self.out / "space.json"),
+                   "--width-mult", str(self.space.width_mult), "--data", tcfg.data, "--epochs", str(tcfg.epochs),
+                   "--batch-size", str(tcfg.batch_size), "--seed", str(tcfg.seed)]
+            for opt, v in (("--num-train", tcfg.num_train), ("--num-val", tcfg.num_val),
+                           ("--threads", tcfg.threads)):
+                if v is not None:
+                    cmd += [opt, str(v)]
+            if d.exists():
+                cmd.append("--overwrite")
+        cmd += ["--out", str(d), "--no-progress"]
+        self.log(f"training {key} ({'resuming' if resume else 'from scratch'}): {arch}")
+        self._child(cmd, d.with_name(key + ".log"), f"training {key}")
+        return json.loads((d / "summary.json").read_text())
 
     def measure(self, archs: Sequence[Architecture]) -> dict[str, dict[str, Any]]:
         """End-to-end host latency of every architecture not yet in ``latency.json``; returns all entries.
@@ -473,7 +516,8 @@ class Study:
         atomic_write_text(self.out / "points.csv", buf.getvalue())
         cbuf = io.StringIO()
         cw = csv.DictWriter(cbuf, fieldnames=["alpha", "kernel", "wall_s", "search_loop_s", "peak_rss_mib", "epochs",
-                                              "resumed", "load_avg_1m", "arch"])
+                                              "epochs_run", "warmup_from", "jobs", "resumed", "load_avg_1m",
+                                              "arch"])
         cw.writeheader()
         cw.writerows(costs)
         atomic_write_text(self.out / "cost.csv", cbuf.getvalue())
@@ -603,14 +647,34 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, figures: dict[
     return path
 
 
+def _parallel(jobs: int, tasks: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run ``tasks`` ``jobs`` at a time (each starts a child process); results in order.
+
+    The first failure stops tasks that have not started and is raised once the running
+    ones end (their children are never left orphaned).
+    """
+    if jobs <= 1 or len(tasks) <= 1:
+        return [t() for t in tasks]
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(t) for t in tasks]
+        wait(futures, return_when="FIRST_EXCEPTION")
+        for f in futures:
+            f.cancel()
+        return [f.result() for f in futures]
+
+
 def run_study(cfg: StudyConfig, out: str | Path, *, skip: Sequence[str] = (),
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) the study in ``out``; returns the summary (also in ``summary.json``).
 
-    Order: LUT, fused searches (each alpha of ``cost_alphas`` followed at once by its
-    reference search), end-to-end latency of every
-    point, trainings (searched, then random, then presets), report. ``skip`` leaves out
-    phases of :data:`PHASES`; the report covers whatever exists.
+    Order: LUT; the searches of ``cost_alphas`` with the fused kernels and with the
+    reference side by side (``jobs`` >= 2: same host load for both); the other alphas,
+    each starting after the warm-up of the first full fused search (``share_warmup``);
+    end-to-end latency of every point; trainings (searched, then random, then presets),
+    ``jobs`` at a time; report. ``skip`` leaves out phases of :data:`PHASES`; the report
+    covers whatever exists.
     """
     bad = sorted(set(skip) - set(PHASES))
     if bad:
@@ -620,31 +684,45 @@ def run_study(cfg: StudyConfig, out: str | Path, *, skip: Sequence[str] = (),
 
         torch.set_num_threads(cfg.threads)
     study = Study(cfg, out, log=log)
-    costs = []
-    for a in cfg.alphas:
-        if "search" not in skip:
-            costs.append(study.run_search(a, "auto"))
-        # The reference search runs right after the fused one of the same alpha: on a shared
-        # host the load drifts over an hour, and adjacent runs see the most similar load.
-        if a in cfg.cost_alphas and "cost" not in skip:
-            costs.append(study.run_search(a, "reference"))
+    costs: list[dict[str, Any]] = []
+    if "search" not in skip:
+        donor = cfg.warmup_donor()
+        first = [a for a in cfg.alphas if not cfg.shares_warmup(a)]  # full searches, donor first
+        first.sort(key=lambda a: a != donor)
+        tasks: list[Callable[[], Any]] = []
+        for a in first:
+            tasks.append(lambda a=a: study.run_search(a, "auto"))
+            if a in cfg.cost_alphas and "cost" not in skip:
+                tasks.append(lambda a=a: study.run_search(a, "reference"))
+        costs += _parallel(cfg.jobs, tasks)
+        rest = [a for a in cfg.alphas if cfg.shares_warmup(a)]
+        donor_dir = study.search_dir(donor, "auto")
+        costs += _parallel(cfg.jobs, [lambda a=a: study.run_search(a, "auto", warmup_from=donor_dir)
+                                      for a in rest])
+    elif "cost" not in skip:
+        costs += _parallel(cfg.jobs, [lambda a=a: study.run_search(a, "reference") for a in cfg.cost_alphas])
     # finished searches from earlier runs count too (e.g. a rerun with --skip search)
     seen = {(c["alpha"], c["kernel"]) for c in costs}
     for p in sorted((study.out / "searches").glob("*.cost.json")) if (study.out / "searches").is_dir() else []:
         c = json.loads(p.read_text())
         if (c["alpha"], c["kernel"]) not in seen:
             costs.append(c)
+    costs.sort(key=lambda c: (c["alpha"], c["kernel"]))
     points = study.planned_points(skip)
     if "measure" not in skip:
         study.measure([p["arch"] for p in points])
     if "train" not in skip:
-        done: set[str] = set()
-        for p in points:
-            k = arch_key(p["arch"])
-            if k not in done:
-                study.train(p["arch"])
-                done.add(k)
-                study.report(points, costs)  # a partial study always has an up-to-date report
+        distinct = list({arch_key(p["arch"]): p["arch"] for p in points}.values())
+
+        def train(arch: Architecture) -> None:
+            study.train(arch)
+            with lock:  # a partial study always has an up-to-date report
+                study.report(points, costs)
+
+        import threading
+
+        lock = threading.Lock()
+        _parallel(cfg.jobs, [lambda a=a: train(a) for a in distinct])
     summary = study.report(points, costs)
     summary["out"] = str(study.out)
     return summary

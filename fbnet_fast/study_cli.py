@@ -46,6 +46,14 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     g.add_argument("--search-epochs", type=int, default=d.search_epochs, help="search epochs (default: %(default)s)")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
                    help="search warm-up epochs (default: %(default)s)")
+    g.add_argument("--theta-lr", type=float, default=d.theta_lr,
+                   help="Adam learning rate of theta in every search (default: %(default)s)")
+    g.add_argument("--gumbel", choices=("soft", "hard"), default=d.gumbel,
+                   help="Gumbel-softmax of every search, as 'search --gumbel' (default: %(default)s)")
+    g.add_argument("--no-share-warmup", dest="share_warmup", action="store_false",
+                   help="every search runs its own warm-up (default: alphas outside --cost-alphas start after "
+                   "the warm-up of the first full search, which gives the same result, since the warm-up "
+                   "does not read alpha)")
     g.add_argument("--train-epochs", type=int, default=d.train_epochs,
                    help="epochs of every training from scratch (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
@@ -57,6 +65,10 @@ def _add_study(p: argparse.ArgumentParser) -> None:
                    help="timing samples per architecture end to end (default: %(default)s)")
     g.add_argument("--threads", type=int, default=d.threads,
                    help="torch intra-op threads everywhere (default: %(default)s)")
+    g.add_argument("--jobs", "-j", type=int, default=d.jobs,
+                   help="searches and trainings run at once, each a process with --threads threads; the fused "
+                   "and reference searches of --cost-alphas then run side by side, under the same load "
+                   "(default: %(default)s; on N cores: N / threads)")
     g = p.add_argument_group("output")
     g.add_argument("--out", "-o", default="runs/study-pareto",
                    help="study folder; a rerun with the same options reuses what is finished (default: %(default)s)")
@@ -76,6 +88,7 @@ def _run_study(args: argparse.Namespace) -> int:
                       num_train=args.num_train, num_val=args.num_val, alphas=tuple(args.alphas), num_random=args.num_random,
                       presets=args.presets, cost_alphas=tuple(args.cost_alphas), seed=args.seed,
                       search_epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
+                      theta_lr=args.theta_lr, gumbel=args.gumbel, share_warmup=args.share_warmup, jobs=args.jobs,
                       train_epochs=args.train_epochs, batch_size=args.batch_size, lut=args.lut,
                       lut_repeats=args.lut_repeats, latency_repeats=args.latency_repeats, threads=args.threads,
                       progress=args.progress)

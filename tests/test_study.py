@@ -50,6 +50,10 @@ def test_bad_options():
         StudyConfig(alphas=(0.0,), cost_alphas=(0.5,)).validate()
     with pytest.raises(ConfigError, match="warmup_epochs"):
         StudyConfig(search_epochs=2, warmup_epochs=2).validate()
+    with pytest.raises(ConfigError, match="gumbel"):
+        StudyConfig(gumbel="medium").validate()
+    with pytest.raises(ConfigError, match="jobs"):
+        StudyConfig(jobs=0).validate()
     with pytest.raises(ConfigError, match="unknown phase"):
         run_study(StudyConfig(), "unused", skip=["everything"])
 
@@ -63,7 +67,8 @@ def test_tiny_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_lut, c
     argv = ["study", "pareto", "--space", str(space_file), "--data", "synthetic", "--num-train", "256",
             "--num-val", "64", "--alphas", "0,1", "--cost-alphas", "1", "--num-random", "3",
             "--search-epochs", "2", "--warmup-epochs", "1", "--train-epochs", "1", "--batch-size", "32",
-            "--lut", str(lut_file), "--latency-repeats", "2", "--threads", "1", "--no-progress", "--out", str(out)]
+            "--lut", str(lut_file), "--latency-repeats", "2", "--threads", "1", "--jobs", "2", "--no-progress",
+            "--out", str(out)]
     # width multiplier: the tiny space is already tiny
     argv += ["--width-mult", "1.0"]
     assert main(argv) == 0
@@ -77,6 +82,12 @@ def test_tiny_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_lut, c
     assert sorted((r["alpha"], r["kernel"]) for r in costs) == [("0.0", "auto"), ("1.0", "auto"),
                                                                 ("1.0", "reference")]
     assert all(float(r["wall_s"]) > 0 and float(r["peak_rss_mib"]) > 10 for r in costs)
+    # alpha 0 is outside cost_alphas: it started after the warm-up of the alpha-1 fused search
+    shared = {(r["alpha"], r["kernel"]): r for r in costs}
+    assert shared[("0.0", "auto")]["warmup_from"] == "alpha-1-auto" and shared[("0.0", "auto")]["epochs_run"] == "1"
+    assert shared[("1.0", "auto")]["warmup_from"] == "" and shared[("1.0", "reference")]["epochs_run"] == "2"
+    hist = [json.loads(l) for l in (out / "searches" / "alpha-0-auto" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["phase"] for h in hist] == ["warmup", "search"]
     summary = json.loads((out / "summary.json").read_text())
     f = summary["figures"]["measured_ms"]
     assert 0.0 <= f["random_dominated_by_searched_front"] <= 1.0 and summary["complete"]
