@@ -27,12 +27,19 @@ checkpoint)::
     searches/alpha-<a>-<kernel>/    one ``fbnet-fast search`` run folder per search
     searches/alpha-<a>-<kernel>.cost.json   its wall time and peak RSS
     searches/alpha-<a>-<kernel>.log         its console output
-    train/<key>/                    one ``fbnet_fast.train`` run folder per distinct architecture
+    train/<key>/                    one ``fbnet-fast train`` run folder per distinct architecture
+    train/<key>.arch.json, .log     its architecture file and console output
     latency.json                    end-to-end host latency per architecture key
     points.csv, cost.csv, summary.json, pareto.png
 
-Searches run as child processes (``python -m fbnet_fast search``), so each one's peak
-RSS is its own (``os.wait4``) and a search's memory never inflates the next one's.
+Searches and trainings run as child processes (``python -m fbnet_fast search`` /
+``train``), ``jobs`` at a time, so each one's peak RSS is its own (``os.wait4``) and
+a 2-core host runs two single-threaded jobs side by side. The warm-up epochs train the
+weights on the CE alone, so they do not depend on alpha: the alphas outside
+``cost_alphas`` start from the end of one full search's warm-up (``search
+--warmup-from``) and reach the result they would reach after a warm-up of their own.
+The searches of ``cost_alphas`` always run whole, with the fused kernels and with the
+reference, side by side when ``jobs`` >= 2 so both see the same load.
 """
 
 from __future__ import annotations
