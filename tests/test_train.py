@@ -147,10 +147,28 @@ def test_refuses_to_overwrite_and_bad_options(tmp_path, tiny_data):
     assert (tmp_path / "keep.txt").read_text() == "a user's file"
     with pytest.raises(ConfigError, match="label_smoothing"):
         TrainConfig(label_smoothing=1.5).validate()
+    with pytest.raises(ConfigError, match="lr_ramp_steps"):
+        TrainConfig(lr_ramp_steps=-1).validate()
     space = make_tiny_space()
     with pytest.raises(ConfigError, match="batch_size"):
         Trainer(TrainConfig(batch_size=1000, **QUIET), space, _arch(space, ["skip"] * 5), tmp_path / "x",
                 data=tiny_data)
+
+
+def test_lr_ramps_linearly_then_follows_the_cosine(tmp_path, tiny_data):
+    space = make_tiny_space()
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=0.1, lr_ramp_steps=5, **QUIET)
+    t = Trainer(cfg, space, _arch(space, ["skip"] * 5), tmp_path, data=tiny_data)
+    total = cfg.epochs * t.steps_per_epoch
+    lrs = []
+    for _ in range(total):
+        lrs.append(t.opt.param_groups[0]["lr"])
+        t.opt.step()
+        t.sched.step()
+    cos = lambda s: 0.1 * 0.5 * (1 + np.cos(np.pi * s / total))  # noqa: E731
+    assert lrs[:5] == pytest.approx([cos(s) * (s + 1) / 5 for s in range(5)])
+    assert lrs[5:] == pytest.approx([cos(s) for s in range(5, total)])
+    assert lrs[4] > lrs[3] > lrs[0] > 0
 
 
 # ---- users' data: CIFAR batches (the image folder goes through the CLI in test_deploy_cli) ------
