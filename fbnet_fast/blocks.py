@@ -69,6 +69,22 @@ class IRBlock(nn.Module):
         return y + x if self.residual else y
 
 
+def zero_init_residual_(module: nn.Module) -> int:
+    """Zero the last BN scale of every residual inverted-residual block in ``module``.
+
+    Each such block then starts as the identity, so a deep net (or a supernet) starts
+    as a shallow one and its first steps do not have to fight 22 randomly initialised
+    residual branches (Goyal et al. 2017, "zero gamma"; torchvision's
+    ``zero_init_residual``). Returns how many blocks were changed.
+    """
+    n = 0
+    for m in module.modules():
+        if isinstance(m, IRBlock) and m.residual:
+            nn.init.zeros_(m.bn3.weight)
+            n += 1
+    return n
+
+
 class SkipBlock(nn.Module):
     """FBNet's ``skip`` candidate.
 

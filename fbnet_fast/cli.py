@@ -60,6 +60,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--w-lr", type=float, default=d.w_lr, help="SGD learning rate, cosine decay (default: %(default)s)")
     g.add_argument("--w-lr-ramp-steps", type=int, default=d.w_lr_ramp_steps,
                    help="linear warm-up of the weight LR over this many steps, then cosine (default: %(default)s)")
+    g.add_argument("--w-grad-clip", type=float, default=d.w_grad_clip,
+                   help="clip the weight gradient's global norm to this (default: %(default)s; 0: off)")
+    g.add_argument("--no-zero-init-residual", dest="zero_init_residual", action="store_false",
+                   help="initialise residual blocks' last BN scale to 1 (default: 0, so each starts as the identity)")
     g.add_argument("--w-momentum", type=float, default=d.w_momentum, help="SGD momentum (default: %(default)s)")
     g.add_argument("--w-weight-decay", type=float, default=d.w_weight_decay,
                    help="SGD weight decay (default: %(default)s)")

@@ -239,6 +239,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate, cosine to 0 (default: %(default)s)")
     g.add_argument("--lr-ramp-steps", type=int, default=d.lr_ramp_steps,
                    help="steps of linear LR ramp from 0 at the start (default: %(default)s; 0: none)")
+    g.add_argument("--no-zero-init-residual", dest="zero_init_residual", action="store_false",
+                   help="initialise residual blocks' last BN scale to 1 (default: 0, so each starts as the identity)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="weight decay of conv and linear weights (default: %(default)s)")

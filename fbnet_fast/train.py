@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from .errors import CheckpointError, ConfigError, TrainingError
 from .lut import atomic_torch_save, atomic_write_text
+from .blocks import zero_init_residual_
 from .model import FBNetModel, build_model, inherit_from_supernet, load_run_supernet, model_stats, save_model_file
 from .search import OptionsDict, _augment, _ramp_cosine, _step_seed, prepare_run_dir
 from .space import Architecture, SearchSpace
@@ -71,6 +72,7 @@ class TrainConfig(OptionsDict):
     # the first epoch's train loss sat at 2.8-2.9 (above ln 10) and the held-out loss at 4-13
     # without it (width 0.25, 32 px, batch 64).
     lr_ramp_steps: int = 60
+    zero_init_residual: bool = True  # residual blocks start as the identity (blocks.zero_init_residual_)
     momentum: float = 0.9
     weight_decay: float = 5e-4  # the usual value for 32x32 data sets; ImageNet FBNet used 4e-5
     label_smoothing: float = 0.1
@@ -142,6 +144,8 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         model = build_model(space, arch, dropout=cfg.dropout)
+        if cfg.zero_init_residual:
+            zero_init_residual_(model)
         self.inherited_from: str | None = None
         if cfg.inherit and inherit:  # a resumed run takes every weight from its checkpoint
             run_space, state, ckpt = load_run_supernet(cfg.inherit)
