@@ -94,6 +94,14 @@ class StudyConfig:
     warmup_epochs: int = 2
     theta_lr: float = 0.01
     gumbel: str = "soft"
+    # "mul" (the paper's CE * alpha * log(LAT)^beta) or "add" (CE + alpha * log(LAT)^beta).
+    # Under Adam the product's alpha only scales theta's gradient, which Adam normalises
+    # away: a sweep of alpha is then a sweep of theta's weight decay. "add" makes alpha a
+    # real trade-off.
+    loss_form: str = "mul"
+    # A finished search folder (same seed, data, schedule and LUT) whose end-of-warm-up
+    # state every search outside cost_alphas starts from; None: the first full search's.
+    warmup_from: str | None = None
     # ... and one for every training from scratch
     train_epochs: int = 10
     batch_size: int = 64
@@ -110,7 +118,7 @@ class StudyConfig:
     # Options that change results: a study folder refuses a rerun that differs in them.
     # alphas, num_random, presets and cost_alphas only add or leave out points.
     FIXED = ("space", "width_mult", "input_size", "data", "num_train", "num_val", "seed", "search_epochs",
-             "warmup_epochs", "theta_lr", "gumbel", "train_epochs", "batch_size", "lut_repeats",
+             "warmup_epochs", "theta_lr", "gumbel", "loss_form", "train_epochs", "batch_size", "lut_repeats",
              "latency_repeats", "threads")
 
     def validate(self) -> None:
@@ -136,6 +144,10 @@ class StudyConfig:
         if missing:
             raise ConfigError(f"cost_alphas {missing} are not in alphas {list(self.alphas)}: the reference "
                               f"search is timed against the fused search of the same alpha")
+        if self.loss_form not in ("mul", "add"):
+            raise ConfigError(f"loss_form must be 'mul' or 'add', got {self.loss_form!r}")
+        if self.warmup_from is not None and not self.share_warmup:
+            raise ConfigError("warmup_from is given but share_warmup is off")
         if self.gumbel not in ("soft", "hard"):
             raise ConfigError(f"gumbel must be 'soft' or 'hard', got {self.gumbel!r}")
         if not (isinstance(self.theta_lr, (int, float)) and math.isfinite(self.theta_lr) and self.theta_lr > 0):
@@ -155,7 +167,8 @@ class StudyConfig:
         return SearchConfig(space=self.space, width_mult=self.width_mult, data=self.data, num_train=self.num_train,
                             num_val=self.num_val, epochs=self.search_epochs, warmup_epochs=self.warmup_epochs,
                             batch_size=self.batch_size, alpha=float(alpha), kernel=kernel, seed=self.seed,
-                            theta_lr=self.theta_lr, gumbel=self.gumbel, threads=self.threads, plots=False,
+                            theta_lr=self.theta_lr, gumbel=self.gumbel, loss_form=self.loss_form,
+                            threads=self.threads, plots=False,
                             progress=False)
 
     def train_config(self):
@@ -166,8 +179,11 @@ class StudyConfig:
                            epochs=self.train_epochs, batch_size=self.batch_size, seed=self.seed,
                            threads=self.threads, progress=self.progress)
 
-    def warmup_donor(self) -> float:
-        """The alpha whose fused search runs its own warm-up for every alpha outside ``cost_alphas``."""
+    def warmup_donor(self) -> float | None:
+        """The alpha whose fused search runs its own warm-up for every alpha outside ``cost_alphas``
+        (None when ``warmup_from`` names an existing search instead)."""
+        if self.warmup_from is not None:
+            return None
         return self.cost_alphas[0] if self.cost_alphas else self.alphas[0]
 
     def shares_warmup(self, alpha: float) -> bool:
@@ -365,7 +381,8 @@ class Study:
                "--space", str(self.out / "space.json"), "--data", scfg.data, "--epochs", str(scfg.epochs),
                "--warmup-epochs", str(scfg.warmup_epochs), "--batch-size", str(scfg.batch_size),
                "--alpha", repr(float(alpha)), "--kernel", kernel, "--seed", str(scfg.seed),
-               "--theta-lr", repr(float(scfg.theta_lr)), "--gumbel", scfg.gumbel, "--no-plots", "--no-progress"]
+               "--theta-lr", repr(float(scfg.theta_lr)), "--gumbel", scfg.gumbel, "--loss-form", scfg.loss_form,
+               "--no-plots", "--no-progress"]
         # --width-mult explicitly: the search's own default (0.25) would replace the file's
         for opt, v in (("--width-mult", self.space.width_mult), ("--num-train", scfg.num_train),
                        ("--num-val", scfg.num_val), ("--threads", scfg.threads)):
@@ -703,7 +720,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, skip: Sequence[str] = (),
                 tasks.append(lambda a=a: study.run_search(a, "reference"))
         costs += _parallel(cfg.jobs, tasks)
         rest = [a for a in cfg.alphas if cfg.shares_warmup(a)]
-        donor_dir = study.search_dir(donor, "auto")
+        donor_dir = Path(cfg.warmup_from) if cfg.warmup_from is not None else study.search_dir(donor, "auto")
         costs += _parallel(cfg.jobs, [lambda a=a: study.run_search(a, "auto", warmup_from=donor_dir)
                                       for a in rest])
     elif "cost" not in skip:

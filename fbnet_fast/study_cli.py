@@ -50,6 +50,12 @@ def _add_study(p: argparse.ArgumentParser) -> None:
                    help="Adam learning rate of theta in every search (default: %(default)s)")
     g.add_argument("--gumbel", choices=("soft", "hard"), default=d.gumbel,
                    help="Gumbel-softmax of every search, as 'search --gumbel' (default: %(default)s)")
+    g.add_argument("--loss-form", choices=("mul", "add"), default=d.loss_form,
+                   help="'mul': CE*alpha*log(LAT)^beta (the paper; under Adam alpha only rescales theta's gradient), "
+                   "'add': CE + alpha*log(LAT)^beta (alpha trades accuracy for latency) (default: %(default)s)")
+    g.add_argument("--warmup-from", metavar="SEARCH_DIR", default=None,
+                   help="a finished search (same seed, data, schedule and LUT) whose warm-up every search outside "
+                   "--cost-alphas starts from (default: the study's first full search)")
     g.add_argument("--no-share-warmup", dest="share_warmup", action="store_false",
                    help="every search runs its own warm-up (default: alphas outside --cost-alphas start after "
                    "the warm-up of the first full search, which gives the same result, since the warm-up "
@@ -88,7 +94,8 @@ def _run_study(args: argparse.Namespace) -> int:
                       num_train=args.num_train, num_val=args.num_val, alphas=tuple(args.alphas), num_random=args.num_random,
                       presets=args.presets, cost_alphas=tuple(args.cost_alphas), seed=args.seed,
                       search_epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
-                      theta_lr=args.theta_lr, gumbel=args.gumbel, share_warmup=args.share_warmup, jobs=args.jobs,
+                      theta_lr=args.theta_lr, gumbel=args.gumbel, loss_form=args.loss_form,
+                      warmup_from=args.warmup_from, share_warmup=args.share_warmup, jobs=args.jobs,
                       train_epochs=args.train_epochs, batch_size=args.batch_size, lut=args.lut,
                       lut_repeats=args.lut_repeats, latency_repeats=args.latency_repeats, threads=args.threads,
                       progress=args.progress)

@@ -50,6 +50,8 @@ def test_bad_options():
         StudyConfig(alphas=(0.0,), cost_alphas=(0.5,)).validate()
     with pytest.raises(ConfigError, match="warmup_epochs"):
         StudyConfig(search_epochs=2, warmup_epochs=2).validate()
+    with pytest.raises(ConfigError, match="loss_form"):
+        StudyConfig(loss_form="sum").validate()
     with pytest.raises(ConfigError, match="gumbel"):
         StudyConfig(gumbel="medium").validate()
     with pytest.raises(ConfigError, match="jobs"):
@@ -104,6 +106,19 @@ def test_tiny_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_lut, c
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix in (".pt", ".log")}
     assert before == after
     assert list(csv.DictReader((out / "points.csv").open())) == rows
+
+    # A second study (additive loss) starts every search from the first study's warm-up.
+    argv2 = [a for a in argv]
+    argv2[argv2.index("--out") + 1] = str(tmp_path / "study-add")
+    argv2[argv2.index("--cost-alphas") + 1] = ""
+    argv2[argv2.index("--alphas") + 1] = "0.5"
+    argv2 += ["--loss-form", "add", "--warmup-from", str(out / "searches" / "alpha-1-auto"), "--num-random", "0",
+              "--no-presets", "--skip", "measure,train"]
+    assert main(argv2) == 0
+    (c2,) = list(csv.DictReader((tmp_path / "study-add" / "cost.csv").open()))
+    assert (c2["alpha"], c2["warmup_from"], c2["epochs_run"]) == ("0.5", "alpha-1-auto", "1")
+    cfg2 = json.loads((tmp_path / "study-add" / "searches" / "alpha-0.5-auto" / "config.json").read_text())
+    assert cfg2["search"]["loss_form"] == "add" and cfg2["search"]["warmup_from"].endswith("alpha-1-auto")
 
     # Other options in the same folder are refused, naming the field.
     bad = [a if a != "2" else "3" for a in argv]  # --search-epochs 3
