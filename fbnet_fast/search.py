@@ -73,13 +73,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .blocks import zero_init_residual_
 from .distributed import SINGLE, Dist, flat_params, init_from_env, shutdown, unflatten_into
 from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, TrainingError
 from .loss import LatencyLoss, resolve_unit
 from .lut import LatencyTable, atomic_torch_save, atomic_write_text
 from .multitarget import COMBINE_MODES, load_latency_model
 from .space import SearchSpace, load_space
-from .blocks import zero_init_residual_
 from .supernet import KERNEL_IMPLS, Supernet
 
 __all__ = ["SearchConfig", "Searcher", "run_search", "tau_at", "CHECKPOINT_FORMAT"]
@@ -427,8 +427,8 @@ class Searcher:
 
     # Options that change the trajectory: a checkpoint must agree on them to be resumed.
     _TRAJECTORY_FIELDS = ("epochs", "warmup_epochs", "batch_size", "w_fraction", "w_lr", "w_momentum",
-                          "w_weight_decay", "w_grad_clip", "zero_init_residual", "theta_lr", "theta_weight_decay", "tau0", "tau_decay", "alpha",
-                          "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
+                          "w_weight_decay", "w_grad_clip", "zero_init_residual", "theta_lr", "theta_weight_decay",
+                          "tau0", "tau_decay", "alpha", "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
                           "num_train", "num_val")
 
     # Options the warm-up does not read (weight steps minimise the CE alone and theta is not
@@ -530,6 +530,12 @@ class Searcher:
         return None, [f"{names} {'is' if len(bad) == 1 else 'are all'} corrupt or truncated "
                       f"(newest: {bad[0][1]})"]
 
+    def _read_checkpoint(self, p: Path) -> dict[str, Any]:
+        try:
+            return torch.load(p, map_location=self.device, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{p}: cannot read checkpoint: {type(e).__name__}: {e}") from None
+
     @property
     def warmup_checkpoint(self) -> Path:
         """The state at the end of the warm-up, kept out of the rotation for ``warmup_from``."""
@@ -549,10 +555,7 @@ class Searcher:
         if not p.is_file():
             raise RunDirError(f"warmup_from {donor}: no warm-up checkpoint {p} (a search writes it when its "
                               f"warm-up epochs end)")
-        try:
-            state = torch.load(p, map_location=self.device, weights_only=False)
-        except Exception as e:
-            raise CheckpointError(f"{p}: cannot read checkpoint: {type(e).__name__}: {e}") from None
+        state = self._read_checkpoint(p)
         try:
             theirs = load_latency_model(donor / "lut.json", self.space).matrix(self.space.candidates)
         except FBNetError as e:
@@ -582,10 +585,7 @@ class Searcher:
                                       + "; expected a file written by 'fbnet-fast search'")
             return None
         p = Path(found)
-        try:
-            state = torch.load(p, map_location=self.device, weights_only=False)
-        except Exception as e:
-            raise CheckpointError(f"{p}: cannot read checkpoint: {type(e).__name__}: {e}") from None
+        state = self._read_checkpoint(p)
         self.load_state_dict(state, source=str(p))
         self.last_checkpoint = p
         self.log(f"resumed from {p} (epoch {self.epoch}, phase {self.phase}, step {self.step})")
@@ -643,8 +643,10 @@ class Searcher:
         extra = {}
         if is_w:
             # after the all-reduce: every rank sees (and clips) the same global gradient
-            grads = [p for p in self.model.weight_parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(grads, cfg.w_grad_clip if cfg.w_grad_clip else float("inf"))
+            grads = [p.grad for p in self.model.weight_parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
+            if cfg.w_grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(grads, cfg.w_grad_clip, norm)
             extra["grad_norm"] = float(norm)
         opt.step()
         if is_w:

@@ -55,6 +55,7 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -737,15 +738,13 @@ def run_study(cfg: StudyConfig, out: str | Path, *, skip: Sequence[str] = (),
         study.measure([p["arch"] for p in points])
     if "train" not in skip:
         distinct = list({arch_key(p["arch"]): p["arch"] for p in points}.values())
+        lock = threading.Lock()
 
         def train(arch: Architecture) -> None:
             study.train(arch)
             with lock:  # a partial study always has an up-to-date report
                 study.report(points, costs)
 
-        import threading
-
-        lock = threading.Lock()
         _parallel(cfg.jobs, [lambda a=a: train(a) for a in distinct])
     summary = study.report(points, costs)
     summary["out"] = str(study.out)
