@@ -7,7 +7,24 @@ A fused result passes when its max error against a float64 reference is at most
 
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 import torch
+
+
+def runnable_isas(ext: Any) -> Iterator[str]:
+    """Switch the extension to each compiled ISA variant this CPU runs, yielding its name;
+    the variant in use before is restored afterwards (also when an assertion fails)."""
+    start = ext.isa()
+    try:
+        for isa in ext.compiled_isas():
+            try:
+                ext.set_isa(isa)
+            except ValueError:  # this CPU lacks it
+                continue
+            yield isa
+    finally:
+        ext.set_isa(start)
 
 
 def assert_close_to_ref(name: str, fused: torch.Tensor, eager32: torch.Tensor, ref64: torch.Tensor,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from fbnet_fast import _ext
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.ops import bn_act, bn_act_ref
 
-from _kernel_tol import assert_close_to_ref
+from _kernel_tol import assert_close_to_ref, runnable_isas
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 
@@ -169,22 +171,18 @@ def test_isa_variants_agree():
     if not hasattr(ext, "set_isa"):
         pytest.skip("single-variant build")
     z, g, (a, b, ctr, *_) = _inputs(3001, 40, seed=5)
-    start, threads = ext.isa(), torch.get_num_threads()
+    threads = torch.get_num_threads()
     results = {}
     try:
-        for isa in ext.compiled_isas():
-            try:
-                ext.set_isa(isa)
-            except ValueError:  # this CPU lacks it
-                continue
-            runs = []
-            for t in (1, 2):
-                torch.set_num_threads(t)
-                runs.append((*bn_act.bn_stats(z), *bn_act.act_grad_sums(g, z, a, b, ctr, relu=True)))
-            assert all(torch.equal(x, y) for x, y in zip(*runs)), isa
-            results[isa] = runs[0]
+        with closing(runnable_isas(ext)) as isas:  # closing: the ISA is restored even when an assert fails
+            for isa in isas:
+                runs = []
+                for t in (1, 2):
+                    torch.set_num_threads(t)
+                    runs.append((*bn_act.bn_stats(z), *bn_act.act_grad_sums(g, z, a, b, ctr, relu=True)))
+                assert all(torch.equal(x, y) for x, y in zip(*runs)), isa
+                results[isa] = runs[0]
     finally:
-        ext.set_isa(start)
         torch.set_num_threads(threads)
     ref64 = (*bn_act_ref.bn_stats_ref(z.double()),
              *bn_act_ref.act_grad_sums_ref(g.double(), z.double(), a.double(), b.double(), ctr.double(), relu=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from fbnet_fast import _ext
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.ops import dwconv_bn, dwconv_bn_ref
 
-from _kernel_tol import assert_close_to_ref
+from _kernel_tol import assert_close_to_ref, runnable_isas
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 
@@ -127,13 +129,8 @@ def test_isa_variants_agree(k, stride):
     f64 = dwconv_bn_ref.dwconv_bn_forward_ref(*d, stride, scale2=a2.double(), shift2=b2.double())
     b32 = dwconv_bn_ref.dwconv_bn_backward_ref(g, z1, a, b, wt, stride, ctr)
     b64 = dwconv_bn_ref.dwconv_bn_backward_ref(g.double(), *d, stride, ctr.double())
-    start = ext.isa()
-    try:
-        for isa in ext.compiled_isas():
-            try:
-                ext.set_isa(isa)
-            except ValueError:  # this CPU lacks it
-                continue
+    with closing(runnable_isas(ext)) as isas:  # closing: the ISA is restored even when an assert fails
+        for isa in isas:
             fw = dwconv_bn.dwconv_bn_forward(z1, a, b, wt, stride)
             fa = dwconv_bn.dwconv_bn_forward(z1, a, b, wt, stride, stats=False, scale2=a2, shift2=b2)
             bw = dwconv_bn.dwconv_bn_backward(g, z1, a, b, wt, stride, ctr)
@@ -142,5 +139,3 @@ def test_isa_variants_agree(k, stride):
             assert_close_to_ref(f"{isa} act", fa.act, f32.act, f64.act)
             for name in ("grad_in", "grad_weight", "sum_g", "sum_gz"):
                 assert_close_to_ref(f"{isa} {name}", getattr(bw, name), getattr(b32, name), getattr(b64, name))
-    finally:
-        ext.set_isa(start)
