@@ -9,14 +9,13 @@ that already imported the kernels). To run it by hand::
     TRITON_INTERPRET=1 python -m pytest -q tests/_triton_interp_cases.py
 
 Tolerance everywhere: the fused fp32 result's max error against an fp64 reference is at
-most 2x eager fp32's (``_kernel_tol.assert_close_to_ref``), with the mixed-op test's
-explicit small-count BatchNorm allowances. Shapes are small: the interpreter runs each
+most 2x eager fp32's (``_kernel_tol.assert_close_to_ref``); the mixed-op cases use the CPU
+tests' oracle (``_mixed_op_check``: an eager ensemble, and the ReLU-kink slack for gradients). Shapes are small: the interpreter runs each
 program in Python (about 1 ms per program and operation).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
@@ -27,17 +26,17 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 pytest.importorskip("triton", reason="triton is not installed")
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 import fbnet_fast.ops as ops_pkg  # noqa: E402
 from fbnet_fast.ops import (bn_act, bn_act_ref, bn_act_triton, dwconv_bn, dwconv_bn_ref,  # noqa: E402
                             dwconv_bn_triton)
 from fbnet_fast.ops.mixed_op_fused import mixed_op_fused  # noqa: E402
 from fbnet_fast.ops.mixed_op_ref import mixed_op_ref  # noqa: E402
-from fbnet_fast.space import FBNET_CANDIDATES, LayerSpec, Stage, load_space  # noqa: E402
-from fbnet_fast.supernet import MixedOp, Supernet, gumbel_weights  # noqa: E402
+from fbnet_fast.space import FBNET_CANDIDATES, Stage, load_space  # noqa: E402
+from fbnet_fast.supernet import Supernet  # noqa: E402
 
 from _kernel_tol import assert_close_to_ref  # noqa: E402
+from _mixed_op_check import compare_mixed_op, compare_supernet_step, make_mixed_op  # noqa: E402
 from test_bn_act import check_bn_fold, check_bn_grad_fold  # noqa: E402  (the CPU tests' checks, one oracle)
 
 torch.set_num_threads(1)
@@ -188,90 +187,34 @@ MIXED_SHAPES = [
 ]
 
 
-def _make_op(c_in, c_out, stride, h, seed=0) -> MixedOp:
-    torch.manual_seed(seed)
-    op = MixedOp(LayerSpec(0, 0, c_in, c_out, stride, h, (h - 1) // stride + 1), FBNET_CANDIDATES)
-    for m in op.modules():  # non-trivial BN affine and running stats
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-    return op
-
-
-def _run(op, x, theta, hard, fn, go):
-    x = x.detach().clone().requires_grad_(True)
-    theta = theta.detach().clone().requires_grad_(True)
-    w = gumbel_weights(theta, 1.0, hard=hard, generator=torch.Generator().manual_seed(7))
-    y = fn(x, w, op.candidates)
-    y.backward(go.to(y.dtype))
-    return y.detach(), x.grad, theta.grad
-
-
 @pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", MIXED_SHAPES)
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_mixed_op_function(n, c_in, c_out, stride, h, w, cl, hard, triton_on_cpu):
-    """Output, grad of x / theta / every parameter, and BN running stats vs eager.
-
-    Small-count BatchNorm (<= 16 values a channel, see test_mixed_op.py) is not reached
-    here (the fewest are 25: batch 1 at 5x5), so the plain 2x rule applies throughout.
-    """
-    op = _make_op(c_in, c_out, stride, h)
+    """Output, grad of x / theta / every parameter, and BN running stats vs the eager ensemble
+    and fp64 (tests/_mixed_op_check.py: the CPU tests' oracle)."""
+    op = make_mixed_op(c_in, c_out, stride, h)
     x = torch.randn(n, c_in, h, w, generator=torch.Generator().manual_seed(1))
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
     theta = torch.randn(len(FBNET_CANDIDATES), generator=torch.Generator().manual_seed(2))
-    ops = {k: copy.deepcopy(op) for k in ("fused", "eager", "f64")}
-    ops["f64"].double()
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    go = torch.randn(n, c_out, ho, wo, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    res = {"fused": _run(ops["fused"], x, theta, hard, mixed_op_fused, go),
-           "eager": _run(ops["eager"], x, theta, hard, mixed_op_ref, go),
-           "f64": _run(ops["f64"], x.double(), theta.double(), hard, mixed_op_ref, go)}
-    for i, name in enumerate(("output", "grad x", "grad theta")):
-        assert_close_to_ref(name, res["fused"][i], res["eager"][i], res["f64"][i])
-    named = {k: dict(o.named_parameters()) for k, o in ops.items()}
-    for pname, p in named["fused"].items():
-        pe = named["eager"][pname]
-        assert (p.grad is None) == (pe.grad is None), f"{pname}: grad presence differs from the reference"
-        if p.grad is not None:
-            assert_close_to_ref(f"grad {pname}", p.grad, pe.grad, named["f64"][pname].grad)
-    bufs = {k: dict(o.named_buffers()) for k, o in ops.items()}
-    for bname, buf in bufs["fused"].items():
-        if buf.dtype == torch.long:
-            assert torch.equal(buf, bufs["eager"][bname]), bname
-        else:
-            assert_close_to_ref(bname, buf, bufs["eager"][bname], bufs["f64"][bname])
+    compare_mixed_op(op, x, theta, hard, mixed_op_fused)
 
 
 def test_mixed_op_supernet_step(triton_on_cpu, monkeypatch):
     """One supernet training step (fbnet-cifar at width 0.25, three layers) through the Triton kernels."""
-    use = {}
-    monkeypatch.setattr(ops_pkg, "mixed_op", lambda x, w, op, impl: use["fn"](x, w, op.candidates))
+    monkeypatch.setattr(ops_pkg, "mixed_op", lambda x, w, op, impl: op.impl(x, w, op.candidates))
     space = load_space("fbnet-cifar", width_mult=0.25)
     space = space.replace(stages=[Stage(16, 1, 1), Stage(32, 2, 2), Stage(64, 1, 1)])
     torch.manual_seed(0)
     ref = Supernet(space, impl="reference")
     for p in ref.arch_parameters():
         p.data.normal_()
-    nets = {"fused": copy.deepcopy(ref), "eager": copy.deepcopy(ref), "f64": copy.deepcopy(ref).double()}
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))  # 8x8: the interpreter is slow
     y = torch.randint(0, space.num_classes, (2,), generator=torch.Generator().manual_seed(2))
-    losses = {}
-    for k, net in nets.items():
-        use["fn"] = mixed_op_fused if k == "fused" else mixed_op_ref
-        w = net.sample_weights(1.0, hard=False, generator=torch.Generator().manual_seed(3))
-        losses[k] = nn.functional.cross_entropy(net(x.double() if k == "f64" else x, w), y)
-        losses[k].backward()
-    assert_close_to_ref("loss", losses["fused"].detach(), losses["eager"].detach(), losses["f64"].detach())
-    named = {k: dict(n.named_parameters()) for k, n in nets.items()}
-    for pname, p in named["fused"].items():
-        pe = named["eager"][pname]
-        assert (p.grad is None) == (pe.grad is None), pname
-        if p.grad is not None:
-            assert_close_to_ref(f"grad {pname}", p.grad, pe.grad, named["f64"][pname].grad)
-    bufs = {k: dict(n.named_buffers()) for k, n in nets.items()}
-    for bname, buf in bufs["fused"].items():
-        if buf.dtype != torch.long:
-            assert_close_to_ref(bname, buf, bufs["eager"][bname], bufs["f64"][bname])
+
+    def forward(kind, net, xx, w):
+        for op in net.layers:  # read by the patched dispatch above
+            op.impl = mixed_op_fused if kind == "fused" else mixed_op_ref
+        return net(xx, w)
+
+    compare_supernet_step(ref, x, y, False, forward)

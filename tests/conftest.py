@@ -43,3 +43,33 @@ def tiny_lut(tiny_space) -> LatencyTable:
     base = torch.tensor([2.0, 2.5, 4.0, 9.0, 1.0], dtype=torch.float64)
     m = base.repeat(tiny_space.num_layers, 1) * torch.linspace(1.0, 1.5, tiny_space.num_layers)[:, None]
     return LatencyTable.from_matrix(tiny_space, m, fixed_ms=3.0)
+
+
+def _compiled_isas() -> list[str]:
+    from fbnet_fast import _ext
+
+    return list(_ext.load().compiled_isas()) if _ext.available() else ["unbuilt"]
+
+
+@pytest.fixture(params=_compiled_isas())
+def isa(request):
+    """Run the test once per ISA variant the extension carries (base x86-64, AVX2, AVX-512).
+
+    A variant this CPU cannot execute is skipped with its name; the variant active
+    before is restored afterwards, also when the test fails.
+    """
+    if request.param == "unbuilt":  # the test's own needs_ext marker reports the missing build
+        yield None
+        return
+    from fbnet_fast import _ext
+
+    ext = _ext.load()
+    start = ext.isa()
+    try:
+        ext.set_isa(request.param)
+    except ValueError as e:
+        pytest.skip(f"this CPU cannot run the {request.param} variant: {e}")
+    try:
+        yield request.param
+    finally:
+        ext.set_isa(start)

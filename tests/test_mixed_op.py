@@ -2,7 +2,10 @@
 
 Every case compares the forward value, the gradient of x, of the Gumbel weights
 (hence theta) and of every conv/BN parameter, and the BN running statistics, with
-the "<= 2x eager fp32's error against fp64" rule (tests/_kernel_tol.py).
+the "<= 2x eager fp32's error against fp64" rule (tests/_kernel_tol.py) plus the exact
+fp64 effect of the ReLU branches an fp32 rounding may flip (tests/_relu_kinks.py).
+Every test that runs the C++ kernels runs once per compiled ISA variant (base x86-64,
+AVX2, AVX-512: the ``isa`` fixture); a variant this CPU cannot run is skipped and named.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from fbnet_fast import _ext
 from fbnet_fast.errors import ExtensionError
 from fbnet_fast.ops import mixed_op, mixed_op_ref, resolve_impl
 from fbnet_fast.ops.mixed_op_fused import mixed_op_fused
-from fbnet_fast.space import FBNET_CANDIDATES, LayerSpec, Stage, load_space
-from fbnet_fast.supernet import MixedOp, Supernet, gumbel_weights
+from fbnet_fast.space import FBNET_CANDIDATES, Stage, load_space
+from fbnet_fast.supernet import Supernet, gumbel_weights
 
-from _kernel_tol import assert_close_to_ref
+from _mixed_op_check import compare_mixed_op, compare_supernet_step, make_mixed_op
 
 needs_ext = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 
@@ -50,18 +53,6 @@ SHAPES = [
 ]
 
 
-def _make_op(c_in, c_out, stride, h, seed=0) -> MixedOp:
-    torch.manual_seed(seed)
-    op = MixedOp(LayerSpec(0, 0, c_in, c_out, stride, h, (h - 1) // stride + 1), FBNET_CANDIDATES)
-    for m in op.modules():  # non-trivial BN affine and running stats
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-    return op
-
-
 def _run(op, x, theta, hard, fn, go, seed=7):
     x = x.detach().clone().requires_grad_(True)
     theta = theta.detach().clone().requires_grad_(True)
@@ -71,72 +62,26 @@ def _run(op, x, theta, hard, fn, go, seed=7):
     return y.detach(), x.grad, theta.grad
 
 
-def _compare(op, x, theta, hard, *, train=True):
-    """Fused fp32 vs eager fp32 vs eager fp64 on three copies of ``op``.
-
-    Small-count BatchNorm is ill-conditioned, so two cases get an explicit tolerance:
-    with <= 16 values per channel (batch 1, 4x4 output) the gradient through BN has
-    condition ~std/|z_i - mean| and summation order alone moves the error 2-4x
-    eager's (measured 4.1x on bn1.bias at 1x8x7x7, stride 2): factor 4. With <= 4
-    values (2x2 -> 1x1 at batch 2) BN's output barely depends on its input, so the
-    exact upstream gradient is ~0 and both fp32 results are rounding noise scaled by
-    invstd: an absolute floor of 2e-5 x max|grad| (eager's own error is ~1e-6 x).
-    """
-    n, _, h, w = x.shape
-    stride = op.layer.stride
-    count = n * ((h - 1) // stride + 1) * ((w - 1) // stride + 1)
-    factor = 4.0 if count <= 16 else 2.0
-    floor = 2e-5 if count <= 4 else 1e-6
-    ops = {k: copy.deepcopy(op) for k in ("fused", "eager", "f64")}
-    ops["f64"].double()
-    for o in ops.values():
-        o.train(train)
-    y64 = mixed_op_ref(x.double(), gumbel_weights(theta.double(), 1.0, hard=hard,
-                                                  generator=torch.Generator().manual_seed(7)),
-                       copy.deepcopy(ops["f64"]).candidates)
-    go = torch.randn(y64.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    res = {
-        "fused": _run(ops["fused"], x, theta, hard, mixed_op_fused, go),
-        "eager": _run(ops["eager"], x, theta, hard, mixed_op_ref, go),
-        "f64": _run(ops["f64"], x.double(), theta.double(), hard, mixed_op_ref, go),
-    }
-    for i, name in enumerate(("output", "grad x", "grad theta")):
-        assert_close_to_ref(name, res["fused"][i], res["eager"][i], res["f64"][i], factor=factor, floor=floor)
-    named = {k: dict(o.named_parameters()) for k, o in ops.items()}
-    for pname, p in named["fused"].items():
-        pe, p64 = named["eager"][pname], named["f64"][pname]
-        assert (p.grad is None) == (pe.grad is None), f"{pname}: grad presence differs from the reference"
-        if p.grad is not None:
-            assert_close_to_ref(f"grad {pname}", p.grad, pe.grad, p64.grad, factor=factor, floor=floor)
-    bufs = {k: dict(o.named_buffers()) for k, o in ops.items()}
-    for bname, b in bufs["fused"].items():
-        if b.dtype == torch.long:
-            assert torch.equal(b, bufs["eager"][bname]), f"{bname}: {b} != {bufs['eager'][bname]}"
-        else:
-            assert_close_to_ref(bname, b, bufs["eager"][bname], bufs["f64"][bname], factor=factor, floor=floor)
-    return ops, res
-
-
 @needs_ext
 @pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", SHAPES)
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_mixed_op_matches_reference(n, c_in, c_out, stride, h, w, cl, hard):
-    op = _make_op(c_in, c_out, stride, h)
+def test_mixed_op_matches_reference(n, c_in, c_out, stride, h, w, cl, hard, isa):
+    op = make_mixed_op(c_in, c_out, stride, h)
     x = torch.randn(n, c_in, h, w, generator=torch.Generator().manual_seed(1))
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
     theta = torch.randn(len(FBNET_CANDIDATES), generator=torch.Generator().manual_seed(2))
-    _compare(op, x, theta, hard)
+    compare_mixed_op(op, x, theta, hard, mixed_op_fused)
 
 
 @needs_ext
 @pytest.mark.parametrize("idx", range(len(FBNET_CANDIDATES)))
-def test_hard_gumbel_computes_only_the_selected_candidate(idx):
+def test_hard_gumbel_computes_only_the_selected_candidate(idx, isa):
     """theta strongly favouring one candidate: the others get no grad and keep their BN stats."""
-    op = _make_op(8, 8, 1, 6)
+    op = make_mixed_op(8, 8, 1, 6)
     theta = torch.full((len(FBNET_CANDIDATES),), -30.0)
     theta[idx] = 30.0
-    ops, _ = _compare(op, torch.randn(2, 8, 6, 6), theta, hard=True)
+    ops = compare_mixed_op(op, torch.randn(2, 8, 6, 6), theta, True, mixed_op_fused)
     for i, cand in enumerate(ops["fused"].candidates):
         if i == idx:
             continue
@@ -147,25 +92,25 @@ def test_hard_gumbel_computes_only_the_selected_candidate(idx):
 
 @needs_ext
 @pytest.mark.parametrize("stride,c_out", [(1, 8), (2, 16)])
-def test_eval_mode_uses_running_stats(stride, c_out):
-    op = _make_op(8, c_out, stride, 7)
+def test_eval_mode_uses_running_stats(stride, c_out, isa):
+    op = make_mixed_op(8, c_out, stride, 7)
     theta = torch.randn(len(FBNET_CANDIDATES))
-    _compare(op, torch.randn(2, 8, 7, 7), theta, hard=False, train=False)
+    compare_mixed_op(op, torch.randn(2, 8, 7, 7), theta, False, mixed_op_fused, train=False)
 
 
 @needs_ext
-def test_momentum_none_cumulative_average():
-    op = _make_op(8, 8, 1, 5)
+def test_momentum_none_cumulative_average(isa):
+    op = make_mixed_op(8, 8, 1, 5)
     for m in op.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = None
     theta = torch.randn(len(FBNET_CANDIDATES))
-    _compare(op, torch.randn(2, 8, 5, 5), theta, hard=False)
+    compare_mixed_op(op, torch.randn(2, 8, 5, 5), theta, False, mixed_op_fused)
 
 
 @needs_ext
 def test_saves_only_input_weights_params_and_stats():
-    op = _make_op(16, 16, 1, 8)
+    op = make_mixed_op(16, 16, 1, 8)
     x = torch.randn(4, 16, 8, 8).requires_grad_(True)
     w = torch.softmax(torch.randn(len(FBNET_CANDIDATES)), 0).requires_grad_(True)
     param_ptrs = {p.data_ptr() for p in op.parameters()}
@@ -184,8 +129,8 @@ def test_saves_only_input_weights_params_and_stats():
 
 
 @needs_ext
-def test_deterministic_repeat():
-    op = _make_op(16, 24, 2, 9)
+def test_deterministic_repeat(isa):
+    op = make_mixed_op(16, 24, 2, 9)
     x = torch.randn(2, 16, 9, 9)
     theta = torch.randn(len(FBNET_CANDIDATES))
     go = torch.randn(2, 24, 5, 5, dtype=torch.float64)
@@ -196,10 +141,10 @@ def test_deterministic_repeat():
 
 
 @pytest.mark.parametrize("stride,c_in,c_out", [(1, 8, 8), (2, 16, 24)])
-def test_frozen_weights_skip_their_gradients(stride, c_in, c_out):
+def test_frozen_weights_skip_their_gradients(stride, c_in, c_out, isa):
     """A theta step (weights frozen): no weight gradients, and x / theta gradients bit-identical
     to a step with every gradient (the skipped GEMMs and weight-gradient loop feed nothing else)."""
-    op = _make_op(c_in, c_out, stride, 9)
+    op = make_mixed_op(c_in, c_out, stride, 9)
     x = torch.randn(2, c_in, 9, 9)
     theta = torch.randn(len(FBNET_CANDIDATES))
     go = torch.randn(2, c_out, (9 - 1) // stride + 1, (9 - 1) // stride + 1, dtype=torch.float64)
@@ -221,33 +166,21 @@ def _tiny_supernet_space():
 
 @needs_ext
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_supernet_training_step_matches_reference(hard):
+def test_supernet_training_step_matches_reference(hard, isa):
+    """One whole training step (stem, three fused mixed ops, head, cross-entropy) vs eager and fp64."""
     space = _tiny_supernet_space()
     torch.manual_seed(0)
     ref = Supernet(space, impl="reference")
     for p in ref.arch_parameters():
         p.data.normal_()
-    nets = {"fused": copy.deepcopy(ref), "eager": copy.deepcopy(ref), "f64": copy.deepcopy(ref).double()}
-    nets["fused"].set_impl("cpp")
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, space.num_classes, (4,), generator=torch.Generator().manual_seed(2))
-    losses = {}
-    for k, net in nets.items():
-        w = net.sample_weights(1.0, hard=hard, generator=torch.Generator().manual_seed(3))
-        xx = x.double() if k == "f64" else x
-        losses[k] = nn.functional.cross_entropy(net(xx, w), y)
-        losses[k].backward()
-    assert_close_to_ref("loss", losses["fused"].detach(), losses["eager"].detach(), losses["f64"].detach())
-    named = {k: dict(n.named_parameters()) for k, n in nets.items()}
-    for pname, p in named["fused"].items():
-        pe = named["eager"][pname]
-        assert (p.grad is None) == (pe.grad is None), pname
-        if p.grad is not None:
-            assert_close_to_ref(f"grad {pname}", p.grad, pe.grad, named["f64"][pname].grad)
-    bufs = {k: dict(n.named_buffers()) for k, n in nets.items()}
-    for bname, b in bufs["fused"].items():
-        if b.dtype != torch.long:
-            assert_close_to_ref(bname, b, bufs["eager"][bname], bufs["f64"][bname])
+
+    def forward(kind, net, xx, w):
+        net.set_impl("cpp" if kind == "fused" else "reference")
+        return net(xx, w)
+
+    compare_supernet_step(ref, x, y, hard, forward)
 
 
 def test_missing_extension_falls_back_or_raises(monkeypatch):
@@ -256,7 +189,7 @@ def test_missing_extension_falls_back_or_raises(monkeypatch):
     monkeypatch.setattr(_ext, "_module", None)
     monkeypatch.setattr(_ext, "_error", ExtensionError(f"simulated: {_ext.BUILD_HINT}"))
     monkeypatch.setattr(ops_pkg, "_warned", set())
-    op = _make_op(8, 8, 1, 5)
+    op = make_mixed_op(8, 8, 1, 5)
     x = torch.randn(2, 8, 5, 5)
     w = torch.softmax(torch.randn(len(FBNET_CANDIDATES)), 0)
     with pytest.warns(RuntimeWarning, match="pip install -e"):

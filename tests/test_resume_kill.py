@@ -140,7 +140,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
         rc, out, err = _finish(resumed[i])
         run = tmp_path / f"k{i}"
         assert rc == 0, f"{name}: resume failed:\n{err}"
-        assert f"resumed from" in out and position in out, f"{name}: {out}"
+        assert "resumed from" in out and position in out, f"{name}: {out}"
         assert not list((run / "checkpoints").glob(".ckpt-*.tmp")), f"{name}: torn temp file not cleaned"
         _load_all_checkpoints(run)
         # theta and every weight, optimizer and scheduler state: bit-identical
