@@ -50,6 +50,8 @@ SHAPES = [
     (5, 8, 8, 1, 6, 6, True),
     (2, 16, 32, 2, 9, 9, True),
     (1, 24, 32, 1, 5, 7, False),
+    (2, 8, 8, 1, 32, 32, True),     # fbnet-cifar's first layers at width 0.25: full 32x32 planes
+    (2, 8, 8, 2, 32, 32, False),
 ]
 
 
@@ -167,14 +169,22 @@ def _tiny_supernet_space():
 @needs_ext
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_supernet_training_step_matches_reference(hard, isa):
-    """One whole training step (stem, three fused mixed ops, head, cross-entropy) vs eager and fp64."""
+    """One whole training step (stem, three fused mixed ops, head, cross-entropy) vs eager and fp64.
+
+    2 images of 16x16: every ReLU input near its kink gives every gradient upstream of it a
+    slack (tests/_relu_kinks.py), and a flip in the 1504-wide head reaches all of them. At
+    4x32x32 (this test until Dec 2026) about 90 ReLU inputs were that near (41 in the head), and
+    the summed slack reached a median 3 % of each gradient's largest entry; at 2x16x16 it is
+    3 positions and 0.4 %, a bound that still means something. Full 32x32 planes are covered
+    per layer (SHAPES), where only the layer's own ReLUs count.
+    """
     space = _tiny_supernet_space()
     torch.manual_seed(0)
     ref = Supernet(space, impl="reference")
     for p in ref.arch_parameters():
         p.data.normal_()
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    y = torch.randint(0, space.num_classes, (4,), generator=torch.Generator().manual_seed(2))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, space.num_classes, (2,), generator=torch.Generator().manual_seed(2))
 
     def forward(kind, net, xx, w):
         net.set_impl("cpp" if kind == "fused" else "reference")
