@@ -124,7 +124,7 @@ def _measure_on(lut: LatencyTable, space: SearchSpace, archs: Sequence[Architect
     if len(archs) < 2:
         raise ConfigError("the cross-device experiment needs at least 2 architectures")
     rep = validate_lut(lut, space, archs, names, backend_for(lut, **backend_overrides), progress=progress)
-    pred = [lut.architecture_latency(a.indices(space)) for a in archs]
+    pred = [lut.architecture_latency(a.blocks) for a in archs]
     return rep, pred
 
 

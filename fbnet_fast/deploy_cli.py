@@ -124,7 +124,7 @@ def sample_run(run_dir: str | Path, *, num: int, seed: int) -> dict[str, Any]:
         rows.append({
             "name": name, "arch": arch, "blocks": list(arch.blocks),
             "log_prob": float(sum(log_p[l, i] for l, i in enumerate(idx))),
-            "latency_ms": lut.architecture_latency(idx), **stats.to_dict(),
+            "latency_ms": lut.architecture_latency(arch.blocks), **stats.to_dict(),
             "same_as": seen.get(arch.blocks),
         })
         seen.setdefault(arch.blocks, name)

@@ -36,7 +36,11 @@ Fields:
   sampling settings ``repeats``/``warmup``/``min_sample_ms``, ``created`` (UTC);
   ``ssh`` adds ``board`` (``user@host:port``), ``format`` (``onnx``/``torchscript``) and
   ``board_*`` (machine, python, cpu_count); ``memory_format`` for torch back ends.
-* ``candidates``: the column order; every layer has exactly these entries.
+* ``candidates``: the column order of this file; every layer has exactly these entries,
+  each name once. Entries are always read by name: a LUT whose list is the space's in
+  another order is valid, and :meth:`LatencyTable.check_space` (run by ``load`` and
+  ``from_dict`` when given the space) re-orders its columns to the space's, so a candidate
+  index means the same block in the LUT as in the space.
 * ``fixed``: stem and head, measured alone like the blocks (added to every prediction).
 * ``layers[i]``: the layer's shape (``c_in``, ``c_out``, ``stride``, ``in_size``: input
   height = width) and one ENTRY per candidate. Layers of the same shape share one
@@ -68,7 +72,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -228,10 +232,19 @@ class LatencyTable:
         m = self.matrix().to(weights) if matrix is None else matrix
         return self.predict((weights * m).sum())
 
-    def architecture_latency(self, indices: list[int]) -> float:
-        """Predicted latency in ms of one architecture (candidate index per layer)."""
-        total = sum(self.layers[l][self.candidates[i]].median_ms for l, i in enumerate(indices))
-        return float(self.predict(total))
+    def architecture_latency(self, blocks: Sequence[int | str]) -> float:
+        """Predicted latency in ms of one architecture: a block name, or a column index, per layer.
+
+        Indices are positions in :attr:`candidates`, which is the space's order once the
+        table was checked against the space (:meth:`check_space`); names need no such care.
+        """
+        if len(blocks) != len(self.layers):
+            raise LUTError(f"{self.source}: an architecture of {len(blocks)} layers for a LUT of {len(self.layers)}")
+        names = [b if isinstance(b, str) else self.candidates[b] for b in blocks]
+        for l, name in enumerate(names):
+            if name not in self.layers[l]:
+                raise LUTError(f"{self.source}: layers[{l}] has no entry for block {name!r}")
+        return float(self.predict(sum(self.layers[l][name].median_ms for l, name in enumerate(names))))
 
     def min_latency(self) -> float:
         """The lowest latency any architecture of the space can reach under this LUT."""
@@ -239,7 +252,13 @@ class LatencyTable:
 
     # ---- checks -------------------------------------------------------------------------
     def check_space(self, space: SearchSpace) -> None:
-        """Raise :class:`LUTError` unless this LUT covers exactly ``space``."""
+        """Raise :class:`LUTError` unless this LUT covers exactly ``space``; then take the space's column order.
+
+        After this, :attr:`candidates` is ``space.candidates`` (the entries are keyed by name,
+        so nothing else changes): a candidate index, a ``[L, K]`` weight matrix and
+        :meth:`matrix` all mean the same block for the table as for the space, whatever
+        order the file listed them in.
+        """
         if self.fingerprint != space.fingerprint:
             raise LUTError(
                 f"{self.source}: LUT is for space {self.space_name!r} with fingerprint {self.fingerprint}, "
@@ -252,6 +271,7 @@ class LatencyTable:
             for c in space.candidates:
                 if c not in layer:
                     raise LUTError(f"{self.source}: layers[{l}] has no entry for candidate {c!r}")
+        self.candidates = list(space.candidates)
 
     # ---- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -288,6 +308,9 @@ class LatencyTable:
         cands = d.get("candidates")
         if not isinstance(cands, list) or not cands or not all(isinstance(c, str) for c in cands):
             raise LUTError(f"{source}: field 'candidates' must be a non-empty list of block names")
+        dup = sorted({c for c in cands if cands.count(c) > 1})
+        if dup:
+            raise LUTError(f"{source}: field 'candidates' names {dup} more than once; each block must appear once")
         raw_layers = d.get("layers")
         if not isinstance(raw_layers, list) or not raw_layers:
             raise LUTError(f"{source}: field 'layers' must be a non-empty list")

@@ -151,10 +151,10 @@ def diff_tables(a: Any, b: Any, *, min_gap_pct: float = 5.0) -> dict[str, Any]:
     from .additivity import kendall_tau
     from .errors import LUTError
 
-    if list(a.candidates) != list(b.candidates) or len(a.layers) != len(b.layers):
+    if set(a.candidates) != set(b.candidates) or len(a.layers) != len(b.layers):
         raise LUTError(f"cannot compare {a.source} and {b.source}: different candidates or layer counts "
                        f"({len(a.layers)}x{len(a.candidates)} vs {len(b.layers)}x{len(b.candidates)})")
-    cands = list(a.candidates)
+    cands = list(a.candidates)  # entries are read by name: b may list them in another order
     gap = 1.0 + min_gap_pct / 100.0
     rows, ratios, taus = [], [], []
     for l, (la, lb) in enumerate(zip(a.layers, b.layers)):

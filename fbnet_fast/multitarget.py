@@ -136,12 +136,14 @@ class MultiTargetLatency:
         """The combined latency under ``weights [L, K]``; ``matrix`` is the cached ``[D, L, K]``."""
         return self._combine(self.device_latencies(weights, matrix))
 
-    def per_target_latency(self, indices: list[int]) -> dict[str, float]:
-        """``{device name: predicted ms}`` of one architecture (candidate index per layer)."""
-        return {n: t.architecture_latency(indices) for n, t in zip(self.names, self.tables)}
+    def per_target_latency(self, blocks: Sequence[int | str]) -> dict[str, float]:
+        """``{device name: predicted ms}`` of one architecture (block name or index into
+        :attr:`candidates` per layer; passed on by name, so the tables' own orders do not matter)."""
+        names = [b if isinstance(b, str) else self.candidates[b] for b in blocks]
+        return {n: t.architecture_latency(names) for n, t in zip(self.names, self.tables)}
 
-    def architecture_latency(self, indices: list[int]) -> float:
-        per = torch.tensor(list(self.per_target_latency(indices).values()), dtype=torch.float64)
+    def architecture_latency(self, blocks: Sequence[int | str]) -> float:
+        per = torch.tensor(list(self.per_target_latency(blocks).values()), dtype=torch.float64)
         return float(self._combine(per))
 
     def min_latency(self) -> float:

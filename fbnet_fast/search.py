@@ -820,7 +820,7 @@ class Searcher:
             "sampled_latency_ms": mean("theta_latency_ms") if "theta_n" in a else mean("w_latency_ms"),
             "expected_latency_ms": float(self.lut.expected_latency(probs.double().cpu(),
                                                                   self.lut.matrix(self.space.candidates))),
-            "argmax_latency_ms": self.lut.architecture_latency(arch.indices(self.space)),
+            "argmax_latency_ms": self.lut.architecture_latency(arch.blocks),
             **ev,
             "arch": str(arch),
             "probs": [[round(float(p), 6) for p in row] for row in probs],
@@ -863,7 +863,7 @@ class Searcher:
         """Write theta, the most likely architecture, the summary table, samples and plots (rank 0)."""
         probs = self.model.probabilities()
         arch = self.model.most_likely()
-        lat = self.lut.architecture_latency(arch.indices(self.space))
+        lat = self.lut.architecture_latency(arch.blocks)
         samples = self.sample_and_evaluate(self.cfg.plot_samples) if self.cfg.plots else []
         result = {"arch": arch, "latency_ms": lat, "history": self.history, "run_dir": str(self.run_dir)}
         if hasattr(self.lut, "per_target_latency"):  # multi-target: every device's latency

@@ -515,7 +515,7 @@ class Study:
             rows.append({
                 "kind": p["kind"], "label": p["label"],
                 "alpha": "" if p["alpha"] is None else p["alpha"], "key": key, "blocks": " ".join(arch.blocks),
-                "lut_ms": round(self.lut.architecture_latency(arch.indices(self.space)), 5),
+                "lut_ms": round(self.lut.architecture_latency(arch.blocks), 5),
                 "measured_ms": _r(m.get("median_ms")), "measured_p10_ms": _r(m.get("p10_ms")),
                 "measured_p90_ms": _r(m.get("p90_ms")),
                 "val_acc": summ.get("last_val_acc", ""), "best_val_acc": summ.get("best_val_acc", ""),

@@ -146,6 +146,15 @@ def lut_nan_latency(tmp):
     return _search(tmp, lut=_write_json(tmp / "lut.json", d))
 
 
+@case(LUTError, "lut.json", "field 'candidates' names ['k3_e3'] more than once", "each block must appear once")
+def lut_candidate_listed_twice(tmp):
+    # A permuted 'candidates' list is fine (entries are read by name; test_lut_loss), a repeated
+    # name is not: its columns would be ambiguous.
+    d = _lut_dict()
+    d["candidates"] = ["k3_e3"] + d["candidates"]
+    return _search(tmp, lut=_write_json(tmp / "lut.json", d))
+
+
 # ---- search spaces ----------------------------------------------------------------------------
 
 @case(SpaceError, "space.json", "unknown block name 'conv7'", "k<kernel>_e<expansion>")

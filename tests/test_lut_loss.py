@@ -98,3 +98,63 @@ def test_host_measurement_covers_the_space_and_dedups():
     assert t.layers[0]["skip"].median_ms < t.layers[0]["k5_e6"].median_ms
     assert t.device["backend"] == "torch-cpu" and t.device["threads"] >= 1
     assert all(e.repeats == 3 for layer in t.layers for e in layer.values())
+
+
+def _distinct_lut(space) -> LatencyTable:
+    """Every (layer, candidate) a different latency, so a column mix-up cannot go unnoticed."""
+    m = torch.rand(space.num_layers, len(space.candidates), generator=torch.Generator().manual_seed(0),
+                   dtype=torch.float64) * 5 + 0.5
+    return LatencyTable.from_matrix(space, m, fixed_ms=0.7)
+
+
+def test_lut_in_another_column_order_is_read_by_name(tmp_path, tiny_space):
+    """A file listing the candidates in another order (hand-edited, another tool) means the same table."""
+    lut = _distinct_lut(tiny_space)
+    d = lut.to_dict()
+    d["candidates"] = d["candidates"][::-1]
+    for layer in d["layers"]:
+        layer["latency"] = dict(reversed(list(layer["latency"].items())))
+    p = tmp_path / "reversed.json"
+    p.write_text(json.dumps(d))
+    raw = LatencyTable.load(p)
+    assert raw.candidates == tiny_space.candidates[::-1]  # unbound: the file's own order
+    for got in (LatencyTable.load(p, tiny_space), LatencyTable.from_dict(d, space=tiny_space), raw):
+        got.check_space(tiny_space)
+        assert got.candidates == list(tiny_space.candidates)
+        torch.testing.assert_close(got.matrix(), lut.matrix(), rtol=0, atol=0)
+        w = torch.softmax(torch.randn(tiny_space.num_layers, len(tiny_space.candidates)), 1).double()
+        torch.testing.assert_close(got.expected_latency(w), lut.expected_latency(w), rtol=0, atol=0)
+        for k, name in enumerate(tiny_space.candidates):
+            every = [k] * tiny_space.num_layers
+            assert got.architecture_latency(every) == lut.architecture_latency(every)
+            assert got.architecture_latency([name] * tiny_space.num_layers) == lut.architecture_latency(every)
+    mixed = [tiny_space.candidates[l % len(tiny_space.candidates)] for l in range(tiny_space.num_layers)]
+    assert raw.architecture_latency(mixed) == lut.architecture_latency(mixed)  # names work unbound too
+    saved = tmp_path / "saved.json"
+    got.save(saved)
+    assert json.loads(saved.read_text())["candidates"] == list(tiny_space.candidates)
+
+
+def test_search_with_a_reordered_lut_is_the_same_search(tmp_path, tiny_space):
+    """theta, the argmax and every latency the run reports are identical with the columns reversed."""
+    from fbnet_fast.data import build_datasets
+    from fbnet_fast.search import SearchConfig, run_search
+
+    data = build_datasets("synthetic", image_size=16, seed=0, num_train=96, num_val=32)
+    lut = _distinct_lut(tiny_space)
+    d = lut.to_dict()
+    d["candidates"] = d["candidates"][::-1]
+    runs = {}
+    for name, table in (("as measured", lut), ("reversed", LatencyTable.from_dict(d))):
+        cfg = SearchConfig(epochs=2, warmup_epochs=1, batch_size=16, progress=False, plots=False,
+                           kernel="reference", loss_form="add", alpha=1.0)
+        out = tmp_path / name.replace(" ", "_")
+        runs[name] = run_search(cfg, out, space=tiny_space, lut=table, data=data, log=lambda m: None)
+        runs[name]["metrics"] = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[name]["summary"] = (out / "summary.txt").read_text()
+    a, b = runs["as measured"], runs["reversed"]
+    assert a["arch"].blocks == b["arch"].blocks
+    for ma, mb in zip(a["metrics"], b["metrics"]):
+        for key in ("expected_latency_ms", "argmax_latency_ms", "probs"):
+            assert ma.get(key) == mb.get(key), key
+    assert a["summary"].replace("as_measured", "reversed") == b["summary"]
