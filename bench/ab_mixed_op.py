@@ -26,7 +26,7 @@ OUT = Path(__file__).parent / "results" / "ab_mixed_op.json"
 
 def _isa() -> str:
     try:
-        from fbnet_fast import _ext
+        from fbnet_fast.ops import _ext
 
         return _ext.load().isa() if hasattr(_ext.load(), "isa") else "single build"
     except Exception as e:  # noqa: BLE001 - reported, not fatal

@@ -38,7 +38,7 @@ def pytest_generate_tests(metafunc):
 def test_lut_block(benchmark, lut_job, lut_cfg, lut_record):
     from fbnet_fast.lut import LatencyEntry
     from fbnet_fast.measure import TorchCPUBackend
-    from fbnet_fast.remote_runner import CLOCKS, summarize
+    from fbnet_fast.measure.remote_runner import CLOCKS, summarize
 
     cfg = lut_cfg
     backend = TorchCPUBackend(threads=cfg.threads, repeats=cfg.repeats, warmup=cfg.warmup,

@@ -10,7 +10,6 @@ bench/results/mixed_op.csv; ``python bench/report.py`` prints the ratio tables.
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys

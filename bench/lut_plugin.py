@@ -11,7 +11,7 @@ pytest-benchmark case; with ``--lut-out`` the per-call samples of every case are
 turned into a LUT in exactly the format of ``fbnet-fast lut measure`` (the device
 description says ``"backend": "torch-cpu"``, ``"measured_by": "pytest-benchmark"``).
 With one thread the cases use ``time.process_time`` as their timer, as the CLI
-does (see ``fbnet_fast.remote_runner.CLOCKS``); with more, wall time.
+does (see ``fbnet_fast.measure.remote_runner.CLOCKS``); with more, wall time.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def pytest_sessionfinish(session, exitstatus):
 
     import torch
 
-    from fbnet_fast.lut import LatencyTable, _layer_shapes
+    from fbnet_fast.lut import LatencyTable, layer_shapes
     from fbnet_fast.measure import block_jobs, cpu_name, job_key
 
     s = lut_settings(session.config)
@@ -98,7 +98,7 @@ def pytest_sessionfinish(session, exitstatus):
     layers = [{c: _RESULTS[job_key(l.shape_key(), c)] for c in space.candidates} for l in space.layers]
     table = LatencyTable(space.name, space.fingerprint, space.input_size, list(space.candidates), layers,
                          fixed={"stem": _RESULTS["stem"], "head": _RESULTS["head"]}, device=device,
-                         layer_shapes=_layer_shapes(space))
+                         layer_shapes=layer_shapes(space))
     table.save(out)
     if tr:
         tr.write_line(f"wrote LUT {out}: {space.name} ({space.fingerprint}), {len(needed)} blocks, "

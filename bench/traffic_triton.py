@@ -225,7 +225,7 @@ def measured_launches(space_name: str, index: int) -> dict[str, int]:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from fbnet_fast import _ext
+    from fbnet_fast.ops import _ext
     from fbnet_fast.ops import mixed_op_fused as mof
     from fbnet_fast.ops.mixed_op_ref import mixed_op_ref
     from fbnet_fast.space import FBNET_CANDIDATES

@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import ConfigError, FBNetError
-from .lut import atomic_write_text
+from .runs import atomic_write_text
 
 __all__ = [
     "ExportError",

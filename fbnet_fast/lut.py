@@ -68,8 +68,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -77,63 +75,14 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .errors import LUTError
+from .runs import atomic_write_text
 from .space import SearchSpace
 
-__all__ = ["LatencyEntry", "LatencyTable", "SCHEMA", "SCHEMA_VERSION", "atomic_torch_save", "atomic_write_text"]
+__all__ = ["LatencyEntry", "LatencyTable", "SCHEMA", "SCHEMA_VERSION", "layer_shapes"]
 
 SCHEMA = "fbnet-fast/lut"
 SCHEMA_VERSION = 1
 _ENTRY_KEYS = ("median_ms", "p10_ms", "p90_ms", "repeats")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half.
-
-    Temp file in the same folder, flush + fsync, ``os.replace``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` with the same guarantee as :func:`atomic_write_text`, plus a folder fsync.
-
-    The temp name starts with ``.{name}.`` and ends with ``.tmp``, so a reader cleaning up
-    after a kill can find it with a glob.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 @dataclass(frozen=True)
@@ -202,7 +151,7 @@ class LatencyTable:
         return cls(space.name, space.fingerprint, space.input_size, list(space.candidates), layers,
                    fixed={"stem": LatencyEntry.constant(fixed_ms), "head": LatencyEntry.constant(0.0)},
                    device=dict(device or {"backend": "given"}),
-                   layer_shapes=_layer_shapes(space))
+                   layer_shapes=layer_shapes(space))
 
     # ---- numbers the search uses --------------------------------------------------------
     def matrix(self, candidates: list[str] | None = None) -> torch.Tensor:
@@ -251,6 +200,22 @@ class LatencyTable:
         return float(self.predict(float(self.matrix().min(dim=1).values.sum())))
 
     # ---- checks -------------------------------------------------------------------------
+    def find_space(self, name: str | None = None, width_mult: float | None = None) -> SearchSpace:
+        """The search space this LUT was measured for: ``name`` (default: the LUT's own space name)
+        at ``width_mult``, or, without one, at the first common width multiplier whose resolved
+        space has the LUT's fingerprint. Raises :class:`LUTError` when none matches."""
+        from .space import load_space
+
+        name = name or self.space_name
+        if width_mult is not None:
+            return load_space(name, width_mult=width_mult)
+        for wm in (0.25, 1.0, 0.5, 0.75, 0.35, 1.25, 1.5, 2.0):
+            space = load_space(name, width_mult=wm)
+            if space.fingerprint == self.fingerprint:
+                return space
+        raise LUTError(f"{self.source}: no width multiplier of space {name!r} matches the LUT's fingerprint "
+                       f"{self.fingerprint}; pass --space and --width-mult")
+
     def check_space(self, space: SearchSpace) -> None:
         """Raise :class:`LUTError` unless this LUT covers exactly ``space``; then take the space's column order.
 
@@ -376,5 +341,6 @@ class LatencyTable:
         return cls.from_dict(d, source=str(path), space=space)
 
 
-def _layer_shapes(space: SearchSpace) -> list[dict[str, int]]:
+def layer_shapes(space: SearchSpace) -> list[dict[str, int]]:
+    """Per searchable layer, the shape fields a LUT records (``c_in``, ``c_out``, ``stride``, ``in_size``)."""
     return [{"c_in": l.c_in, "c_out": l.c_out, "stride": l.stride, "in_size": l.in_size} for l in space.layers]

@@ -27,7 +27,6 @@ as ``macs``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -83,11 +82,14 @@ class FBNetModel(nn.Module):
         return f"space={self.space.name!r} ({self.space.fingerprint}), arch={str(self.arch)!r}"
 
 
-def build_model(space: SearchSpace, arch: Architecture, *, dropout: float = 0.0) -> FBNetModel:
+def build_model(space: SearchSpace, arch: Architecture | Sequence[str], *, dropout: float = 0.0) -> FBNetModel:
     """The plain model of ``arch`` in ``space`` (validated: layer count, names, fingerprint).
 
-    ``dropout`` is the rate before the classifier (0 disables it; FBNet trains with 0.2).
+    ``arch`` may also be the block names, one per layer. ``dropout`` is the rate before the
+    classifier (0 disables it; FBNet trains with 0.2).
     """
+    if not isinstance(arch, Architecture):
+        arch = Architecture(tuple(arch), space.name, space.fingerprint)
     if not 0.0 <= dropout < 1.0:
         raise SpaceError(f"dropout must be in [0, 1), got {dropout}")
     return FBNetModel(space, arch, dropout=dropout)
@@ -148,14 +150,11 @@ def load_run_supernet(run_dir: str | Path) -> tuple[SearchSpace, dict[str, torch
     Returns ``(space, state_dict, checkpoint path)``. Raises :class:`CheckpointError`
     when the folder holds no search or no readable checkpoint.
     """
+    from .runs import read_run_config
+
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{run_dir} is not a search run folder (no config.json)")
-    try:
-        space = SearchSpace.from_dict(json.loads(cfg_path.read_text())["space"], source=str(cfg_path))
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: not a search configuration ({type(e).__name__}: {e})") from None
+    _, space = read_run_config(run_dir, error=CheckpointError)
     ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.pt"), reverse=True)
     errors = []
     for p in ckpts:
@@ -230,7 +229,7 @@ def model_stats(space: SearchSpace, arch: Architecture | None = None, model: nn.
 
 def save_model_file(path: str | Path, model: FBNetModel, **extra: Any) -> None:
     """Write ``{format, space, arch, model: state_dict, **extra}`` atomically to ``path``."""
-    from .lut import atomic_torch_save
+    from .runs import atomic_torch_save
 
     payload = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "space": model.space.to_dict(),
                "fingerprint": model.space.fingerprint, "arch": model.arch.to_dict(),

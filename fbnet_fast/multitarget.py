@@ -36,7 +36,8 @@ from typing import Any, Sequence
 import torch
 
 from .errors import ConfigError, LUTError
-from .lut import LatencyEntry, LatencyTable, atomic_write_text
+from .lut import LatencyEntry, LatencyTable
+from .runs import atomic_write_text
 from .space import SearchSpace
 
 __all__ = ["MultiTargetLatency", "load_latency_model", "parse_weights", "MULTI_SCHEMA", "COMBINE_MODES"]

@@ -20,7 +20,6 @@ plots off, or on a machine where the search ran without matplotlib).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from typing import Any, Sequence
 
 from .errors import RunDirError
 
-__all__ = ["write_plots", "read_history", "COMMANDS"]
+__all__ = ["write_plots", "read_history", "PLOT_FILES"]
 
 PLOT_FILES = ("theta_heatmap.png", "search_curves.png", "samples_scatter.png")
 
@@ -198,16 +197,3 @@ def write_plots(run_dir: str | Path) -> list[Path]:
     if samples:
         written.append(plot_samples(samples, run_dir / PLOT_FILES[2]))
     return written
-
-
-def _add_plot(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a search run folder (holds metrics.jsonl)")
-
-
-def _run_plot(args: argparse.Namespace) -> int:
-    for path in write_plots(args.run_dir):
-        print(f"wrote {path}")
-    return 0
-
-
-COMMANDS = {"plot": ("redraw the pictures of a search run folder", _add_plot, _run_plot)}

@@ -210,7 +210,7 @@ def write_preset_file(name: str, out_dir: str, **space_overrides: Any) -> tuple[
     import json
     from pathlib import Path
 
-    from .lut import atomic_write_text
+    from .runs import atomic_write_text
 
     doc = preset_document(name, **space_overrides)
     path = Path(out_dir) / f"{get_preset(name).name}.json"

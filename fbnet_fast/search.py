@@ -62,9 +62,8 @@ import json
 import math
 import os
 import random
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,11 +73,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .blocks import zero_init_residual_
+from .data import random_crop_flip
 from .distributed import SINGLE, Dist, flat_params, init_from_env, shutdown, unflatten_into
 from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, TrainingError
 from .loss import LatencyLoss, resolve_unit
-from .lut import LatencyTable, atomic_torch_save, atomic_write_text
+from .lut import LatencyTable
 from .multitarget import COMBINE_MODES, load_latency_model
+from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, check_run_dir, prepare_run_dir,
+                   read_run_config, step_seed)
 from .space import SearchSpace, load_space
 from .supernet import KERNEL_IMPLS, Supernet
 
@@ -89,23 +91,6 @@ CHECKPOINT_FORMAT = "fbnet-fast/search-checkpoint"
 SEARCH_SYNTHETIC_TRAIN = 4000
 SEARCH_SYNTHETIC_VAL = 1000
 CHECKPOINT_VERSION = 1
-
-
-class OptionsDict:
-    """``to_dict``/``from_dict`` for an options dataclass; unknown keys are one ConfigError."""
-
-    _what = "option"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown {cls._what}(s) {unknown}")
-        return cls(**d)
 
 
 @dataclass
@@ -220,45 +205,6 @@ def tau_at(cfg: SearchConfig, epoch: int) -> float:
     return cfg.tau0 * math.exp(-cfg.tau_decay * epoch)
 
 
-class _ramp_cosine:
-    """LR factor of weight step ``t``: linear ramp over ``ramp`` steps, cosine decay to 0 at ``total``.
-
-    A class, not a lambda, so the scheduler's state_dict pickles and a checkpoint resumes it.
-    """
-
-    def __init__(self, ramp: int, total: int) -> None:
-        self.ramp, self.total = ramp, max(1, total)
-
-    def __call__(self, t: int) -> float:
-        warm = min(1.0, (t + 1) / self.ramp) if self.ramp > 0 else 1.0
-        return warm * 0.5 * (1.0 + math.cos(math.pi * min(t, self.total) / self.total))
-
-
-def _step_seed(seed: int, *parts: int) -> int:
-    # A 63-bit mix of the run seed and a step's coordinates (splitmix64-like), so
-    # neighbouring steps get unrelated streams.
-    x = (seed * 0x9E3779B97F4A7C15) & (2**64 - 1)
-    for p in parts:
-        x ^= (p + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & (2**64 - 1)
-        x = (x * 0xBF58476D1CE4E5B9) & (2**64 - 1)
-        x ^= x >> 31
-    return x & (2**63 - 1)
-
-
-def _augment(images: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Random crop (zero padding ``padding``) + horizontal flip of a uint8 batch ``[B, C, H, W]``."""
-    b, c, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
-    rows = (dy[:, None] + torch.arange(h)[None]).view(b, 1, h, 1).expand(b, c, h, w + 2 * padding)
-    cols = dx[:, None] + torch.arange(w)[None]
-    cols = torch.where(flip[:, None], cols.flip(1), cols).view(b, 1, 1, w).expand(b, c, h, w)
-    out = padded.gather(2, rows)
-    return out.gather(3, cols)
-
-
 class _Split:
     """A uint8 image tensor + labels with the data set's normalisation."""
 
@@ -279,7 +225,7 @@ class _Split:
         """
         x = self.images[idx]
         if gen is not None:
-            x = _augment(x, gen)
+            x = random_crop_flip(x, gen)
         y = self.labels[idx]
         if shard is not None:
             x, y = x[shard], y[shard]
@@ -363,7 +309,7 @@ class Searcher:
         self.t_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.theta_lr,
                                       weight_decay=cfg.theta_weight_decay)
         self.w_sched = torch.optim.lr_scheduler.LambdaLR(
-            self.w_opt, _ramp_cosine(cfg.w_lr_ramp_steps, cfg.epochs * self.w_steps))
+            self.w_opt, RampCosine(cfg.w_lr_ramp_steps, cfg.epochs * self.w_steps))
         # position: the next step to run is (epoch, phase, step)
         self.epoch, self.phase, self.step = 0, "w", 0
         self.accum: dict[str, float] = {}
@@ -594,7 +540,7 @@ class Searcher:
     # ---- one step ----------------------------------------------------------------------------
     def _step_generators(self) -> tuple[torch.Generator, torch.Generator]:
         phase_id = 0 if self.phase == "w" else 1
-        seed = _step_seed(self.cfg.seed, self.epoch, phase_id, self.step)
+        seed = step_seed(self.cfg.seed, self.epoch, phase_id, self.step)
         torch.manual_seed(seed)  # dropout and anything else drawing from the global stream
         data_gen = torch.Generator().manual_seed(seed)
         gumbel_gen = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
@@ -602,7 +548,7 @@ class Searcher:
 
     def _batch_indices(self, split: _Split) -> torch.Tensor:
         phase_id = 0 if self.phase == "w" else 1
-        perm_gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, self.epoch, phase_id, 2**20))
+        perm_gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, self.epoch, phase_id, 2**20))
         perm = torch.randperm(len(split), generator=perm_gen)
         b = self.cfg.batch_size
         return perm[self.step * b:(self.step + 1) * b]
@@ -845,7 +791,7 @@ class Searcher:
         Each is evaluated on the held-out split with the supernet's weights (one-hot
         weights, BN running statistics); returns one record per architecture.
         """
-        gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, 2**30))
+        gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, 2**30))
         archs = [self.model.most_likely()] + self.model.sample_architectures(n, generator=gen)
         logp = torch.log(self.model.probabilities().double().cpu())
         out = []
@@ -913,47 +859,14 @@ def _split_train(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torc
     return split_indices(len(labels), fraction, seed=seed, labels=labels)
 
 
-def check_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
-    """Raise :class:`RunDirError` if ``run_dir`` cannot be used; changes nothing on disk."""
-    run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite contradict each other; pass one of them")
-    if resume:
-        if not (run_dir / "config.json").is_file():
-            raise RunDirError(f"cannot resume: {run_dir} holds no search (no config.json)")
-        return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"output folder {run_dir} is a file; expected a folder (new or holding a run)")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(
-                f"output folder {run_dir} already holds files (another run?); pass --resume to continue it "
-                f"or --overwrite to replace it"
-            )
-        if not ((run_dir / "config.json").is_file() or (run_dir / "checkpoints").is_dir()):
-            raise RunDirError(f"--overwrite refuses to delete {run_dir}: it does not look like an fbnet-fast run folder")
-
-
-def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Refuse to write over another run unless told to resume or overwrite; then make the folder."""
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if not resume:
-        if overwrite and run_dir.exists() and any(run_dir.iterdir()):
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def _read_run_config(run_dir: Path) -> tuple[SearchConfig, SearchSpace]:
-    path = run_dir / "config.json"
     try:
-        saved = json.loads(path.read_text())
-        search, space = saved["search"], saved["space"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunDirError(f"cannot resume: {path} is not a search configuration ({type(e).__name__}: {e})") from None
-    cfg = SearchConfig.from_dict(search)
-    return cfg, SearchSpace.from_dict(space, source=str(path))
+        saved, space = read_run_config(run_dir, error=RunDirError)
+    except RunDirError as e:
+        raise RunDirError(f"cannot resume: {e}") from None
+    if not isinstance(saved.get("search"), dict):
+        raise RunDirError(f"cannot resume: {run_dir / 'config.json'} holds no search options")
+    return SearchConfig.from_dict(saved["search"]), space
 
 
 def run_search(cfg: SearchConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

@@ -5,7 +5,7 @@ The paper's last step (Wu et al. 2019, Sec. 4.1): sample architectures from
 SGD with Nesterov momentum, a linear LR ramp then cosine to 0 over all steps, label-smoothed
 cross-entropy, dropout before the classifier, weight decay on conv and linear
 weights only (decaying BN's scale and shift only shrinks what the next BN
-renormalises), random crop + horizontal flip (``search._augment``, the same batch
+renormalises), random crop + horizontal flip (``data.random_crop_flip``, the same batch
 augmentation the search uses; padding = input size / 8, i.e. 4 pixels at 32x32).
 
 Reproducibility and resume: the epoch's order and every step's augmentation and
@@ -30,10 +30,8 @@ epoch is picked on that same split, so ``best_val_acc`` is slightly optimistic;
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +42,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, ConfigError, TrainingError
-from .lut import atomic_torch_save, atomic_write_text
 from .blocks import zero_init_residual_
+from .data import random_crop_flip
 from .model import FBNetModel, build_model, inherit_from_supernet, load_run_supernet, model_stats, save_model_file
-from .search import OptionsDict, _augment, _ramp_cosine, _step_seed, prepare_run_dir
+from .runs import OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, prepare_run_dir, step_seed
 from .space import Architecture, SearchSpace
 
 __all__ = ["TrainConfig", "Trainer", "run_training", "atomic_torch_save", "TRAIN_CHECKPOINT_FORMAT"]
@@ -171,7 +169,7 @@ class Trainer:
                                     {"params": no_decay, "weight_decay": 0.0}],
                                    lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, _ramp_cosine(cfg.lr_ramp_steps, cfg.epochs * self.steps_per_epoch))
+            self.opt, RampCosine(cfg.lr_ramp_steps, cfg.epochs * self.steps_per_epoch))
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"val_acc": -1.0, "epoch": 0}
@@ -180,14 +178,14 @@ class Trainer:
     # ---- batches ------------------------------------------------------------------------------
     def _prepare(self, images: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         if gen is not None:
-            images = _augment(images, gen, padding=self.padding)
+            images = random_crop_flip(images, gen, padding=self.padding)
         x = (images.float() / 255.0 - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x.to(self.device)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, epoch, 2**20))
+        gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, epoch, 2**20))
         return torch.randperm(len(self.train_labels), generator=gen)
 
     # ---- state --------------------------------------------------------------------------------
@@ -255,7 +253,7 @@ class Trainer:
         with tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
                   leave=False, disable=not cfg.progress, position=1) as bar:
             for step in range(self.steps_per_epoch):
-                seed = _step_seed(cfg.seed, self.epoch, step)
+                seed = step_seed(cfg.seed, self.epoch, step)
                 torch.manual_seed(seed)  # dropout
                 gen = torch.Generator().manual_seed(seed) if cfg.augment else None
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]

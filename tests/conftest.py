@@ -46,7 +46,7 @@ def tiny_lut(tiny_space) -> LatencyTable:
 
 
 def _compiled_isas() -> list[str]:
-    from fbnet_fast import _ext
+    from fbnet_fast.ops import _ext
 
     return list(_ext.load().compiled_isas()) if _ext.available() else ["unbuilt"]
 
@@ -61,7 +61,7 @@ def isa(request):
     if request.param == "unbuilt":  # the test's own needs_ext marker reports the missing build
         yield None
         return
-    from fbnet_fast import _ext
+    from fbnet_fast.ops import _ext
 
     ext = _ext.load()
     start = ext.isa()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_space
-from fbnet_fast.crossdeploy import CrossDeployResult, backend_for, cross_deploy
+from fbnet_fast.research.crossdeploy import CrossDeployResult, backend_for, cross_deploy
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.lut import LatencyTable
 from fbnet_fast.space import Architecture

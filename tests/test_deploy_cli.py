@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_space
-from fbnet_fast.deploy_cli import draw_architectures, load_architecture_file, sample_run
+from fbnet_fast.cli.deploy import draw_architectures, load_architecture_file, sample_run
 from fbnet_fast.errors import SpaceError
 from fbnet_fast.model import supernet_key_map
 from fbnet_fast.train import TrainConfig, Trainer

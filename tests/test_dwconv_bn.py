@@ -7,7 +7,7 @@ from contextlib import closing
 import pytest
 import torch
 
-from fbnet_fast import _ext
+from fbnet_fast.ops import _ext
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.ops import dwconv_bn, dwconv_bn_ref
 

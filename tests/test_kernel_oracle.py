@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fbnet_fast import _ext
+from fbnet_fast.ops import _ext
 from fbnet_fast.ops.mixed_op_fused import mixed_op_fused
 from fbnet_fast.space import FBNET_CANDIDATES
 

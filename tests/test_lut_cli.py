@@ -9,11 +9,12 @@ import math
 import pytest
 import torch
 
-from fbnet_fast.additivity import (build_model, fit_correction, kendall_tau, load_theta, sample_architectures)
+from fbnet_fast.measure.additivity import fit_correction, kendall_tau, load_theta, sample_architectures
+from fbnet_fast.model import build_model
 from fbnet_fast.cli import main
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.lut import LatencyTable
-from fbnet_fast.lut_cli import diff_tables
+from fbnet_fast.cli.lut import diff_tables
 from fbnet_fast.space import Stage
 from tests.conftest import make_tiny_space
 

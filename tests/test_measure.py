@@ -16,7 +16,7 @@ from fbnet_fast.measure import (Backend, CUDABackend, OnnxRuntimeBackend, block_
                                 measure_lut, time_module)
 from fbnet_fast.measure.cuda import time_cuda_interleaved
 from fbnet_fast.space import Stage
-from fbnet_fast.remote_runner import quantile, resolve_clock, summarize, time_interleaved
+from fbnet_fast.measure.remote_runner import quantile, resolve_clock, summarize, time_interleaved
 from tests.conftest import make_tiny_space
 
 FAST = dict(repeats=2, warmup=1, min_sample_ms=0.05, passes=1)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from fbnet_fast import _ext
+from fbnet_fast.ops import _ext
 from fbnet_fast.errors import ExtensionError
 from fbnet_fast.ops import mixed_op, mixed_op_ref, resolve_impl
 from fbnet_fast.ops.mixed_op_fused import mixed_op_fused

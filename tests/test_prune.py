@@ -14,7 +14,7 @@ from conftest import make_tiny_space
 from fbnet_fast.blocks import IRBlock
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.model import build_model, count_flops
-from fbnet_fast.prune import (PruneConfig, _Data, _train, magnitude_masks, prunable, prune_channels, run_pruning,
+from fbnet_fast.research.prune import (PruneConfig, _Data, _train, magnitude_masks, prunable, prune_channels, run_pruning,
                               sparsity)
 from fbnet_fast.space import Architecture
 

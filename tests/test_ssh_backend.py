@@ -126,7 +126,7 @@ def test_runner_times_exported_blocks(tmp_path, runtime):
             mg.append({"key": job.key, "file": f"b{i}{ext}", "shape": list(job.shape)})
         man_groups.append(mg)
     (tmp_path / "m.json").write_text(json.dumps({"runtime": runtime, "threads": 1, "groups": man_groups, **FAST}))
-    runner = Path(__file__).parents[1] / "fbnet_fast" / "remote_runner.py"
+    runner = Path(__file__).parents[1] / "fbnet_fast" / "measure" / "remote_runner.py"
     # Run from an empty folder with -I: the runner must not need fbnet_fast.
     p = subprocess.run([sys.executable, "-I", str(runner), str(tmp_path / "m.json")], capture_output=True,
                        text=True, cwd=tmp_path, timeout=120)
@@ -143,7 +143,7 @@ def test_runner_times_exported_blocks(tmp_path, runtime):
 
 def test_runner_rejects_unknown_runtime(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"runtime": "tflite", "groups": [], **FAST}))
-    runner = Path(__file__).parents[1] / "fbnet_fast" / "remote_runner.py"
+    runner = Path(__file__).parents[1] / "fbnet_fast" / "measure" / "remote_runner.py"
     p = subprocess.run([sys.executable, str(runner), str(tmp_path / "m.json")], capture_output=True, text=True)
     assert p.returncode == 2 and "tflite" in p.stderr
 

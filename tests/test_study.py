@@ -10,7 +10,7 @@ from conftest import make_tiny_space
 from fbnet_fast.cli import main
 from fbnet_fast.errors import ConfigError, RunDirError
 from fbnet_fast.space import load_space
-from fbnet_fast.study import (StudyConfig, accuracy_gaps, dominated_fraction, dominates, fitting_presets,
+from fbnet_fast.research.study import (StudyConfig, accuracy_gaps, dominated_fraction, dominates, fitting_presets,
                               front_accuracy_at, pareto_front, run_study)
 
 

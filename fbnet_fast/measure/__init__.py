@@ -4,7 +4,7 @@
 * ``onnxruntime`` (:mod:`.onnxrt`): host CPU, each block exported to ONNX.
 * ``cuda`` (:mod:`.cuda`): PyTorch on a GPU, timed with CUDA events.
 * ``ssh`` (:mod:`.ssh`): a remote board; blocks exported and run there by
-  :mod:`fbnet_fast.remote_runner` with the board's python.
+  :mod:`fbnet_fast.measure.remote_runner` with the board's python.
 
 :func:`measure_lut` is the entry point; :mod:`.core` holds the jobs, the
 deduplication, the progress bar and the resumable partial file.
@@ -36,7 +36,7 @@ BACKENDS: dict[str, type[Backend]] = {
 def time_module(fn: Callable[[], object], *, repeats: int = 40, warmup: int = 3,
                 min_sample_ms: float = 1.0) -> LatencyEntry:
     """Median / p10 / p90 in ms of ``fn()`` alone (the one-callable case of the interleaved rule)."""
-    from ..remote_runner import summarize, time_interleaved
+    from .remote_runner import summarize, time_interleaved
 
     return LatencyEntry(**summarize(time_interleaved([fn], repeats=repeats, warmup=warmup,
                                                      min_sample_ms=min_sample_ms)[0]))

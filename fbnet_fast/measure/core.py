@@ -6,7 +6,7 @@ candidate) pair, or the fixed stem or head. Layers with the same
 once (``fbnet-cifar`` at width 0.25: 22 x 9 = 198 entries from 10 x 9 + 2 = 92 jobs).
 
 Jobs come in *groups*, the candidates of one layer shape, which a back end times
-in interleaved rounds (see :mod:`fbnet_fast.remote_runner`); the whole job list is
+in interleaved rounds (see :mod:`fbnet_fast.measure.remote_runner`); the whole job list is
 measured ``passes`` times (default 2) and each entry is its best pass. After every
 group the driver writes the entries measured so far to ``<output>.partial``
 atomically; a run that is interrupted (even killed) and started again with the same
@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..blocks import build_block, build_head, build_stem
 from ..errors import ConfigError, LUTError
-from ..lut import LatencyEntry, LatencyTable, _layer_shapes, atomic_write_text
+from ..lut import LatencyEntry, LatencyTable, layer_shapes
+from ..runs import atomic_write_text
 from ..space import SearchSpace
 
 __all__ = ["Job", "Backend", "block_jobs", "job_key", "measure_lut", "measure_jobs", "cpu_name",
@@ -40,7 +41,7 @@ PARTIAL_SCHEMA = "fbnet-fast/lut-partial"
 
 def cpu_name() -> str:
     """The host CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
-    from ..remote_runner import cpu_model
+    from .remote_runner import cpu_model
 
     return cpu_model()
 
@@ -102,7 +103,7 @@ class Backend:
 
     def __init__(self, *, threads: int | None = 1, repeats: int = 40, warmup: int = 3,
                  min_sample_ms: float = 1.0, clock: str = "auto", passes: int = 2, seed: int = 0) -> None:
-        from ..remote_runner import resolve_clock
+        from .remote_runner import resolve_clock
 
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
@@ -137,14 +138,14 @@ class Backend:
         raise NotImplementedError
 
     def time_group(self, fns: Sequence[Callable[[], object]]) -> list[list[float]]:
-        from ..remote_runner import CLOCKS, time_interleaved
+        from .remote_runner import CLOCKS, time_interleaved
 
         return time_interleaved(fns, repeats=self.repeats, warmup=self.warmup, min_sample_ms=self.min_sample_ms,
                                 clock=CLOCKS[self.clock])
 
     def measure(self, groups: Sequence[Sequence[Job]], on_result: Callable[[Job, LatencyEntry], None]) -> None:
         """Time every job; call ``on_result`` for each as soon as its group is done."""
-        from ..remote_runner import summarize
+        from .remote_runner import summarize
 
         old = torch.get_num_threads()
         torch.set_num_threads(self.threads)
@@ -278,9 +279,9 @@ def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", thr
             parked: a 0.13 ms block measured 0.24 ms median / 143 ms p90 with 2 threads
             and 0.13 / 0.16 ms with 1 (load average 8).
         repeats, warmup, min_sample_ms: the sampling rule of
-            :func:`fbnet_fast.remote_runner.time_interleaved`.
+            :func:`fbnet_fast.measure.remote_runner.time_interleaved`.
         clock: ``"auto"`` (process CPU time with one thread, wall time with more; see
-            :data:`fbnet_fast.remote_runner.CLOCKS` for why), ``"wall"`` or ``"cpu"``.
+            :data:`fbnet_fast.measure.remote_runner.CLOCKS` for why), ``"wall"`` or ``"cpu"``.
         passes: times the whole job list is measured; each entry is the pass with the
             lowest median (see :func:`measure_jobs`).
         batch_size: images per call (deployment latency is usually batch 1).
@@ -337,7 +338,7 @@ def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", thr
     table_layers = [{c: results[job_key(l.shape_key(), c)] for c in space.candidates} for l in space.layers]
     table = LatencyTable(space.name, space.fingerprint, space.input_size, list(space.candidates), table_layers,
                          fixed={"stem": results["stem"], "head": results["head"]}, device=device,
-                         layer_shapes=_layer_shapes(space))
+                         layer_shapes=layer_shapes(space))
     if output is not None:
         table.save(output)
         if ppath is not None:

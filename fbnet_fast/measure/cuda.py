@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import ConfigError
-from .core import Backend, Job
 from .torch_cpu import TorchCPUBackend
 
 __all__ = ["CUDABackend", "time_cuda_interleaved"]
@@ -22,7 +21,7 @@ __all__ = ["CUDABackend", "time_cuda_interleaved"]
 
 def time_cuda_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int, min_sample_ms: float,
                           cuda: Any, max_inner: int = 1000) -> list[list[float]]:
-    """Like :func:`fbnet_fast.remote_runner.time_interleaved`, timed with CUDA events."""
+    """Like :func:`fbnet_fast.measure.remote_runner.time_interleaved`, timed with CUDA events."""
     inner = []
     for fn in fns:
         for _ in range(max(1, warmup)):

@@ -2,7 +2,7 @@
 
 The host exports every job (ONNX for the board's onnxruntime, or TorchScript for
 its torch), writes a manifest, copies the folder together with the self-contained
-:mod:`fbnet_fast.remote_runner` to a fresh temporary folder on the board with
+:mod:`fbnet_fast.measure.remote_runner` to a fresh temporary folder on the board with
 ``scp``, runs it with the board's own python over ``ssh`` and reads the timings
 back line by line as the board finishes each layer shape (so the progress bar
 moves and the partial LUT is saved while the board works). The remote folder is
@@ -104,7 +104,7 @@ class SSHBackend(Backend):
                 else "torchscript", **{f"board_{k}": v for k, v in board.items() if k != "threads"}}
 
     def _export(self, groups: Sequence[Sequence[Job]], folder: Path) -> dict[str, Job]:
-        from .. import remote_runner
+        from . import remote_runner
 
         (folder / "blocks").mkdir(parents=True)
         shutil.copy(remote_runner.__file__, folder / "remote_runner.py")

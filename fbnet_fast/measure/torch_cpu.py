@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from .core import Backend, Job, cpu_name
+from .core import Backend, Job
 
 __all__ = ["TorchCPUBackend"]
 

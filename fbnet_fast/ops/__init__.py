@@ -48,7 +48,7 @@ def resolve_impl(impl: str, device: torch.device) -> str:
                    "pip install 'fbnet-fast[triton]'")
         return "reference"
     if device.type == "cpu":
-        from .. import _ext
+        from . import _ext
 
         if _ext.available():
             return "cpp"
@@ -81,7 +81,7 @@ def mixed_op(x: torch.Tensor, weights: torch.Tensor, op: torch.nn.Module, *, imp
     from .mixed_op_fused import mixed_op_fused, supports
 
     if impl == "cpp":
-        from .. import _ext
+        from . import _ext
 
         _ext.load()  # ExtensionError naming the build command
     if requested == "auto" and supports(x, weights, op.candidates) is not None:

@@ -2,7 +2,7 @@
 
 A launcher (``bn_act.bn_stats``, ``dwconv_bn.dwconv_bn_forward``, ...) looks at its
 first tensor's device: CPU tensors go to the compiled kernels (``fbnet_fast._C``
-through :mod:`fbnet_fast._ext`), CUDA tensors to ``fbnet_fast/ops/<family>_triton.py``
+through :mod:`fbnet_fast.ops._ext`), CUDA tensors to ``fbnet_fast/ops/<family>_triton.py``
 (a module with launchers of the same names and signatures). Nothing is probed at
 import time.
 """
@@ -44,10 +44,10 @@ _cpu_module: ModuleType | None = None
 
 
 def cpu_ext() -> ModuleType:
-    """``fbnet_fast._C`` via :func:`fbnet_fast._ext.load`, cached (every launcher call asks)."""
+    """``fbnet_fast._C`` via :func:`fbnet_fast.ops._ext.load`, cached (every launcher call asks)."""
     global _cpu_module
     if _cpu_module is None:
-        from .. import _ext
+        from . import _ext
 
         _cpu_module = _ext.load()
     return _cpu_module

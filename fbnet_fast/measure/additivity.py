@@ -22,36 +22,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 
-from .errors import ConfigError
-from .lut import LatencyTable
-from .space import Architecture, SearchSpace
+from ..errors import ConfigError
+from ..lut import LatencyTable
+from ..model import build_model
+from ..space import Architecture, SearchSpace
 
-__all__ = ["build_model", "sample_architectures", "load_theta", "kendall_tau", "fit_correction",
+__all__ = ["sample_architectures", "load_theta", "kendall_tau", "fit_correction",
            "AdditivityReport", "validate_lut", "plot_scatter"]
-
-
-def build_model(space: SearchSpace, arch: Architecture | Sequence[str]) -> nn.Module:
-    """The plain (single-path) network of ``arch``: stem, one block per layer, head.
-
-    ``x [N, in_channels, input_size, input_size] -> logits [N, num_classes]``. Uses
-    :func:`fbnet_fast.model.build_model` when that module exists, so the study measures
-    the same network the project trains; the fallback is the same sequence of blocks.
-    """
-    arch = arch if isinstance(arch, Architecture) else Architecture(tuple(arch), space.name, space.fingerprint)
-    arch.check(space)
-    try:
-        from . import model as _model  # another module of the project, may not exist yet
-
-        if hasattr(_model, "build_model"):
-            return _model.build_model(space, arch)
-    except ImportError:
-        pass
-    from .blocks import build_block, build_head, build_stem
-
-    return nn.Sequential(build_stem(space), *[build_block(b, l) for b, l in zip(arch.blocks, space.layers)],
-                         build_head(space))
 
 
 def load_theta(path: str | Path, space: SearchSpace) -> torch.Tensor:
@@ -215,7 +193,7 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
     candidates of a layer; the fitted correction is stored on the report, not yet
     on ``table`` (see :func:`apply_correction`).
     """
-    from .measure.core import Job, measure_jobs
+    from .core import Job, measure_jobs
 
     table.check_space(space)
     if len(archs) < 2:

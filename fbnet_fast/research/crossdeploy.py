@@ -10,7 +10,7 @@ A target is re-created from its LUT's ``device`` record (:func:`backend_for`): b
 threads, sampling settings, clock and, for ``ssh``, the board; so "torch eager, 1 thread"
 vs "ONNX Runtime, 2 threads" on one CPU are two targets, and so is any board reachable
 over SSH. End-to-end measurement reuses the additivity study
-(:func:`fbnet_fast.additivity.validate_lut`): all nets of a target are timed in
+(:func:`fbnet_fast.measure.additivity.validate_lut`): all nets of a target are timed in
 interleaved rounds with that target's settings, so load that comes and goes hits them
 alike, and the LUT's prediction is reported beside the measurement.
 
@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import ConfigError
-from .lut import LatencyTable, atomic_write_text
-from .space import Architecture, SearchSpace
+from ..errors import ConfigError
+from ..lut import LatencyTable
+from ..runs import atomic_write_text
+from ..space import Architecture, SearchSpace
 
 __all__ = ["CrossDeployResult", "backend_for", "target_name", "cross_deploy", "plot_cross_deploy"]
 
@@ -46,7 +47,7 @@ def target_name(lut: LatencyTable, i: int = 0) -> str:
 
 def backend_for(lut: LatencyTable, **overrides: Any):
     """The measuring back end described by ``lut.device`` (``overrides`` win, e.g. ``passes=1``)."""
-    from .measure import get_backend
+    from ..measure import get_backend
 
     d = dict(lut.device or {})
     name = d.get("backend")
@@ -119,7 +120,7 @@ class CrossDeployResult:
 
 def _measure_on(lut: LatencyTable, space: SearchSpace, archs: Sequence[Architecture], names: Sequence[str],
                 backend_overrides: dict[str, Any], progress: bool):
-    from .additivity import validate_lut
+    from ..measure.additivity import validate_lut
 
     if len(archs) < 2:
         raise ConfigError("the cross-device experiment needs at least 2 architectures")
@@ -141,7 +142,7 @@ def cross_deploy(space: SearchSpace, luts: Sequence[LatencyTable], out_dir: str 
             replaced by each target's table); needed when any architecture is searched.
         backend_overrides: measuring settings that win over the LUTs' (``passes=1`` ...).
     """
-    from .model import model_stats
+    from ..model import model_stats
 
     if len(luts) < 2:
         raise ConfigError(f"the cross-device experiment needs at least 2 LUTs, got {len(luts)}")
@@ -164,7 +165,7 @@ def cross_deploy(space: SearchSpace, luts: Sequence[LatencyTable], out_dir: str 
             continue
         if search is None:
             raise ConfigError(f"no architecture given for target {names[i]!r} and no search configuration")
-        from .search import run_search
+        from ..search import run_search
 
         log(f"searching an architecture for {names[i]} ...")
         res = run_search(search, out / f"search-{i}", space=space, lut=lut, data=data, overwrite=True,

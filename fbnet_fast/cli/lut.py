@@ -6,7 +6,7 @@
 * ``lut diff``     two LUTs of one space side by side (two devices, or two runs of
   one device): per-layer candidate order and which candidate pairs flip it, as in
   the paper's iPhone X vs Samsung S8 depthwise figure.
-* ``lut validate`` the additivity study (:mod:`fbnet_fast.additivity`): end-to-end
+* ``lut validate`` the additivity study (:mod:`fbnet_fast.measure.additivity`): end-to-end
   latency of sampled architectures vs the LUT sum, and a fitted correction stored
   in the LUT.
 """
@@ -57,7 +57,7 @@ def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool) ->
 
 
 def _make_backend(args: argparse.Namespace, device: dict[str, Any] | None = None) -> Any:
-    from .measure import get_backend
+    from ..measure import get_backend
 
     device = device or {}
     name = args.backend or device.get("backend", "torch-cpu")
@@ -148,8 +148,8 @@ def diff_tables(a: Any, b: Any, *, min_gap_pct: float = 5.0) -> dict[str, Any]:
     a pair ``(c1, c2)`` is listed when ``c1`` is faster than ``c2`` in ``a`` but slower in
     ``b``, both by more than ``min_gap_pct`` % (so noise on near-ties is not a flip).
     """
-    from .additivity import kendall_tau
-    from .errors import LUTError
+    from ..measure.additivity import kendall_tau
+    from ..errors import LUTError
 
     if set(a.candidates) != set(b.candidates) or len(a.layers) != len(b.layers):
         raise LUTError(f"cannot compare {a.source} and {b.source}: different candidates or layer counts "
@@ -182,8 +182,8 @@ def diff_tables(a: Any, b: Any, *, min_gap_pct: float = 5.0) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .lut import LatencyTable
-    from .space import load_space
+    from ..lut import LatencyTable
+    from ..space import load_space
 
     space = load_space(args.space, width_mult=args.width_mult) if args.space else None
     table = LatencyTable.load(args.path, space)
@@ -215,7 +215,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from .lut import LatencyTable
+    from ..lut import LatencyTable
 
     a, b = LatencyTable.load(args.a), LatencyTable.load(args.b)
     if a.fingerprint != b.fingerprint:
@@ -243,34 +243,20 @@ def _diff(args: argparse.Namespace) -> int:
           f"{d['flipped_pairs']} candidate pair(s) flip order (gap > {args.min_gap:g}% in both) in "
           f"{d['layers_with_flips']} of {len(d['layers'])} layers")
     if args.json:
-        from .lut import atomic_write_text
+        from ..runs import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(d, indent=1) + "\n")
     return 0
 
 
-def _resolve_space(table: Any, args: argparse.Namespace) -> Any:
-    from .errors import LUTError
-    from .space import load_space
-
-    name = args.space or table.space_name
-    if args.width_mult is not None:
-        return load_space(name, width_mult=args.width_mult)
-    for wm in (0.25, 1.0, 0.5, 0.75, 0.35, 1.25, 1.5, 2.0):
-        space = load_space(name, width_mult=wm)
-        if space.fingerprint == table.fingerprint:
-            return space
-    raise LUTError(f"{table.source}: no width multiplier of space {name!r} matches the LUT's fingerprint "
-                   f"{table.fingerprint}; pass --space and --width-mult")
-
-
 def _validate(args: argparse.Namespace) -> int:
-    from .additivity import apply_correction, load_theta, plot_scatter, sample_architectures, validate_lut
-    from .errors import ConfigError, LUTError
-    from .lut import LatencyTable, atomic_write_text
+    from ..measure.additivity import apply_correction, load_theta, plot_scatter, sample_architectures, validate_lut
+    from ..errors import ConfigError, LUTError
+    from ..lut import LatencyTable
+    from ..runs import atomic_write_text
 
     table = LatencyTable.load(args.lut)
-    space = _resolve_space(table, args)
+    space = table.find_space(args.space, args.width_mult)
     table.check_space(space)
     if args.num_archs < 0:
         raise ConfigError(f"--num-archs must be >= 0, got {args.num_archs}")
@@ -319,8 +305,8 @@ def _run_lut(args: argparse.Namespace) -> int:
         return _diff(args)
     if args.lut_command == "validate":
         return _validate(args)
-    from .measure import measure_lut
-    from .space import load_space
+    from ..measure import measure_lut
+    from ..space import load_space
 
     space = load_space(args.space, width_mult=args.width_mult)
     backend = _make_backend(args)

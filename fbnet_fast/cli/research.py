@@ -5,9 +5,9 @@
 
 ``crossdeploy`` searches one architecture per LUT (or takes ``--arch`` files, one per LUT,
 in the same order), measures each end to end on every LUT's target and writes the N x N
-table and bar plot (:mod:`fbnet_fast.crossdeploy`). ``prune`` runs iterative magnitude
+table and bar plot (:mod:`fbnet_fast.research.crossdeploy`). ``prune`` runs iterative magnitude
 pruning with rewinding, the random re-initialisation control and structured channel
-pruning, and measures every net (:mod:`fbnet_fast.prune`).
+pruning, and measures every net (:mod:`fbnet_fast.research.prune`).
 """
 
 from __future__ import annotations
@@ -52,16 +52,15 @@ def _add_crossdeploy(p: argparse.ArgumentParser) -> None:
 
 
 def _run_crossdeploy(args: argparse.Namespace) -> int:
-    from .crossdeploy import cross_deploy
-    from .deploy_cli import load_architecture_file
-    from .errors import ConfigError
-    from .lut import LatencyTable
-    from .lut_cli import _resolve_space
+    from ..research.crossdeploy import cross_deploy
+    from .deploy import load_architecture_file
+    from ..errors import ConfigError
+    from ..lut import LatencyTable
 
     if len(args.lut) < 2:
         raise ConfigError("give at least two --lut files (one per target)")
     luts = [LatencyTable.load(p) for p in args.lut]
-    space = _resolve_space(luts[0], args)
+    space = luts[0].find_space(args.space, args.width_mult)
     for t in luts:
         t.check_space(space)
     archs = None
@@ -74,7 +73,7 @@ def _run_crossdeploy(args: argparse.Namespace) -> int:
             archs.append(arch)
     search = None
     if archs is None:
-        from .search import SearchConfig
+        from ..search import SearchConfig
 
         search = SearchConfig(space=space.name, width_mult=space.width_mult, data=args.data, num_train=args.num_train,
                               num_val=args.num_val, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
@@ -102,7 +101,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _add_prune(p: argparse.ArgumentParser) -> None:
-    from .prune import PruneConfig
+    from ..research.prune import PruneConfig
 
     d = PruneConfig()
     p.add_argument("arch", metavar="ARCH", nargs="?", help="architecture file (from 'fbnet-fast sample' or a "
@@ -144,9 +143,9 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
 def _run_prune(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .data import build_datasets
-    from .errors import ConfigError
-    from .prune import PruneConfig, run_pruning
+    from ..data import build_datasets
+    from ..errors import ConfigError
+    from ..research.prune import PruneConfig, run_pruning
 
     fields = {f.name for f in dataclasses.fields(PruneConfig)}
     cfg = PruneConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -154,7 +153,7 @@ def _run_prune(args: argparse.Namespace) -> int:
     if bool(args.preset) == bool(args.arch):
         raise ConfigError("give an architecture file or --preset NAME (one of them)")
     if args.preset:
-        from .presets import get_preset, preset_space
+        from ..presets import get_preset, preset_space
 
         data = build_datasets(args.data, image_size=args.input_size or 32, seed=cfg.seed, num_train=args.num_train,
                               num_val=args.num_val)
@@ -163,12 +162,12 @@ def _run_prune(args: argparse.Namespace) -> int:
                              width_mult=args.width_mult)
         arch = preset.architecture(space)
     else:
-        from .deploy_cli import load_architecture_file
+        from .deploy import load_architecture_file
 
         space, arch = load_architecture_file(args.arch, space_name=args.space, width_mult=args.width_mult)
         data = build_datasets(args.data, image_size=space.input_size, seed=cfg.seed, num_train=args.num_train,
                               num_val=args.num_val)
-    res = run_pruning(space, arch, cfg, args.out, data=data)
+    run_pruning(space, arch, cfg, args.out, data=data)
     print((Path(args.out) / "prune.md").read_text(), end="")
     print(f"wrote prune.json, prune.md, prune.png in {args.out}")
     return 0

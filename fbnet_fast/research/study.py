@@ -57,13 +57,14 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import ConfigError, RunDirError, TrainingError
-from .lut import LatencyTable, atomic_write_text
-from .space import Architecture, SearchSpace, load_space
+from ..errors import ConfigError, RunDirError, TrainingError
+from ..lut import LatencyTable
+from ..runs import atomic_write_text
+from ..space import Architecture, SearchSpace, load_space
 
 __all__ = ["StudyConfig", "PHASES", "run_study", "pareto_front", "dominates", "dominated_fraction",
            "front_accuracy_at", "accuracy_gaps", "fitting_presets", "arch_key", "plot_pareto"]
@@ -163,7 +164,7 @@ class StudyConfig:
 
     def search_config(self, alpha: float, kernel: str):
         """The :class:`~fbnet_fast.search.SearchConfig` of one search of the sweep."""
-        from .search import SearchConfig
+        from ..search import SearchConfig
 
         return SearchConfig(space=self.space, width_mult=self.width_mult, data=self.data, num_train=self.num_train,
                             num_val=self.num_val, epochs=self.search_epochs, warmup_epochs=self.warmup_epochs,
@@ -174,7 +175,7 @@ class StudyConfig:
 
     def train_config(self):
         """The one :class:`~fbnet_fast.train.TrainConfig` every architecture is trained with."""
-        from .train import TrainConfig
+        from ..train import TrainConfig
 
         return TrainConfig(data=self.data, num_train=self.num_train, num_val=self.num_val,
                            epochs=self.train_epochs, batch_size=self.batch_size, seed=self.seed,
@@ -257,7 +258,7 @@ def fitting_presets(space: SearchSpace) -> list[tuple[str, str, Architecture]]:
     head (not the preset's ImageNet widths), hence the label "blocks in <space>".
     """
     try:
-        from .presets import PRESETS
+        from ..presets import PRESETS
     except ImportError:
         return []
     out = []
@@ -328,7 +329,7 @@ class Study:
         if self.cfg.lut:
             table = LatencyTable.load(self.cfg.lut, self.space)
         else:
-            from .measure import measure_lut
+            from ..measure import measure_lut
 
             self.log(f"measuring the latency table of {self.space.name} on this host ({path})")
             table = measure_lut(self.space, threads=self.cfg.threads or 1, repeats=self.cfg.lut_repeats,
@@ -426,7 +427,7 @@ class Study:
     # ---- points -------------------------------------------------------------------------------
     def planned_points(self, skip: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Searched (finished searches only), presets, random: ``{kind, label, alpha, arch}``."""
-        from .additivity import sample_architectures
+        from ..measure.additivity import sample_architectures
 
         pts = [{"kind": "searched", "label": f"alpha={_fmt_alpha(a)}", "alpha": a, "arch": arch}
                for a, arch in self.searched_archs()]
@@ -476,9 +477,9 @@ class Study:
         back end and rules (torch-cpu, one thread, process CPU clock, two passes), so
         load on the shared host slows every model of a round alike.
         """
-        from .additivity import build_model
-        from .measure import TorchCPUBackend
-        from .measure.core import Job, measure_jobs
+        from ..model import build_model
+        from ..measure import TorchCPUBackend
+        from ..measure.core import Job, measure_jobs
 
         path = self.out / "latency.json"
         known = json.loads(path.read_text()) if path.is_file() else {}
@@ -499,7 +500,7 @@ class Study:
 
     # ---- report -------------------------------------------------------------------------------
     def collect(self, points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        from .model import model_stats
+        from ..model import model_stats
 
         lat_path = self.out / "latency.json"
         measured = json.loads(lat_path.read_text()) if lat_path.is_file() else {}
@@ -600,7 +601,7 @@ def _r(v: Any) -> Any:
 
 def _cpu_name() -> str:
     try:
-        from .measure import cpu_name
+        from ..measure import cpu_name
 
         return cpu_name()
     except Exception:  # the host name is a label; never fail the study for it

@@ -18,7 +18,10 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["COMMANDS", "draw_architectures", "load_architecture_file", "sample_run"]
 
@@ -41,7 +44,7 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
 def _run_theta(run_dir: Path, space) -> tuple["torch.Tensor", str]:
     import torch
 
-    from .errors import CheckpointError
+    from ..errors import CheckpointError
 
     theta_path = run_dir / "theta.json"
     if theta_path.is_file():
@@ -54,7 +57,7 @@ def _run_theta(run_dir: Path, space) -> tuple["torch.Tensor", str]:
             raise CheckpointError(f"{theta_path}: candidates {d.get('candidates')} differ from the run's space")
         source = str(theta_path)
     else:
-        from .model import load_run_supernet
+        from ..model import load_run_supernet
 
         _, state, ckpt = load_run_supernet(run_dir)
         theta = torch.stack([state[f"layers.{l}.theta"].double() for l in range(space.num_layers)])
@@ -73,23 +76,17 @@ def draw_architectures(run_dir: str | Path, *, num: int, seed: int):
     """
     import torch
 
-    from .errors import CheckpointError, ConfigError
-    from .multitarget import load_latency_model
-    from .space import SearchSpace
-    from .supernet import Supernet
+    from ..errors import CheckpointError, ConfigError
+    from ..multitarget import load_latency_model
+    from ..runs import read_run_config
+    from ..supernet import Supernet
 
     if num < 0:
         raise ConfigError(f"--num must be >= 0, got {num}")
     if seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {seed}")
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{run_dir} is not a search run folder (no config.json)")
-    try:
-        space = SearchSpace.from_dict(json.loads(cfg_path.read_text())["space"], source=str(cfg_path))
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: not a search configuration ({type(e).__name__}: {e})") from None
+    _, space = read_run_config(run_dir, error=CheckpointError)
     lut = load_latency_model(run_dir / "lut.json", space)  # one LUT or a multi-target search's
     theta, source = _run_theta(run_dir, space)
 
@@ -113,7 +110,7 @@ def sample_run(run_dir: str | Path, *, num: int, seed: int) -> dict[str, Any]:
     """
     import torch
 
-    from .model import model_stats
+    from ..model import model_stats
 
     space, lut, theta, source, archs = draw_architectures(run_dir, num=num, seed=seed)
     log_p = torch.log_softmax(theta, dim=-1)
@@ -132,10 +129,10 @@ def sample_run(run_dir: str | Path, *, num: int, seed: int) -> dict[str, Any]:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from .lut import atomic_write_text
+    from ..runs import atomic_write_text
 
     if args.preset or not args.run_dir:
-        from .presets import run_preset_sample
+        from ..presets import run_preset_sample
 
         return run_preset_sample(args)
 
@@ -174,8 +171,8 @@ def load_architecture_file(path: str | Path, *, space_name: str | None = None, w
     ``space_name``, the file's ``space_def``, the file's ``space`` name. Raises
     :class:`SpaceError` naming the file when it cannot be read or does not fit the space.
     """
-    from .errors import SpaceError
-    from .space import Architecture, SearchSpace, load_space
+    from ..errors import SpaceError
+    from ..space import Architecture, SearchSpace, load_space
 
     path = Path(path)
     try:
@@ -194,12 +191,12 @@ def load_architecture_file(path: str | Path, *, space_name: str | None = None, w
         doc = {"blocks": blocks}
     arch = Architecture.from_dict(doc, source=str(path))
     if run_dir is not None:
-        cfg_path = Path(run_dir) / "config.json"
+        from ..runs import read_run_config
+
         try:
-            space = SearchSpace.from_dict(json.loads(cfg_path.read_text())["space"], source=str(cfg_path))
-        except (OSError, KeyError, json.JSONDecodeError) as e:
-            raise SpaceError(f"--inherit {run_dir}: cannot read the search's space from {cfg_path} "
-                             f"({type(e).__name__})") from None
+            _, space = read_run_config(run_dir, error=SpaceError)
+        except SpaceError as e:
+            raise SpaceError(f"--inherit {run_dir}: cannot read the search's space: {e}") from None
         how = f"the space of search {run_dir}"
     elif space_name is None and isinstance(doc.get("space_def"), dict):
         space = SearchSpace.from_dict(doc["space_def"], source=f"{path}:space_def")
@@ -218,7 +215,7 @@ def load_architecture_file(path: str | Path, *, space_name: str | None = None, w
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from ..train import TrainConfig
 
     d = TrainConfig()
     p.add_argument("arch", metavar="ARCH", nargs="?", help="architecture file (from 'fbnet-fast sample', a "
@@ -262,8 +259,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .errors import ConfigError
-    from .train import TrainConfig, run_training
+    from ..errors import ConfigError
+    from ..train import TrainConfig, run_training
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -285,7 +282,7 @@ def _run_train(args: argparse.Namespace) -> int:
 # ---- export ---------------------------------------------------------------------------------
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    from .export import ONNX_OPSET
+    from ..export import ONNX_OPSET
 
     p.add_argument("model", metavar="MODEL_DIR_OR_CKPT", help="a 'fbnet-fast train' output folder (its best.pt), "
                    "a model file or a training checkpoint")
@@ -299,9 +296,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .errors import CheckpointError
-    from .export import export_model, parse_formats
-    from .model import load_model_file, model_stats
+    from ..errors import CheckpointError
+    from ..export import export_model, parse_formats
+    from ..model import load_model_file, model_stats
 
     formats = parse_formats(args.format)
     src = Path(args.model)

@@ -1,11 +1,11 @@
-"""``fbnet-fast study pareto``: searched vs uniformly random architectures (see :mod:`fbnet_fast.study`)."""
+"""``fbnet-fast study pareto``: searched vs uniformly random architectures (see :mod:`fbnet_fast.research.study`)."""
 
 from __future__ import annotations
 
 import argparse
 import math
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["COMMANDS"]
 
@@ -18,7 +18,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _add_study(p: argparse.ArgumentParser) -> None:
-    from .study import PHASES, StudyConfig
+    from ..research.study import PHASES, StudyConfig
 
     d = StudyConfig()
     p.add_argument("kind", choices=("pareto",), help="the study to run: 'pareto' (accuracy vs latency, searched "
@@ -85,7 +85,7 @@ def _add_study(p: argparse.ArgumentParser) -> None:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from .study import StudyConfig, run_study
+    from ..research.study import StudyConfig, run_study
 
     skip = [s.strip() for item in args.skip for s in item.split(",") if s.strip()]
     if args.threads is not None and args.threads < 1:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import IRBlock
-from .errors import ConfigError
-from .lut import atomic_write_text
-from .model import build_model, count_flops
-from .space import Architecture, SearchSpace
+from ..blocks import IRBlock
+from ..errors import ConfigError
+from ..runs import atomic_write_text
+from ..model import build_model, count_flops
+from ..space import Architecture, SearchSpace
 
 __all__ = ["PruneConfig", "prunable", "magnitude_masks", "apply_masks", "sparsity", "prune_channels",
            "run_pruning", "plot_pruning"]
@@ -218,17 +218,17 @@ class _Data:
         self.padding = max(1, round(bundle.image_size / 8))
 
     def prep(self, images: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        from .search import _augment
+        from ..data import random_crop_flip
 
         if gen is not None:
-            images = _augment(images, gen, padding=self.padding)
+            images = random_crop_flip(images, gen, padding=self.padding)
         return (images.float() / 255.0 - self.mean) / self.std
 
 
 def _train(model: nn.Module, data: _Data, cfg: PruneConfig, masks: dict[str, torch.Tensor] | None, *,
            epochs: int, seed: int, snapshot_step: int = 0) -> tuple[float, dict[str, torch.Tensor] | None]:
     """Train with the mask held; returns (held-out top-1, state after ``snapshot_step`` steps or None)."""
-    from .search import _step_seed
+    from ..runs import step_seed
 
     imgs, labels = data.bundle.train.images, data.bundle.train.labels
     steps = len(labels) // cfg.batch_size
@@ -245,11 +245,11 @@ def _train(model: nn.Module, data: _Data, cfg: PruneConfig, masks: dict[str, tor
     step_no = 0
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_step_seed(seed, epoch, 2**20)))
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(step_seed(seed, epoch, 2**20)))
         for step in range(steps):
             if snapshot_step and step_no == snapshot_step:
                 snap = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            gen = torch.Generator().manual_seed(_step_seed(seed, epoch, step)) if cfg.augment else None
+            gen = torch.Generator().manual_seed(step_seed(seed, epoch, step)) if cfg.augment else None
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             loss = F.cross_entropy(model(data.prep(imgs[idx], gen)), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -292,7 +292,7 @@ def run_pruning(space: SearchSpace, arch: Architecture, cfg: PruneConfig, out_di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if data is None:
-        from .data import build_datasets
+        from ..data import build_datasets
 
         data = build_datasets(data_spec, image_size=space.input_size, seed=cfg.seed, num_train=num_train,
                               num_val=num_val)
@@ -350,8 +350,8 @@ def run_pruning(space: SearchSpace, arch: Architecture, cfg: PruneConfig, out_di
 
 def _measure(rows: list[dict[str, Any]], nets: dict[str, nn.Module], shape: tuple[int, ...], cfg: PruneConfig,
              log: Callable[[str], None]) -> None:
-    from .measure import get_backend
-    from .measure.core import Job, measure_jobs
+    from ..measure import get_backend
+    from ..measure.core import Job, measure_jobs
 
     backend = get_backend(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, passes=cfg.passes)
     jobs = [Job(r["key"], (lambda m=nets[r["key"]]: m), shape, r["key"]) for r in rows]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .errors import ExtensionError
+from ..errors import ExtensionError
 
 __all__ = ["load", "available", "BUILD_HINT", "ABI_VERSION"]
 

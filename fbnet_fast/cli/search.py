@@ -1,33 +1,15 @@
-"""The ``fbnet-fast`` command line.
-
-``fbnet-fast search`` runs a search (default: the generated data on ``fbnet-cifar``
-at width 0.25, about ten minutes on 2 CPU cores); ``fbnet-fast lut ...`` measures and
-inspects latency tables; ``fbnet-fast space`` prints a search space. Every error a
-user can cause ends the command with one line ``fbnet-fast: error: ...`` and exit
-status 2, never a traceback.
-"""
+"""``fbnet-fast search`` (an FBNet architecture search) and ``fbnet-fast space`` (print a space)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from pathlib import Path
-from typing import Callable, Sequence
 
-from .errors import FBNetError
-
-__all__ = ["main", "build_parser"]
-
-# Modules that bring their own sub-commands: each has ``COMMANDS = {name: (help,
-# add_arguments, run)}``. A new command is a new module listed here, not an edit of
-# this file's parser; modules are imported lazily so ``--help`` stays fast.
-_COMMAND_MODULES = ("fbnet_fast.lut_cli", "fbnet_fast.deploy_cli", "fbnet_fast.plots", "fbnet_fast.study_cli",
-                    "fbnet_fast.research_cli")
+__all__ = ["COMMANDS"]
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
-    from .search import SearchConfig
+    from ..search import SearchConfig
 
     d = SearchConfig()
     g = p.add_argument_group("what to search")
@@ -114,7 +96,7 @@ def _add_search(p: argparse.ArgumentParser) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from .search import SearchConfig, run_search
+    from ..search import SearchConfig, run_search
 
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     cfg = SearchConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -135,58 +117,13 @@ def _add_space(p: argparse.ArgumentParser) -> None:
 
 
 def _run_space(args: argparse.Namespace) -> int:
-    from .space import load_space
+    from ..space import load_space
 
     print(load_space(args.space, width_mult=args.width_mult).summary())
     return 0
 
 
-_COMMANDS = {
+COMMANDS = {
     "search": ("run an FBNet architecture search", _add_search, _run_search),
     "space": ("print a search space's resolved layers", _add_space, _run_space),
 }
-
-
-def _all_commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                                       Callable[[argparse.Namespace], int | None]]]:
-    import importlib
-
-    commands = dict(_COMMANDS)
-    for mod in _COMMAND_MODULES:
-        commands.update(importlib.import_module(mod).COMMANDS)
-    return commands
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="fbnet-fast",
-        description="Hardware-aware neural architecture search (FBNet, Wu et al. CVPR 2019) with fused kernels.",
-    )
-    parser.add_argument("--version", action="version", version=f"fbnet-fast {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_text, add, _) in _all_commands().items():
-        sp = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
-                            )
-        add(sp)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _, _, run = _all_commands()[args.command]
-    try:
-        return int(run(args) or 0)
-    except FBNetError as e:
-        print(f"fbnet-fast: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"fbnet-fast: interrupted; run the same command again to continue"
-              f"{' (with --resume)' if args.command == 'search' else ''}", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

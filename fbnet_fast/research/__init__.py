@@ -1,0 +1,1 @@
+"""Research experiments built on the library: the pareto study, the cross-device experiment, lottery tickets."""

@@ -1,0 +1,175 @@
+"""Run plumbing every command shares: files written atomically, options round-tripped, run folders.
+
+Search, training, pruning, the studies, export and sampling all write into a run folder
+and read one back; this module is the one owner of how:
+
+* :func:`atomic_write_text` / :func:`atomic_torch_save`: a reader (or a killed run's
+  resume) sees the old file or the new one, never half of one;
+* :class:`OptionsDict`: an options dataclass to and from its JSON (``config.json``),
+  unknown keys refused;
+* :func:`step_seed` and :class:`RampCosine`: per-step random streams and the learning-rate
+  schedule, both resumable from a checkpoint;
+* :func:`check_run_dir` / :func:`prepare_run_dir`: never write over another run unless told;
+* :func:`read_run_config`: a search run folder's ``config.json`` and the space it searched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, ConfigError, FBNetError, RunDirError
+from .space import SearchSpace
+
+__all__ = ["atomic_write_text", "atomic_torch_save", "OptionsDict", "step_seed", "RampCosine", "check_run_dir",
+           "prepare_run_dir", "read_run_config"]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half.
+
+    Temp file in the same folder, flush + fsync, ``os.replace``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` with the same guarantee as :func:`atomic_write_text`, plus a folder fsync.
+
+    The temp name starts with ``.{name}.`` and ends with ``.tmp``, so a reader cleaning up
+    after a kill can find it with a glob.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+class OptionsDict:
+    """``to_dict``/``from_dict`` for an options dataclass; unknown keys are one ConfigError."""
+
+    _what = "option"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls._what}(s) {unknown}")
+        return cls(**d)
+
+
+class RampCosine:
+    """LR factor of weight step ``t``: linear ramp over ``ramp`` steps, cosine decay to 0 at ``total``.
+
+    A class, not a lambda, so the scheduler's state_dict pickles and a checkpoint resumes it.
+    """
+
+    def __init__(self, ramp: int, total: int) -> None:
+        self.ramp, self.total = ramp, max(1, total)
+
+    def __call__(self, t: int) -> float:
+        warm = min(1.0, (t + 1) / self.ramp) if self.ramp > 0 else 1.0
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(t, self.total) / self.total))
+
+
+def step_seed(seed: int, *parts: int) -> int:
+    """A 63-bit mix of the run seed and a step's coordinates (splitmix64-like), so neighbouring
+    steps get unrelated random streams; the same coordinates give the same seed on resume."""
+    x = (seed * 0x9E3779B97F4A7C15) & (2**64 - 1)
+    for p in parts:
+        x ^= (p + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & (2**64 - 1)
+        x = (x * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+        x ^= x >> 31
+    return x & (2**63 - 1)
+
+
+def check_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Raise :class:`RunDirError` if ``run_dir`` cannot be used; changes nothing on disk."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; pass one of them")
+    if resume:
+        if not (run_dir / "config.json").is_file():
+            raise RunDirError(f"cannot resume: {run_dir} holds no search (no config.json)")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output folder {run_dir} is a file; expected a folder (new or holding a run)")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"output folder {run_dir} already holds files (another run?); pass --resume to continue it "
+                f"or --overwrite to replace it"
+            )
+        if not ((run_dir / "config.json").is_file() or (run_dir / "checkpoints").is_dir()):
+            raise RunDirError(f"--overwrite refuses to delete {run_dir}: it does not look like an fbnet-fast run folder")
+
+
+def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse to write over another run unless told to resume or overwrite; then make the folder."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if not resume:
+        if overwrite and run_dir.exists() and any(run_dir.iterdir()):
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def read_run_config(run_dir: str | Path, *, error: type[FBNetError] = CheckpointError) -> tuple[dict[str, Any], SearchSpace]:
+    """``(config.json as a dict, the space it records)`` of a search run folder.
+
+    Raises ``error`` (one line naming the folder or file) when there is no ``config.json``
+    or it does not hold a search configuration.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise error(f"{run_dir} is not a search run folder (no config.json)")
+    try:
+        saved = json.loads(path.read_text())
+        space = SearchSpace.from_dict(saved["space"], source=str(path))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise error(f"{path}: not a search configuration ({type(e).__name__}: {e})") from None
+    return saved, space
