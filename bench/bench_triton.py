@@ -21,8 +21,6 @@ prints the ratio tables.
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,9 +31,8 @@ from fbnet_fast.ops.mixed_op_ref import mixed_op_ref
 from fbnet_fast.space import FBNET_CANDIDATES, load_space
 from fbnet_fast.supernet import MixedOp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _kernel_tol import assert_close_to_ref  # noqa: E402
-from traffic_triton import CASES  # noqa: E402
+from fbnet_fast.ops.testing import assert_close_to_ref
+from traffic_triton import CASES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton path)")
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from .space import Candidate, LayerSpec, SearchSpace, parse_candidate
 
-__all__ = ["IRBlock", "SkipBlock", "ChannelShuffle", "Stem", "Head", "build_block", "channel_shuffle"]
+__all__ = ["IRBlock", "SkipBlock", "ChannelShuffle", "Stem", "Head", "BLOCK_KINDS", "build_block", "channel_shuffle",
+           "register_block_kind"]
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -45,6 +46,8 @@ class IRBlock(nn.Module):
     ``mid = round(c_in * expansion)``; expansion 1 still has the first 1x1 conv, as in
     the paper's table. Convolutions carry no bias (BN follows each one).
     """
+
+    kind = "ir"
 
     def __init__(self, *, c_in: int, c_out: int, kernel: int, expansion: float, groups: int = 1,
                  stride: int = 1) -> None:
@@ -95,6 +98,8 @@ class SkipBlock(nn.Module):
     every layer and a searched net may drop a stage's first block to its cheapest form.
     """
 
+    kind = "skip"
+
     def __init__(self, *, c_in: int, c_out: int, stride: int = 1) -> None:
         super().__init__()
         self.c_in, self.c_out, self.stride = c_in, c_out, stride
@@ -137,13 +142,36 @@ class Head(nn.Module):
         return self.fc(self.dropout(x))
 
 
+# Every block class by its ``kind``: the one place that maps a candidate's kind to a module.
+# The fused mixed op keeps its own allow-list of the exact classes it implements
+# (ops/mixed_op_fused.py, FUSED_KINDS); a block of any other kind runs the eager reference.
+BLOCK_KINDS: dict[str, type[nn.Module]] = {"ir": IRBlock, "skip": SkipBlock}
+
+
+def register_block_kind(cls: type[nn.Module]) -> type[nn.Module]:
+    """Add a block class (with a class attribute ``kind`` and a ``from_candidate(candidate, layer)``
+    classmethod) to :data:`BLOCK_KINDS`; usable as a decorator. A kind is registered once."""
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"{cls.__name__} needs a class attribute 'kind' (a non-empty string)")
+    if kind in BLOCK_KINDS and BLOCK_KINDS[kind] is not cls:
+        raise ValueError(f"block kind {kind!r} is already {BLOCK_KINDS[kind].__name__}")
+    BLOCK_KINDS[kind] = cls
+    return cls
+
+
 def build_block(candidate: str | Candidate, layer: LayerSpec) -> nn.Module:
-    """The module for ``candidate`` at ``layer``'s channels and stride."""
+    """The module for ``candidate`` at ``layer``'s channels and stride (its kind's class in :data:`BLOCK_KINDS`)."""
     cand = parse_candidate(candidate) if isinstance(candidate, str) else candidate
-    if cand.kind == "skip":
+    cls = BLOCK_KINDS.get(cand.kind)
+    if cls is None:
+        raise ValueError(f"no block class for kind {cand.kind!r}; known: {sorted(BLOCK_KINDS)}")
+    if cls is SkipBlock:
         return SkipBlock(c_in=layer.c_in, c_out=layer.c_out, stride=layer.stride)
-    return IRBlock(c_in=layer.c_in, c_out=layer.c_out, kernel=cand.kernel, expansion=cand.expansion,
-                   groups=cand.groups, stride=layer.stride)
+    if cls is IRBlock:
+        return IRBlock(c_in=layer.c_in, c_out=layer.c_out, kernel=cand.kernel, expansion=cand.expansion,
+                       groups=cand.groups, stride=layer.stride)
+    return cls.from_candidate(cand, layer)
 
 
 def build_stem(space: SearchSpace) -> Stem:

@@ -9,8 +9,8 @@ that already imported the kernels). To run it by hand::
     TRITON_INTERPRET=1 python -m pytest -q tests/_triton_interp_cases.py
 
 Tolerance everywhere: the fused fp32 result's max error against an fp64 reference is at
-most 2x eager fp32's (``_kernel_tol.assert_close_to_ref``); the mixed-op cases use the CPU
-tests' oracle (``_mixed_op_check``: an eager ensemble, and the ReLU-kink slack for gradients). Shapes are small: the interpreter runs each
+most 2x eager fp32's (``fbnet_fast.ops.testing.assert_close_to_ref``); the mixed-op cases use the CPU
+tests' oracle (``fbnet_fast.ops.testing``: an eager ensemble, and the ReLU-kink slack for gradients). Shapes are small: the interpreter runs each
 program in Python (about 1 ms per program and operation).
 """
 
@@ -35,8 +35,8 @@ from fbnet_fast.ops.mixed_op_ref import mixed_op_ref  # noqa: E402
 from fbnet_fast.space import FBNET_CANDIDATES, Stage, load_space  # noqa: E402
 from fbnet_fast.supernet import Supernet  # noqa: E402
 
-from _kernel_tol import assert_close_to_ref  # noqa: E402
-from _mixed_op_check import compare_mixed_op, compare_supernet_step, make_mixed_op  # noqa: E402
+from fbnet_fast.ops.testing import assert_close_to_ref  # noqa: E402
+from fbnet_fast.ops.testing import compare_mixed_op, compare_supernet_step, make_mixed_op  # noqa: E402
 from test_bn_act import check_bn_fold, check_bn_grad_fold  # noqa: E402  (the CPU tests' checks, one oracle)
 
 torch.set_num_threads(1)
@@ -191,7 +191,7 @@ MIXED_SHAPES = [
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_mixed_op_function(n, c_in, c_out, stride, h, w, cl, hard, triton_on_cpu):
     """Output, grad of x / theta / every parameter, and BN running stats vs the eager ensemble
-    and fp64 (tests/_mixed_op_check.py: the CPU tests' oracle)."""
+    and fp64 (fbnet_fast.ops.testing: the CPU tests' oracle)."""
     op = make_mixed_op(c_in, c_out, stride, h)
     x = torch.randn(n, c_in, h, w, generator=torch.Generator().manual_seed(1))
     if cl:

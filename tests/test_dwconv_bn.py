@@ -11,7 +11,7 @@ from fbnet_fast.ops import _ext
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.ops import dwconv_bn, dwconv_bn_ref
 
-from _kernel_tol import assert_close_to_ref, runnable_isas
+from fbnet_fast.ops.testing import assert_close_to_ref, runnable_isas
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 

@@ -1,7 +1,7 @@
 """The kernel tests' oracle itself: it must let legitimate fp32 differences through and catch defects.
 
-tests/_mixed_op_check.py widened the old "2x eager" rule in two ways (an eager ensemble, and
-the ReLU-kink slack of tests/_relu_kinks.py); these tests pin down that neither widening
+fbnet_fast.ops.testing widened the old "2x eager" rule in two ways (an eager ensemble, and
+the ReLU-kink slack of fbnet_fast.ops.testing); these tests pin down that neither widening
 hides a wrong result: the slack is exactly the effect of the branch flips it allows, and
 defects of 1e-5 relative in an output or the gradients, or 1e-4 in one parameter's
 gradient, still fail.
@@ -16,8 +16,8 @@ from fbnet_fast.ops import _ext
 from fbnet_fast.ops.mixed_op_fused import mixed_op_fused
 from fbnet_fast.space import FBNET_CANDIDATES
 
-from _mixed_op_check import compare_mixed_op, make_mixed_op
-from _relu_kinks import ReluRecorder, relu_flip_slack
+from fbnet_fast.ops.testing import compare_mixed_op, make_mixed_op
+from fbnet_fast.ops.testing import ReluRecorder, relu_flip_slack
 
 needs_ext = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 

@@ -2,8 +2,8 @@
 
 Every case compares the forward value, the gradient of x, of the Gumbel weights
 (hence theta) and of every conv/BN parameter, and the BN running statistics, with
-the "<= 2x eager fp32's error against fp64" rule (tests/_kernel_tol.py) plus the exact
-fp64 effect of the ReLU branches an fp32 rounding may flip (tests/_relu_kinks.py).
+the "<= 2x eager fp32's error against fp64" rule (fbnet_fast.ops.testing) plus the exact
+fp64 effect of the ReLU branches an fp32 rounding may flip (fbnet_fast.ops.testing).
 Every test that runs the C++ kernels runs once per compiled ISA variant (base x86-64,
 AVX2, AVX-512: the ``isa`` fixture); a variant this CPU cannot run is skipped and named.
 """
@@ -24,7 +24,7 @@ from fbnet_fast.ops.mixed_op_fused import mixed_op_fused
 from fbnet_fast.space import FBNET_CANDIDATES, Stage, load_space
 from fbnet_fast.supernet import Supernet, gumbel_weights
 
-from _mixed_op_check import compare_mixed_op, compare_supernet_step, make_mixed_op
+from fbnet_fast.ops.testing import compare_mixed_op, compare_supernet_step, make_mixed_op
 
 needs_ext = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 
@@ -172,7 +172,7 @@ def test_supernet_training_step_matches_reference(hard, isa):
     """One whole training step (stem, three fused mixed ops, head, cross-entropy) vs eager and fp64.
 
     2 images of 16x16: every ReLU input near its kink gives every gradient upstream of it a
-    slack (tests/_relu_kinks.py), and a flip in the 1504-wide head reaches all of them. At
+    slack (fbnet_fast.ops.testing), and a flip in the 1504-wide head reaches all of them. At
     4x32x32 (this test until Dec 2026) about 90 ReLU inputs were that near (41 in the head), and
     the summed slack reached a median 3 % of each gradient's largest entry; at 2x16x16 it is
     3 positions and 0.4 %, a bound that still means something. Full 32x32 planes are covered

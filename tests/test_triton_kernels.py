@@ -140,7 +140,7 @@ def test_fused_mixed_op_on_gpu(n, c_in, c_out, stride, h):
     from fbnet_fast.space import FBNET_CANDIDATES, LayerSpec
     from fbnet_fast.supernet import MixedOp
 
-    from _kernel_tol import assert_close_to_ref
+    from fbnet_fast.ops.testing import assert_close_to_ref
 
     torch.manual_seed(0)
     op = MixedOp(LayerSpec(0, 0, c_in, c_out, stride, h, (h - 1) // stride + 1), FBNET_CANDIDATES).cuda()

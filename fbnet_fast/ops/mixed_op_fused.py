@@ -38,13 +38,20 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from ..blocks import IRBlock, SkipBlock
 from ..errors import ConfigError
 from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_fold, bn_grad_fold,
                      bn_stats)
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
 from .mixed_op_ref import active_candidates
 
-__all__ = ["MixedOpFunction", "mixed_op_fused", "supports"]
+__all__ = ["FUSED_KINDS", "MixedOpFunction", "mixed_op_fused", "supports"]
+
+# The block classes the fused kernels implement, by kind: exact classes, not subclasses and
+# not look-alikes (a block with a depthwise conv plus, say, squeeze-excite is not an IR
+# block to these kernels). Any other candidate sends the layer to the eager reference
+# under impl="auto" and is refused under "cpp"/"triton" (supports()).
+FUSED_KINDS: dict[str, type[nn.Module]] = {"ir": IRBlock, "skip": SkipBlock}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -169,14 +176,14 @@ def _plan(weights: torch.Tensor, blocks: Sequence[nn.Module]) -> tuple[list[_Can
     cands, params = [], []
     for i in active:
         b = blocks[i]
-        if hasattr(b, "conv_dw"):
+        if b.kind == "ir":
             ps = [b.conv_pw.weight, b.bn1.weight, b.bn1.bias, b.conv_dw.weight, b.bn2.weight, b.bn2.bias,
                   b.conv_pwl.weight, b.bn3.weight, b.bn3.bias]
             perm = inv = None
             if b.groups > 1:
                 perm, inv = _shuffle_perm_on(b.mid, b.groups, str(weights.device))
             cands.append(_Cand(i, "ir", b, len(ps), perm, inv))
-        elif getattr(b, "identity", False):
+        elif b.identity:
             ps = []
             cands.append(_Cand(i, "skip_id", b, 0))
         else:
@@ -389,7 +396,11 @@ def supports(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]
         return f"x is {x.dtype}; the fused kernels are float32 only"
     if x.dim() != 4:
         return f"x must be [N, C, H, W], got shape {list(x.shape)}"
-    for b in blocks:
+    for i, b in enumerate(blocks):
+        kind = getattr(b, "kind", None)
+        if FUSED_KINDS.get(kind) is not type(b):
+            return (f"candidate {i} is a {type(b).__name__} (kind {kind!r}); the fused kernels implement only "
+                    + ", ".join(f"{c.__name__} ({k!r})" for k, c in FUSED_KINDS.items()))
         bns = [getattr(b, n) for n in ("bn1", "bn2", "bn3", "bn") if hasattr(b, n)]
         if any(not bn.affine for bn in bns):
             return "a candidate has a BatchNorm without affine parameters"
