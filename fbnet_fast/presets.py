@@ -201,7 +201,7 @@ def preset_document(name: str, **space_overrides: Any) -> dict[str, Any]:
     space = preset_space(p, **space_overrides)
     arch = p.architecture(space)
     stats = model_stats(space, arch)
-    return {**arch.to_dict(), "space_def": space.to_dict(), "stats": stats.to_dict(),
+    return {**arch.to_dict(space), "stats": stats.to_dict(),
             "source": {"preset": p.name, "title": p.title, "citation": p.doc, "published": p.published}}
 
 

@@ -10,7 +10,8 @@ and read one back; this module is the one owner of how:
 * :func:`step_seed` and :class:`RampCosine`: per-step random streams and the learning-rate
   schedule, both resumable from a checkpoint;
 * :func:`check_run_dir` / :func:`prepare_run_dir`: never write over another run unless told;
-* :func:`read_run_config`: a search run folder's ``config.json`` and the space it searched.
+* :func:`read_run_config`: a search run folder's ``config.json`` and the space it searched;
+* :func:`load_architecture_file`: an architecture file (``arch.json``) and the space it fits.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError, FBNetError, RunDirError
+from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, SpaceError
 from .space import SearchSpace
 
 __all__ = ["atomic_write_text", "atomic_torch_save", "OptionsDict", "step_seed", "RampCosine", "check_run_dir",
-           "prepare_run_dir", "read_run_config"]
+           "prepare_run_dir", "read_run_config", "load_architecture_file"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -173,3 +174,51 @@ def read_run_config(run_dir: str | Path, *, error: type[FBNetError] = Checkpoint
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise error(f"{path}: not a search configuration ({type(e).__name__}: {e})") from None
     return saved, space
+
+
+def load_architecture_file(path: str | Path, *, space_name: str | None = None, width_mult: float | None = None,
+                           run_dir: str | Path | None = None):
+    """``(space, architecture)`` from an architecture file (:mod:`fbnet_fast.cli.deploy` describes the format).
+
+    The space comes from, in order: ``run_dir``'s config.json (``--inherit``), an explicit
+    ``space_name``, the file's ``space_def``, the file's ``space`` name. Raises
+    :class:`SpaceError` naming the file when it cannot be read or does not fit the space.
+    """
+    from .space import Architecture, load_space
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpaceError(f"architecture file {str(path)!r} does not exist") from None
+    except OSError as e:
+        raise SpaceError(f"cannot read architecture file {str(path)!r}: {e.strerror}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpaceError(f"architecture file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    else:
+        blocks = [tok for line in text.splitlines() for tok in line.split("#", 1)[0].split()]
+        doc = {"blocks": blocks}
+    arch = Architecture.from_dict(doc, source=str(path))
+    if run_dir is not None:
+        try:
+            _, space = read_run_config(run_dir, error=SpaceError)
+        except SpaceError as e:
+            raise SpaceError(f"--inherit {run_dir}: cannot read the search's space: {e}") from None
+        how = f"the space of search {run_dir}"
+    elif space_name is None and isinstance(doc.get("space_def"), dict):
+        space = SearchSpace.from_dict(doc["space_def"], source=f"{path}:space_def")
+        how = f"the space_def in {path}"
+    else:
+        name = space_name or doc.get("space") or "fbnet-cifar"
+        space = load_space(name, width_mult=width_mult)
+        how = f"space {name!r} at width {space.width_mult:g}"
+    try:
+        arch.check(space)
+    except SpaceError as e:
+        hint = " (pass the --space and --width-mult the search used, or --inherit RUN_DIR)" \
+            if "fingerprint" in str(e) else ""
+        raise SpaceError(f"{path}: does not fit {how}: {e}{hint}") from None
+    return space, arch

@@ -47,7 +47,8 @@ Run folder::
     metrics.jsonl       one line per epoch: CE, latency, accuracy, tau, softmax(theta)
     checkpoints/        ckpt-*.pt, the last ``keep_checkpoints`` kept, written atomically
     theta.json          final theta and softmax(theta) per layer
-    arch.json           the most likely architecture (``fbnet-fast`` architecture format)
+    arch.json           the most likely architecture (``fbnet-fast`` architecture format with
+                        ``space_def``: ``fbnet-fast train RUN/arch.json`` needs nothing else)
     summary.txt         the final architecture as a table
     samples.json        ``plot_samples`` architectures drawn from P_theta and the argmax,
                         each with its LUT latency and held-out accuracy
@@ -823,7 +824,7 @@ class Searcher:
             "probs": [[float(v) for v in row] for row in probs.cpu()],
         }
         atomic_write_text(self.run_dir / "theta.json", json.dumps(theta, indent=1) + "\n")
-        atomic_write_text(self.run_dir / "arch.json", json.dumps(arch.to_dict(), indent=1) + "\n")
+        atomic_write_text(self.run_dir / "arch.json", json.dumps(arch.to_dict(self.space), indent=1) + "\n")
         lines = [f"most likely architecture of {self.space.name} (fingerprint {self.space.fingerprint})",
                  f"{'layer':>5}  {'shape':<22} {'block':<10} {'P':>6} {'latency ms':>10}"]
         for l, (spec, block) in enumerate(zip(self.space.layers, arch.blocks)):

@@ -465,8 +465,13 @@ class Architecture:
             if b not in space.candidates:
                 raise SpaceError(f"architecture layer {i}: block {b!r} is not a candidate of space {space.name!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"space": self.space_name, "fingerprint": self.fingerprint, "blocks": list(self.blocks)}
+    def to_dict(self, space: "SearchSpace | None" = None) -> dict[str, Any]:
+        """The architecture file format; with ``space``, also ``space_def`` (the resolved space:
+        widths, input size, classes), so the file alone rebuilds the network."""
+        d: dict[str, Any] = {"space": self.space_name, "fingerprint": self.fingerprint, "blocks": list(self.blocks)}
+        if space is not None:
+            d["space_def"] = space.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "<dict>") -> "Architecture":

@@ -354,7 +354,7 @@ def run_training(cfg: TrainConfig, space: SearchSpace, arch: Architecture, out_d
     if resume:
         trainer.resume()
     else:
-        arch_doc = {**trainer.arch.to_dict(), "space_def": trainer.space.to_dict()}
+        arch_doc = trainer.arch.to_dict(trainer.space)
         config = {"train": cfg.to_dict(), "space": trainer.space.to_dict(), "arch": trainer.arch.to_dict(),
                   "fingerprint": trainer.space.fingerprint, "data": trainer.data.description,
                   "torch": torch.__version__}

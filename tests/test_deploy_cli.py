@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_space
-from fbnet_fast.cli.deploy import draw_architectures, load_architecture_file, sample_run
+from fbnet_fast.cli.deploy import draw_architectures, sample_run
+from fbnet_fast.runs import load_architecture_file
 from fbnet_fast.errors import SpaceError
 from fbnet_fast.model import supernet_key_map
 from fbnet_fast.train import TrainConfig, Trainer
@@ -168,6 +169,20 @@ def test_cli_sample_train_export(tmp_path, search_run):
     assert rep["verification"]["onnx"]["ok"] and rep["verification"]["torchscript"]["ok"]
     assert (exp / "model.onnx").is_file() and (exp / "model.torchscript.pt").is_file()
     assert rep["class_names"] == ["cats", "dogs"] and rep["preprocess"]["mean"] is not None
+
+
+def test_the_search_arch_json_trains_as_is(tmp_path, search_run):
+    """The file the search's last line names rebuilds its space (a custom one here) with no options."""
+    doc = json.loads((search_run / "arch.json").read_text())
+    assert doc["space_def"] == make_tiny_space().to_dict() and doc["fingerprint"] == make_tiny_space().fingerprint
+    space, arch = load_architecture_file(search_run / "arch.json")
+    assert space.fingerprint == make_tiny_space().fingerprint and list(arch.blocks) == doc["blocks"]
+    out = tmp_path / "trained"
+    r = _cli("train", search_run / "arch.json", "--num-train", "64", "--num-val", "16", "--epochs", "1",
+             "--batch-size", "16", "--out", out, "--no-progress", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "held-out top-1" in r.stdout
+    assert json.loads((out / "arch.json").read_text())["space_def"] == doc["space_def"]
 
 
 def test_cli_errors_are_one_line(tmp_path):

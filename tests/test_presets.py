@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fbnet_fast.cli.deploy import load_architecture_file
+from fbnet_fast.runs import load_architecture_file
 from fbnet_fast.errors import SpaceError
 from fbnet_fast.model import model_stats
 from fbnet_fast.presets import PRESETS, build_preset, get_preset, preset_space

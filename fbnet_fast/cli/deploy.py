@@ -5,8 +5,8 @@
     fbnet-fast export MODEL_DIR_OR_CKPT --format onnx,torchscript --out DIR
 
 An architecture file is the search's ``arch.json`` format
-(``{"space", "fingerprint", "blocks"}``); ``sample`` adds ``space_def`` (the resolved
-space, widths included) and ``stats``, so ``train`` needs nothing else. A hand-written
+(``{"space", "fingerprint", "blocks", "space_def"}``, ``space_def`` being the resolved space,
+widths included), so ``train`` needs nothing else; ``sample`` adds ``stats``. A hand-written
 file may be just the JSON ``blocks`` list with ``space`` (then ``--space`` /
 ``--width-mult`` say which widths), or plain text: block names separated by spaces or
 newlines, ``#`` starting a comment.
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["COMMANDS", "draw_architectures", "load_architecture_file", "sample_run"]
+__all__ = ["COMMANDS", "draw_architectures", "sample_run"]
 
 
 # ---- sample ---------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     print(f"{'name':<10} {'log P':>8} {'LUT ms':>9} {'params':>9} {'MFLOPs':>8}  blocks")
     summary = []
     for r in res["rows"]:
-        doc = {**r["arch"].to_dict(), "space_def": space.to_dict(),
+        doc = {**r["arch"].to_dict(space),
                "stats": {k: r[k] for k in ("log_prob", "latency_ms", "params", "flops", "macs")},
                "source": {"run_dir": str(args.run_dir), "sample": r["name"], "seed": args.seed}}
         atomic_write_text(out / f"{r['name']}.json", json.dumps(doc, indent=1) + "\n")
@@ -162,57 +162,6 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 # ---- train ----------------------------------------------------------------------------------
-
-def load_architecture_file(path: str | Path, *, space_name: str | None = None, width_mult: float | None = None,
-                           run_dir: str | Path | None = None):
-    """``(space, architecture)`` from an architecture file (see the module docstring).
-
-    The space comes from, in order: ``run_dir``'s config.json (``--inherit``), an explicit
-    ``space_name``, the file's ``space_def``, the file's ``space`` name. Raises
-    :class:`SpaceError` naming the file when it cannot be read or does not fit the space.
-    """
-    from ..errors import SpaceError
-    from ..space import Architecture, SearchSpace, load_space
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpaceError(f"architecture file {str(path)!r} does not exist") from None
-    except OSError as e:
-        raise SpaceError(f"cannot read architecture file {str(path)!r}: {e.strerror}") from None
-    if text.lstrip().startswith("{"):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SpaceError(f"architecture file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
-    else:
-        blocks = [tok for line in text.splitlines() for tok in line.split("#", 1)[0].split()]
-        doc = {"blocks": blocks}
-    arch = Architecture.from_dict(doc, source=str(path))
-    if run_dir is not None:
-        from ..runs import read_run_config
-
-        try:
-            _, space = read_run_config(run_dir, error=SpaceError)
-        except SpaceError as e:
-            raise SpaceError(f"--inherit {run_dir}: cannot read the search's space: {e}") from None
-        how = f"the space of search {run_dir}"
-    elif space_name is None and isinstance(doc.get("space_def"), dict):
-        space = SearchSpace.from_dict(doc["space_def"], source=f"{path}:space_def")
-        how = f"the space_def in {path}"
-    else:
-        name = space_name or doc.get("space") or "fbnet-cifar"
-        space = load_space(name, width_mult=width_mult)
-        how = f"space {name!r} at width {space.width_mult:g}"
-    try:
-        arch.check(space)
-    except SpaceError as e:
-        hint = " (pass the --space and --width-mult the search used, or --inherit RUN_DIR)" \
-            if "fingerprint" in str(e) else ""
-        raise SpaceError(f"{path}: does not fit {how}: {e}{hint}") from None
-    return space, arch
-
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     from ..train import TrainConfig
@@ -269,6 +218,8 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         if not args.arch:
             raise ConfigError("an architecture file is needed (or --resume to continue the run in --out)")
+        from ..runs import load_architecture_file
+
         space, arch = load_architecture_file(args.arch, space_name=args.space, width_mult=args.width_mult,
                                              run_dir=args.inherit)
     s = run_training(cfg, space, arch, args.out, resume=args.resume, overwrite=args.overwrite)

@@ -53,7 +53,7 @@ def _add_crossdeploy(p: argparse.ArgumentParser) -> None:
 
 def _run_crossdeploy(args: argparse.Namespace) -> int:
     from ..research.crossdeploy import cross_deploy
-    from .deploy import load_architecture_file
+    from ..runs import load_architecture_file
     from ..errors import ConfigError
     from ..lut import LatencyTable
 
@@ -162,7 +162,7 @@ def _run_prune(args: argparse.Namespace) -> int:
                              width_mult=args.width_mult)
         arch = preset.architecture(space)
     else:
-        from .deploy import load_architecture_file
+        from ..runs import load_architecture_file
 
         space, arch = load_architecture_file(args.arch, space_name=args.space, width_mult=args.width_mult)
         data = build_datasets(args.data, image_size=space.input_size, seed=cfg.seed, num_train=args.num_train,
