@@ -83,7 +83,8 @@ from .multitarget import COMBINE_MODES, load_latency_model
 from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, check_run_dir, prepare_run_dir,
                    read_run_config, step_seed)
 from .space import SearchSpace, load_space
-from .supernet import KERNEL_IMPLS, Supernet
+from .ops import KERNEL_CHOICES, check_impl
+from .supernet import Supernet
 
 __all__ = ["SearchConfig", "Searcher", "run_search", "tau_at", "CHECKPOINT_FORMAT"]
 
@@ -188,8 +189,8 @@ class SearchConfig(OptionsDict):
             raise ConfigError(f"w_fraction must be strictly between 0 and 1, got {self.w_fraction}")
         if self.gumbel not in ("soft", "hard"):
             raise ConfigError(f"gumbel must be 'soft' or 'hard', got {self.gumbel!r}")
-        if self.kernel not in KERNEL_IMPLS + ("fused",):
-            raise ConfigError(f"kernel must be one of {KERNEL_IMPLS + ('fused',)}, got {self.kernel!r}")
+        if self.kernel not in KERNEL_CHOICES:
+            raise ConfigError(f"kernel must be one of {KERNEL_CHOICES}, got {self.kernel!r}")
         if self.loss_form not in ("mul", "add"):
             raise ConfigError(f"loss_form must be 'mul' or 'add', got {self.loss_form!r}")
         if self.lut_combine not in COMBINE_MODES:
@@ -292,7 +293,7 @@ class Searcher:
         self.unit = resolve_unit(cfg.latency_unit, lut.min_latency())
         self.criterion = LatencyLoss(alpha=cfg.alpha, beta=cfg.beta, form=cfg.loss_form, unit=self.unit,
                                      label_smoothing=cfg.label_smoothing)
-        impl = "auto" if cfg.kernel == "fused" else cfg.kernel
+        impl = check_impl(cfg.kernel)
         torch.manual_seed(cfg.seed)
         self.model = Supernet(space, impl=impl).to(self.device)
         if cfg.zero_init_residual:

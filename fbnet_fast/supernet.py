@@ -20,11 +20,10 @@ from torch import nn
 
 from .blocks import build_block, build_head, build_stem
 from .errors import ConfigError
+from .ops import check_impl
 from .space import Architecture, LayerSpec, SearchSpace
 
-__all__ = ["MixedOp", "Supernet", "gumbel_weights", "KERNEL_IMPLS"]
-
-KERNEL_IMPLS = ("reference", "cpp", "triton", "auto")
+__all__ = ["MixedOp", "Supernet", "gumbel_weights"]
 
 
 def gumbel_weights(theta: torch.Tensor, tau: float, *, hard: bool = False,
@@ -88,8 +87,7 @@ class Supernet(nn.Module):
 
     def __init__(self, space: SearchSpace, *, impl: str = "auto", dropout: float = 0.0) -> None:
         super().__init__()
-        if impl not in KERNEL_IMPLS:
-            raise ConfigError(f"unknown kernel impl {impl!r}; expected one of {KERNEL_IMPLS}")
+        impl = check_impl(impl)
         self.space = space
         self.stem = build_stem(space)
         self.layers = nn.ModuleList(MixedOp(l, space.candidates, impl=impl) for l in space.layers)
@@ -111,8 +109,7 @@ class Supernet(nn.Module):
         return torch.stack(self.arch_parameters())
 
     def set_impl(self, impl: str) -> None:
-        if impl not in KERNEL_IMPLS:
-            raise ConfigError(f"unknown kernel impl {impl!r}; expected one of {KERNEL_IMPLS}")
+        impl = check_impl(impl)
         for op in self.layers:
             op.impl = impl
 

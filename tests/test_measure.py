@@ -298,3 +298,50 @@ def test_each_entry_is_its_best_pass():
     torch.testing.assert_close(t.matrix(), ref.matrix())
     with pytest.raises(ConfigError, match="passes"):
         get_backend("torch-cpu", passes=0)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("torch-cpu", dict(threads=1, repeats=7, warmup=2, min_sample_ms=0.5, passes=3, clock="wall", channels_last=False)),
+    ("onnxruntime", dict(threads=1, repeats=5, warmup=1, min_sample_ms=0.2, passes=1, clock="cpu")),
+])
+def test_every_backend_rebuilds_itself_from_its_device_record(name, kw):
+    """Backend.from_device(backend.describe()) is the same back end: what crossdeploy and lut validate rely on."""
+    from fbnet_fast.measure import BACKENDS, backend_from_device
+
+    made = get_backend(name, **kw)
+    again = backend_from_device(made.describe())
+    assert type(again) is BACKENDS[name] and again.settings() == made.settings()
+    assert (again.repeats, again.warmup, again.min_sample_ms) == (made.repeats, made.warmup, made.min_sample_ms)
+    assert backend_from_device(made.describe(), passes=4).passes == 4  # overrides win
+
+
+def test_ssh_device_record_names_the_board():
+    from fbnet_fast.measure import SSHBackend, backend_from_device
+
+    rec = {"backend": "ssh", "board": "pi@10.0.0.7:2222", "format": "torchscript", "threads": 2, "repeats": 9}
+    kw = SSHBackend.device_kwargs(rec)
+    assert kw == {"threads": 2, "repeats": 9, "host": "10.0.0.7", "user": "pi", "port": 2222, "runtime": "torch"}
+    with pytest.raises(ConfigError, match="names no machine"):
+        backend_from_device({"backend": "given"})
+    with pytest.raises(ConfigError, match="unknown back end 'tpu'"):
+        backend_from_device({"backend": "tpu"})
+
+
+def test_backend_cli_options_come_from_the_registry():
+    """Each back end adds its own options; the shared ones and a LUT's record fill the rest."""
+    from fbnet_fast.cli import build_parser
+    from fbnet_fast.cli.lut import _make_backend
+
+    parser = build_parser()
+    args = parser.parse_args(["lut", "measure", "-o", "x.json", "--backend", "torch-cpu", "--no-channels-last",
+                              "--repeats", "5"])
+    b = _make_backend(args)
+    assert (b.name, b.channels_last, b.repeats, b.threads) == ("torch-cpu", False, 5, 1)
+    args = parser.parse_args(["lut", "validate", "lut.json", "--passes", "1"])
+    b = _make_backend(args, {"backend": "torch-cpu", "repeats": 11, "memory_format": "contiguous", "passes": 3})
+    assert (b.repeats, b.channels_last, b.passes) == (11, False, 1)  # from the record, but --passes wins
+    args = parser.parse_args(["lut", "measure", "-o", "x.json", "--backend", "ssh", "--host", "board",
+                              "--remote-runtime", "torch", "-O", "A=b"])
+    from fbnet_fast.measure import SSHBackend
+
+    assert SSHBackend.cli_kwargs(args) == {"host": "board", "runtime": "torch", "ssh_options": ["A=b"]}

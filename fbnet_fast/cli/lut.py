@@ -20,18 +20,19 @@ from typing import Any
 
 __all__ = ["COMMANDS", "diff_tables"]
 
-_BACKENDS = ("torch-cpu", "onnxruntime", "cuda", "ssh")
 
 
 def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool) -> None:
     note = " (default: the LUT's)" if defaults_from_lut else ""
+    from ..measure import BACKENDS
+
     g = p.add_argument_group("back end")
-    g.add_argument("--backend", choices=_BACKENDS, default=None if defaults_from_lut else "torch-cpu",
+    g.add_argument("--backend", choices=list(BACKENDS), default=None if defaults_from_lut else "torch-cpu",
                    help="torch-cpu (PyTorch eager), onnxruntime (host CPU), cuda (GPU, CUDA events), ssh (a "
                    "remote board)" + (note or " (default: %(default)s)"))
     g.add_argument("--threads", type=int, default=None, help="intra-op threads while measuring" +
                    (note or " (default: 1, the stable choice on a shared host)"))
-    g.add_argument("--repeats", type=int, default=None, help="timing samples per block" + (note or " (default: 40)"))
+    g.add_argument("--repeats", type=int, default=None, help="timing samples per block" + (note or " (default: 30)"))
     g.add_argument("--warmup", type=int, default=None, help="untimed calls per block first" + (note or " (default: 3)"))
     g.add_argument("--min-sample-ms", type=float, default=None,
                    help="each sample averages enough calls to last this long" + (note or " (default: 1.0)"))
@@ -41,45 +42,25 @@ def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool) ->
     g.add_argument("--clock", choices=("auto", "wall", "cpu"), default=None,
                    help="auto: process CPU time with 1 thread (robust to other work on the host), wall time with "
                    "more" + (note or " (default: auto)"))
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
-                   help="torch back ends: keep NCHW (default: channels_last)")
-    g = p.add_argument_group("remote board (--backend ssh)")
-    g.add_argument("--host", default=None, help="the board's address")
-    g.add_argument("--port", type=int, default=22, help="ssh port (default: %(default)s)")
-    g.add_argument("--user", default=None, help="ssh user (default: ssh's)")
-    g.add_argument("--identity", "-i", default=None, help="private key file")
-    g.add_argument("--ssh-option", "-O", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra ssh -o option (repeatable), e.g. StrictHostKeyChecking=accept-new")
-    g.add_argument("--remote-python", default="python3", help="the board's python (default: %(default)s)")
-    g.add_argument("--remote-runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
-                   help="runtime on the board: ONNX models for onnxruntime or TorchScript for torch "
-                   "(default: %(default)s)")
+    for cls in BACKENDS.values():  # each back end's own options, once per class that defines them
+        if "add_cli_options" in vars(cls):
+            cls.add_cli_options(p)
 
 
 def _make_backend(args: argparse.Namespace, device: dict[str, Any] | None = None) -> Any:
-    from ..measure import get_backend
+    """The back end the options name; with a LUT's ``device`` record of the same back end, every
+    option not given on the command line comes from that record (:meth:`Backend.device_kwargs`)."""
+    from ..measure import get_backend_class
 
     device = device or {}
     name = args.backend or device.get("backend", "torch-cpu")
-
-    def pick(arg: Any, key: str, default: Any) -> Any:
-        if arg is not None:
-            return arg
-        return device.get(key, default) if name == device.get("backend") else default
-
-    kw: dict[str, Any] = dict(threads=pick(args.threads, "threads", 1), repeats=pick(args.repeats, "repeats", 30),
-                              warmup=pick(args.warmup, "warmup", 3),
-                              min_sample_ms=pick(args.min_sample_ms, "min_sample_ms", 1.0),
-                              passes=pick(args.passes, "passes", 2))
-    if name != "cuda":
-        kw["clock"] = pick(args.clock, "clock", "auto")
-    if name in ("torch-cpu", "cuda"):
-        mf = device.get("memory_format") if name == device.get("backend") else None
-        kw["channels_last"] = args.channels_last if args.channels_last is not None else mf != "contiguous"
-    if name == "ssh":
-        kw.update(host=args.host, port=args.port, user=args.user, identity=args.identity,
-                  ssh_options=args.ssh_option, remote_python=args.remote_python, runtime=args.remote_runtime)
-    return get_backend(name, **kw)
+    cls = get_backend_class(name)
+    kw: dict[str, Any] = {"threads": 1, "repeats": 30, "warmup": 3, "min_sample_ms": 1.0, "passes": 2}
+    if name == device.get("backend"):
+        kw.update(cls.device_kwargs(device))
+    kw.update({k: getattr(args, k) for k in cls.SHARED_OPTIONS if getattr(args, k, None) is not None})
+    kw.update(cls.cli_kwargs(args))
+    return cls(**kw)
 
 
 def _add_lut(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ __all__ = ["COMMANDS"]
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
+    from ..ops import KERNEL_CHOICES
     from ..search import SearchConfig
 
     d = SearchConfig()
@@ -69,7 +70,7 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="soft: weighted sum of all candidates (the paper); hard: straight-through, one "
                    "candidate per layer in forward")
     g = p.add_argument_group("execution")
-    g.add_argument("--kernel", choices=("auto", "fused", "reference", "cpp", "triton"), default=d.kernel,
+    g.add_argument("--kernel", choices=KERNEL_CHOICES, default=d.kernel,
                    help="mixed-op implementation: fused kernels when built (auto/fused) or the eager reference")
     g.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
     g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

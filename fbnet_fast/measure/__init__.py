@@ -15,22 +15,27 @@ from __future__ import annotations
 from typing import Callable
 
 from ..lut import LatencyEntry
-from .core import Backend, Job, block_jobs, cpu_name, get_backend, job_key, measure_jobs, measure_lut
+from .core import (Backend, Job, backend_from_device, block_jobs, cpu_name, get_backend, get_backend_class, job_key,
+                   measure_jobs, measure_lut)
 from .cuda import CUDABackend
 from .onnxrt import OnnxRuntimeBackend, export_onnx, export_torchscript
 from .ssh import SSHBackend
 from .torch_cpu import TorchCPUBackend
 
 __all__ = ["measure_lut", "measure_jobs", "time_module", "cpu_name", "block_jobs", "job_key", "get_backend",
-           "Backend", "Job", "BACKENDS", "TorchCPUBackend", "OnnxRuntimeBackend", "CUDABackend", "SSHBackend",
+           "get_backend_class", "backend_from_device", "BACKEND_NAMES", "Backend", "Job", "BACKENDS", "TorchCPUBackend", "OnnxRuntimeBackend", "CUDABackend", "SSHBackend",
            "export_onnx", "export_torchscript"]
 
+# The registry: a new back end is one module (a Backend subclass: name, prepare or measure,
+# describe, and device_kwargs / add_cli_options / cli_kwargs if it has settings of its own) plus
+# one line here. The CLI, LUT validation and the cross-device experiment read it from here.
 BACKENDS: dict[str, type[Backend]] = {
     "torch-cpu": TorchCPUBackend,
     "onnxruntime": OnnxRuntimeBackend,
     "cuda": CUDABackend,
     "ssh": SSHBackend,
 }
+BACKEND_NAMES = tuple(BACKENDS)
 
 
 def time_module(fn: Callable[[], object], *, repeats: int = 40, warmup: int = 3,

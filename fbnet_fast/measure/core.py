@@ -123,11 +123,41 @@ class Backend:
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
+    # ---- construction: from a LUT's device record, from the command line ------------------
+    # Options every back end takes; a subclass adds its own with add_cli_options/cli_kwargs.
+    SHARED_OPTIONS = ("threads", "repeats", "warmup", "min_sample_ms", "passes", "clock")
+
+    @classmethod
+    def device_kwargs(cls, device: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor arguments that re-create the back end a LUT's ``device`` record describes."""
+        kw = {k: device[k] for k in cls.SHARED_OPTIONS[:-1] if k in device}
+        if device.get("clock") in ("wall", "cpu"):  # "auto" resolved when measured; cuda-events is cuda's own
+            kw["clock"] = device["clock"]
+        return kw
+
+    @classmethod
+    def from_device(cls, device: Mapping[str, Any], **overrides: Any) -> "Backend":
+        """The back end of ``device`` (a LUT's record, whose ``backend`` must be this class's name),
+        with ``overrides`` taking precedence (e.g. ``passes=1``)."""
+        if device.get("backend") != cls.name:
+            raise ConfigError(f"a {device.get('backend')!r} device record cannot build back end {cls.name!r}")
+        return cls(**{**cls.device_kwargs(device), **overrides})
+
+    @classmethod
+    def add_cli_options(cls, parser: Any) -> None:
+        """Add the command-line options only this back end takes (default None: "not given")."""
+
+    @classmethod
+    def cli_kwargs(cls, args: Any) -> dict[str, Any]:
+        """Constructor arguments from this back end's own options in ``args`` that were given."""
+        return {}
+
     # ---- what a back end provides -------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """The LUT's ``device`` description (backend, device_name, threads, runtime, ...)."""
         return {"backend": self.name, "device_name": cpu_name(), "threads": self.threads,
-                "clock": self.clock, "host": platform.node()}
+                "clock": self.clock, "host": platform.node(), "repeats": self.repeats, "warmup": self.warmup,
+                "min_sample_ms": self.min_sample_ms, "passes": self.passes}
 
     def settings(self) -> dict[str, Any]:
         """What must match for a partial LUT to be resumed with this back end."""
@@ -250,15 +280,29 @@ def measure_jobs(backend: Backend, groups: Sequence[Sequence[Job]], *, done: Map
     return {k: min((pp[k] for pp in per_pass), key=lambda e: e.median_ms) for k in keys}
 
 
+def get_backend_class(name: str) -> type[Backend]:
+    """The back end class registered as ``name`` in :data:`fbnet_fast.measure.BACKENDS`."""
+    from . import BACKENDS
+
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown back end {name!r}; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
 def get_backend(backend: str | Backend, **kw: Any) -> Backend:
     """A back end by name (``torch-cpu``, ``onnxruntime``, ``cuda``, ``ssh``) or as given."""
     if isinstance(backend, Backend):
         return backend
-    from . import BACKENDS
+    return get_backend_class(backend)(**kw)
 
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown back end {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[backend](**kw)
+
+def backend_from_device(device: Mapping[str, Any], *, source: str = "the LUT", **overrides: Any) -> Backend:
+    """Re-create the back end a LUT's ``device`` record describes (``overrides`` win, e.g. ``passes=1``)."""
+    name = device.get("backend")
+    if name in (None, "given", "multi"):
+        raise ConfigError(f"{source}: LUT device backend {name!r} names no machine to measure on; "
+                          f"use a LUT measured with 'fbnet-fast lut measure'")
+    return get_backend_class(name).from_device(device, **overrides)
 
 
 def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", threads: int | None = 1,
@@ -330,9 +374,7 @@ def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", thr
         device = backend.describe()
     finally:
         backend.close()
-    device.update(batch_size=batch_size, input_size=space.input_size, repeats=backend.repeats,
-                  warmup=backend.warmup, min_sample_ms=backend.min_sample_ms, passes=backend.passes,
-                  created=created)
+    device.update(batch_size=batch_size, input_size=space.input_size, created=created)
     device.setdefault("clock", backend.clock)
     device.setdefault("threads", backend.threads)
     table_layers = [{c: results[job_key(l.shape_key(), c)] for c in space.candidates} for l in space.layers]

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError, LUTError
 from ..lut import LatencyEntry
@@ -60,6 +60,40 @@ class SSHBackend(Backend):
         self._board: dict[str, Any] | None = None
         self._exported: dict[str, bytes] = {}  # job key -> model bytes, reused by later passes
 
+    _CLI = {"host": "host", "port": "port", "user": "user", "identity": "identity", "ssh_option": "ssh_options",
+            "remote_python": "remote_python", "remote_runtime": "runtime"}
+
+    @classmethod
+    def device_kwargs(cls, device: Mapping[str, Any]) -> dict[str, Any]:
+        kw = super().device_kwargs(device)
+        user, _, hostport = str(device.get("board", "")).rpartition("@")
+        host, _, port = hostport.partition(":")
+        kw.update(host=host or None, user=user or None)
+        if port:
+            kw["port"] = int(port)
+        if device.get("format") == "torchscript":
+            kw["runtime"] = "torch"
+        return kw
+
+    @classmethod
+    def add_cli_options(cls, parser: Any) -> None:
+        g = parser.add_argument_group("remote board (--backend ssh)")
+        g.add_argument("--host", default=None, help="the board's address (default: a LUT's own board)")
+        g.add_argument("--port", type=int, default=None, help="ssh port (default: 22)")
+        g.add_argument("--user", default=None, help="ssh user (default: ssh's)")
+        g.add_argument("--identity", "-i", default=None, help="private key file")
+        g.add_argument("--ssh-option", "-O", action="append", default=None, metavar="KEY=VALUE",
+                       help="extra ssh -o option (repeatable), e.g. StrictHostKeyChecking=accept-new")
+        g.add_argument("--remote-python", default=None, help="the board's python (default: python3)")
+        g.add_argument("--remote-runtime", choices=("onnxruntime", "torch"), default=None,
+                       help="runtime on the board: ONNX models for onnxruntime or TorchScript for torch "
+                       "(default: onnxruntime)")
+
+    @classmethod
+    def cli_kwargs(cls, args: Any) -> dict[str, Any]:
+        return {kw: getattr(args, opt) for opt, kw in cls._CLI.items() if getattr(args, opt, None) is not None}
+
+
     # ---- plumbing ------------------------------------------------------------------------
     @property
     def target(self) -> str:
@@ -99,7 +133,8 @@ class SSHBackend(Backend):
         board = dict(self._board or {})
         return {"backend": self.name, "device_name": board.pop("device_name", "unknown"),
                 "threads": self.threads, "runtime": board.pop("runtime", self.runtime),
-                "clock": board.pop("clock", self.clock),
+                "clock": board.pop("clock", self.clock), "repeats": self.repeats, "warmup": self.warmup,
+                "min_sample_ms": self.min_sample_ms, "passes": self.passes,
                 "board": f"{self.target}:{self.port}", "format": "onnx" if self.runtime == "onnxruntime"
                 else "torchscript", **{f"board_{k}": v for k, v in board.items() if k != "threads"}}
 

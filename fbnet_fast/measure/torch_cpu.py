@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -20,6 +20,22 @@ class TorchCPUBackend(Backend):
     def __init__(self, *, channels_last: bool = True, **kw: Any) -> None:
         super().__init__(**kw)
         self.channels_last = channels_last
+
+    @classmethod
+    def device_kwargs(cls, device: Mapping[str, Any]) -> dict[str, Any]:
+        kw = super().device_kwargs(device)
+        if "memory_format" in device:
+            kw["channels_last"] = device["memory_format"] == "channels_last"
+        return kw
+
+    @classmethod
+    def add_cli_options(cls, parser: Any) -> None:
+        parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
+                            help="torch back ends (torch-cpu, cuda): keep NCHW (default: channels_last)")
+
+    @classmethod
+    def cli_kwargs(cls, args: Any) -> dict[str, Any]:
+        return {} if getattr(args, "channels_last", None) is None else {"channels_last": args.channels_last}
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

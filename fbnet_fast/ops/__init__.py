@@ -19,7 +19,22 @@ import torch
 from ..errors import ConfigError
 from .mixed_op_ref import active_candidates, mixed_op_ref
 
-__all__ = ["mixed_op", "mixed_op_ref", "active_candidates", "resolve_impl"]
+__all__ = ["IMPLS", "KERNEL_CHOICES", "mixed_op", "mixed_op_ref", "active_candidates", "resolve_impl", "check_impl"]
+
+# The one list of mixed-op implementations: "reference" (eager, the oracle), "cpp" (fused CPU
+# kernels), "triton" (fused GPU kernels), "auto" (the fused kernels of the tensor's device when
+# available, else the reference). The command line also takes "fused", a synonym of "auto".
+IMPLS = ("reference", "cpp", "triton", "auto")
+KERNEL_CHOICES = ("auto", "fused", "reference", "cpp", "triton")
+
+
+def check_impl(impl: str, *, what: str = "kernel impl") -> str:
+    """``impl`` as one of :data:`IMPLS` (``"fused"`` -> ``"auto"``); one ConfigError otherwise."""
+    if impl == "fused":
+        return "auto"
+    if impl not in IMPLS:
+        raise ConfigError(f"unknown {what} {impl!r}; expected one of {KERNEL_CHOICES}")
+    return impl
 
 _warned: set[str] = set()
 
@@ -69,12 +84,10 @@ def mixed_op(x: torch.Tensor, weights: torch.Tensor, op: torch.nn.Module, *, imp
     when the extension is missing; ``"auto"`` falls back to the reference for
     inputs the fused op does not handle (non-float32).
     """
-    requested = impl
-    impl = resolve_impl(impl, x.device)
+    requested = check_impl(impl, what="mixed op implementation")
+    impl = resolve_impl(requested, x.device)
     if impl == "reference":
         return mixed_op_ref(x, weights, op.candidates)
-    if impl not in ("cpp", "triton"):
-        raise ConfigError(f"unknown mixed op implementation {impl!r}; expected reference, cpp, triton or auto")
     want = "cpu" if impl == "cpp" else "cuda"
     if x.device.type != want:
         raise ConfigError(f"impl={impl!r} runs on {want} tensors, but x is on {x.device}")

@@ -47,29 +47,9 @@ def target_name(lut: LatencyTable, i: int = 0) -> str:
 
 def backend_for(lut: LatencyTable, **overrides: Any):
     """The measuring back end described by ``lut.device`` (``overrides`` win, e.g. ``passes=1``)."""
-    from ..measure import get_backend
+    from ..measure import backend_from_device
 
-    d = dict(lut.device or {})
-    name = d.get("backend")
-    if name in (None, "given", "multi"):
-        raise ConfigError(f"{lut.source}: LUT device backend {name!r} names no machine to measure on; "
-                          f"use a LUT measured with 'fbnet-fast lut measure'")
-    kw: dict[str, Any] = {k: d[k] for k in ("threads", "repeats", "warmup", "min_sample_ms", "passes") if k in d}
-    if d.get("clock") in ("wall", "cpu"):
-        kw["clock"] = d["clock"]
-    if name in ("torch-cpu", "cuda") and "memory_format" in d:
-        kw["channels_last"] = d["memory_format"] == "channels_last"
-    if name == "ssh":
-        board = str(d.get("board", ""))
-        user, _, hostport = board.rpartition("@")
-        host, _, port = hostport.partition(":")
-        kw.update(host=host or None, user=user or None)
-        if port:
-            kw["port"] = int(port)
-        if d.get("format") == "torchscript":
-            kw["runtime"] = "torch"
-    kw.update(overrides)
-    return get_backend(name, **kw)
+    return backend_from_device(dict(lut.device or {}), source=str(lut.source), **overrides)
 
 
 @dataclass
