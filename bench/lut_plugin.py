@@ -1,8 +1,8 @@
-"""pytest plugin of the LUT benchmark suite (``bench/bench_lut.py``).
+"""pytest plugin of the LUT benchmark suite (``bench/lut/bench_lut.py``).
 
 Registered from ``bench/conftest.py`` (``pytest_plugins``). Options::
 
-    pytest bench/bench_lut.py --benchmark-only --lut-out lut.json
+    pytest bench/lut/bench_lut.py --benchmark-only --lut-out lut.json
         [--lut-space fbnet-cifar] [--lut-width-mult 0.25] [--lut-threads 1]
         [--lut-batch-size 1] [--lut-repeats 40] [--lut-min-sample-ms 1.0]
 
@@ -86,7 +86,7 @@ def pytest_sessionfinish(session, exitstatus):
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if missing:
         msg = (f"--lut-out {out}: not written, {len(missing)} of {len(needed)} blocks were not benchmarked "
-               f"(e.g. {missing[0]}); run all of bench/bench_lut.py with --benchmark-only")
+               f"(e.g. {missing[0]}); run all of bench/lut/bench_lut.py with --benchmark-only")
         if tr:
             tr.write_line(msg, red=True)
         return
@@ -107,7 +107,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 def pytest_collection_modifyitems(session, config, items):
     # bench/conftest.py collects bench_*.py itself, so naming this file on the command
-    # line (pytest bench/bench_lut.py) collects it twice; keep one of each LUT case.
+    # line (pytest bench/lut/bench_lut.py) collects it twice; keep one of each LUT case.
     seen, keep = set(), []
     for item in items:
         if "bench_lut.py::" in item.nodeid:

@@ -1,6 +1,6 @@
 """End-to-end A/B: ``fbnet-fast search`` training steps with the fused mixed op vs ``--kernel reference``.
 
-``python bench/ab_search.py [steps_per_phase] [threads]``: two :class:`fbnet_fast.search.Searcher`
+``python bench/cpu/ab_search.py [steps_per_phase] [threads]``: two :class:`fbnet_fast.search.Searcher`
 objects with the command's defaults (fbnet-cifar, width 0.25, batch 64, the default data, soft
 Gumbel, channels_last on CPU), identical seeds, one with ``kernel="fused"`` and one with
 ``kernel="reference"``, run ``_train_step`` alternately (A, B, A, B, ...) so a shared machine's load
@@ -24,7 +24,7 @@ from fbnet_fast.lut import LatencyTable
 from fbnet_fast.search import Searcher, SearchConfig
 from fbnet_fast.space import load_space
 
-OUT = Path(__file__).parent / "results" / "ab_search.json"
+OUT = Path(__file__).parents[1] / "results" / "ab_search.json"
 
 
 def main(steps: int, threads: int) -> None:

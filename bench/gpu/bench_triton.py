@@ -3,9 +3,9 @@
 Skips without a CUDA device. On a GPU machine (command recorded in BENCHMARKS.md,
 section "GPU (Triton)")::
 
-    pytest bench/bench_triton.py --benchmark-only
+    pytest bench/gpu/bench_triton.py --benchmark-only
 
-Cases: those of ``bench/bench_mixed_op.py`` (fbnet-cifar layers at batch 32, three
+Cases: those of ``bench/cpu/bench_mixed_op.py`` (fbnet-cifar layers at batch 32, three
 fbnet (224) layers at batch 8), every candidate active (soft Gumbel weights).
 Providers: ``eager_nchw``, ``eager_cl`` (reference, channels_last) and ``fused``
 (:func:`~fbnet_fast.ops.mixed_op_fused.mixed_op_fused`, Triton kernels + cuBLAS).

@@ -148,7 +148,7 @@ def test_mixed_op_saved_bytes(benchmark, record, case, space, layer, batch, prov
 
 _RSS_SCRIPT = r"""
 import json, resource, sys, torch
-sys.path.insert(0, {bench!r})
+sys.path[:0] = [{bench!r}, {bench_root!r}]
 import bench_mixed_op as b
 torch.set_num_threads({threads})
 fn, cl = b._fn({provider!r})
@@ -165,7 +165,7 @@ print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1
 def test_mixed_op_peak_rss(benchmark, record, case, space, layer, batch, provider):
     from pathlib import Path
 
-    code = _RSS_SCRIPT.format(bench=str(Path(__file__).parent), threads=torch.get_num_threads(), provider=provider,
+    code = _RSS_SCRIPT.format(bench=str(Path(__file__).parent), bench_root=str(Path(__file__).parents[1]), threads=torch.get_num_threads(), provider=provider,
                               space=space, layer=layer, batch=batch)
     benchmark.group = "memory probes"
     out = benchmark.pedantic(subprocess.run, args=([sys.executable, "-c", code],),

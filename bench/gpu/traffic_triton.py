@@ -1,10 +1,10 @@
 """Memory-traffic model of one mixed op on a GPU, pass by pass: the Triton path vs eager.
 
-Companion of ``bench/traffic_model.py`` (totals per case): this one lists every kernel
+Companion of ``bench/cpu/traffic_model.py`` (totals per case): this one lists every kernel
 pass of :class:`~fbnet_fast.ops.mixed_op_fused.MixedOpFunction` as the Triton
 launchers run it, and counts kernel launches, which bound the small layers on a GPU.
 
-For each benchmark layer (the cases of ``bench/bench_mixed_op.py``: four fbnet-cifar
+For each benchmark layer (the cases of ``bench/cpu/bench_mixed_op.py``: four fbnet-cifar
 layers at batch 32, three fbnet (224) layers at batch 8), every candidate of the
 space active (soft Gumbel weights, the worst case), fp32, training mode, it lists the
 kernel passes each implementation makes and the bytes each pass reads and writes,
@@ -27,7 +27,7 @@ Model, stated so it can be argued with:
   the Triton launchers (a two-stage reduction counts as one pass: its partials are
   tiny), cuBLAS GEMMs for the 1x1 convs; backward recomputes z1, z2, h2 and z3.
 
-Run: ``python bench/traffic_triton.py`` (prints the Markdown table quoted in
+Run: ``python bench/gpu/traffic_triton.py`` (prints the Markdown table quoted in
 BENCHMARKS.md; ``--detail CASE`` lists every pass of one case).
 """
 
@@ -42,7 +42,7 @@ F32 = 4
 HBM_BYTES_PER_S = 3.0e12  # H100 SXM: 3.35 TB/s peak, ~3 TB/s reached by streaming kernels
 LAUNCH_S = 4e-6  # per kernel launch from eager PyTorch (host side), when launches cannot overlap
 
-# (case id, space, layer index, batch): the same cases as bench/bench_mixed_op.py.
+# (case id, space, layer index, batch): the same cases as bench/cpu/bench_mixed_op.py.
 CASES = [
     ("cifar-L02-24x32-s1", "fbnet-cifar", 2, 32),
     ("cifar-L05-24to32x32-s2", "fbnet-cifar", 5, 32),

@@ -1,6 +1,6 @@
 """Interleaved A/B timing of one mixed-op fwd+bwd: eager NCHW, eager channels_last, fused.
 
-``python bench/ab_mixed_op.py [threads] [rounds] [--only SUBSTR,...]``. Rounds alternate
+``python bench/cpu/ab_mixed_op.py [threads] [rounds] [--only SUBSTR,...]``. Rounds alternate
 between providers, so a shared machine's load drifts equally onto all three (the
 pytest-benchmark run times each provider in its own block of minutes). Prints a markdown
 table (median over ``rounds``, default 5, after one warm-up round) and writes
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # siblings, bench/conftest.py
 import bench_mixed_op as b  # noqa: E402
 
 PROVIDERS = ("eager_nchw", "eager_cl", "fused")
-OUT = Path(__file__).parent / "results" / "ab_mixed_op.json"
+OUT = Path(__file__).parents[1] / "results" / "ab_mixed_op.json"
 
 
 def _isa() -> str:

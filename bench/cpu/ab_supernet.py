@@ -1,6 +1,6 @@
 """Interleaved A/B of one whole-supernet training step: eager channels_last vs fused.
 
-``python bench/ab_supernet.py [threads] [rounds]``: fbnet-cifar at width 1.0, batch 32 (the
+``python bench/cpu/ab_supernet.py [threads] [rounds]``: fbnet-cifar at width 1.0, batch 32 (the
 pytest-benchmark supernet case, ``bench_mixed_op._supernet``), soft Gumbel weights (all 9
 candidates of all 22 layers active), forward + cross-entropy + backward. Rounds alternate
 (eager, fused, eager, fused, ...) after one untimed warm-up step each, so a shared machine's
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # siblings, bench/conftest.py
 import bench_mixed_op as b  # noqa: E402
 
-OUT = Path(__file__).parent / "results" / "ab_supernet.json"
+OUT = Path(__file__).parents[1] / "results" / "ab_supernet.json"
 PROVIDERS = ("eager_cl", "fused")
 
 

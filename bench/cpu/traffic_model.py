@@ -1,6 +1,6 @@
 """Memory-traffic model of the mixed op: bytes read + written, fused vs eager.
 
-``python bench/traffic_model.py`` prints BENCHMARKS.md's traffic table. Every pass
+``python bench/cpu/traffic_model.py`` prints BENCHMARKS.md's traffic table. Every pass
 over a tensor is assumed to go to DRAM (no cache reuse between ops), fp32, weights
 ignored (< 1% of the bytes). Counts per IR candidate, in units of one tensor:
 
@@ -21,12 +21,7 @@ fused backward  recompute (GEMM R x W z1; dwconv R z1 W z2; bn2+relu R z2 W h2; 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fbnet_fast.space import FBNET_CANDIDATES, load_space, parse_candidate  # noqa: E402
+from fbnet_fast.space import FBNET_CANDIDATES, load_space, parse_candidate
 
 BW = 3e12  # bytes/s, an H100's HBM3
 

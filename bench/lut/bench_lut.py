@@ -1,6 +1,6 @@
 """Latency-table benchmarks: one pytest-benchmark case per deduplicated block.
 
-    pytest bench/bench_lut.py --benchmark-only --lut-out lut.json
+    pytest bench/lut/bench_lut.py --benchmark-only --lut-out lut.json
 
 times every (layer shape, candidate) block of ``--lut-space`` (default fbnet-cifar
 at width 0.25) plus stem and head alone at its real input shape, and writes the
