@@ -7,32 +7,9 @@ tensor ``[3, H, W]`` on the fly. The CLI only calls :func:`build_datasets`.
 Modules: :mod:`.generated` (the default), :mod:`.folder`, :mod:`.cifar`, and
 :mod:`.batching` (normalisation, the one augmentation, data sets, splits, loaders).
 
-The generated default (``"synthetic"``)
----------------------------------------
-No download ever: :func:`make_synthetic` draws procedural shapes. Class ``c`` is the
-shape family ``SHAPE_FAMILIES[c]`` (disc, ring, square, square frame, triangle,
-plus-cross, striped disc, checkered square, pair of blobs, bar) drawn at a random
-position, scale (radius 6-11 px at 32x32), stretch, tilt (within +-18 degrees) and
-colour over a textured two-colour background, with up to three small shapes of any family
-as distractors, an occluding line and pixel noise. Each image draws a hardness that sets
-its contrast, clutter and noise, from clean to hard. Colours are drawn independently of
-the class, so colour statistics do not give the class away (a nearest-class-mean-colour
-classifier is at chance); the net has to see outlines up to ~24 px across.
-
-Difficulty, measured with ``python -m fbnet_fast.data.generated --calibrate --seed S --threads 1``
-(CPU): a conv-BN-ReLU net with 16-32-48-64 channels, 3x3 kernels, strides 1-2-2-2, global
-average pool and linear (47k parameters), trained 5 epochs with SGD (lr 0.05, momentum
-0.9, weight decay 5e-4, cosine, batch 64, the crop + flip augmentation) on 8,000 images,
-reaches **67.1 / 66.4 / 60.0 % (seeds 0 / 1 / 2, mean 64.5 %)** on 2,000 validation
-images; chance is 10 %. The architecture matters (seed 0, same recipe): 5x5 kernels
-(``--kernel 5``, 130k parameters) 88.0 %, two layers per stage (``--repeats 2``, 117k)
-90.4 %, 1.65x wider (``--width 1.65``, 128k) 75.3 %: receptive field and depth are
-worth more than width.
-Generation: 20,000 images in 1.6 s on an idle 2-core CPU (numpy, mostly one core).
-
-Each image depends only on ``(seed, stream, index)``: images are drawn in chunks of
-:data:`_CHUNK` consecutive indices, each chunk from its own seeded generator, so the
-first 100 images are the same whether 100 or 100,000 are requested.
+The generated default (``"synthetic"``, :mod:`.generated`) needs no download: procedural
+shapes, ten classes, whose difficulty and generation speed its docstring gives
+(``python -m fbnet_fast.data --calibrate`` re-measures them).
 
 Errors
 ------
