@@ -199,6 +199,10 @@ class LatencyTable:
         """The lowest latency any architecture of the space can reach under this LUT."""
         return float(self.predict(float(self.matrix().min(dim=1).values.sum())))
 
+    def max_latency(self) -> float:
+        """The highest latency any architecture of the space can reach under this LUT."""
+        return float(self.predict(float(self.matrix().max(dim=1).values.sum())))
+
     # ---- checks -------------------------------------------------------------------------
     def find_space(self, name: str | None = None, width_mult: float | None = None) -> SearchSpace:
         """The search space this LUT was measured for: ``name`` (default: the LUT's own space name)

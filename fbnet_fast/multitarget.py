@@ -152,6 +152,11 @@ class MultiTargetLatency:
         per = torch.tensor([t.min_latency() for t in self.tables], dtype=torch.float64)
         return float(self._combine(per))
 
+    def max_latency(self) -> float:
+        """An upper bound of the combined latency over all architectures."""
+        per = torch.tensor([t.max_latency() for t in self.tables], dtype=torch.float64)
+        return float(self._combine(per))
+
     @property
     def layers(self) -> list[dict[str, LatencyEntry]]:
         """Per entry, the devices' normalised values combined (for display, e.g. the search summary)."""

@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .blocks import zero_init_residual_
+from .budget import Budget, repair
 from .data import random_crop_flip
 from .distributed import SINGLE, Dist, flat_params, init_from_env, shutdown, unflatten_into
 from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, TrainingError
@@ -82,7 +83,7 @@ from .lut import LatencyTable
 from .multitarget import COMBINE_MODES, load_latency_model
 from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, check_run_dir, prepare_run_dir,
                    read_run_config, step_seed)
-from .space import SearchSpace, load_space
+from .space import Architecture, SearchSpace, load_space
 from .ops import KERNEL_CHOICES, check_impl
 from .supernet import Supernet
 
@@ -134,6 +135,17 @@ class SearchConfig(OptionsDict):
     theta_weight_decay: float = 5e-4
     tau0: float = 5.0
     tau_decay: float = 0.045
+    # "paper": tau0 * exp(-tau_decay * epoch), whatever the run's length; "anneal": tau0 through the
+    # warm-up, then geometrically down to tau_end at the last epoch, so every run ends nearly one-hot
+    tau_schedule: str = "paper"
+    tau_end: float = 0.1
+    # a latency budget (fbnet_fast.budget): T in ms on the LUT's (corrected) scale; None: the
+    # alpha/beta loss of the paper
+    target_ms: float | None = None
+    budget_mode: str = "ceiling"
+    budget_tol: float = 0.03
+    dual_lr: float = 0.2
+    budget_rho: float = 5.0
     # loss
     alpha: float = 0.2
     beta: float = 0.6
@@ -157,6 +169,8 @@ class SearchConfig(OptionsDict):
     # running the warm-up again: an alpha sweep trains the weights-only epochs once
     warmup_from: str | None = None
     plot_samples: int = 16  # architectures drawn from P_theta for the accuracy-vs-latency scatter
+    # with a budget: time the returned net end to end with the LUT's back end when it runs on this host
+    measure_result: bool = True
 
     def validate(self) -> None:
         def pos(name: str, integer: bool = False, allow_zero: bool = False) -> None:
@@ -171,7 +185,7 @@ class SearchConfig(OptionsDict):
             pos(n, integer=True)
         for n in ("warmup_epochs", "checkpoint_every", "plot_samples", "w_lr_ramp_steps", "recalibrate_batches"):
             pos(n, integer=True, allow_zero=True)
-        for n in ("w_lr", "theta_lr", "tau0"):
+        for n in ("w_lr", "theta_lr", "tau0", "tau_end", "dual_lr"):
             pos(n)
         for n in ("w_momentum", "w_weight_decay", "w_grad_clip", "theta_weight_decay", "tau_decay", "alpha",
                   "label_smoothing"):
@@ -199,11 +213,39 @@ class SearchConfig(OptionsDict):
             raise ConfigError(f"latency_unit must be 'ms', 'us' or 'auto', got {self.latency_unit!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.tau_schedule not in TAU_SCHEDULES:
+            raise ConfigError(f"tau_schedule must be one of {TAU_SCHEDULES}, got {self.tau_schedule!r}")
+        if self.tau_schedule == "anneal" and not self.tau_end < self.tau0:
+            raise ConfigError(f"tau_end ({self.tau_end}) must be below tau0 ({self.tau0})")
+        pos("budget_rho", allow_zero=True)
+        if self.target_ms is not None:
+            self.budget()  # ConfigError for a bad target, mode or tolerance
 
+    def budget(self) -> Budget | None:
+        """The search's latency budget, or None (the alpha/beta loss)."""
+        if self.target_ms is None:
+            return None
+        return Budget(self.target_ms, mode=self.budget_mode, tol=self.budget_tol, dual_lr=self.dual_lr,
+                      rho=self.budget_rho)
+
+
+
+TAU_SCHEDULES = ("paper", "anneal")
 
 
 def tau_at(cfg: SearchConfig, epoch: int) -> float:
-    """Gumbel temperature of ``epoch`` (0-based): ``tau0 * exp(-tau_decay * epoch)``."""
+    """Gumbel temperature of ``epoch`` (0-based).
+
+    ``"paper"``: ``tau0 * exp(-tau_decay * epoch)``. ``"anneal"``: ``tau0`` during the warm-up,
+    then ``tau0 * (tau_end / tau0) ** (i / (n - 1))`` at search epoch ``i`` of ``n``: the last
+    epoch trains at ``tau_end`` (nearly one-hot weights) whatever the number of epochs.
+    """
+    if cfg.tau_schedule == "anneal":
+        n = cfg.epochs - cfg.warmup_epochs
+        i = epoch - cfg.warmup_epochs
+        if i <= 0 or n <= 1:
+            return cfg.tau0 if i <= 0 else cfg.tau_end
+        return cfg.tau0 * (cfg.tau_end / cfg.tau0) ** (min(i, n - 1) / (n - 1))
     return cfg.tau0 * math.exp(-cfg.tau_decay * epoch)
 
 
@@ -293,6 +335,9 @@ class Searcher:
         self.unit = resolve_unit(cfg.latency_unit, lut.min_latency())
         self.criterion = LatencyLoss(alpha=cfg.alpha, beta=cfg.beta, form=cfg.loss_form, unit=self.unit,
                                      label_smoothing=cfg.label_smoothing)
+        self.budget = cfg.budget()
+        if self.budget is not None:
+            self.budget.check_reachable(lut)
         impl = check_impl(cfg.kernel)
         torch.manual_seed(cfg.seed)
         self.model = Supernet(space, impl=impl).to(self.device)
@@ -363,6 +408,7 @@ class Searcher:
             "w_opt": self.w_opt.state_dict(),
             "t_opt": self.t_opt.state_dict(),
             "w_sched": self.w_sched.state_dict(),
+            "budget": self.budget.state_dict() if self.budget is not None else None,
             "accum": dict(self.accum),
             "history": list(self.history),
             "elapsed": self.elapsed + (time.time() - self.epoch_start),
@@ -377,11 +423,13 @@ class Searcher:
     _TRAJECTORY_FIELDS = ("epochs", "warmup_epochs", "batch_size", "w_fraction", "w_lr", "w_momentum",
                           "w_weight_decay", "w_grad_clip", "zero_init_residual", "theta_lr", "theta_weight_decay",
                           "tau0", "tau_decay", "alpha", "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
-                          "num_train", "num_val")
+                          "num_train", "num_val", "tau_schedule", "tau_end", "target_ms", "budget_mode", "budget_tol",
+                          "dual_lr", "budget_rho")
 
     # Options the warm-up does not read (weight steps minimise the CE alone and theta is not
     # trained): a search may start from the warm-up of another that differs only in these.
-    _POST_WARMUP_FIELDS = ("alpha", "beta", "loss_form", "theta_lr", "theta_weight_decay")
+    _POST_WARMUP_FIELDS = ("alpha", "beta", "loss_form", "theta_lr", "theta_weight_decay", "tau_end", "target_ms",
+                           "budget_mode", "budget_tol", "dual_lr", "budget_rho")
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>",
                         ignore: tuple[str, ...] = ()) -> None:
@@ -405,6 +453,8 @@ class Searcher:
             self.w_opt.load_state_dict(state["w_opt"])
             self.t_opt.load_state_dict(state["t_opt"])
             self.w_sched.load_state_dict(state["w_sched"])
+            if self.budget is not None and state.get("budget") is not None and "budget" not in ignore:
+                self.budget.load_state_dict(state["budget"])
             pos = state["position"]
             self.epoch, self.phase, self.step = int(pos["epoch"]), str(pos["phase"]), int(pos["step"])
             self.accum = dict(state["accum"])
@@ -573,6 +623,8 @@ class Searcher:
         latency = self.lut.expected_latency(weights, self.lut_matrix)
         terms = self.criterion(logits, y, latency)
         loss = terms.ce if is_w else terms.loss
+        if not is_w and self.budget is not None:  # CE + lambda * (LAT(P_theta) / T - 1)
+            loss = terms.ce + self.budget.term(self.lut.expected_latency(self._probs(), self.lut_matrix))
         opt = self.w_opt if is_w else self.t_opt
         opt.zero_grad(set_to_none=True)
         acc = (logits.detach().argmax(1) == y).float().mean()
@@ -599,8 +651,17 @@ class Searcher:
         opt.step()
         if is_w:
             self.w_sched.step()
+        elif self.budget is not None:  # dual ascent on the constraint, with theta after its step
+            with torch.no_grad():
+                gap = float(self.budget.gap(self.lut.expected_latency(self._probs(), self.lut_matrix)))
+            self.budget.dual_step(gap)
+            extra["budget_gap"] = gap
         return {"ce": float(stats[0]), "loss": float(stats[1]), "acc": float(stats[2]),
                 "latency_ms": float(latency.detach()), **extra}
+
+    def _probs(self) -> torch.Tensor:
+        """``P_theta`` ``[L, K]``, differentiable (the budget's expected latency)."""
+        return torch.softmax(self.model.theta, dim=-1)
 
     def _all_reduce_step(self, loss: torch.Tensor, stats: torch.Tensor, is_w: bool) -> torch.Tensor:
         """Backward, then average gradients, BN running stats and metrics over ranks in one collective.
@@ -769,6 +830,8 @@ class Searcher:
             "expected_latency_ms": float(self.lut.expected_latency(probs.double().cpu(),
                                                                   self.lut.matrix(self.space.candidates))),
             "argmax_latency_ms": self.lut.architecture_latency(arch.blocks),
+            **({"target_ms": self.budget.target_ms, "budget_lambda": self.budget.lam,
+                "budget_gap": mean("theta_budget_gap")} if self.budget is not None else {}),
             **ev,
             "arch": str(arch),
             "probs": [[round(float(p), 6) for p in row] for row in probs],
@@ -807,13 +870,80 @@ class Searcher:
                         "log_prob": float(logp[torch.arange(len(idx)), torch.tensor(idx)].sum()), **ev})
         return out
 
+    def _honour_budget(self, argmax: Architecture) -> tuple[Architecture, list[str], dict[str, Any]]:
+        """The architecture to return under the budget: the argmax, or its repair (fbnet_fast.budget.repair).
+
+        Returns ``(architecture, summary lines, result fields)``; the lines give the target, the LUT
+        prediction raw and corrected, the repair, and the latency measured on this host when the
+        LUT's back end runs here.
+        """
+        b = self.budget
+        log_probs = torch.log_softmax(self.model.theta.detach().double().cpu(), dim=-1)
+        fixed = repair(self.lut, log_probs, b.window)
+        before = self.lut.architecture_latency(argmax.blocks)
+        arch = argmax if not fixed.changed else Architecture.from_indices(self.space, fixed.indices)
+        lat = self.lut.architecture_latency(arch.blocks)
+        unit = "ms on " + str((self.lut.device or {}).get("device_name") or (self.lut.device or {}).get("backend"))
+        what = (f"target {b.target_ms:.4f} ms (+-{b.tol:.0%})" if b.mode == "target"
+                else f"ceiling {b.target_ms:.4f} ms")
+        lines = [f"budget: {what}, {unit}; lambda at the end {b.lam:.4f}",
+                 f"argmax of theta: {before:.4f} ms (LUT)" + (" -> within the budget" if not fixed.changed else "")]
+        if fixed.changed:
+            lines.append(f"repaired: {len(fixed.changed)} layer(s) changed "
+                         + ", ".join(f"{l}: {argmax.blocks[l]} -> {arch.blocks[l]}" for l in fixed.changed)
+                         + f"; {lat:.4f} ms (LUT)" + ("" if fixed.ok else " (no architecture of the space is in "
+                                                       "the window; this is the closest)"))
+        corr = getattr(self.lut, "correction", None)
+        if corr:
+            raw = sum(self.lut.layers[l][blk].median_ms for l, blk in enumerate(arch.blocks)) + self.lut.fixed_ms
+            lines.append(f"LUT prediction: raw sum {raw:.4f} ms, corrected {lat:.4f} ms "
+                         f"(scale {corr['scale']:.4f}, offset {corr['offset_ms']:.4f} ms)")
+        else:
+            lines.append(f"LUT prediction: {lat:.4f} ms (no correction fitted to this LUT)")
+        extra: dict[str, Any] = {"target_ms": b.target_ms, "budget_mode": b.mode, "argmax": argmax,
+                                 "argmax_latency_ms": before, "repaired_layers": fixed.changed,
+                                 "within_budget": fixed.ok}
+        measured = self._measure_here(arch)
+        if measured is not None:
+            extra["measured_ms"] = measured
+            lines.append(f"measured end to end on this host ({self.lut.device.get('backend')}): {measured:.4f} ms, "
+                         f"{100 * (measured / lat - 1):+.1f} % against the LUT, "
+                         f"{100 * (measured / b.target_ms - 1):+.1f} % against the target")
+        return arch, lines, extra
+
+    def _measure_here(self, arch: Architecture) -> float | None:
+        """The architecture's end-to-end latency with the LUT's own back end, when that back end is this host."""
+        device = dict(getattr(self.lut, "device", None) or {})
+        if device.get("backend") not in ("torch-cpu", "onnxruntime") or not self.cfg.measure_result:
+            return None
+        from .measure import backend_from_device, cpu_name
+        from .measure.core import Job, measure_jobs
+        from .model import build_model
+
+        if device.get("device_name") != cpu_name():
+            return None
+        backend = backend_from_device(device)
+        try:
+            size = self.space.input_size
+            shape = (int(device.get("batch_size", 1)), self.space.in_channels, size, size)
+            job = Job("result", lambda: build_model(self.space, arch), shape, "the searched net")
+            entry = measure_jobs(backend, [[job]], progress=False, desc="end-to-end latency")["result"]
+        finally:
+            backend.close()
+        return entry.median_ms
+
     def finish(self) -> dict[str, Any]:
         """Write theta, the most likely architecture, the summary table, samples and plots (rank 0)."""
         probs = self.model.probabilities()
-        arch = self.model.most_likely()
+        argmax = arch = self.model.most_likely()
+        budget_lines: list[str] = []
+        result_extra: dict[str, Any] = {}
+        if self.budget is not None:
+            arch, budget_lines, result_extra = self._honour_budget(argmax)
         lat = self.lut.architecture_latency(arch.blocks)
         samples = self.sample_and_evaluate(self.cfg.plot_samples) if self.cfg.plots else []
-        result = {"arch": arch, "latency_ms": lat, "history": self.history, "run_dir": str(self.run_dir)}
+        result = {"arch": arch, "latency_ms": lat, "history": self.history, "run_dir": str(self.run_dir),
+                  **result_extra}
         if hasattr(self.lut, "per_target_latency"):  # multi-target: every device's latency
             result["latency_per_target_ms"] = self.lut.per_target_latency(arch.indices(self.space))
         if not self.dist.is_main:
@@ -826,7 +956,8 @@ class Searcher:
         }
         atomic_write_text(self.run_dir / "theta.json", json.dumps(theta, indent=1) + "\n")
         atomic_write_text(self.run_dir / "arch.json", json.dumps(arch.to_dict(self.space), indent=1) + "\n")
-        lines = [f"most likely architecture of {self.space.name} (fingerprint {self.space.fingerprint})",
+        lines = [f"{'architecture within the budget' if arch is not argmax else 'most likely architecture'} of "
+                 f"{self.space.name} (fingerprint {self.space.fingerprint})",
                  f"{'layer':>5}  {'shape':<22} {'block':<10} {'P':>6} {'latency ms':>10}"]
         for l, (spec, block) in enumerate(zip(self.space.layers, arch.blocks)):
             i = self.space.candidates.index(block)
@@ -841,6 +972,7 @@ class Searcher:
         if samples:
             lines.append(f"argmax as a stand-alone subnet (one-hot weights): val acc {samples[0]['val_acc']:.4f}; "
                          f"{len(samples) - 1} sampled architectures in samples.json")
+        lines += budget_lines
         atomic_write_text(self.run_dir / "summary.txt", "\n".join(lines) + "\n")
         if self.cfg.plots:
             atomic_write_text(self.run_dir / "samples.json", json.dumps(samples, indent=1) + "\n")

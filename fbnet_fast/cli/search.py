@@ -57,6 +57,28 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tau0", type=float, default=d.tau0, help="initial Gumbel temperature (default: %(default)s)")
     g.add_argument("--tau-decay", type=float, default=d.tau_decay,
                    help="tau is multiplied by exp(-tau_decay) every epoch (default: %(default)s)")
+    g.add_argument("--tau-schedule", choices=("paper", "anneal"), default=d.tau_schedule,
+                   help="paper: tau0*exp(-tau_decay*epoch); anneal: tau0 through the warm-up, then down to --tau-end "
+                   "at the last epoch whatever the run's length (default: %(default)s)")
+    g.add_argument("--tau-end", type=float, default=d.tau_end, help="the anneal schedule's last temperature "
+                   "(default: %(default)s)")
+    g = p.add_argument_group("latency budget (instead of alpha/beta)")
+    g.add_argument("--target-ms", type=float, default=None, help="the budget T in ms on the LUT's device (on its "
+                   "corrected scale when the LUT has a fitted correction); the search adapts the latency term's weight "
+                   "itself (fbnet_fast.budget)")
+    g.add_argument("--budget-mode", choices=("ceiling", "target"), default=d.budget_mode,
+                   help="ceiling: at most T, as accurate as possible; target: land on T (within --budget-tol) "
+                   "(default: %(default)s)")
+    g.add_argument("--budget-tol", type=float, default=d.budget_tol,
+                   help="target mode: the returned net is within this fraction of T (default: %(default)s)")
+    g.add_argument("--dual-lr", type=float, default=d.dual_lr,
+                   help="step of the Lagrange multiplier per theta step, per unit of relative miss "
+                   "(default: %(default)s)")
+    g.add_argument("--budget-rho", type=float, default=d.budget_rho,
+                   help="weight of the augmented Lagrangian's square term, which damps the multiplier "
+                   "(default: %(default)s; 0: plain dual ascent)")
+    g.add_argument("--no-measure-result", dest="measure_result", action="store_false",
+                   help="do not time the returned net end to end, even when the LUT's back end runs on this host")
     g = p.add_argument_group("loss")
     g.add_argument("--alpha", type=float, default=d.alpha, help="latency weight alpha (default: %(default)s)")
     g.add_argument("--beta", type=float, default=d.beta, help="latency exponent beta (default: %(default)s)")
@@ -104,10 +126,21 @@ def _run_search(args: argparse.Namespace) -> int:
     result = run_search(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     hist = result["history"]
     last = hist[-1] if hist else {}
-    print(f"most likely architecture: {result['arch']}")
+    if "target_ms" in result:
+        print(f"argmax of theta: {result['argmax']} ({result['argmax_latency_ms']:.4f} ms LUT)")
+        if result["repaired_layers"]:
+            print(f"repaired in layer(s) {', '.join(map(str, result['repaired_layers']))} to meet the "
+                  f"{result['budget_mode']} of {result['target_ms']:g} ms")
+        print(f"architecture: {result['arch']}")
+    else:
+        print(f"most likely architecture: {result['arch']}")
     for target, ms in result.get("latency_per_target_ms", {}).items():
         print(f"  on {target}: {ms:.4f} ms (LUT)")
-    print(f"LUT latency {result['latency_ms']:.4f} ms; supernet val acc {last.get('val_acc', float('nan')):.4f}; "
+    budget = ""
+    if "target_ms" in result:
+        budget = f" ({result['budget_mode']} {result['target_ms']:g} ms" + (
+            f", measured here {result['measured_ms']:.4f} ms" if "measured_ms" in result else "") + ")"
+    print(f"LUT latency {result['latency_ms']:.4f} ms{budget}; supernet val acc {last.get('val_acc', float('nan')):.4f}; "
           f"run folder {result['run_dir']}")
     return 0
 
