@@ -155,6 +155,23 @@ def lut_candidate_listed_twice(tmp):
     return _search(tmp, lut=_write_json(tmp / "lut.json", d))
 
 
+# ---- latency budgets --------------------------------------------------------------------------
+
+@case(ConfigError, "--target-ms must be a positive number of ms", "got 0.0")
+def budget_target_not_positive(tmp):
+    return _search(tmp, "--target-ms", "0")
+
+
+@case(ConfigError, "--target-ms 1000", "outside what this space can reach", "lut.json", "8 to 48 ms")
+def budget_target_out_of_reach(tmp):
+    return _search(tmp, "--target-ms", "1000", "--budget-mode", "target")
+
+
+@case(ConfigError, "--target-ms 5", "below the fastest architecture", "8 ms")
+def budget_ceiling_below_the_fastest(tmp):
+    return _search(tmp, "--target-ms", "5")
+
+
 # ---- search spaces ----------------------------------------------------------------------------
 
 @case(SpaceError, "space.json", "unknown block name 'conv7'", "k<kernel>_e<expansion>")

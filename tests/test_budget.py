@@ -205,3 +205,40 @@ def test_the_multiplier_brings_the_expected_latency_to_the_budget(mode, frac):
         assert abs(final / t - 1) < 0.03, (final, t)
     else:
         assert final <= t, (final, t)
+
+
+def test_a_budget_search_resumes_bit_identically(tmp_path, tiny_data):
+    """The multiplier is part of the checkpoint: a search resumed mid-run ends as the uninterrupted one."""
+    from fbnet_fast.search import SearchConfig, Searcher
+
+    space = make_tiny_space()
+    lut = _spread_lut(space, 1)
+    c = SearchConfig(epochs=3, warmup_epochs=1, batch_size=20, progress=False, plots=False, kernel="reference",
+                     tau_schedule="anneal", target_ms=0.7 * _uniform_ms(lut, space), budget_mode="target")
+    quiet = dict(space=space, lut=lut, data=tiny_data, log=lambda m: None)
+    ref = Searcher(c, tmp_path / "ref", **quiet)
+    ref.run()
+    part = Searcher(c, tmp_path / "part", **quiet)
+    part._run_epoch()
+    part._run_epoch()  # a search epoch: lambda has moved
+    assert part.budget.lam != 0.0
+    again = Searcher(c, tmp_path / "part", **quiet)
+    assert again.resume() is not None and again.budget.lam == part.budget.lam
+    again.run()
+    assert again.budget.lam == ref.budget.lam
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k
+
+
+def test_multi_target_budget_is_on_the_combined_latency(tmp_path, tiny_data):
+    from fbnet_fast.multitarget import MultiTargetLatency
+
+    space = make_tiny_space()
+    a, b = _spread_lut(space, 0), _spread_lut(space, 1)
+    a.device, b.device = {"backend": "devA"}, {"backend": "devB"}
+    multi = MultiTargetLatency([a, b])
+    lo, hi = multi.min_latency(), multi.max_latency()
+    t = lo + 0.4 * (hi - lo)
+    res = _search(tmp_path, space, multi, tiny_data, target_ms=t, budget_mode="ceiling")
+    assert multi.architecture_latency(list(res["arch"].blocks)) <= t
+    assert res["latency_ms"] <= t and res["within_budget"]
