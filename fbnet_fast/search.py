@@ -142,6 +142,7 @@ class SearchConfig(OptionsDict):
     # a latency budget (fbnet_fast.budget): T in ms on the LUT's (corrected) scale; None: the
     # alpha/beta loss of the paper
     target_ms: float | None = None
+    target_fraction: float | None = None  # instead of target_ms: T = this x the uniform-theta latency
     budget_mode: str = "ceiling"
     budget_tol: float = 0.03
     dual_lr: float = 0.2
@@ -218,15 +219,23 @@ class SearchConfig(OptionsDict):
         if self.tau_schedule == "anneal" and not self.tau_end < self.tau0:
             raise ConfigError(f"tau_end ({self.tau_end}) must be below tau0 ({self.tau0})")
         pos("budget_rho", allow_zero=True)
+        if self.target_ms is not None and self.target_fraction is not None:
+            raise ConfigError("give --target-ms or --target-fraction, not both")
+        if self.target_fraction is not None:
+            f = self.target_fraction
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
+                raise ConfigError(f"--target-fraction must be a positive number (of the uniform latency), got {f!r}")
+            self.budget(1.0)
         if self.target_ms is not None:
             self.budget()  # ConfigError for a bad target, mode or tolerance
 
-    def budget(self) -> Budget | None:
-        """The search's latency budget, or None (the alpha/beta loss)."""
-        if self.target_ms is None:
+    def budget(self, uniform_ms: float | None = None) -> Budget | None:
+        """The search's latency budget, or None (the alpha/beta loss). With ``target_fraction``,
+        ``uniform_ms`` (the LUT latency under uniform theta) sets ``T``."""
+        if self.target_ms is None and self.target_fraction is None:
             return None
-        return Budget(self.target_ms, mode=self.budget_mode, tol=self.budget_tol, dual_lr=self.dual_lr,
-                      rho=self.budget_rho)
+        t = self.target_ms if self.target_ms is not None else self.target_fraction * float(uniform_ms)
+        return Budget(t, mode=self.budget_mode, tol=self.budget_tol, dual_lr=self.dual_lr, rho=self.budget_rho)
 
 
 
@@ -335,9 +344,14 @@ class Searcher:
         self.unit = resolve_unit(cfg.latency_unit, lut.min_latency())
         self.criterion = LatencyLoss(alpha=cfg.alpha, beta=cfg.beta, form=cfg.loss_form, unit=self.unit,
                                      label_smoothing=cfg.label_smoothing)
-        self.budget = cfg.budget()
+        k = len(space.candidates)
+        self.uniform_ms = float(lut.expected_latency(torch.full((space.num_layers, k), 1.0 / k, dtype=torch.float64)))
+        self.budget = cfg.budget(self.uniform_ms)
         if self.budget is not None:
             self.budget.check_reachable(lut)
+            how = (f" ({cfg.target_fraction:g} x the uniform-theta latency {self.uniform_ms:.4f} ms)"
+                   if cfg.target_fraction is not None else f" (uniform theta: {self.uniform_ms:.4f} ms)")
+            self.log(f"budget: {self.budget.mode} {self.budget.target_ms:.4f} ms{how}")
         impl = check_impl(cfg.kernel)
         torch.manual_seed(cfg.seed)
         self.model = Supernet(space, impl=impl).to(self.device)
@@ -423,13 +437,13 @@ class Searcher:
     _TRAJECTORY_FIELDS = ("epochs", "warmup_epochs", "batch_size", "w_fraction", "w_lr", "w_momentum",
                           "w_weight_decay", "w_grad_clip", "zero_init_residual", "theta_lr", "theta_weight_decay",
                           "tau0", "tau_decay", "alpha", "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
-                          "num_train", "num_val", "tau_schedule", "tau_end", "target_ms", "budget_mode", "budget_tol",
-                          "dual_lr", "budget_rho")
+                          "num_train", "num_val", "tau_schedule", "tau_end", "target_ms", "target_fraction", "budget_mode",
+                          "budget_tol", "dual_lr", "budget_rho")
 
     # Options the warm-up does not read (weight steps minimise the CE alone and theta is not
     # trained): a search may start from the warm-up of another that differs only in these.
     _POST_WARMUP_FIELDS = ("alpha", "beta", "loss_form", "theta_lr", "theta_weight_decay", "tau_end", "target_ms",
-                           "budget_mode", "budget_tol", "dual_lr", "budget_rho")
+                           "target_fraction", "budget_mode", "budget_tol", "dual_lr", "budget_rho")
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>",
                         ignore: tuple[str, ...] = ()) -> None:

@@ -242,3 +242,21 @@ def test_multi_target_budget_is_on_the_combined_latency(tmp_path, tiny_data):
     res = _search(tmp_path, space, multi, tiny_data, target_ms=t, budget_mode="ceiling")
     assert multi.architecture_latency(list(res["arch"].blocks)) <= t
     assert res["latency_ms"] <= t and res["within_budget"]
+
+
+def test_target_fraction_sets_t_from_the_uniform_latency(tmp_path, tiny_data):
+    space = make_tiny_space()
+    lut = _spread_lut(space, 2)
+    logs = []
+    from fbnet_fast.search import SearchConfig, run_search
+
+    cfg = SearchConfig(epochs=2, warmup_epochs=1, batch_size=20, progress=False, plots=False, kernel="reference",
+                       target_fraction=0.6)
+    res = run_search(cfg, tmp_path, space=space, lut=lut, data=tiny_data, log=logs.append)
+    t = 0.6 * _uniform_ms(lut, space)
+    assert res["target_ms"] == pytest.approx(t) and res["latency_ms"] <= t
+    assert any(f"ceiling {t:.4f} ms (0.6 x the uniform-theta latency" in m for m in logs)
+    with pytest.raises(ConfigError, match="not both"):
+        SearchConfig(target_ms=1.0, target_fraction=0.5).validate()
+    with pytest.raises(ConfigError, match="--target-fraction must be a positive number"):
+        SearchConfig(target_fraction=0).validate()

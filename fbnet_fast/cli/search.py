@@ -66,6 +66,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-ms", type=float, default=None, help="the budget T in ms on the LUT's device (on its "
                    "corrected scale when the LUT has a fitted correction); the search adapts the latency term's weight "
                    "itself (fbnet_fast.budget)")
+    g.add_argument("--target-fraction", type=float, default=None, help="instead of --target-ms: T is this "
+                   "fraction of the LUT latency under uniform theta (printed at the start)")
     g.add_argument("--budget-mode", choices=("ceiling", "target"), default=d.budget_mode,
                    help="ceiling: at most T, as accurate as possible; target: land on T (within --budget-tol) "
                    "(default: %(default)s)")
