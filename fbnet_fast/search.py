@@ -917,7 +917,7 @@ class Searcher:
         extra: dict[str, Any] = {"target_ms": b.target_ms, "budget_mode": b.mode, "argmax": argmax,
                                  "argmax_latency_ms": before, "repaired_layers": fixed.changed,
                                  "within_budget": fixed.ok}
-        measured = self._measure_here(arch)
+        measured = self._measure_here(arch) if self.dist.is_main else None  # one rank times, the others wait
         if measured is not None:
             extra["measured_ms"] = measured
             lines.append(f"measured end to end on this host ({self.lut.device.get('backend')}): {measured:.4f} ms, "
