@@ -238,7 +238,6 @@ class SearchConfig(OptionsDict):
         return Budget(t, mode=self.budget_mode, tol=self.budget_tol, dual_lr=self.dual_lr, rho=self.budget_rho)
 
 
-
 TAU_SCHEDULES = ("paper", "anneal")
 
 
@@ -252,8 +251,10 @@ def tau_at(cfg: SearchConfig, epoch: int) -> float:
     if cfg.tau_schedule == "anneal":
         n = cfg.epochs - cfg.warmup_epochs
         i = epoch - cfg.warmup_epochs
-        if i <= 0 or n <= 1:
-            return cfg.tau0 if i <= 0 else cfg.tau_end
+        if i < 0:
+            return cfg.tau0
+        if n <= 1:
+            return cfg.tau_end
         return cfg.tau0 * (cfg.tau_end / cfg.tau0) ** (min(i, n - 1) / (n - 1))
     return cfg.tau0 * math.exp(-cfg.tau_decay * epoch)
 

@@ -28,6 +28,16 @@ def test_tau_schedule():
     assert math.isclose(tau_at(c, 90), 5 * math.exp(-0.045 * 90))
 
 
+@pytest.mark.parametrize("epochs,warmup", [(8, 2), (3, 1), (40, 10), (2, 1)])
+def test_anneal_schedule_ends_at_tau_end_whatever_the_length(epochs, warmup):
+    c = SearchConfig(epochs=epochs, warmup_epochs=warmup, tau_schedule="anneal", tau0=5.0, tau_end=0.1)
+    taus = [tau_at(c, e) for e in range(epochs)]
+    assert taus[:warmup + 1] == [5.0] * (warmup + 1) or epochs - warmup == 1
+    assert math.isclose(taus[-1], 0.1) and all(a >= b for a, b in zip(taus, taus[1:]))
+    with pytest.raises(ConfigError, match="tau_end"):
+        SearchConfig(tau_schedule="anneal", tau0=1.0, tau_end=2.0).validate()
+
+
 @pytest.mark.parametrize("kw, msg", [
     ({"warmup_epochs": 3, "epochs": 3}, "warmup_epochs"),
     ({"tau0": 0.0}, "tau0"),
