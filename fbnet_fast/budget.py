@@ -49,6 +49,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
@@ -178,8 +179,6 @@ def repair(lut: Any, log_probs: torch.Tensor, window: tuple[float, float], *, bi
     big = 1e6  # one changed layer outweighs any difference in log-probability
     cost = torch.where(torch.arange(K)[None, :] == torch.tensor(start)[:, None], 0.0, big).double() - lp
     cost = cost.numpy()
-    import numpy as np
-
     best = np.full(bins + 2, np.inf)
     exact = np.zeros(bins + 2)
     best[0], exact[0] = 0.0, 0.0

@@ -62,14 +62,14 @@ def isa(request):
         yield None
         return
     from fbnet_fast.ops import _ext
+    from fbnet_fast.ops.testing import use_isa
 
-    ext = _ext.load()
-    start = ext.isa()
+    ctx = use_isa(_ext.load(), request.param)
     try:
-        ext.set_isa(request.param)
+        ctx.__enter__()
     except ValueError as e:
         pytest.skip(f"this CPU cannot run the {request.param} variant: {e}")
     try:
         yield request.param
     finally:
-        ext.set_isa(start)
+        ctx.__exit__(None, None, None)

@@ -90,6 +90,7 @@ ReLU input.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -107,19 +108,31 @@ __all__ = ["runnable_isas", "assert_close_to_ref", "RADIUS", "ReluRecorder", "re
 
 
 # -------------------------------------------------------------------------------------- the rule
+@contextlib.contextmanager
+def use_isa(ext: Any, isa: str) -> Iterator[str]:
+    """Run the block with the extension switched to ``isa``; the variant in use before comes back
+    afterwards (also when an assertion fails). ``ValueError`` when this CPU cannot run ``isa``."""
+    start = ext.isa()
+    ext.set_isa(isa)
+    try:
+        yield isa
+    finally:
+        ext.set_isa(start)
+
+
 def runnable_isas(ext: Any) -> Iterator[str]:
     """Switch the extension to each compiled ISA variant this CPU runs, yielding its name;
     the variant in use before is restored afterwards (also when an assertion fails)."""
-    start = ext.isa()
-    try:
-        for isa in ext.compiled_isas():
-            try:
-                ext.set_isa(isa)
-            except ValueError:  # this CPU lacks it
-                continue
+    for isa in ext.compiled_isas():
+        try:
+            ctx = use_isa(ext, isa)
+            ctx.__enter__()
+        except ValueError:  # this CPU lacks it
+            continue
+        try:
             yield isa
-    finally:
-        ext.set_isa(start)
+        finally:
+            ctx.__exit__(None, None, None)
 
 
 def assert_close_to_ref(name: str, fused: torch.Tensor, eager32: torch.Tensor | Sequence[torch.Tensor],
@@ -242,8 +255,8 @@ def make_mixed_op(c_in: int, c_out: int, stride: int, h: int, seed: int = 0) -> 
 
 
 def _other_format(x: torch.Tensor) -> torch.Tensor:
-    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return x.contiguous() if cl else x.contiguous(memory_format=torch.channels_last)
+    other = torch.contiguous_format if _format_of(x) == torch.channels_last else torch.channels_last
+    return x.contiguous(memory_format=other)
 
 
 def _perturb(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
