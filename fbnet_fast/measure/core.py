@@ -130,7 +130,7 @@ class Backend:
     @classmethod
     def device_kwargs(cls, device: Mapping[str, Any]) -> dict[str, Any]:
         """Constructor arguments that re-create the back end a LUT's ``device`` record describes."""
-        kw = {k: device[k] for k in cls.SHARED_OPTIONS[:-1] if k in device}
+        kw = {k: device[k] for k in cls.SHARED_OPTIONS if k != "clock" and k in device}
         if device.get("clock") in ("wall", "cpu"):  # "auto" resolved when measured; cuda-events is cuda's own
             kw["clock"] = device["clock"]
         return kw
