@@ -54,7 +54,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["BUDGET_MODES", "Budget", "RepairResult", "repair", "reachable_range"]
+__all__ = ["BUDGET_MODES", "Budget", "RepairResult", "repair", "reachable_range", "sample_in_band"]
 
 BUDGET_MODES = ("target", "ceiling")
 
@@ -245,3 +245,69 @@ def _repair_greedy(lut: Any, lp: torch.Tensor, start: list[int], window: tuple[f
             break
         cur, now = best[1], best[2]
     return RepairResult(cur, [l for l in range(L) if cur[l] != start[l]], now, lo <= now <= hi)
+
+
+def sample_in_band(lut: Any, lo: float, hi: float, n: int, *, seed: int = 0,
+                   max_draws: int = 1_000_000) -> tuple[list[list[int]], int]:
+    """``n`` architectures drawn uniformly from those whose LUT latency lies in ``[lo, hi]`` ms.
+
+    Plain rejection from the uniform distribution almost never reaches a band far from the
+    uniform latency (22 layers: 0.6x of it is several standard deviations out), so each draw
+    comes from the exponentially tilted distribution ``q(a) ~ exp(-lam * LAT(a))``, one
+    independent choice per layer, with ``lam`` set so that ``q``'s expected latency is the
+    band's centre, and is accepted when it lies in the band and then with probability
+    ``exp(lam * (LAT(a) - LAT_edge))`` (``LAT_edge``: the band edge ``q`` favours least). The
+    accepted architectures are exactly uniform over the band: ``q(a)`` times the acceptance
+    is the same for every ``a`` in it.
+
+    Returns ``(architectures as index lists in the LUT's column order, draws it took)``.
+    Raises ConfigError when the band is outside the reachable range, is empty, or when
+    ``max_draws`` draws did not fill it.
+    """
+    if not hasattr(lut, "layers") or not hasattr(lut, "matrix"):
+        raise ConfigError("sample_in_band needs one additive LatencyTable, not a multi-target model")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ConfigError(f"latency band [{lo}, {hi}] ms is empty")
+    fast, slow = reachable_range(lut)
+    if hi < fast or lo > slow:
+        raise ConfigError(f"latency band [{lo:.4f}, {hi:.4f}] ms is outside the space's reachable range "
+                          f"[{fast:.4f}, {slow:.4f}] ms")
+    m = lut.matrix().double()  # [L, K] block latencies, raw
+    f0 = float(lut.predict(0.0))
+    s = float(lut.predict(1.0)) - f0  # predict is affine in the block sum: pred = s * sum + f0
+    r_lo, r_hi = (lo - f0) / s, (hi - f0) / s
+    r_mid = 0.5 * (r_lo + r_hi)
+    spread = float((m.max(1).values - m.min(1).values).sum()) or 1.0
+
+    def mean_at(lam: float) -> float:
+        p = torch.softmax(-lam * m, dim=1)
+        return float((p * m).sum())
+
+    a, b = -200.0 / spread, 200.0 / spread  # mean_at falls as lam grows
+    for _ in range(100):
+        mid = 0.5 * (a + b)
+        a, b = (mid, b) if mean_at(mid) > r_mid else (a, mid)
+    lam = 0.5 * (a + b)
+    probs = torch.softmax(-lam * m, dim=1)
+    edge = r_hi if lam >= 0 else r_lo  # exp(lam * (r - edge)) <= 1 on the band
+    gen = torch.Generator().manual_seed(seed)
+    out: list[list[int]] = []
+    draws = 0
+    batch = 4096
+    while len(out) < n:
+        if draws >= max_draws:
+            raise ConfigError(f"only {len(out)} of {n} architectures in [{lo:.4f}, {hi:.4f}] ms after {draws} draws; "
+                              f"widen the band")
+        idx = torch.multinomial(probs, batch, replacement=True, generator=gen).T  # [batch, L]
+        u = torch.rand(batch, generator=gen, dtype=torch.float64)
+        r = m.gather(1, idx.T).sum(0)
+        keep = (r >= r_lo) & (r <= r_hi) & (u < torch.exp(lam * (r - edge)))
+        for j in range(batch):
+            draws += 1
+            if bool(keep[j]):
+                out.append(idx[j].tolist())
+                if len(out) == n:
+                    break
+            if draws >= max_draws:
+                break
+    return out, draws

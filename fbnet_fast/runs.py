@@ -92,13 +92,17 @@ class OptionsDict:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    # Options a saved dict may lack because it was written before they existed, with the value the
+    # code then ran with (not today's default, which may differ): a resumed old run stays itself.
+    _legacy: dict[str, Any] = {}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown {cls._what}(s) {unknown}")
-        return cls(**d)
+        return cls(**{**{k: v for k, v in cls._legacy.items() if k not in d}, **d})
 
 
 class RampCosine:

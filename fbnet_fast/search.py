@@ -87,7 +87,7 @@ from .space import Architecture, SearchSpace, load_space
 from .ops import KERNEL_CHOICES, check_impl
 from .supernet import Supernet
 
-__all__ = ["SearchConfig", "Searcher", "run_search", "tau_at", "CHECKPOINT_FORMAT"]
+__all__ = ["SearchConfig", "Searcher", "run_search", "tau_at", "hard_at", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "fbnet-fast/search-checkpoint"
 # Images of the generated data set a search uses unless told otherwise.
@@ -101,6 +101,9 @@ class SearchConfig(OptionsDict):
     """Every knob of a search. Defaults: the paper's schedule, scaled to ~10 min on 2 cores."""
 
     _what = "search option"  # for the unknown-option message (a class attribute, not a field)
+    # what a run folder written before these options existed ran with (runs.OptionsDict.from_dict)
+    _legacy = {"target_ms": None, "target_fraction": None, "hard_epochs": 0, "tau_schedule": "paper",
+               "tau_end": 0.1}
 
     # what to search
     space: str = "fbnet-cifar"
@@ -154,6 +157,11 @@ class SearchConfig(OptionsDict):
     latency_unit: str = "auto"
     label_smoothing: float = 0.0
     gumbel: str = "soft"
+    # The last hard_epochs epochs sample one candidate per layer (straight-through hard Gumbel, as
+    # GDAS, Dong & Yang 2019): the weights then train the single paths P_theta draws, so the most
+    # likely architecture runs on weights trained for it (the soft mixture's discretisation gap
+    # closes), at about 1/7 of a soft step's cost. 0: soft to the end (the paper).
+    hard_epochs: int = 0
     # execution
     kernel: str = "auto"
     device: str = "cpu"
@@ -184,7 +192,7 @@ class SearchConfig(OptionsDict):
 
         for n in ("epochs", "batch_size", "lut_repeats", "keep_checkpoints"):
             pos(n, integer=True)
-        for n in ("warmup_epochs", "checkpoint_every", "plot_samples", "w_lr_ramp_steps", "recalibrate_batches"):
+        for n in ("warmup_epochs", "hard_epochs", "checkpoint_every", "plot_samples", "w_lr_ramp_steps", "recalibrate_batches"):
             pos(n, integer=True, allow_zero=True)
         for n in ("w_lr", "theta_lr", "tau0", "tau_end", "dual_lr"):
             pos(n)
@@ -200,6 +208,10 @@ class SearchConfig(OptionsDict):
                 f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs}): "
                 f"theta would never be trained"
             )
+        if self.hard_epochs > self.epochs - self.warmup_epochs:
+            raise ConfigError(f"hard_epochs ({self.hard_epochs}) must be at most the search epochs after the warm-up "
+                              f"({self.epochs} - {self.warmup_epochs}): a one-path warm-up from uniform theta trains "
+                              f"a different random net every step")
         if not 0 < self.w_fraction < 1:
             raise ConfigError(f"w_fraction must be strictly between 0 and 1, got {self.w_fraction}")
         if self.gumbel not in ("soft", "hard"):
@@ -219,9 +231,7 @@ class SearchConfig(OptionsDict):
         if self.tau_schedule == "anneal" and not self.tau_end < self.tau0:
             raise ConfigError(f"tau_end ({self.tau_end}) must be below tau0 ({self.tau0})")
         pos("budget_rho", allow_zero=True)
-        if self.target_ms is not None and self.target_fraction is not None:
-            raise ConfigError("give --target-ms or --target-fraction, not both")
-        if self.target_fraction is not None:
+        if self.target_fraction is not None and self.target_ms is None:
             f = self.target_fraction
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
                 raise ConfigError(f"--target-fraction must be a positive number (of the uniform latency), got {f!r}")
@@ -241,15 +251,22 @@ class SearchConfig(OptionsDict):
 TAU_SCHEDULES = ("paper", "anneal")
 
 
+def hard_at(cfg: SearchConfig, epoch: int) -> bool:
+    """Whether ``epoch`` (0-based) samples one candidate per layer (straight-through hard Gumbel)."""
+    return cfg.gumbel == "hard" or epoch >= cfg.epochs - cfg.hard_epochs
+
+
 def tau_at(cfg: SearchConfig, epoch: int) -> float:
     """Gumbel temperature of ``epoch`` (0-based).
 
     ``"paper"``: ``tau0 * exp(-tau_decay * epoch)``. ``"anneal"``: ``tau0`` during the warm-up,
-    then ``tau0 * (tau_end / tau0) ** (i / (n - 1))`` at search epoch ``i`` of ``n``: the last
-    epoch trains at ``tau_end`` (nearly one-hot weights) whatever the number of epochs.
+    then ``tau0 * (tau_end / tau0) ** (i / (n - 1))`` at soft search epoch ``i`` of ``n``: the last
+    soft epoch trains at ``tau_end`` (nearly one-hot weights) whatever the number of epochs, and
+    the ``hard_epochs`` after it stay there (in a straight-through step tau only scales theta's
+    gradient, which Adam normalises).
     """
     if cfg.tau_schedule == "anneal":
-        n = cfg.epochs - cfg.warmup_epochs
+        n = cfg.epochs - cfg.warmup_epochs - cfg.hard_epochs
         i = epoch - cfg.warmup_epochs
         if i < 0:
             return cfg.tau0
@@ -351,7 +368,7 @@ class Searcher:
         if self.budget is not None:
             self.budget.check_reachable(lut)
             how = (f" ({cfg.target_fraction:g} x the uniform-theta latency {self.uniform_ms:.4f} ms)"
-                   if cfg.target_fraction is not None else f" (uniform theta: {self.uniform_ms:.4f} ms)")
+                   if cfg.target_ms is None else f" (uniform theta: {self.uniform_ms:.4f} ms)")
             self.log(f"budget: {self.budget.mode} {self.budget.target_ms:.4f} ms{how}")
         impl = check_impl(cfg.kernel)
         torch.manual_seed(cfg.seed)
@@ -435,7 +452,7 @@ class Searcher:
         }
 
     # Options that change the trajectory: a checkpoint must agree on them to be resumed.
-    _TRAJECTORY_FIELDS = ("epochs", "warmup_epochs", "batch_size", "w_fraction", "w_lr", "w_momentum",
+    _TRAJECTORY_FIELDS = ("epochs", "warmup_epochs", "hard_epochs", "batch_size", "w_fraction", "w_lr", "w_momentum",
                           "w_weight_decay", "w_grad_clip", "zero_init_residual", "theta_lr", "theta_weight_decay",
                           "tau0", "tau_decay", "alpha", "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
                           "num_train", "num_val", "tau_schedule", "tau_end", "target_ms", "target_fraction", "budget_mode",
@@ -443,7 +460,8 @@ class Searcher:
 
     # Options the warm-up does not read (weight steps minimise the CE alone and theta is not
     # trained): a search may start from the warm-up of another that differs only in these.
-    _POST_WARMUP_FIELDS = ("alpha", "beta", "loss_form", "theta_lr", "theta_weight_decay", "tau_end", "target_ms",
+    _POST_WARMUP_FIELDS = ("alpha", "beta", "loss_form", "theta_lr", "theta_weight_decay", "tau_end", "hard_epochs",
+                           "target_ms",
                            "target_fraction", "budget_mode", "budget_tol", "dual_lr", "budget_rho")
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>",
@@ -633,7 +651,7 @@ class Searcher:
             p.requires_grad_(is_w)  # theta steps skip the weight-gradient convolutions
         for p in self.model.arch_parameters():
             p.requires_grad_(not is_w)
-        weights = self.model.sample_weights(tau, hard=cfg.gumbel == "hard", generator=gumbel_gen)
+        weights = self.model.sample_weights(tau, hard=hard_at(cfg, self.epoch), generator=gumbel_gen)
         logits = self.model(x, weights)
         latency = self.lut.expected_latency(weights, self.lut_matrix)
         terms = self.criterion(logits, y, latency)
@@ -834,6 +852,7 @@ class Searcher:
             "epoch": self.epoch + 1,
             "phase": "warmup" if self.epoch < cfg.warmup_epochs else "search",
             "tau": tau_at(cfg, self.epoch),
+            "gumbel": "hard" if hard_at(cfg, self.epoch) else "soft",
             "lr": self.w_opt.param_groups[0]["lr"],
             "train_ce": mean("w_ce"),
             "train_acc": mean("w_acc"),
@@ -861,7 +880,7 @@ class Searcher:
         self.save_checkpoint()
         if self.epoch == cfg.warmup_epochs and self.dist.is_main:
             atomic_torch_save(self.state_dict(), self.warmup_checkpoint)
-        self.log(f"epoch {rec['epoch']}/{cfg.epochs} [{rec['phase']}] tau {rec['tau']:.3f} "
+        self.log(f"epoch {rec['epoch']}/{cfg.epochs} [{rec['phase']}, {rec['gumbel']}] tau {rec['tau']:.3f} "
                  f"train CE {rec['train_ce']:.3f} val acc {rec['val_acc']:.3f} (argmax net {rec['val_acc_argmax']:.3f}) "
                  f"E[latency] {rec['expected_latency_ms']:.3f} ms  argmax {rec['argmax_latency_ms']:.3f} ms")
 

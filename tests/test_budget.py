@@ -256,7 +256,43 @@ def test_target_fraction_sets_t_from_the_uniform_latency(tmp_path, tiny_data):
     t = 0.6 * _uniform_ms(lut, space)
     assert res["target_ms"] == pytest.approx(t) and res["latency_ms"] <= t
     assert any(f"ceiling {t:.4f} ms (0.6 x the uniform-theta latency" in m for m in logs)
-    with pytest.raises(ConfigError, match="not both"):
-        SearchConfig(target_ms=1.0, target_fraction=0.5).validate()
+    assert SearchConfig(target_ms=1.0, target_fraction=0.5).budget(4.0).target_ms == 1.0  # target_ms wins
     with pytest.raises(ConfigError, match="--target-fraction must be a positive number"):
         SearchConfig(target_fraction=0).validate()
+
+
+@pytest.mark.parametrize("frac,corr", [(0.25, None), (0.5, {"scale": 1.1, "offset_ms": 0.3}), (0.8, None)])
+def test_band_sampler_is_uniform_over_the_band(frac, corr):
+    """Every architecture of the band is drawn equally often (enumerated: 5 layers x 5 candidates),
+    none outside it, also in a band far from the uniform latency that plain rejection rarely hits."""
+    from fbnet_fast.budget import sample_in_band
+
+    space = make_tiny_space()
+    lut = _lut(space, 3, corr)
+    fast, slow = lut.min_latency(), lut.max_latency()
+    t = fast + frac * (slow - fast)
+    lo, hi = 0.95 * t, 1.05 * t
+    band = {idx for idx in itertools.product(range(5), repeat=5) if lo <= lut.architecture_latency(list(idx)) <= hi}
+    assert 20 <= len(band) <= 600
+    n = 300 * len(band)
+    archs, draws = sample_in_band(lut, lo, hi, n, seed=1)
+    assert len(archs) == n and draws >= n
+    counts: dict[tuple, int] = {}
+    for a in archs:
+        counts[tuple(a)] = counts.get(tuple(a), 0) + 1
+    assert set(counts) <= band
+    # chi-square against uniform over the band: mean len(band) - 1, sd sqrt(2 (len - 1))
+    chi2 = sum((counts.get(a, 0) - 300) ** 2 / 300 for a in band)
+    assert chi2 < len(band) - 1 + 5 * math.sqrt(2 * (len(band) - 1)), chi2
+    again, _ = sample_in_band(lut, lo, hi, 10, seed=1)
+    assert again == archs[:10]  # seeded
+
+
+def test_band_sampler_refuses_a_band_out_of_reach():
+    from fbnet_fast.budget import sample_in_band
+
+    lut = _lut(make_tiny_space(), 0)
+    with pytest.raises(ConfigError, match="reachable range"):
+        sample_in_band(lut, 0.1 * lut.min_latency(), 0.5 * lut.min_latency(), 3)
+    with pytest.raises(ConfigError, match="empty"):
+        sample_in_band(lut, 2.0, 1.0, 3)

@@ -127,8 +127,9 @@ def test_search_options_reach_the_config():
 
     args = build_parser().parse_args(["search", "--lut", "a.json,b.json", "--lut-weights", "1,2",
                                       "--lut-combine", "max"])
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    cfg = SearchConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    from fbnet_fast.cli.search import search_config_from_args
+
+    cfg = search_config_from_args(args)
     assert (cfg.lut, cfg.lut_weights, cfg.lut_combine) == ("a.json,b.json", "1,2", "max")
     with pytest.raises(ConfigError, match="lut_combine"):
         SearchConfig(lut_combine="min").validate()

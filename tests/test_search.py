@@ -22,7 +22,7 @@ def cfg(**kw):
 
 
 def test_tau_schedule():
-    c = SearchConfig()
+    c = SearchConfig(tau_schedule="paper", hard_epochs=0)
     assert [round(tau_at(c, e), 6) for e in range(3)] == [5.0, round(5 * math.exp(-0.045), 6),
                                                            round(5 * math.exp(-0.09), 6)]
     assert math.isclose(tau_at(c, 90), 5 * math.exp(-0.045 * 90))
@@ -36,6 +36,65 @@ def test_anneal_schedule_ends_at_tau_end_whatever_the_length(epochs, warmup):
     assert math.isclose(taus[-1], 0.1) and all(a >= b for a, b in zip(taus, taus[1:]))
     with pytest.raises(ConfigError, match="tau_end"):
         SearchConfig(tau_schedule="anneal", tau0=1.0, tau_end=2.0).validate()
+
+
+@pytest.mark.parametrize("epochs,warmup,hard", [(6, 2, 2), (8, 2, 1), (4, 1, 3), (5, 2, 0)])
+def test_hard_epochs_are_the_last_and_anneal_ends_before_them(epochs, warmup, hard):
+    from fbnet_fast.search import hard_at
+
+    c = SearchConfig(epochs=epochs, warmup_epochs=warmup, hard_epochs=hard, tau_schedule="anneal", tau0=5.0,
+                     tau_end=0.5)
+    c.validate()
+    assert [hard_at(c, e) for e in range(epochs)] == [e >= epochs - hard for e in range(epochs)]
+    taus = [tau_at(c, e) for e in range(epochs)]
+    soft_search = epochs - warmup - hard
+    if soft_search >= 1:
+        assert math.isclose(taus[warmup + soft_search - 1], 0.5)  # the last soft epoch reaches tau_end
+    if soft_search >= 2:
+        assert taus[warmup] == 5.0
+    assert all(math.isclose(t, 0.5) for t in taus[epochs - hard:])
+    with pytest.raises(ConfigError, match="hard_epochs"):
+        SearchConfig(epochs=epochs, warmup_epochs=warmup, hard_epochs=epochs - warmup + 1).validate()
+
+
+def test_a_run_folder_written_before_the_budget_defaults_resumes_as_it_ran():
+    """Options missing from an old config.json take the values the code then ran with."""
+    d = SearchConfig().to_dict()
+    for k in ("target_ms", "target_fraction", "hard_epochs", "tau_schedule", "tau_end"):
+        d.pop(k)
+    old = SearchConfig.from_dict(d)
+    assert (old.target_fraction, old.hard_epochs, old.tau_schedule) == (None, 0, "paper")
+    assert SearchConfig.from_dict(SearchConfig().to_dict()) == SearchConfig()
+
+
+@pytest.mark.parametrize("argv, want", [
+    ([], {"target_fraction": 0.75, "target_ms": None}),
+    (["--target-ms", "2.5"], {"target_fraction": None, "target_ms": 2.5}),
+    (["--target-fraction", "0.6", "--budget-mode", "target"], {"target_fraction": 0.6, "budget_mode": "target"}),
+    (["--alpha", "0.5"], {"target_fraction": None, "target_ms": None, "alpha": 0.5}),
+    (["--loss-form", "add"], {"target_fraction": None, "loss_form": "add", "alpha": 0.2}),
+    (["--no-budget"], {"target_fraction": None, "target_ms": None, "alpha": 0.2, "loss_form": "mul"}),
+])
+def test_the_command_line_searches_under_a_budget_unless_told_otherwise(argv, want):
+    from fbnet_fast.cli import build_parser
+    from fbnet_fast.cli.search import search_config_from_args
+
+    c = search_config_from_args(build_parser().parse_args(["search", *argv]))
+    assert {k: getattr(c, k) for k in want} == want
+    assert c.budget(4.0) is None if want.get("target_fraction") is None and want.get("target_ms") is None else True
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--target-ms", "2", "--target-fraction", "0.5"], "not both"),
+    (["--target-ms", "2", "--alpha", "0.3"], "--alpha"),
+    (["--target-fraction", "0.5", "--no-budget"], "--no-budget"),
+])
+def test_budget_and_alpha_options_conflict_clearly(argv, msg):
+    from fbnet_fast.cli import build_parser
+    from fbnet_fast.cli.search import search_config_from_args
+
+    with pytest.raises(ConfigError, match=msg):
+        search_config_from_args(build_parser().parse_args(["search", *argv]))
 
 
 @pytest.mark.parametrize("kw, msg", [

@@ -78,6 +78,7 @@ def _run_crossdeploy(args: argparse.Namespace) -> int:
         search = SearchConfig(space=space.name, width_mult=space.width_mult, data=args.data, num_train=args.num_train,
                               num_val=args.num_val, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                               batch_size=args.batch_size, alpha=args.alpha, beta=args.beta, theta_lr=args.theta_lr,
+                              target_fraction=None,  # each device's own search trades by alpha, as the paper's Table 4
                               seed=args.seed, kernel=args.kernel, progress=args.progress, plots=False)
         search.validate()
     overrides = {k: v for k, v in (("passes", args.passes), ("repeats", args.repeats)) if v is not None}

@@ -67,7 +67,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    "corrected scale when the LUT has a fitted correction); the search adapts the latency term's weight "
                    "itself (fbnet_fast.budget)")
     g.add_argument("--target-fraction", type=float, default=None, help="instead of --target-ms: T is this "
-                   "fraction of the LUT latency under uniform theta (printed at the start)")
+                   "fraction of the LUT latency under uniform theta, printed at the start (default: "
+                   f"{d.target_fraction:g} unless --target-ms, --no-budget or --alpha/--beta/--loss-form is given)")
+    g.add_argument("--no-budget", dest="budget", action="store_false",
+                   help="no budget: the paper's alpha/beta latency loss (--alpha, --beta, --loss-form)")
     g.add_argument("--budget-mode", choices=("ceiling", "target"), default=d.budget_mode,
                    help="ceiling: at most T, as accurate as possible; target: land on T (within --budget-tol) "
                    "(default: %(default)s)")
@@ -81,11 +84,13 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    "(default: %(default)s; 0: plain dual ascent)")
     g.add_argument("--no-measure-result", dest="measure_result", action="store_false",
                    help="do not time the returned net end to end, even when the LUT's back end runs on this host")
-    g = p.add_argument_group("loss")
-    g.add_argument("--alpha", type=float, default=d.alpha, help="latency weight alpha (default: %(default)s)")
-    g.add_argument("--beta", type=float, default=d.beta, help="latency exponent beta (default: %(default)s)")
-    g.add_argument("--loss-form", choices=("mul", "add"), default=d.loss_form,
-                   help="'mul': CE*alpha*log(LAT)^beta (the paper); 'add': CE + alpha*log(LAT)^beta")
+    g = p.add_argument_group("loss without a budget (giving one of these turns the default budget off)")
+    g.add_argument("--alpha", type=float, default=None, help=f"latency weight alpha (default: {d.alpha:g})")
+    g.add_argument("--beta", type=float, default=None, help=f"latency exponent beta (default: {d.beta:g})")
+    g.add_argument("--loss-form", choices=("mul", "add"), default=None,
+                   help="'mul': CE*alpha*log(LAT)^beta (the paper; under Adam alpha only rescales theta's "
+                   "gradient, which Adam divides out); 'add': CE + alpha*log(LAT)^beta (default: "
+                   f"{d.loss_form})")
     g.add_argument("--latency-unit", choices=("auto", "ms", "us"), default=d.latency_unit,
                    help="unit of LAT inside the log; auto: ms when every architecture exceeds e ms, else us")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
@@ -93,6 +98,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gumbel", choices=("soft", "hard"), default=d.gumbel,
                    help="soft: weighted sum of all candidates (the paper); hard: straight-through, one "
                    "candidate per layer in forward")
+    g.add_argument("--hard-epochs", type=int, default=d.hard_epochs,
+                   help="the last N epochs sample one candidate per layer (straight-through hard Gumbel): the "
+                   "weights train the single paths theta draws, so the most likely architecture is what the "
+                   "supernet learned, at ~1/7 of a soft step's cost (default: %(default)s; 0: soft to the end)")
     g = p.add_argument_group("execution")
     g.add_argument("--kernel", choices=KERNEL_CHOICES, default=d.kernel,
                    help="mixed-op implementation: fused kernels when built (auto/fused) or the eager reference")
@@ -120,11 +129,39 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
 
-def _run_search(args: argparse.Namespace) -> int:
-    from ..search import SearchConfig, run_search
+def search_config_from_args(args: argparse.Namespace):
+    """The :class:`SearchConfig` of a command line: the budget is on by default (``target_fraction``);
+    ``--target-ms`` replaces it; ``--no-budget`` or any of ``--alpha/--beta/--loss-form`` turns it off."""
+    from ..errors import ConfigError
+    from ..search import SearchConfig
 
+    d = SearchConfig()
+    v = dict(vars(args))
+    loss_opts = [f"--{k.replace('_', '-')}" for k in ("alpha", "beta", "loss_form") if v.get(k) is not None]
+    budget_opts = [o for o, k in (("--target-ms", "target_ms"), ("--target-fraction", "target_fraction"))
+                   if v.get(k) is not None]
+    if len(budget_opts) == 2:
+        raise ConfigError("give --target-ms or --target-fraction, not both")
+    if budget_opts and (loss_opts or not v.get("budget", True)):
+        raise ConfigError(f"{budget_opts[0]} sets a budget, whose weight the search adapts itself; "
+                          f"{', '.join(loss_opts) or '--no-budget'} is for the loss without one: give one or the other")
+    if loss_opts or not v.get("budget", True):
+        v["target_ms"] = v["target_fraction"] = None
+    elif v.get("target_ms") is not None:
+        v["target_fraction"] = None
+    elif v.get("target_fraction") is None:
+        v["target_fraction"] = d.target_fraction
+    for k in ("alpha", "beta", "loss_form"):
+        if v.get(k) is None:
+            v[k] = getattr(d, k)
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    cfg = SearchConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    return SearchConfig(**{k: val for k, val in v.items() if k in fields})
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from ..search import run_search
+
+    cfg = search_config_from_args(args)
     result = run_search(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     hist = result["history"]
     last = hist[-1] if hist else {}

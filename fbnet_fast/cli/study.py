@@ -31,15 +31,26 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", default=d.data, help="data spec as for 'search' (default: %(default)s)")
     g.add_argument("--num-train", type=int, default=None, help="training images (default: all; synthetic: 6000)")
     g.add_argument("--num-val", type=int, default=None, help="held-out images (default: all; synthetic: 2000)")
-    g.add_argument("--alphas", type=_floats, default=d.alphas,
-                   help="latency weights, one search each (default: %s)" % ",".join(f"{a:g}" for a in d.alphas))
+    g.add_argument("--alphas", type=_floats, default=None,
+                   help="latency weights, one search each with the alpha/beta loss (default: %s; none when "
+                   "--targets is given)" % ",".join(f"{a:g}" for a in d.alphas))
+    g.add_argument("--targets", type=_floats, default=d.targets,
+                   help="latency budgets, one search each: fractions of the LUT latency under uniform theta, "
+                   "e.g. 0.6,0.75,0.9; each searched net is compared with random nets of the same LUT latency")
+    g.add_argument("--budget-mode", choices=("target", "ceiling"), default=d.budget_mode,
+                   help="the searches' --budget-mode (default: %(default)s)")
+    g.add_argument("--band", type=float, default=d.band,
+                   help="random nets per target are drawn uniformly from those whose LUT latency is within this "
+                   "fraction of it (default: %(default)s)")
+    g.add_argument("--band-random", type=int, default=d.band_random,
+                   help="random nets trained per target (default: %(default)s)")
     g.add_argument("--num-random", type=int, default=d.num_random,
                    help="uniformly random architectures trained for comparison (default: %(default)s)")
     g.add_argument("--no-presets", dest="presets", action="store_false",
                    help="leave out the FBNet presets (only used when their block list fits the space)")
-    g.add_argument("--cost-alphas", type=_floats, default=d.cost_alphas,
+    g.add_argument("--cost-alphas", type=_floats, default=None,
                    help="alphas searched a second time with --kernel reference to time the fused kernels "
-                   "against (default: %s; '' for none)" % ",".join(f"{a:g}" for a in d.cost_alphas))
+                   "against (default: %s, none without alphas; '' for none)" % ",".join(f"{a:g}" for a in d.cost_alphas))
     g.add_argument("--seed", type=int, default=d.seed, help="seed of searches, trainings and data; the random "
                    "architectures use seed+1 (default: %(default)s)")
     g = p.add_argument_group("schedules (one for every search, one for every training)")
@@ -47,7 +58,7 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
                    help="search warm-up epochs (default: %(default)s)")
     g.add_argument("--theta-lr", type=float, default=d.theta_lr,
-                   help="Adam learning rate of theta in every search (default: %(default)s)")
+                   help="Adam learning rate of theta in every search (default: the search's)")
     g.add_argument("--gumbel", choices=("soft", "hard"), default=d.gumbel,
                    help="Gumbel-softmax of every search, as 'search --gumbel' (default: %(default)s)")
     g.add_argument("--loss-form", choices=("mul", "add"), default=d.loss_form,
@@ -90,9 +101,14 @@ def _run_study(args: argparse.Namespace) -> int:
     skip = [s.strip() for item in args.skip for s in item.split(",") if s.strip()]
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    d = StudyConfig()
+    alphas = args.alphas if args.alphas is not None else (() if args.targets else d.alphas)
+    cost_alphas = args.cost_alphas if args.cost_alphas is not None else (d.cost_alphas if alphas else ())
     cfg = StudyConfig(space=args.space, width_mult=args.width_mult, input_size=args.input_size, data=args.data,
-                      num_train=args.num_train, num_val=args.num_val, alphas=tuple(args.alphas), num_random=args.num_random,
-                      presets=args.presets, cost_alphas=tuple(args.cost_alphas), seed=args.seed,
+                      num_train=args.num_train, num_val=args.num_val, alphas=tuple(alphas), num_random=args.num_random,
+                      targets=tuple(args.targets), budget_mode=args.budget_mode, band=args.band,
+                      band_random=args.band_random,
+                      presets=args.presets, cost_alphas=tuple(cost_alphas), seed=args.seed,
                       search_epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
                       theta_lr=args.theta_lr, gumbel=args.gumbel, loss_form=args.loss_form,
                       warmup_from=args.warmup_from, share_warmup=args.share_warmup, jobs=args.jobs,
@@ -109,6 +125,16 @@ def _run_study(args: argparse.Namespace) -> int:
     print("mean accuracy gap at matched latency: "
           + ("n/a" if gap is None else f"{gap * 100:+.2f} points")
           + f" ({f['searched_points_in_random_latency_range']} searched point(s) inside the random latency range)")
+    for t in s["figures"].get("targets", []):
+        def pct(v):
+            return "n/a" if v is None else f"{100 * v:+.1f} %"
+
+        acc = t.get("searched_acc")
+        print(f"target {t['fraction']:g} x uniform = {t['target_ms']:.4f} ms ({t['budget_mode']}): searched "
+              f"LUT {pct(t.get('searched_lut_error'))}, measured {pct(t.get('searched_measured_error'))}; "
+              f"acc {'n/a' if acc is None else f'{float(acc):.3f}'} vs random in band median "
+              f"{'n/a' if t['band_median_acc'] is None else format(t['band_median_acc'], '.3f')} "
+              f"({t['band_trained']} trained, {t['band_draws']} draws)")
     for c in s["search_cost"]["fused_vs_reference"]:
         print(f"search alpha={c['alpha']:g}: fused {c['fused_wall_s']:.1f} s / {c['fused_peak_rss_mib']:.0f} MiB, "
               f"reference {c['reference_wall_s']:.1f} s / {c['reference_peak_rss_mib']:.0f} MiB "

@@ -87,6 +87,14 @@ class StudyConfig:
     num_train: int | None = None
     num_val: int | None = None
     alphas: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0)
+    # latency budgets, one search each (``search --target-fraction f --budget-mode budget_mode``):
+    # fractions of the LUT latency under uniform theta
+    targets: tuple[float, ...] = ()
+    budget_mode: str = "target"
+    # per target, band_random architectures drawn uniformly from those whose LUT latency is within
+    # +-band of the target (fbnet_fast.budget.sample_in_band): random nets at the searched net's latency
+    band: float = 0.05
+    band_random: int = 5
     num_random: int = 20
     presets: bool = True
     cost_alphas: tuple[float, ...] = (0.2,)  # searched again with --kernel reference
@@ -94,7 +102,7 @@ class StudyConfig:
     # one schedule for every search ...
     search_epochs: int = 8
     warmup_epochs: int = 2
-    theta_lr: float = 0.01
+    theta_lr: float | None = None  # None: the search's default
     gumbel: str = "soft"
     # "mul" (the paper's CE * alpha * log(LAT)^beta) or "add" (CE + alpha * log(LAT)^beta).
     # Under Adam the product's alpha only scales theta's gradient, which Adam normalises
@@ -121,7 +129,7 @@ class StudyConfig:
     # alphas, num_random, presets and cost_alphas only add or leave out points.
     FIXED = ("space", "width_mult", "input_size", "data", "num_train", "num_val", "seed", "search_epochs",
              "warmup_epochs", "theta_lr", "gumbel", "loss_form", "train_epochs", "batch_size", "lut_repeats",
-             "latency_repeats", "threads")
+             "latency_repeats", "threads", "budget_mode", "band")
 
     def validate(self) -> None:
         def positive_int(name: str, allow_zero: bool = False) -> None:
@@ -131,7 +139,7 @@ class StudyConfig:
 
         for n in ("search_epochs", "train_epochs", "batch_size", "lut_repeats", "latency_repeats", "jobs"):
             positive_int(n)
-        for n in ("warmup_epochs", "num_random", "seed"):
+        for n in ("warmup_epochs", "num_random", "seed", "band_random"):
             positive_int(n, allow_zero=True)
         if self.warmup_epochs >= self.search_epochs:
             raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than search_epochs "
@@ -140,8 +148,16 @@ class StudyConfig:
             vals = getattr(self, name)
             if any(not (isinstance(a, (int, float)) and math.isfinite(a) and a >= 0) for a in vals):
                 raise ConfigError(f"{name} must be non-negative numbers, got {list(vals)}")
-        if not self.alphas:
-            raise ConfigError("alphas is empty: the study needs at least one search")
+        if not self.alphas and not self.targets:
+            raise ConfigError("alphas and targets are both empty: the study needs at least one search")
+        if any(not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0) for f in self.targets):
+            raise ConfigError(f"targets must be positive fractions of the uniform latency, got {list(self.targets)}")
+        from ..budget import BUDGET_MODES
+
+        if self.budget_mode not in BUDGET_MODES:
+            raise ConfigError(f"budget_mode must be one of {BUDGET_MODES}, got {self.budget_mode!r}")
+        if not (isinstance(self.band, (int, float)) and 0 < self.band < 1):
+            raise ConfigError(f"band must be a fraction in (0, 1), got {self.band!r}")
         missing = [a for a in self.cost_alphas if a not in self.alphas]
         if missing:
             raise ConfigError(f"cost_alphas {missing} are not in alphas {list(self.alphas)}: the reference "
@@ -152,26 +168,35 @@ class StudyConfig:
             raise ConfigError("warmup_from is given but share_warmup is off")
         if self.gumbel not in ("soft", "hard"):
             raise ConfigError(f"gumbel must be 'soft' or 'hard', got {self.gumbel!r}")
-        if not (isinstance(self.theta_lr, (int, float)) and math.isfinite(self.theta_lr) and self.theta_lr > 0):
+        if self.theta_lr is not None and not (isinstance(self.theta_lr, (int, float)) and math.isfinite(self.theta_lr)
+                                              and self.theta_lr > 0):
             raise ConfigError(f"theta_lr must be a positive number, got {self.theta_lr!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be >= 1, got {self.threads!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["alphas"], d["cost_alphas"] = list(self.alphas), list(self.cost_alphas)
+        d["alphas"], d["cost_alphas"], d["targets"] = list(self.alphas), list(self.cost_alphas), list(self.targets)
         return d
 
-    def search_config(self, alpha: float, kernel: str):
-        """The :class:`~fbnet_fast.search.SearchConfig` of one search of the sweep."""
+    def searches(self) -> list[tuple[str, float]]:
+        """Every search of the study: ``("alpha", a)`` per alpha, then ``("target", f)`` per target."""
+        return [("alpha", float(a)) for a in self.alphas] + [("target", float(f)) for f in self.targets]
+
+    def search_config(self, alpha: float | None, kernel: str, target: float | None = None):
+        """The :class:`~fbnet_fast.search.SearchConfig` of one search: of ``alpha`` (the alpha/beta loss,
+        no budget) or of ``target`` (a budget at that fraction of the uniform latency)."""
         from ..search import SearchConfig
 
+        d = SearchConfig()
+        budget = ({"target_fraction": float(target), "budget_mode": self.budget_mode} if target is not None
+                  else {"target_fraction": None, "alpha": float(alpha), "loss_form": self.loss_form})
         return SearchConfig(space=self.space, width_mult=self.width_mult, data=self.data, num_train=self.num_train,
                             num_val=self.num_val, epochs=self.search_epochs, warmup_epochs=self.warmup_epochs,
-                            batch_size=self.batch_size, alpha=float(alpha), kernel=kernel, seed=self.seed,
-                            theta_lr=self.theta_lr, gumbel=self.gumbel, loss_form=self.loss_form,
-                            threads=self.threads, plots=False,
-                            progress=False)
+                            hard_epochs=min(d.hard_epochs, self.search_epochs - self.warmup_epochs),
+                            batch_size=self.batch_size, kernel=kernel, seed=self.seed,
+                            theta_lr=self.theta_lr if self.theta_lr is not None else d.theta_lr, gumbel=self.gumbel,
+                            threads=self.threads, plots=False, progress=False, **budget)
 
     def train_config(self):
         """The one :class:`~fbnet_fast.train.TrainConfig` every architecture is trained with."""
@@ -181,15 +206,17 @@ class StudyConfig:
                            epochs=self.train_epochs, batch_size=self.batch_size, seed=self.seed,
                            threads=self.threads, progress=self.progress)
 
-    def warmup_donor(self) -> float | None:
-        """The alpha whose fused search runs its own warm-up for every alpha outside ``cost_alphas``
+    def warmup_donor(self) -> tuple[str, float] | None:
+        """The search whose fused run does its own warm-up for every search outside ``cost_alphas``
         (None when ``warmup_from`` names an existing search instead)."""
         if self.warmup_from is not None:
             return None
-        return self.cost_alphas[0] if self.cost_alphas else self.alphas[0]
+        return ("alpha", float(self.cost_alphas[0])) if self.cost_alphas else self.searches()[0]
 
-    def shares_warmup(self, alpha: float) -> bool:
-        return self.share_warmup and alpha not in self.cost_alphas and alpha != self.warmup_donor()
+    def shares_warmup(self, spec: tuple[str, float]) -> bool:
+        """Whether ``spec`` starts after the donor's warm-up (the warm-up reads neither alpha nor budget)."""
+        costed = spec[0] == "alpha" and spec[1] in self.cost_alphas
+        return self.share_warmup and not costed and spec != self.warmup_donor()
 
     @property
     def random_seed(self) -> int:
@@ -275,6 +302,15 @@ def _fmt_alpha(a: float) -> str:
     return f"{a:g}"
 
 
+def _spec_name(spec: tuple[str, float]) -> str:
+    """``alpha-0.2`` / ``target-0.75``: a search's folder name and label stem."""
+    return f"{spec[0]}-{spec[1]:g}"
+
+
+def _spec_kwargs(spec: tuple[str, float]) -> dict[str, float]:
+    return {"alpha": spec[1]} if spec[0] == "alpha" else {"alpha": None, "target": spec[1]}
+
+
 class Study:
     """One study folder; each ``phase_*`` method reuses what is already there."""
 
@@ -310,8 +346,9 @@ class Study:
             "seeds": {"search": self.cfg.seed, "train": self.cfg.seed, "data": self.cfg.seed,
                       "random_architectures": self.cfg.random_seed},
             # as each search runs it: on the resolved space file (input size and width applied)
-            "search_config": {_fmt_alpha(a): {**self.cfg.search_config(a, "auto").to_dict(), "space": "space.json",
-                                              "width_mult": self.space.width_mult} for a in self.cfg.alphas},
+            "search_config": {_spec_name(sp): {**self.cfg.search_config(kernel="auto", **_spec_kwargs(sp)).to_dict(),
+                                               "space": "space.json", "width_mult": self.space.width_mult}
+                              for sp in self.cfg.searches()},
             "reference_kernel_alphas": list(self.cfg.cost_alphas),
             "train_config": self.cfg.train_config().to_dict(),
             "space": self.space.to_dict(), "fingerprint": self.space.fingerprint,
@@ -344,8 +381,8 @@ class Study:
         return self.space.num_classes
 
     # ---- searches -----------------------------------------------------------------------------
-    def search_dir(self, alpha: float, kernel: str) -> Path:
-        return self.out / "searches" / f"alpha-{_fmt_alpha(alpha)}-{kernel}"
+    def search_dir(self, spec: tuple[str, float], kernel: str) -> Path:
+        return self.out / "searches" / f"{_spec_name(spec)}-{kernel}"
 
     def _child(self, cmd: list[str], log_path: Path, what: str) -> tuple[float, Any]:
         """Run ``python -m fbnet_fast <cmd>`` with its output in ``log_path``; (wall s, rusage)."""
@@ -369,22 +406,26 @@ class Study:
             raise TrainingError(f"{what} failed (exit {code}); its log {log_path} ends: " + " | ".join(tail))
         return wall, usage
 
-    def run_search(self, alpha: float, kernel: str, warmup_from: Path | None = None) -> dict[str, Any]:
-        """One search as a child process; returns (and stores) its cost record. Reused when finished.
+    def run_search(self, spec: tuple[str, float], kernel: str, warmup_from: Path | None = None) -> dict[str, Any]:
+        """One search (``spec``: ``("alpha", a)`` or ``("target", f)``) as a child process; returns (and
+        stores) its cost record. Reused when finished.
 
         ``warmup_from``: a finished search of this study whose warm-up this one starts from.
         """
-        run = self.search_dir(alpha, kernel)
+        run = self.search_dir(spec, kernel)
         cost_path = run.with_name(run.name + ".cost.json")
         if cost_path.is_file() and (run / "arch.json").is_file():
             return json.loads(cost_path.read_text())
-        scfg = self.cfg.search_config(alpha, kernel)
+        scfg = self.cfg.search_config(kernel=kernel, **_spec_kwargs(spec))
         cmd = ["search", "--out", str(run), "--lut", str(self.out / "lut.json"),
                "--space", str(self.out / "space.json"), "--data", scfg.data, "--epochs", str(scfg.epochs),
-               "--warmup-epochs", str(scfg.warmup_epochs), "--batch-size", str(scfg.batch_size),
-               "--alpha", repr(float(alpha)), "--kernel", kernel, "--seed", str(scfg.seed),
-               "--theta-lr", repr(float(scfg.theta_lr)), "--gumbel", scfg.gumbel, "--loss-form", scfg.loss_form,
-               "--no-plots", "--no-progress"]
+               "--warmup-epochs", str(scfg.warmup_epochs), "--hard-epochs", str(scfg.hard_epochs),
+               "--batch-size", str(scfg.batch_size), "--kernel", kernel, "--seed", str(scfg.seed),
+               "--theta-lr", repr(float(scfg.theta_lr)), "--gumbel", scfg.gumbel, "--no-plots", "--no-progress"]
+        if spec[0] == "alpha":
+            cmd += ["--no-budget", "--alpha", repr(spec[1]), "--loss-form", scfg.loss_form]
+        else:
+            cmd += ["--target-fraction", repr(spec[1]), "--budget-mode", scfg.budget_mode]
         # --width-mult explicitly: the search's own default (0.25) would replace the file's
         for opt, v in (("--width-mult", self.space.width_mult), ("--num-train", scfg.num_train),
                        ("--num-val", scfg.num_val), ("--threads", scfg.threads)):
@@ -400,12 +441,14 @@ class Study:
                 cmd += ["--warmup-from", str(warmup_from)]
         run.parent.mkdir(parents=True, exist_ok=True)
         log_path = run.with_name(run.name + ".log")
-        self.log(f"search alpha={_fmt_alpha(alpha)} kernel={kernel}{' (resuming)' if resumed else ''}"
+        what = f"search {spec[0]}={spec[1]:g} kernel={kernel}"
+        self.log(f"{what}{' (resuming)' if resumed else ''}"
                  f"{f' after the warm-up of {warmup_from.name}' if warmup_from is not None else ''} -> {run}")
-        wall, usage = self._child(cmd, log_path, f"search alpha={_fmt_alpha(alpha)} kernel={kernel}")
+        wall, usage = self._child(cmd, log_path, what)
         hist = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
         arch = json.loads((run / "arch.json").read_text())
-        rec = {"alpha": float(alpha), "kernel": kernel, "wall_s": round(wall, 2),
+        rec = {"alpha": spec[1] if spec[0] == "alpha" else None, "target": spec[1] if spec[0] == "target" else None,
+               "kernel": kernel, "wall_s": round(wall, 2),
                "search_loop_s": hist[-1].get("elapsed_s") if hist else None,
                # ru_maxrss is KiB on Linux: the child's own peak resident set
                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "epochs": scfg.epochs, "resumed": resumed,
@@ -416,27 +459,54 @@ class Study:
         atomic_write_text(cost_path, json.dumps(rec, indent=1) + "\n")
         return rec
 
-    def searched_archs(self) -> list[tuple[float, Architecture]]:
+    def searched_archs(self) -> list[tuple[tuple[str, float], Architecture]]:
         out = []
-        for a in self.cfg.alphas:
-            p = self.search_dir(a, "auto") / "arch.json"
+        for spec in self.cfg.searches():
+            p = self.search_dir(spec, "auto") / "arch.json"
             if p.is_file() and p.with_name("theta.json").is_file():
-                out.append((float(a), Architecture.from_dict(json.loads(p.read_text()), source=str(p))))
+                out.append((spec, Architecture.from_dict(json.loads(p.read_text()), source=str(p))))
         return out
+
+    def target_ms(self, fraction: float) -> float:
+        """The budget ``fraction`` x the LUT latency under uniform theta, as the searches compute it."""
+        import torch
+
+        k = len(self.space.candidates)
+        uniform = float(self.lut.expected_latency(torch.full((self.space.num_layers, k), 1.0 / k,
+                                                             dtype=torch.float64)))
+        return fraction * uniform
+
+    def band_archs(self, fraction: float) -> tuple[list[Architecture], int]:
+        """``band_random`` architectures uniform over the LUT band +-``band`` around the target, and the
+        draws it took (seeded per target: adding targets or raising the count never changes earlier ones)."""
+        from ..budget import sample_in_band
+
+        t = self.target_ms(fraction)
+        seed = self.cfg.random_seed * 1000 + int(round(fraction * 1e4))
+        idx, draws = sample_in_band(self.lut, t * (1 - self.cfg.band), t * (1 + self.cfg.band),
+                                    self.cfg.band_random, seed=seed)
+        return [Architecture.from_indices(self.space, i) for i in idx], draws
 
     # ---- points -------------------------------------------------------------------------------
     def planned_points(self, skip: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Searched (finished searches only), presets, random: ``{kind, label, alpha, arch}``."""
         from ..measure.additivity import sample_architectures
 
-        pts = [{"kind": "searched", "label": f"alpha={_fmt_alpha(a)}", "alpha": a, "arch": arch}
-               for a, arch in self.searched_archs()]
+        pts = [{"kind": "searched", "label": f"{spec[0]}={spec[1]:g}", "alpha": spec[1] if spec[0] == "alpha" else None,
+                "target": spec[1] if spec[0] == "target" else None, "arch": arch}
+               for spec, arch in self.searched_archs()]
+        if "random" not in skip:
+            self.band_draws = {}
+            for f in self.cfg.targets:
+                archs, self.band_draws[f] = self.band_archs(f)
+                pts += [{"kind": "band", "label": f"band-{f:g}-{i:02d}", "alpha": None, "target": f, "arch": a}
+                        for i, a in enumerate(archs)]
         if self.cfg.num_random and "random" not in skip:
             for i, arch in enumerate(sample_architectures(self.space, self.cfg.num_random, seed=self.cfg.random_seed)):
-                pts.append({"kind": "random", "label": f"random-{i:03d}", "alpha": None, "arch": arch})
+                pts.append({"kind": "random", "label": f"random-{i:03d}", "alpha": None, "target": None, "arch": arch})
         if self.cfg.presets and "presets" not in skip:
             for name, label, arch in fitting_presets(self.space):
-                pts.append({"kind": "preset", "label": label, "alpha": None, "arch": arch})
+                pts.append({"kind": "preset", "label": label, "alpha": None, "target": None, "arch": arch})
         return pts
 
     def train(self, arch: Architecture) -> dict[str, Any]:
@@ -515,7 +585,10 @@ class Study:
             stats = self._stats[key]
             rows.append({
                 "kind": p["kind"], "label": p["label"],
-                "alpha": "" if p["alpha"] is None else p["alpha"], "key": key, "blocks": " ".join(arch.blocks),
+                "alpha": "" if p["alpha"] is None else p["alpha"],
+                "target": "" if p.get("target") is None else p["target"],
+                "target_ms": "" if p.get("target") is None else round(self.target_ms(p["target"]), 5),
+                "key": key, "blocks": " ".join(arch.blocks),
                 "lut_ms": round(self.lut.architecture_latency(arch.blocks), 5),
                 "measured_ms": _r(m.get("median_ms")), "measured_p10_ms": _r(m.get("p10_ms")),
                 "measured_p90_ms": _r(m.get("p90_ms")),
@@ -533,6 +606,39 @@ class Study:
             return int(m.group(1)) if m else None
         return None
 
+    def _target_figures(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per target: the searched net's LUT and measured latency against the target, its accuracy, and the
+        accuracy of the random nets of the same LUT band (median, range, how many trained)."""
+        import statistics
+
+        out = []
+        for f in self.cfg.targets:
+            t = self.target_ms(f)
+            mine = [r for r in rows if r["kind"] == "searched" and r["target"] == f]
+            band = [r for r in rows if r["kind"] == "band" and r["target"] == f]
+            accs = sorted(float(r["val_acc"]) for r in band if r["val_acc"] != "")
+            meas = [float(r["measured_ms"]) for r in band if r["measured_ms"] != ""]
+            rec: dict[str, Any] = {
+                "fraction": f, "target_ms": round(t, 5), "budget_mode": self.cfg.budget_mode,
+                "band": [round(t * (1 - self.cfg.band), 5), round(t * (1 + self.cfg.band), 5)],
+                "band_draws": getattr(self, "band_draws", {}).get(f),
+                "band_trained": len(accs), "band_planned": len(band),
+                "band_median_acc": statistics.median(accs) if accs else None,
+                "band_min_acc": accs[0] if accs else None, "band_max_acc": accs[-1] if accs else None,
+                "band_median_measured_ms": statistics.median(meas) if meas else None,
+            }
+            if mine:
+                r = mine[0]
+                rec.update({"searched_lut_ms": r["lut_ms"], "searched_lut_error": r["lut_ms"] / t - 1,
+                            "searched_measured_ms": r["measured_ms"] or None,
+                            "searched_measured_error": (r["measured_ms"] / t - 1) if r["measured_ms"] != "" else None,
+                            "searched_acc": r["val_acc"] if r["val_acc"] != "" else None, "blocks": r["blocks"]})
+                if rec["searched_acc"] is not None and accs:
+                    rec["gain_vs_band_median"] = float(rec["searched_acc"]) - rec["band_median_acc"]
+                    rec["band_share_below_searched"] = sum(a < float(rec["searched_acc"]) for a in accs) / len(accs)
+            out.append(rec)
+        return out
+
     def report(self, points: Sequence[dict[str, Any]], costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rows = self.collect(points)
         buf = io.StringIO()
@@ -541,11 +647,11 @@ class Study:
         w.writerows(rows)
         atomic_write_text(self.out / "points.csv", buf.getvalue())
         cbuf = io.StringIO()
-        cw = csv.DictWriter(cbuf, fieldnames=["alpha", "kernel", "wall_s", "search_loop_s", "peak_rss_mib", "epochs",
+        cw = csv.DictWriter(cbuf, fieldnames=["alpha", "target", "kernel", "wall_s", "search_loop_s", "peak_rss_mib", "epochs",
                                               "epochs_run", "warmup_from", "jobs", "resumed", "load_avg_1m",
                                               "arch"])
         cw.writeheader()
-        cw.writerows(costs)
+        cw.writerows([{"target": None, **c} for c in costs])
         atomic_write_text(self.out / "cost.csv", cbuf.getvalue())
 
         def pts(kind: str, lat: str = "measured_ms") -> list[tuple[float, float]]:
@@ -572,9 +678,11 @@ class Study:
             p = sum(accs) / len(accs) if accs else 0.5
             figures["val_images"] = nval
             figures["accuracy_standard_error"] = math.sqrt(p * (1 - p) / nval)
-        by_alpha = {}
+        figures["targets"] = self._target_figures(rows)
+        by_alpha: dict[float, dict[str, Any]] = {}
         for c in costs:
-            by_alpha.setdefault(c["alpha"], {})[c["kernel"]] = c
+            if c.get("alpha") is not None:
+                by_alpha.setdefault(c["alpha"], {})[c["kernel"]] = c
         speedups = [{"alpha": a, "fused_wall_s": k["auto"]["wall_s"], "reference_wall_s": k["reference"]["wall_s"],
                      "wall_speedup": k["reference"]["wall_s"] / k["auto"]["wall_s"],
                      "fused_peak_rss_mib": k["auto"]["peak_rss_mib"],
@@ -630,19 +738,28 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, figures: dict[
         ax.scatter(*zip(*pts), s=22, c="0.6", label=f"uniformly random ({len(rnd)})", zorder=2)
         front = [pts[i] for i in pareto_front(pts)]
         ax.plot(*zip(*front), ls="--", c="0.45", lw=1, label="random Pareto front", zorder=2)
+    band = sel("band")
+    targets = sorted({r["target"] for r in band} | {r["target"] for r in sel("searched") if r.get("target") != ""})
+    colours = {t: c for t, c in zip(targets, ("tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:olive"))}
+    for t in targets:
+        mine = [r for r in band if r["target"] == t]
+        if mine:
+            ax.scatter([r["measured_ms"] for r in mine], [r["val_acc"] for r in mine], s=26, marker="s",
+                       facecolors="none", edgecolors=colours.get(t, "0.3"), zorder=3,
+                       label=f"random in the LUT band of target {t:g} ({len(mine)})")
     srch = sel("searched")
     if srch:
-        # Alphas that found the same architecture share one marker and one label.
+        # Searches that found the same architecture share one marker and one label.
         merged: dict[str, dict[str, Any]] = {}
         for r in srch:
-            m = merged.setdefault(r["key"], {**r, "alphas": []})
-            m["alphas"].append(r["alpha"])
+            m = merged.setdefault(r["key"], {**r, "names": []})
+            m["names"].append(f"α={r['alpha']:g}" if r.get("alpha") != "" else f"T={r['target']:g}")
         pts = [(m["measured_ms"], m["val_acc"]) for m in merged.values()]
         front = [pts[i] for i in pareto_front(pts)]
         ax.plot(*zip(*front), "-", c="tab:red", lw=1.5, label="searched front (joined)", zorder=4)
-        ax.scatter(*zip(*pts), c="tab:red", s=36, label="searched argmax, one per alpha", zorder=5)
+        ax.scatter(*zip(*pts), c="tab:red", s=36, label="searched (one per alpha / target)", zorder=5)
         for m in merged.values():
-            ax.annotate("α=" + ", ".join(f"{a:g}" for a in m["alphas"]), (m["measured_ms"], m["val_acc"]),
+            ax.annotate(", ".join(m["names"]), (m["measured_ms"], m["val_acc"]),
                         textcoords="offset points", xytext=(4, 5), fontsize=8, color="tab:red")
     for r in sel("preset"):
         ax.scatter([r["measured_ms"]], [r["val_acc"]], marker="*", s=140, c="tab:blue", zorder=5)
@@ -713,27 +830,28 @@ def run_study(cfg: StudyConfig, out: str | Path, *, skip: Sequence[str] = (),
     costs: list[dict[str, Any]] = []
     if "search" not in skip:
         donor = cfg.warmup_donor()
-        first = [a for a in cfg.alphas if not cfg.shares_warmup(a)]  # full searches, donor first
-        first.sort(key=lambda a: a != donor)
+        first = [sp for sp in cfg.searches() if not cfg.shares_warmup(sp)]  # full searches, donor first
+        first.sort(key=lambda sp: sp != donor)
         tasks: list[Callable[[], Any]] = []
-        for a in first:
-            tasks.append(lambda a=a: study.run_search(a, "auto"))
-            if a in cfg.cost_alphas and "cost" not in skip:
-                tasks.append(lambda a=a: study.run_search(a, "reference"))
+        for sp in first:
+            tasks.append(lambda sp=sp: study.run_search(sp, "auto"))
+            if sp[0] == "alpha" and sp[1] in cfg.cost_alphas and "cost" not in skip:
+                tasks.append(lambda sp=sp: study.run_search(sp, "reference"))
         costs += _parallel(cfg.jobs, tasks)
-        rest = [a for a in cfg.alphas if cfg.shares_warmup(a)]
+        rest = [sp for sp in cfg.searches() if cfg.shares_warmup(sp)]
         donor_dir = Path(cfg.warmup_from) if cfg.warmup_from is not None else study.search_dir(donor, "auto")
-        costs += _parallel(cfg.jobs, [lambda a=a: study.run_search(a, "auto", warmup_from=donor_dir)
-                                      for a in rest])
+        costs += _parallel(cfg.jobs, [lambda sp=sp: study.run_search(sp, "auto", warmup_from=donor_dir)
+                                      for sp in rest])
     elif "cost" not in skip:
-        costs += _parallel(cfg.jobs, [lambda a=a: study.run_search(a, "reference") for a in cfg.cost_alphas])
+        costs += _parallel(cfg.jobs, [lambda a=a: study.run_search(("alpha", float(a)), "reference")
+                                      for a in cfg.cost_alphas])
     # finished searches from earlier runs count too (e.g. a rerun with --skip search)
-    seen = {(c["alpha"], c["kernel"]) for c in costs}
+    seen = {(c.get("alpha"), c.get("target"), c["kernel"]) for c in costs}
     for p in sorted((study.out / "searches").glob("*.cost.json")) if (study.out / "searches").is_dir() else []:
         c = json.loads(p.read_text())
-        if (c["alpha"], c["kernel"]) not in seen:
+        if (c.get("alpha"), c.get("target"), c["kernel"]) not in seen:
             costs.append(c)
-    costs.sort(key=lambda c: (c["alpha"], c["kernel"]))
+    costs.sort(key=lambda c: (c.get("alpha") is None, c.get("alpha") or 0.0, c.get("target") or 0.0, c["kernel"]))
     points = study.planned_points(skip)
     if "measure" not in skip:
         study.measure([p["arch"] for p in points])
