@@ -172,6 +172,11 @@ def budget_ceiling_below_the_fastest(tmp):
     return _search(tmp, "--target-ms", "5")
 
 
+@case(ConfigError, "--target-ms 1000", "above the slowest architecture", "8 to 48 ms", "--budget-mode under")
+def budget_ceiling_above_the_slowest(tmp):
+    return _search(tmp, "--target-ms", "1000")
+
+
 # ---- search spaces ----------------------------------------------------------------------------
 
 @case(SpaceError, "space.json", "unknown block name 'conv7'", "k<kernel>_e<expansion>")

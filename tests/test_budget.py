@@ -38,7 +38,8 @@ def _brute(lut, lp, window):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("frac,mode", [(0.5, "target"), (0.7, "target"), (0.9, "ceiling"), (0.6, "ceiling")])
+@pytest.mark.parametrize("frac,mode", [(0.5, "target"), (0.7, "target"), (0.9, "ceiling"), (0.6, "ceiling"),
+                                       (0.6, "under")])
 def test_repair_is_the_fewest_changes_then_the_most_probable(seed, frac, mode):
     space = make_tiny_space()  # 5 layers x 5 candidates: 3,125 architectures to enumerate
     correction = {"scale": 1.1, "offset_ms": 0.3} if seed % 2 else None
@@ -78,16 +79,24 @@ def test_budget_checks_its_input_and_the_reachable_range():
         Budget(hi * 1.5, mode="target").check_reachable(lut)
     with pytest.raises(ConfigError, match=f"below the fastest architecture .*{lo:.4g} ms"):
         Budget(lo * 0.5, mode="ceiling").check_reachable(lut)
-    Budget(hi * 1.5, mode="ceiling").check_reachable(lut)  # a generous ceiling is fine
+    with pytest.raises(ConfigError, match=f"above the slowest architecture .*{hi:.4g} ms.*reachable {lo:.4g} to"):
+        Budget(hi * 1.5, mode="ceiling").check_reachable(lut)  # nothing to spend
+    with pytest.raises(ConfigError, match=f"below the fastest architecture .*{lo:.4g} ms"):
+        Budget(lo * 0.5, mode="under").check_reachable(lut)
+    Budget(hi * 1.5, mode="under").check_reachable(lut)  # a generous bound is fine
 
 
 def test_dual_ascent_moves_lambda_by_the_relative_gap():
-    b = Budget(2.0, mode="ceiling", margin=0.0, dual_lr=0.5, rho=0.0)
+    b = Budget(2.0, mode="under", margin=0.0, dual_lr=0.5, rho=0.0)
     assert float(b.gap(torch.tensor(3.0))) == pytest.approx(0.5)
     b.dual_step(0.5)
     assert b.lam == pytest.approx(0.25)
     b.dual_step(-2.0)
-    assert b.lam == 0.0  # a met ceiling exerts no pull
+    assert b.lam == 0.0  # a met bound exerts no pull
+    c = Budget(2.0, mode="ceiling", tol=0.05, dual_lr=1.0)
+    assert c.window == pytest.approx((1.8, 2.0)) and c.goal_ms == pytest.approx(1.9)
+    c.dual_step(-0.3)
+    assert c.lam == pytest.approx(-0.3)  # a ceiling far above the latency pulls it up: spend it
     t = Budget(2.0, mode="target", dual_lr=1.0)
     t.dual_step(-0.3)
     assert t.lam == pytest.approx(-0.3)  # a target below the latency pulls it up
@@ -132,12 +141,14 @@ def test_search_lands_on_the_target_and_under_the_ceiling(tmp_path, tiny_data, s
     space = make_tiny_space()
     lut = _spread_lut(space, seed)
     t = frac * _uniform_ms(lut, space)
-    for mode in ("target", "ceiling"):
+    for mode in ("target", "ceiling", "under"):
         res = _search(tmp_path / mode, space, lut, tiny_data, target_ms=t, budget_mode=mode, seed=seed)
         lat = lut.architecture_latency(list(res["arch"].blocks))
         assert lat == pytest.approx(res["latency_ms"])
         if mode == "target":
             assert abs(lat / t - 1) <= 0.03 + 1e-9, (lat, t)
+        elif mode == "ceiling":
+            assert t * (1 - 0.06) - 1e-9 <= lat <= t * (1 + 1e-12), (lat, t)
         else:
             assert lat <= t * (1 + 1e-12), (lat, t)
         summary = (tmp_path / mode / "summary.txt").read_text()
@@ -174,7 +185,8 @@ def test_budget_errors_name_the_reachable_range(tmp_path, tiny_data):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("mode,frac", [("target", 0.6), ("target", 0.85), ("ceiling", 0.6)])
+@pytest.mark.parametrize("mode,frac", [("target", 0.6), ("target", 0.85), ("ceiling", 0.6), ("ceiling", 0.85),
+                                       ("under", 0.6)])
 def test_the_multiplier_brings_the_expected_latency_to_the_budget(mode, frac):
     """The Lagrangian alone: a stand-in for the CE that prefers the slowest block in every layer
     (accuracy pulling against latency), theta under Adam, lambda by dual ascent. The expected
@@ -203,6 +215,8 @@ def test_the_multiplier_brings_the_expected_latency_to_the_budget(mode, frac):
     assert budget.lam > 0
     if mode == "target":
         assert abs(final / t - 1) < 0.03, (final, t)
+    elif mode == "ceiling":
+        assert t * (1 - 0.06) <= final <= t, (final, t)
     else:
         assert final <= t, (final, t)
 

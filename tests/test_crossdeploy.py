@@ -70,6 +70,7 @@ def test_each_search_follows_its_own_lut(tmp_path):
     data = build_datasets("synthetic", image_size=16, seed=0, num_train=200, num_val=32)
     # latency-dominated (large alpha, fast theta) so the outcome depends on the LUTs alone
     cfg = SearchConfig(epochs=4, warmup_epochs=1, batch_size=16, progress=False, kernel="reference", alpha=5.0,
+                       target_fraction=None, tau_schedule="paper",
                        loss_form="add", theta_lr=0.3, plots=False, latency_unit="ms")
     res = cross_deploy(space, [a, b], tmp_path, search=cfg, data=data, progress=False, log=lambda m: None)
     assert res.arch_sources == ["searched", "searched"]

@@ -90,6 +90,7 @@ def _search(tmp_path, name, lut, space):
     # Latency-dominated: large alpha in the additive form and a fast theta LR make the outcome
     # depend on the LUTs alone (10 theta steps), so the test is deterministic, not a coin toss.
     cfg = SearchConfig(epochs=6, warmup_epochs=1, batch_size=16, progress=False, kernel="reference", alpha=5.0,
+                       target_fraction=None, tau_schedule="paper",
                        loss_form="add", theta_lr=0.3, plots=False, latency_unit="ms")
     return run_search(cfg, tmp_path / name, space=space, lut=lut, data=data, log=lambda m: None)
 
@@ -120,7 +121,6 @@ def test_multi_target_search_lands_between_the_single_target_searches(tmp_path, 
 
 
 def test_search_options_reach_the_config():
-    import dataclasses
 
     from fbnet_fast.cli import build_parser
     from fbnet_fast.search import SearchConfig

@@ -96,8 +96,9 @@ def test_tiny_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_lut, c
     assert summary["search_cost"]["fused_vs_reference"][0]["wall_speedup"] > 0
     study = json.loads((out / "study.json").read_text())
     assert study["seeds"] == {"search": 0, "train": 0, "data": 0, "random_architectures": 1}
-    assert study["search_config"]["1"]["alpha"] == 1.0 and study["train_config"]["epochs"] == 1
-    assert study["search_config"]["1"]["space"] == "space.json" and (out / "space.json").is_file()
+    assert study["search_config"]["alpha-1"]["alpha"] == 1.0 and study["train_config"]["epochs"] == 1
+    assert study["search_config"]["alpha-1"]["target_fraction"] is None  # alpha searches have no budget
+    assert study["search_config"]["alpha-1"]["space"] == "space.json" and (out / "space.json").is_file()
     assert (out / "pareto.png").stat().st_size > 1000
 
     # A rerun reuses every search, training and timing: same points, nothing new in the folder's logs.
@@ -130,3 +131,37 @@ def test_refuses_a_folder_with_other_files(tmp_path):
     (tmp_path / "x.txt").write_text("mine")
     with pytest.raises(RunDirError, match="no study.json"):
         run_study(StudyConfig(lut="nope.json"), tmp_path)
+
+
+def test_tiny_target_study_compares_each_searched_net_with_random_nets_of_its_latency(tmp_path, tiny_lut, capsys):
+    space_file = tmp_path / "tiny.json"
+    space_file.write_text(json.dumps(make_tiny_space().to_dict()))
+    lut_file = tmp_path / "lut.json"
+    tiny_lut.save(lut_file)
+    out = tmp_path / "study"
+    argv = ["study", "pareto", "--space", str(space_file), "--width-mult", "1.0", "--data", "synthetic",
+            "--num-train", "256", "--num-val", "64", "--targets", "0.6,0.9", "--band-random", "2", "--num-random",
+            "0", "--no-presets", "--search-epochs", "2", "--warmup-epochs", "1", "--train-epochs", "1",
+            "--batch-size", "32", "--lut", str(lut_file), "--latency-repeats", "2", "--threads", "1", "--jobs", "2",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "target 0.6 x uniform" in text and "random in band median" in text
+    rows = list(csv.DictReader((out / "points.csv").open()))
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("searched") == 2 and kinds.count("band") == 4 and "random" not in kinds
+    summary = json.loads((out / "summary.json").read_text())
+    targets = summary["figures"]["targets"]
+    assert [t["fraction"] for t in targets] == [0.6, 0.9]
+    for t in targets:
+        lo, hi = t["band"]
+        band = [r for r in rows if r["kind"] == "band" and float(r["target"]) == t["fraction"]]
+        assert all(lo <= float(r["lut_ms"]) <= hi for r in band)  # random nets at the searched net's latency
+        assert abs(t["searched_lut_error"]) <= 0.03 + 1e-9  # --budget-mode target (the study's default)
+        assert t["band_trained"] == 2 and t["band_draws"] >= 2 and t["searched_acc"] is not None
+        assert t["gain_vs_band_median"] == pytest.approx(float(t["searched_acc"]) - t["band_median_acc"])
+    (cost,) = [c for c in csv.DictReader((out / "cost.csv").open()) if c["target"] == "0.9"]
+    assert cost["warmup_from"] == "target-0.6-auto"  # the second search starts after the first's warm-up
+    cfg = json.loads((out / "searches" / "target-0.9-auto" / "config.json").read_text())["search"]
+    assert (cfg["target_fraction"], cfg["budget_mode"]) == (0.9, "target")
+    assert (out / "pareto.png").stat().st_size > 1000

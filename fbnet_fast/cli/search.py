@@ -9,6 +9,7 @@ __all__ = ["COMMANDS"]
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
+    from ..budget import BUDGET_MODES
     from ..ops import KERNEL_CHOICES
     from ..search import SearchConfig
 
@@ -71,11 +72,12 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    f"{d.target_fraction:g} unless --target-ms, --no-budget or --alpha/--beta/--loss-form is given)")
     g.add_argument("--no-budget", dest="budget", action="store_false",
                    help="no budget: the paper's alpha/beta latency loss (--alpha, --beta, --loss-form)")
-    g.add_argument("--budget-mode", choices=("ceiling", "target"), default=d.budget_mode,
-                   help="ceiling: at most T, as accurate as possible; target: land on T (within --budget-tol) "
-                   "(default: %(default)s)")
+    g.add_argument("--budget-mode", choices=BUDGET_MODES, default=d.budget_mode,
+                   help="ceiling: at most T and spend it (the net lands in [T(1-2 tol), T]); target: land on T "
+                   "(within tol); under: at most T, nothing pulls the latency up (default: %(default)s)")
     g.add_argument("--budget-tol", type=float, default=d.budget_tol,
-                   help="target mode: the returned net is within this fraction of T (default: %(default)s)")
+                   help="tol: the target window is T(1 +- tol), the ceiling's [T(1 - 2 tol), T] "
+                   "(default: %(default)s)")
     g.add_argument("--dual-lr", type=float, default=d.dual_lr,
                    help="step of the Lagrange multiplier per theta step, per unit of relative miss "
                    "(default: %(default)s)")

@@ -37,7 +37,7 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     g.add_argument("--targets", type=_floats, default=d.targets,
                    help="latency budgets, one search each: fractions of the LUT latency under uniform theta, "
                    "e.g. 0.6,0.75,0.9; each searched net is compared with random nets of the same LUT latency")
-    g.add_argument("--budget-mode", choices=("target", "ceiling"), default=d.budget_mode,
+    g.add_argument("--budget-mode", choices=("target", "ceiling", "under"), default=d.budget_mode,
                    help="the searches' --budget-mode (default: %(default)s)")
     g.add_argument("--band", type=float, default=d.band,
                    help="random nets per target are drawn uniformly from those whose LUT latency is within this "
