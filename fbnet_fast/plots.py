@@ -168,6 +168,9 @@ def plot_samples(samples: Sequence[dict[str, Any]], path: Path) -> Path:
     if best:
         ax.scatter([best[0]["latency_ms"]], [best[0]["val_acc"]], marker="*", s=220, color="tab:red",
                    edgecolor="black", zorder=3, label="most likely architecture (argmax)")
+    for s in (s for s in samples if s["kind"] == "returned"):
+        ax.scatter([s["latency_ms"]], [s["val_acc"]], marker="D", s=90, color="tab:green", edgecolor="black",
+                   zorder=3, label="returned: argmax repaired into the budget")
     ax.set_xlabel("LUT latency (ms)")
     ax.set_ylabel("held-out accuracy (supernet weights, one-hot)")
     ax.set_title("sampled architectures: accuracy vs latency", fontsize=10)

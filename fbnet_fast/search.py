@@ -890,14 +890,18 @@ class Searcher:
                  f"train CE {rec['train_ce']:.3f} val acc {rec['val_acc']:.3f} (argmax net {rec['val_acc_argmax']:.3f}) "
                  f"E[latency] {rec['expected_latency_ms']:.3f} ms  argmax {rec['argmax_latency_ms']:.3f} ms")
 
-    def sample_and_evaluate(self, n: int) -> list[dict[str, Any]]:
-        """``n`` architectures drawn from ``P_theta`` (seeded by the run seed) and the argmax.
+    def sample_and_evaluate(self, n: int, returned: Architecture | None = None) -> list[dict[str, Any]]:
+        """``n`` architectures drawn from ``P_theta`` (seeded by the run seed), the argmax first and,
+        when the budget repair changed it, the returned architecture second (kind ``"returned"``).
 
         Each is evaluated on the held-out split with the supernet's weights (one-hot
-        weights, BN running statistics); returns one record per architecture.
+        weights, BN statistics recalibrated for it); returns one record per architecture.
         """
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, 2**30))
-        archs = [self.model.most_likely()] + self.model.sample_architectures(n, generator=gen)
+        argmax = self.model.most_likely()
+        extra = [returned] if returned is not None and returned.blocks != argmax.blocks else []
+        archs = [argmax] + extra + self.model.sample_architectures(n, generator=gen)
+        kinds = ["argmax"] + ["returned"] * len(extra) + ["sample"] * n
         logp = torch.log(self.model.probabilities().double().cpu())
         out = []
         for j, arch in enumerate(archs):
@@ -905,7 +909,7 @@ class Searcher:
             onehot = torch.zeros(self.space.num_layers, len(self.space.candidates), device=self.device)
             onehot[torch.arange(len(idx)), torch.tensor(idx)] = 1.0
             ev = self.evaluate(onehot)
-            out.append({"kind": "argmax" if j == 0 else "sample", "arch": str(arch),
+            out.append({"kind": kinds[j], "arch": str(arch),
                         "latency_ms": self.lut.architecture_latency(idx),
                         "log_prob": float(logp[torch.arange(len(idx)), torch.tensor(idx)].sum()), **ev})
         return out
@@ -983,7 +987,7 @@ class Searcher:
         if self.budget is not None:
             arch, budget_lines, result_extra = self._honour_budget(argmax)
         lat = self.lut.architecture_latency(arch.blocks)
-        samples = self.sample_and_evaluate(self.cfg.plot_samples) if self.cfg.plots else []
+        samples = self.sample_and_evaluate(self.cfg.plot_samples, arch) if self.cfg.plots else []
         result = {"arch": arch, "latency_ms": lat, "history": self.history, "run_dir": str(self.run_dir),
                   **result_extra}
         if hasattr(self.lut, "per_target_latency"):  # multi-target: every device's latency
@@ -1013,7 +1017,10 @@ class Searcher:
                      f"supernet val acc {last.get('val_acc', float('nan')):.4f}")
         if samples:
             lines.append(f"argmax as a stand-alone subnet (one-hot weights): val acc {samples[0]['val_acc']:.4f}; "
-                         f"{len(samples) - 1} sampled architectures in samples.json")
+                         f"{self.cfg.plot_samples} sampled architectures in samples.json")
+            if len(samples) > 1 and samples[1]["kind"] == "returned":
+                lines.append(f"the returned (repaired) architecture as a stand-alone subnet: val acc "
+                             f"{samples[1]['val_acc']:.4f}")
         lines += budget_lines
         atomic_write_text(self.run_dir / "summary.txt", "\n".join(lines) + "\n")
         if self.cfg.plots:

@@ -92,7 +92,8 @@ def finished_run(tmp_path_factory) -> Path:
     """A tiny finished search (2 epochs, checkpoints) to break in the resume cases."""
     out = tmp_path_factory.mktemp("finished") / "run"
     cfg = SearchConfig(space="unused", epochs=2, warmup_epochs=1, batch_size=8, num_train=80, num_val=16,
-                       progress=False, plots=False, kernel="reference", checkpoint_every=4)
+                       progress=False, plots=False, kernel="reference", checkpoint_every=4,
+                       target_fraction=None)  # the LUT's every architecture takes 5 ms: no budget to spend
     run_search(cfg, out, space=make_tiny_space(), lut=LatencyTable.from_dict(_lut_dict()), log=lambda m: None)
     return out
 
@@ -237,7 +238,7 @@ def checkpoint_of_another_space(tmp, finished_run):
     run = _copy_run(finished_run, tmp / "run")
     other = make_tiny_space(candidates=["k3_e1", "k5_e1", "skip"])
     s = Searcher(SearchConfig(batch_size=8, num_train=80, num_val=16, progress=False, kernel="reference", epochs=2,
-                              warmup_epochs=1), tmp / "other", space=other,
+                              warmup_epochs=1, target_fraction=None), tmp / "other", space=other,
                  lut=LatencyTable.from_matrix(other, torch.ones(5, 3)), log=lambda m: None)
     s.epoch = 9  # newer than the run's own checkpoints: resume picks it
     path = s.save_checkpoint()

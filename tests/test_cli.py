@@ -43,7 +43,9 @@ def test_search_end_to_end_with_a_user_space_file(tmp_path):
     r = cli("search", "--space", str(tmp_path / "space.json"), "--width-mult", "1", "--num-train", "200",
             "--num-val", "40", "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "16",
             "--lut-repeats", "2", "--no-progress", "--threads", "1", "--out", str(out))
-    assert "most likely architecture" in r.stdout
+    # the default budget: stated at the start, the result under it at the end
+    assert "budget: ceiling" in r.stdout and "(0.75 x the uniform-theta latency" in r.stdout
+    assert "argmax of theta:" in r.stdout and "architecture:" in r.stdout and "(ceiling " in r.stdout
     assert (out / "arch.json").is_file() and (out / "lut.json").is_file()
     # the same folder again: refused with one clear line, nothing overwritten
     before = (out / "arch.json").read_bytes()
