@@ -11,9 +11,10 @@ LUT carries a fitted correction), and one of three meanings:
 Why ``ceiling`` spends the budget: in a weight-sharing supernet the CE's pull on theta is biased
 toward ``skip`` (parameter-free blocks ease the supernet's own optimisation; the "collapse" of
 DARTS-style searches, Zela et al. ICLR 2020, Chu et al. ECCV 2020), not toward the blocks that are
-accurate once trained alone. Measured on the default run (fbnet-cifar, width 0.25, 6 epochs, AMD
-EPYC): with ``under`` at 0.75 x the uniform latency (3.16 ms) the multiplier ended at 0 and the
-argmax at 1.09 ms, 17 of 22 layers ``skip``; the time the user allowed went unused. TuNAS states
+accurate once trained alone. Measured on the default space (fbnet-cifar, width 0.25, 6 epochs,
+theta lr 0.1, the last 2 one-path; AMD EPYC): with ``under`` at 0.75 x the uniform latency (3.16 ms)
+the multiplier ended at 0 and the argmax at 1.09 ms, 18 of 22 layers ``skip``; the time the user
+allowed went unused. TuNAS states
 its constraint as always active (``|LAT/T - 1|``) for the same reason.
 
 During the search, constrained optimisation by the method of multipliers (the augmented
