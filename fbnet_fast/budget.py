@@ -68,7 +68,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["BUDGET_MODES", "Budget", "RepairResult", "repair", "reachable_range", "sample_in_band"]
+__all__ = ["BUDGET_MODES", "Budget", "RepairResult", "repair", "reachable_range", "uniform_latency", "sample_in_band"]
 
 BUDGET_MODES = ("target", "ceiling", "under")
 
@@ -77,6 +77,13 @@ def reachable_range(lut: Any) -> tuple[float, float]:
     """``(fastest, slowest)`` predicted latency in ms over every architecture of the LUT's space
     (for a multi-target model: bounds of its combined latency)."""
     return lut.min_latency(), lut.max_latency()
+
+
+def uniform_latency(lut: Any, num_layers: int, num_candidates: int) -> float:
+    """Predicted latency in ms under uniform theta (every candidate of every layer equally likely):
+    the reference ``--target-fraction`` scales."""
+    k = num_candidates
+    return float(lut.expected_latency(torch.full((num_layers, k), 1.0 / k, dtype=torch.float64)))
 
 
 @dataclass
@@ -329,12 +336,9 @@ def sample_in_band(lut: Any, lo: float, hi: float, n: int, *, seed: int = 0,
         u = torch.rand(batch, generator=gen, dtype=torch.float64)
         r = m.gather(1, idx.T).sum(0)
         keep = (r >= r_lo) & (r <= r_hi) & (u < torch.exp(lam * (r - edge)))
-        for j in range(batch):
-            draws += 1
-            if bool(keep[j]):
-                out.append(idx[j].tolist())
-                if len(out) == n:
-                    break
-            if draws >= max_draws:
-                break
+        keep[max_draws - draws:] = False  # draws beyond the cap do not count
+        hits = keep.nonzero().flatten()[:n - len(out)]
+        out += idx[hits].tolist()
+        # draws counted up to the last one taken when the batch completed the set, else all of it
+        draws += int(hits[-1]) + 1 if len(out) == n else min(batch, max_draws - draws)
     return out, draws

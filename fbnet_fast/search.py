@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .blocks import zero_init_residual_
-from .budget import Budget, repair
+from .budget import Budget, repair, uniform_latency
 from .data import random_crop_flip
 from .distributed import SINGLE, Dist, flat_params, init_from_env, shutdown, unflatten_into
 from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, TrainingError
@@ -368,8 +368,7 @@ class Searcher:
         self.unit = resolve_unit(cfg.latency_unit, lut.min_latency())
         self.criterion = LatencyLoss(alpha=cfg.alpha, beta=cfg.beta, form=cfg.loss_form, unit=self.unit,
                                      label_smoothing=cfg.label_smoothing)
-        k = len(space.candidates)
-        self.uniform_ms = float(lut.expected_latency(torch.full((space.num_layers, k), 1.0 / k, dtype=torch.float64)))
+        self.uniform_ms = uniform_latency(lut, space.num_layers, len(space.candidates))
         self.budget = cfg.budget(self.uniform_ms)
         if self.budget is not None:
             self.budget.check_reachable(lut)

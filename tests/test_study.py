@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -60,19 +61,24 @@ def test_bad_options():
         run_study(StudyConfig(), "unused", skip=["everything"])
 
 
-def test_tiny_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_lut, capsys):
+def _tiny_study_argv(tmp_path, tiny_lut, *what: str) -> tuple[list[str], Path]:
+    """A study of the tiny space on a little generated data, 2-epoch searches, 1-epoch trainings;
+    ``what``: the searches and points (``--alphas ...``, ``--targets ...``). Returns (argv, study folder)."""
     space_file = tmp_path / "tiny.json"
     space_file.write_text(json.dumps(make_tiny_space().to_dict()))
     lut_file = tmp_path / "lut.json"
     tiny_lut.save(lut_file)
     out = tmp_path / "study"
-    argv = ["study", "pareto", "--space", str(space_file), "--data", "synthetic", "--num-train", "256",
-            "--num-val", "64", "--alphas", "0,1", "--cost-alphas", "1", "--num-random", "3",
-            "--search-epochs", "2", "--warmup-epochs", "1", "--train-epochs", "1", "--batch-size", "32",
-            "--lut", str(lut_file), "--latency-repeats", "2", "--threads", "1", "--jobs", "2", "--no-progress",
-            "--out", str(out)]
-    # width multiplier: the tiny space is already tiny
-    argv += ["--width-mult", "1.0"]
+    # width multiplier 1.0: the tiny space is already tiny
+    argv = ["study", "pareto", "--space", str(space_file), "--width-mult", "1.0", "--data", "synthetic",
+            "--num-train", "256", "--num-val", "64", *what, "--search-epochs", "2", "--warmup-epochs", "1",
+            "--train-epochs", "1", "--batch-size", "32", "--lut", str(lut_file), "--latency-repeats", "2",
+            "--threads", "1", "--jobs", "2", "--no-progress", "--out", str(out)]
+    return argv, out
+
+
+def test_tiny_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_lut, capsys):
+    argv, out = _tiny_study_argv(tmp_path, tiny_lut, "--alphas", "0,1", "--cost-alphas", "1", "--num-random", "3")
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "random architectures dominated by the searched front" in text and "reference" in text
@@ -134,16 +140,8 @@ def test_refuses_a_folder_with_other_files(tmp_path):
 
 
 def test_tiny_target_study_compares_each_searched_net_with_random_nets_of_its_latency(tmp_path, tiny_lut, capsys):
-    space_file = tmp_path / "tiny.json"
-    space_file.write_text(json.dumps(make_tiny_space().to_dict()))
-    lut_file = tmp_path / "lut.json"
-    tiny_lut.save(lut_file)
-    out = tmp_path / "study"
-    argv = ["study", "pareto", "--space", str(space_file), "--width-mult", "1.0", "--data", "synthetic",
-            "--num-train", "256", "--num-val", "64", "--targets", "0.6,0.9", "--band-random", "2", "--num-random",
-            "0", "--no-presets", "--search-epochs", "2", "--warmup-epochs", "1", "--train-epochs", "1",
-            "--batch-size", "32", "--lut", str(lut_file), "--latency-repeats", "2", "--threads", "1", "--jobs", "2",
-            "--no-progress", "--out", str(out)]
+    argv, out = _tiny_study_argv(tmp_path, tiny_lut, "--targets", "0.6,0.9", "--band-random", "2", "--num-random",
+                                 "0", "--no-presets")
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "target 0.6 x uniform" in text and "random in band median" in text

@@ -125,10 +125,10 @@ def _run_study(args: argparse.Namespace) -> int:
     print("mean accuracy gap at matched latency: "
           + ("n/a" if gap is None else f"{gap * 100:+.2f} points")
           + f" ({f['searched_points_in_random_latency_range']} searched point(s) inside the random latency range)")
-    for t in s["figures"].get("targets", []):
-        def pct(v):
-            return "n/a" if v is None else f"{100 * v:+.1f} %"
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:+.1f} %"
 
+    for t in s["figures"].get("targets", []):
         acc = t.get("searched_acc")
         print(f"target {t['fraction']:g} x uniform = {t['target_ms']:.4f} ms ({t['budget_mode']}): searched "
               f"LUT {pct(t.get('searched_lut_error'))}, measured {pct(t.get('searched_measured_error'))}; "

@@ -183,19 +183,18 @@ class StudyConfig:
         """Every search of the study: ``("alpha", a)`` per alpha, then ``("target", f)`` per target."""
         return [("alpha", float(a)) for a in self.alphas] + [("target", float(f)) for f in self.targets]
 
-    def search_config(self, alpha: float | None, kernel: str, target: float | None = None):
-        """The :class:`~fbnet_fast.search.SearchConfig` of one search: of ``alpha`` (the alpha/beta loss,
-        no budget) or of ``target`` (a budget at that fraction of the uniform latency)."""
+    def search_config(self, spec: tuple[str, float], kernel: str):
+        """The :class:`~fbnet_fast.search.SearchConfig` of one search: ``("alpha", a)`` (the alpha/beta
+        loss, no budget) or ``("target", f)`` (a budget at that fraction of the uniform latency)."""
         from ..search import SearchConfig
 
-        d = SearchConfig()
-        budget = ({"target_fraction": float(target), "budget_mode": self.budget_mode} if target is not None
-                  else {"target_fraction": None, "alpha": float(alpha), "loss_form": self.loss_form})
+        kind, value = spec
+        budget = ({"target_fraction": value, "budget_mode": self.budget_mode} if kind == "target"
+                  else {"target_fraction": None, "alpha": value, "loss_form": self.loss_form})
         return SearchConfig(space=self.space, width_mult=self.width_mult, data=self.data, num_train=self.num_train,
                             num_val=self.num_val, epochs=self.search_epochs, warmup_epochs=self.warmup_epochs,
-                            hard_epochs=min(d.hard_epochs, self.search_epochs - self.warmup_epochs),
                             batch_size=self.batch_size, kernel=kernel, seed=self.seed,
-                            theta_lr=self.theta_lr if self.theta_lr is not None else d.theta_lr, gumbel=self.gumbel,
+                            **({} if self.theta_lr is None else {"theta_lr": self.theta_lr}), gumbel=self.gumbel,
                             threads=self.threads, plots=False, progress=False, **budget)
 
     def train_config(self):
@@ -298,17 +297,9 @@ def fitting_presets(space: SearchSpace) -> list[tuple[str, str, Architecture]]:
 
 # ---- the study ---------------------------------------------------------------------------------
 
-def _fmt_alpha(a: float) -> str:
-    return f"{a:g}"
-
-
 def _spec_name(spec: tuple[str, float]) -> str:
     """``alpha-0.2`` / ``target-0.75``: a search's folder name and label stem."""
     return f"{spec[0]}-{spec[1]:g}"
-
-
-def _spec_kwargs(spec: tuple[str, float]) -> dict[str, float]:
-    return {"alpha": spec[1]} if spec[0] == "alpha" else {"alpha": None, "target": spec[1]}
 
 
 class Study:
@@ -322,6 +313,10 @@ class Study:
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_study_json()
         self.lut = self._lut()
+        from ..budget import uniform_latency
+
+        self.uniform_ms = uniform_latency(self.lut, self.space.num_layers, len(self.space.candidates))
+        self.band_draws: dict[float, int] = {}  # draws sample_in_band took per target (planned_points)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _write_study_json(self) -> None:
@@ -346,7 +341,7 @@ class Study:
             "seeds": {"search": self.cfg.seed, "train": self.cfg.seed, "data": self.cfg.seed,
                       "random_architectures": self.cfg.random_seed},
             # as each search runs it: on the resolved space file (input size and width applied)
-            "search_config": {_spec_name(sp): {**self.cfg.search_config(kernel="auto", **_spec_kwargs(sp)).to_dict(),
+            "search_config": {_spec_name(sp): {**self.cfg.search_config(sp, "auto").to_dict(),
                                                "space": "space.json", "width_mult": self.space.width_mult}
                               for sp in self.cfg.searches()},
             "reference_kernel_alphas": list(self.cfg.cost_alphas),
@@ -416,7 +411,7 @@ class Study:
         cost_path = run.with_name(run.name + ".cost.json")
         if cost_path.is_file() and (run / "arch.json").is_file():
             return json.loads(cost_path.read_text())
-        scfg = self.cfg.search_config(kernel=kernel, **_spec_kwargs(spec))
+        scfg = self.cfg.search_config(spec, kernel)
         cmd = ["search", "--out", str(run), "--lut", str(self.out / "lut.json"),
                "--space", str(self.out / "space.json"), "--data", scfg.data, "--epochs", str(scfg.epochs),
                "--warmup-epochs", str(scfg.warmup_epochs), "--hard-epochs", str(scfg.hard_epochs),
@@ -469,12 +464,7 @@ class Study:
 
     def target_ms(self, fraction: float) -> float:
         """The budget ``fraction`` x the LUT latency under uniform theta, as the searches compute it."""
-        import torch
-
-        k = len(self.space.candidates)
-        uniform = float(self.lut.expected_latency(torch.full((self.space.num_layers, k), 1.0 / k,
-                                                             dtype=torch.float64)))
-        return fraction * uniform
+        return fraction * self.uniform_ms
 
     def band_archs(self, fraction: float) -> tuple[list[Architecture], int]:
         """``band_random`` architectures uniform over the LUT band +-``band`` around the target, and the
@@ -496,7 +486,6 @@ class Study:
                 "target": spec[1] if spec[0] == "target" else None, "arch": arch}
                for spec, arch in self.searched_archs()]
         if "random" not in skip:
-            self.band_draws = {}
             for f in self.cfg.targets:
                 archs, self.band_draws[f] = self.band_archs(f)
                 pts += [{"kind": "band", "label": f"band-{f:g}-{i:02d}", "alpha": None, "target": f, "arch": a}
@@ -621,7 +610,7 @@ class Study:
             rec: dict[str, Any] = {
                 "fraction": f, "target_ms": round(t, 5), "budget_mode": self.cfg.budget_mode,
                 "band": [round(t * (1 - self.cfg.band), 5), round(t * (1 + self.cfg.band), 5)],
-                "band_draws": getattr(self, "band_draws", {}).get(f),
+                "band_draws": self.band_draws.get(f),
                 "band_trained": len(accs), "band_planned": len(band),
                 "band_median_acc": statistics.median(accs) if accs else None,
                 "band_min_acc": accs[0] if accs else None, "band_max_acc": accs[-1] if accs else None,
