@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .blocks import zero_init_residual_
-from .budget import Budget, repair, uniform_latency
+from .budget import Budget, Commitment, repair, uniform_latency
 from .data import random_crop_flip
 from .distributed import SINGLE, Dist, flat_params, init_from_env, shutdown, unflatten_into
 from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, TrainingError
@@ -103,7 +103,7 @@ class SearchConfig(OptionsDict):
     _what = "search option"  # for the unknown-option message (a class attribute, not a field)
     # what a run folder written before these options existed ran with (runs.OptionsDict.from_dict)
     _legacy = {"target_ms": None, "target_fraction": None, "hard_epochs": 0, "tau_schedule": "paper",
-               "tau_end": 0.1}
+               "tau_end": 0.1, "commit": None}
 
     # what to search
     space: str = "fbnet-cifar"
@@ -168,6 +168,10 @@ class SearchConfig(OptionsDict):
     # likely architecture runs on weights trained for it (the soft mixture's discretisation gap
     # closes), at about 1/7 of a soft step's cost. 0: soft to the end (the paper).
     hard_epochs: int = 0
+    # Every layer's entropy of P_theta (share of log K) must fall linearly to this by the last soft
+    # theta step (fbnet_fast.budget.Commitment), so the most likely architecture is the net the
+    # weights trained and the budget holds for it, not only for the expectation. None: off (the paper).
+    commit: float | None = 0.15
     # execution
     kernel: str = "auto"
     device: str = "cpu"
@@ -244,6 +248,7 @@ class SearchConfig(OptionsDict):
             self.budget(1.0)
         if self.target_ms is not None:
             self.budget()  # ConfigError for a bad target, mode or tolerance
+        self.commitment()
 
     def budget(self, uniform_ms: float | None = None) -> Budget | None:
         """The search's latency budget, or None (the alpha/beta loss). With ``target_fraction``,
@@ -252,6 +257,11 @@ class SearchConfig(OptionsDict):
             return None
         t = self.target_ms if self.target_ms is not None else self.target_fraction * float(uniform_ms)
         return Budget(t, mode=self.budget_mode, tol=self.budget_tol, dual_lr=self.dual_lr, rho=self.budget_rho)
+
+
+    def commitment(self) -> Commitment | None:
+        """The falling entropy ceiling on every layer of ``P_theta`` (``commit``), or None."""
+        return None if self.commit is None else Commitment(self.commit)
 
 
 TAU_SCHEDULES = ("paper", "anneal")
@@ -375,6 +385,7 @@ class Searcher:
             how = (f" ({cfg.target_fraction:g} x the uniform-theta latency {self.uniform_ms:.4f} ms)"
                    if cfg.target_ms is None else f" (uniform theta: {self.uniform_ms:.4f} ms)")
             self.log(f"budget: {self.budget.mode} {self.budget.target_ms:.4f} ms{how}")
+        self.commit = cfg.commitment()
         impl = check_impl(cfg.kernel)
         torch.manual_seed(cfg.seed)
         self.model = Supernet(space, impl=impl).to(self.device)
@@ -446,6 +457,7 @@ class Searcher:
             "t_opt": self.t_opt.state_dict(),
             "w_sched": self.w_sched.state_dict(),
             "budget": self.budget.state_dict() if self.budget is not None else None,
+            "commit": self.commit.state_dict() if self.commit is not None else None,
             "accum": dict(self.accum),
             "history": list(self.history),
             "elapsed": self.elapsed + (time.time() - self.epoch_start),
@@ -461,13 +473,13 @@ class Searcher:
                           "w_weight_decay", "w_grad_clip", "zero_init_residual", "theta_lr", "theta_weight_decay",
                           "tau0", "tau_decay", "alpha", "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
                           "num_train", "num_val", "tau_schedule", "tau_end", "target_ms", "target_fraction", "budget_mode",
-                          "budget_tol", "dual_lr", "budget_rho")
+                          "budget_tol", "dual_lr", "budget_rho", "commit")
 
     # Options the warm-up does not read (weight steps minimise the CE alone and theta is not
     # trained): a search may start from the warm-up of another that differs only in these.
     _POST_WARMUP_FIELDS = ("alpha", "beta", "loss_form", "theta_lr", "theta_weight_decay", "tau_end", "hard_epochs",
                            "target_ms",
-                           "target_fraction", "budget_mode", "budget_tol", "dual_lr", "budget_rho")
+                           "target_fraction", "budget_mode", "budget_tol", "dual_lr", "budget_rho", "commit")
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>",
                         ignore: tuple[str, ...] = ()) -> None:
@@ -493,6 +505,8 @@ class Searcher:
             self.w_sched.load_state_dict(state["w_sched"])
             if self.budget is not None and state.get("budget") is not None and "budget" not in ignore:
                 self.budget.load_state_dict(state["budget"])
+            if self.commit is not None and state.get("commit") is not None and "budget" not in ignore:
+                self.commit.load_state_dict(state["commit"])
             pos = state["position"]
             self.epoch, self.phase, self.step = int(pos["epoch"]), str(pos["phase"]), int(pos["step"])
             self.accum = dict(state["accum"])
@@ -663,6 +677,8 @@ class Searcher:
         loss = terms.ce if is_w else terms.loss
         if not is_w and self.budget is not None:  # CE + lambda * (LAT(P_theta) / T - 1)
             loss = terms.ce + self.budget.term(self.lut.expected_latency(self._probs(), self.lut_matrix))
+        if not is_w and self.commit is not None:  # + mu * mean_l (H(P_l) / log K - h(s))+
+            loss = loss + self.commit.term(self._probs(), self._search_progress())
         opt = self.w_opt if is_w else self.t_opt
         opt.zero_grad(set_to_none=True)
         acc = (logits.detach().argmax(1) == y).float().mean()
@@ -694,8 +710,24 @@ class Searcher:
                 gap = float(self.budget.gap(self.lut.expected_latency(self._probs(), self.lut_matrix)))
             self.budget.dual_step(gap)
             extra["budget_gap"] = gap
+        if not is_w and self.commit is not None:
+            with torch.no_grad():
+                cgap = float(self.commit.gap(self._probs(), self._search_progress()))
+            self.commit.dual_step(cgap)
         return {"ce": float(stats[0]), "loss": float(stats[1]), "acc": float(stats[2]),
                 "latency_ms": float(latency.detach()), **extra}
+
+    def _search_progress(self) -> float:
+        """Share of the search's theta steps done, this one included (1 at the last soft epoch's last)."""
+        n = max(1, self.cfg.epochs - self.cfg.warmup_epochs - self.cfg.hard_epochs) * self.t_steps
+        return min(1.0, ((self.epoch - self.cfg.warmup_epochs) * self.t_steps + self.step + 1) / n)
+
+    def _epoch_progress(self) -> float:
+        """:meth:`_search_progress` at the end of the current epoch (0 during the warm-up)."""
+        if self.epoch < self.cfg.warmup_epochs:
+            return 0.0
+        n = max(1, self.cfg.epochs - self.cfg.warmup_epochs - self.cfg.hard_epochs)
+        return min(1.0, (self.epoch + 1 - self.cfg.warmup_epochs) / n)
 
     def _probs(self) -> torch.Tensor:
         """``P_theta`` ``[L, K]``, differentiable (the budget's expected latency)."""
@@ -871,6 +903,12 @@ class Searcher:
             "argmax_latency_ms": self.lut.architecture_latency(arch.blocks),
             **({"target_ms": self.budget.target_ms, "budget_lambda": self.budget.lam,
                 "budget_gap": mean("theta_budget_gap")} if self.budget is not None else {}),
+            # per-layer entropy of P_theta over log K (1: uniform, 0: one-hot): the largest, the
+            # mean, and the ceiling the commitment held them under
+            "entropy_max": float(Commitment.entropies(probs.double()).max()),
+            "entropy_mean": float(Commitment.entropies(probs.double()).mean()),
+            **({"entropy_ceiling": self.commit.ceiling(self._epoch_progress()), "commit_mu": self.commit.mu}
+               if self.commit is not None else {}),
             **ev,
             "arch": str(arch),
             "probs": [[round(float(p), 6) for p in row] for row in probs],

@@ -60,10 +60,10 @@ def test_hard_epochs_are_the_last_and_anneal_ends_before_them(epochs, warmup, ha
 def test_a_run_folder_written_before_the_budget_defaults_resumes_as_it_ran():
     """Options missing from an old config.json take the values the code then ran with."""
     d = SearchConfig().to_dict()
-    for k in ("target_ms", "target_fraction", "hard_epochs", "tau_schedule", "tau_end"):
+    for k in ("target_ms", "target_fraction", "hard_epochs", "tau_schedule", "tau_end", "commit"):
         d.pop(k)
     old = SearchConfig.from_dict(d)
-    assert (old.target_fraction, old.hard_epochs, old.tau_schedule) == (None, 0, "paper")
+    assert (old.target_fraction, old.hard_epochs, old.tau_schedule, old.commit) == (None, 0, "paper", None)
     assert SearchConfig.from_dict(SearchConfig().to_dict()) == SearchConfig()
 
 
@@ -74,6 +74,9 @@ def test_a_run_folder_written_before_the_budget_defaults_resumes_as_it_ran():
     (["--alpha", "0.5"], {"target_fraction": None, "target_ms": None, "alpha": 0.5}),
     (["--loss-form", "add"], {"target_fraction": None, "loss_form": "add", "alpha": 0.2}),
     (["--no-budget"], {"target_fraction": None, "target_ms": None, "alpha": 0.2, "loss_form": "mul"}),
+    ([], {"commit": 0.15, "target_fraction": 0.75}),
+    (["--commit", "0.3"], {"commit": 0.3, "target_fraction": 0.75}),
+    (["--no-commit"], {"commit": None, "target_fraction": 0.75}),
 ])
 def test_the_command_line_searches_under_a_budget_unless_told_otherwise(argv, want):
     from fbnet_fast.cli import build_parser
@@ -104,6 +107,7 @@ def test_budget_and_alpha_options_conflict_clearly(argv, msg):
     ({"beta": 0.0}, "beta"),
     ({"w_fraction": 1.0}, "w_fraction"),
     ({"gumbel": "gentle"}, "gumbel"),
+    ({"commit": 1.0}, "--commit must be in"),
 ])
 def test_bad_options(kw, msg):
     with pytest.raises(ConfigError, match=msg):

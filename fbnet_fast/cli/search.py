@@ -104,6 +104,12 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="the last N epochs sample one candidate per layer (straight-through hard Gumbel): the "
                    "weights train the single paths theta draws, so the most likely architecture is what the "
                    "supernet learned, at ~1/7 of a soft step's cost (default: %(default)s; 0: soft to the end)")
+    g.add_argument("--commit", type=float, default=d.commit, metavar="H",
+                   help="every layer's entropy of P_theta (share of the uniform's) must fall linearly to H by the "
+                   "last soft theta step, so the most likely architecture is the net the weights trained and the "
+                   "budget holds for it (default: %(default)s)")
+    g.add_argument("--no-commit", dest="commit", action="store_const", const=None,
+                   help="no entropy ceiling: theta free to stay spread (the paper)")
     g = p.add_argument_group("execution")
     g.add_argument("--kernel", choices=KERNEL_CHOICES, default=d.kernel,
                    help="mixed-op implementation: fused kernels when built (auto/fused) or the eager reference")

@@ -1,0 +1,99 @@
+"""The architecture side of the search: the commitment floor under P_theta and depth sampling."""
+
+from __future__ import annotations
+
+
+import math
+
+import pytest
+import torch
+
+from fbnet_fast.budget import Commitment
+from fbnet_fast.errors import ConfigError
+
+
+def test_the_ceiling_falls_linearly_from_the_uniform_to_the_end():
+    k = 8
+    c = Commitment(0.2)
+    assert [c.ceiling(s) for s in (-1, 0, 0.5, 1, 2)] == pytest.approx([1.0, 1.0, 0.6, 0.2, 0.2])
+    h = Commitment.entropies(torch.stack([torch.full((k,), 1.0 / k), torch.eye(k)[0],
+                                          torch.tensor([0.5, 0.5] + [0.0] * (k - 2))]).double())
+    assert h.tolist() == pytest.approx([1.0, 0.0, math.log(2) / math.log(k)], abs=1e-12)
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match="--commit must be in"):
+            Commitment(bad)
+
+
+def test_only_the_layers_over_the_ceiling_count_and_pull():
+    c = Commitment(0.1, dual_lr=1.0)
+    p = torch.stack([torch.full((4,), 0.25), torch.tensor([0.97, 0.01, 0.01, 0.01])]).requires_grad_(True)
+    # at half-way the ceiling is 0.55: the uniform layer is 0.45 over it, the committed one under
+    g = c.gap(p, 0.5).detach()
+    assert float(g) == pytest.approx(0.45 / 2)
+    c.dual_step(float(g))
+    assert c.mu == pytest.approx(0.225)
+    c.term(p, 0.5).backward()
+    assert torch.all(p.grad[1] == 0) and torch.any(p.grad[0] != 0)
+    c.dual_step(-5.0)
+    assert c.mu == 0.0  # never negative: a met ceiling exerts no pull
+    assert float(Commitment(0.1).term(torch.full((2, 4), 0.25), 0.0)) == 0.0  # the start allows the uniform
+
+
+def test_the_ceiling_commits_every_layer_of_a_distribution_the_objective_keeps_mixed():
+    """A stand-in objective that *wants* a mixture (its optimum is P = 0.6/0.4 on two blocks of every
+    layer, entropy 0.31 of log 9): alone, P stays mixed; with the ceiling every layer's entropy follows
+    it down (within 0.06) and ends within 0.03 of ``end``, by the last step."""
+    torch.manual_seed(0)
+    L, K, N = 6, 9, 300
+    pair = torch.stack([torch.randperm(K)[:2] for _ in range(L)])
+    rows = torch.arange(L)
+
+    def objective(p):  # its pull at 1/10 of its squared distance: the ceiling's defaults are weak on purpose
+        return 0.1 * ((p[rows, pair[:, 0]] - 0.6) ** 2 + (p[rows, pair[:, 1]] - 0.4) ** 2).sum()
+
+    ends = {}
+    for use in (False, True):
+        c = Commitment(0.05) if use else None
+        theta = (0.01 * torch.randn(L, K)).requires_grad_(True)
+        opt = torch.optim.Adam([theta], lr=0.05)
+        seen = []
+        for i in range(N):
+            p = torch.softmax(theta, 1)
+            loss = objective(p) + (c.term(p, (i + 1) / N) if c else 0.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                p = torch.softmax(theta, 1)
+                if c:
+                    c.dual_step(float(c.gap(p, (i + 1) / N)))
+                seen.append(float(Commitment.entropies(p).max()))
+        ends[use] = seen[-1]
+        if use:  # it follows the falling ceiling all along, not only at the end
+            assert all(h <= c.ceiling((i + 1) / N) + 0.06 for i, h in enumerate(seen)), seen[::30]
+    assert ends[False] >= 0.3, ends
+    assert ends[True] <= 0.05 + 0.03, ends
+
+
+def test_the_search_records_the_ceiling_and_ends_on_it(tmp_path, tiny_space, tiny_lut):
+    """metrics.jsonl states every epoch how committed P_theta is and what the ceiling allowed; the last
+    soft epoch's ceiling is ``commit`` itself. Without ``commit`` no ceiling is recorded."""
+    import json
+
+    from fbnet_fast.data import build_datasets
+    from fbnet_fast.search import SearchConfig, run_search
+
+    data = build_datasets("synthetic", image_size=16, seed=0, num_train=200, num_val=32)
+    for commit in (0.4, None):
+        out = tmp_path / str(commit)
+        cfg = SearchConfig(epochs=3, warmup_epochs=1, batch_size=20, progress=False, plots=False, kernel="reference",
+                           commit=commit, target_fraction=0.8)
+        run_search(cfg, out, space=tiny_space, lut=tiny_lut, data=data, log=lambda m: None)
+        hist = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all(0.0 <= h["entropy_mean"] <= h["entropy_max"] <= 1.0 + 1e-6 for h in hist)
+        assert hist[0]["entropy_max"] == pytest.approx(1.0)  # the warm-up leaves theta uniform
+        if commit is None:
+            assert "entropy_ceiling" not in hist[-1]
+        else:
+            assert [h["entropy_ceiling"] for h in hist] == pytest.approx([1.0, 0.7, 0.4])
+            assert hist[-1]["commit_mu"] >= 0.0
