@@ -212,8 +212,8 @@ class Commitment:
     end: float = 0.15
     # Weak on purpose. With eta 5, rho 50 (a stand-in objective tracked the ceiling within 0.03)
     # the default run's layers committed while tau fell and the supernet went from 60 % to 12 %
-    # held-out in two epochs (its argmax 11.9 %): a committed supernet is one narrow net, and a
-    # narrow net learns slowly at width 0.25. With 0.5, 5 it ended at 50.0 % (argmax 22.2 %).
+    # held-out in two epochs (its argmax 11.9 %): weights trained for a mixture of nine blocks did
+    # not carry over to the single path that fast. With 0.5, 5 it ended at 50.0 % (argmax 22.2 %).
     dual_lr: float = 0.5
     rho: float = 5.0
     mu: float = 0.0

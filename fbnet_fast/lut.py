@@ -1,11 +1,11 @@
 """Latency look-up tables: the documented JSON format, validation, expected latency.
 
 A LUT holds one measured latency per (searchable layer, candidate) of one search
-space on one device, plus the fixed stem and head. The file (schema version 1)::
+space on one device, plus the fixed stem and head. The file (schema version 2)::
 
     {
       "schema": "fbnet-fast/lut",
-      "schema_version": 1,
+      "schema_version": 2,
       "space": {"name": "fbnet-cifar", "fingerprint": "3bfadf277e0dfa93",
                 "input_size": 32, "num_layers": 22},
       "device": {"backend": "torch-cpu", "device_name": "Intel(R) Xeon(R) Processor",
@@ -16,14 +16,16 @@ space on one device, plus the fixed stem and head. The file (schema version 1)::
       "fixed": {"stem": ENTRY, "head": ENTRY},
       "layers": [{"index": 0, "c_in": 8, "c_out": 8, "stride": 1, "in_size": 32,
                   "latency": {"k3_e1": ENTRY, ...}}, ...],
-      "correction": null | {"offset_ms": 0.1, "scale": 1.05, "fitted_on": 40, ...}
+      "correction": null | {"offset_ms": 0.1, "scale": 1.05, "fitted_on": 40, ...},
+      "fit": null | {"method": ..., "networks": 200, "lambda": 1.0, "heldout": {...}, ...}
     }
 
     ENTRY = {"median_ms": 0.042, "p10_ms": 0.040, "p90_ms": 0.047, "repeats": 40}
 
 Fields:
 
-* ``schema``, ``schema_version``: ``"fbnet-fast/lut"``, 1. Other values are refused.
+* ``schema``, ``schema_version``: ``"fbnet-fast/lut"``, 2 (version 1, the same without
+  ``fit``, is still read). Other values are refused.
 * ``space.fingerprint``: :attr:`SearchSpace.fingerprint` (resolved layer shapes after the
   width multiplier, candidates in order, stem/head widths, input size). A LUT is only
   used for a space with the same fingerprint.
@@ -52,6 +54,11 @@ Fields:
   ``pred = scale * (sum of entries + fixed) + offset_ms``. The search uses it when
   present (:meth:`LatencyTable.predict`). Extra keys record the fit (``fitted_on``,
   ``median_abs_pct_error_before``/``_after``, ``kendall_tau``).
+* ``fit`` (written by ``fbnet-fast lut fit``): the entries were fitted to whole networks
+  measured on the same back end (:mod:`fbnet_fast.measure.fit`); records the method, the
+  number of networks, the regularisation chosen by cross-validation, the held-out errors of
+  the block-wise sum, its correction and the fitted table, and the block-wise entries it
+  started from. A fitted table carries no ``correction``.
 
 An interrupted ``lut measure`` leaves ``OUTPUT.partial`` next to the output:
 ``{"schema": "fbnet-fast/lut-partial", "fingerprint", "settings", "batch_size",
@@ -81,7 +88,8 @@ from .space import SearchSpace
 __all__ = ["LatencyEntry", "LatencyTable", "SCHEMA", "SCHEMA_VERSION", "layer_shapes"]
 
 SCHEMA = "fbnet-fast/lut"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _ENTRY_KEYS = ("median_ms", "p10_ms", "p90_ms", "repeats")
 
 
@@ -137,6 +145,7 @@ class LatencyTable:
     layer_shapes: list[dict[str, int]] = field(default_factory=list)
     correction: dict[str, float] | None = None
     source: str = "<memory>"
+    fit: dict[str, Any] | None = None
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -256,6 +265,7 @@ class LatencyTable:
             "layers": [{"index": l, **shapes[l], "latency": {c: layer[c].to_dict() for c in self.candidates}}
                        for l, layer in enumerate(self.layers)],
             "correction": self.correction,
+            "fit": self.fit,
         }
 
     def save(self, path: str | Path) -> None:
@@ -267,9 +277,10 @@ class LatencyTable:
             raise LUTError(f"{source}: a LUT must be a JSON object, got {type(d).__name__}")
         if d.get("schema") != SCHEMA:
             raise LUTError(f"{source}: field 'schema' must be {SCHEMA!r}, got {d.get('schema')!r}")
-        if d.get("schema_version") != SCHEMA_VERSION:
+        if d.get("schema_version") not in READABLE_VERSIONS:
             raise LUTError(
-                f"{source}: schema_version {d.get('schema_version')!r} is not supported (this fbnet-fast reads {SCHEMA_VERSION})"
+                f"{source}: schema_version {d.get('schema_version')!r} is not supported (this fbnet-fast reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
             )
         sp = d.get("space")
         if not isinstance(sp, Mapping) or not isinstance(sp.get("fingerprint"), str):
@@ -319,10 +330,14 @@ class LatencyTable:
         device = d.get("device", {})
         if not isinstance(device, Mapping):
             raise LUTError(f"{source}: field 'device' must be an object")
+        fit = d.get("fit")
+        if fit is not None and not isinstance(fit, Mapping):
+            raise LUTError(f"{source}: field 'fit' must be null or an object")
         table = cls(
             space_name=str(sp.get("name", "")), fingerprint=sp["fingerprint"],
             input_size=int(sp.get("input_size", 0) or 0), candidates=list(cands), layers=layers,
             fixed=fixed, device=dict(device), layer_shapes=shapes, correction=corr, source=source,
+            fit=dict(fit) if fit is not None else None,
         )
         if space is not None:
             table.check_space(space)

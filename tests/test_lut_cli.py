@@ -190,3 +190,32 @@ def test_pytest_benchmark_writes_the_same_lut_format(tmp_path, space_file, small
     t = LatencyTable.load(out, small_space)
     assert t.device["measured_by"] == "pytest-benchmark" and t.device["clock"] == "cpu"
     assert all(e.repeats == 2 for layer in t.layers for e in layer.values())
+
+
+def test_fit_measures_networks_and_writes_a_fitted_table_with_its_heldout_report(tmp_path, measured, space_file,
+                                                                                small_space, capsys):
+    out, rep = tmp_path / "fitted.json", tmp_path / "fit_report.json"
+    capsys.readouterr()
+    rc = main(["lut", "fit", str(measured), "--space", str(space_file), "--width-mult", "1", "-n", "20",
+               "-o", str(out), "--report", str(rep), "--no-progress", *FAST])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for name in ("blockwise", "scale_offset", "fitted"):
+        assert name in text
+    t = LatencyTable.load(out, small_space)
+    assert t.correction is None and t.device["backend"] == "torch-cpu"
+    held = t.fit["heldout"]
+    assert held["networks"] == 4 and set(held) >= {"blockwise", "scale_offset", "fitted"}
+    assert 0.0 <= held["fitted"]["share_within_10pct"] <= 1.0 and t.fit["networks"] == 16
+    assert t.fit["measure_s"] >= 0 and t.fit["lambda"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+    r = json.loads(rep.read_text())
+    assert len(r["networks"]) == 20 and len(r["heldout_index"]) == 4
+    # the search takes it like any LUT
+    assert t.architecture_latency([0, 1, 2]) > 0
+    # a fitted table is not fitted again, and the held-out share is checked
+    assert main(["lut", "fit", str(out), "--space", str(space_file), "--width-mult", "1", "--no-progress",
+                 *FAST]) == 2
+    assert "already a fitted table" in capsys.readouterr().err
+    assert main(["lut", "fit", str(measured), "--space", str(space_file), "--width-mult", "1", "--heldout", "1.5",
+                 "--no-progress", *FAST]) == 2
+    assert "--heldout" in capsys.readouterr().err

@@ -64,7 +64,7 @@ def _make_backend(args: argparse.Namespace, device: dict[str, Any] | None = None
 
 
 def _add_lut(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="lut_command", metavar="{measure,show,diff,validate}", required=True)
+    sub = p.add_subparsers(dest="lut_command", metavar="{measure,show,diff,validate,fit}", required=True)
     m = sub.add_parser("measure", help="measure a LUT", description="Time every (layer, candidate) block of a "
                        "space alone at its real input shape (identical blocks once) and write the LUT JSON. An "
                        "interrupted run resumes from OUTPUT.partial.")
@@ -111,6 +111,27 @@ def _add_lut(p: argparse.ArgumentParser) -> None:
     v.add_argument("--no-write", dest="write", action="store_false", help="do not store the correction in the LUT")
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_backend_args(v, defaults_from_lut=True)
+
+    f = sub.add_parser("fit", help="fit the table to whole networks measured on its back end",
+                       description="Measure N whole networks (uniform, biased to fast and to slow blocks, and the "
+                       "presets that fit the space) end to end on the LUT's back end, fit additive entries to them "
+                       "(bounded least squares regularised toward the block-wise table, the weight chosen by "
+                       "cross-validation) on 80 %%, and report on the other 20 %% the block-wise sum, its scale + "
+                       "offset correction and the fitted table side by side. Writes a new LUT that the search "
+                       "takes like any other.")
+    f.add_argument("lut", help="block-wise LUT JSON file (read only)")
+    f.add_argument("--output", "-o", default=None, help="fitted LUT (default: LUT path with .fit.json)")
+    f.add_argument("--space", default=None, help="space name or file (default: the LUT's space name)")
+    f.add_argument("--width-mult", type=float, default=None,
+                   help="width multiplier (default: the one that matches the LUT's fingerprint)")
+    f.add_argument("-n", "--num-networks", type=int, default=200,
+                   help="networks drawn for the fit and the held-out check (default: %(default)s)")
+    f.add_argument("--heldout", type=float, default=0.2, help="share of them never used in the fit "
+                   "(default: %(default)s)")
+    f.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    f.add_argument("--report", default=None, help="report JSON (default: output path with .report.json)")
+    f.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _add_backend_args(f, defaults_from_lut=True)
 
 
 def _fmt_device(dev: dict[str, Any]) -> str:
@@ -279,7 +300,58 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit(args: argparse.Namespace) -> int:
+    import time
+
+    from ..errors import ConfigError, LUTError
+    from ..lut import LatencyTable
+    from ..measure.additivity import validate_lut
+    from ..measure.fit import compare, fit_networks, fit_table, fitted_lut, split_heldout
+    from ..runs import atomic_write_text
+
+    table = LatencyTable.load(args.lut)
+    space = table.find_space(args.space, args.width_mult)
+    table.check_space(space)
+    if table.fit:
+        raise LUTError(f"{args.lut} is already a fitted table; fit the block-wise LUT it came from")
+    if not 0 < args.heldout < 1:
+        raise ConfigError(f"--heldout must be a share in (0, 1), got {args.heldout}")
+    backend = _make_backend(args, table.device)
+    if table.device.get("backend") and table.device["backend"] != backend.name:
+        raise LUTError(f"{args.lut}: the LUT was measured with back end {table.device['backend']!r}; the fit must "
+                       f"measure the networks with the same one (got --backend {backend.name})")
+    archs, sources = fit_networks(space, table, args.num_networks, seed=args.seed)
+    t0 = time.perf_counter()
+    report = validate_lut(table, space, archs, sources, backend, progress=args.progress)
+    t_measure = time.perf_counter() - t0
+    fit_i, test_i = split_heldout(len(archs), args.heldout, seed=args.seed)
+    pick = lambda xs, ii: [xs[i] for i in ii]  # noqa: E731
+    t0 = time.perf_counter()
+    fit = fit_table(table, space, pick(archs, fit_i), pick(report.measured_ms, fit_i), seed=args.seed)
+    t_solve = time.perf_counter() - t0
+    held = compare(table, space, fit, pick(archs, fit_i), pick(report.measured_ms, fit_i), pick(archs, test_i),
+                   pick(report.measured_ms, test_i))
+    out = args.output or str(Path(args.lut).with_suffix("")) + ".fit.json"
+    record = {"heldout": {"networks": len(test_i), "sources": sorted(set(pick(sources, test_i))), **held},
+              "measure_s": round(t_measure, 1), "solve_s": round(t_solve, 2), "measured_on": report.device}
+    fitted = fitted_lut(table, space, fit, record)
+    fitted.save(out)
+    rep = args.report or str(Path(out).with_suffix("")) + ".report.json"
+    atomic_write_text(rep, json.dumps({"fit": fitted.fit, "networks": report.to_dict()["archs"],
+                                       "heldout_index": test_i}, indent=1) + "\n")
+    print(f"{len(archs)} networks on {_fmt_device(report.device)}: {len(fit_i)} fitted, {len(test_i)} held out; "
+          f"measured in {t_measure:.0f} s, solved in {t_solve:.1f} s (lambda {fit.lam:g} by 5-fold cross-validation)")
+    print(f"{'held-out':14s} {'median |err|':>12s} {'max |err|':>10s} {'within 10%':>10s} {'Kendall tau':>11s}")
+    for name, st in held.items():
+        print(f"{name:14s} {st['median_abs_pct_error']:11.1f}% {st['max_abs_pct_error']:9.1f}% "
+              f"{st['share_within_10pct'] * 100:9.0f}% {st['kendall_tau']:11.3f}")
+    print(f"wrote {out} (the search takes it with --lut) and {rep}")
+    return 0
+
+
 def _run_lut(args: argparse.Namespace) -> int:
+    if args.lut_command == "fit":
+        return _fit(args)
     if args.lut_command == "show":
         return _show(args)
     if args.lut_command == "diff":

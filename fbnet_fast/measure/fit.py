@@ -1,0 +1,237 @@
+"""Latency tables fitted to whole networks: ``fbnet-fast lut fit``.
+
+A block-wise LUT times each block alone; a runtime that fuses and re-lays out across block
+boundaries runs the network faster or slower than the sum (BENCHMARKS.md, "Additivity": on ONNX
+Runtime the corrected sum still missed by up to 44 %). This module keeps the table *additive*, so
+the search's latency term stays a differentiable expectation, but chooses its entries to predict
+networks in context: N whole networks are measured on the LUT's own back end, and the entries
+``x[l, k] >= 0`` and the fixed part ``c >= 0`` solve a bounded linear least-squares problem (scipy's
+``lsq_linear``) regularised toward the block-wise table::
+
+    minimise  sum_a ((c + sum_l x[l, a_l] - y_a) / y_a)^2                    relative error per network
+            + lam * sum_(l,k) ((x[l, k] - s * b[l, k]) / y_bar)^2            the prior: block-wise,
+            + lam * ((c - c0) / y_bar)^2                                     scaled to the networks
+
+``b`` is the block-wise table, ``s`` and ``c0`` its scale + offset fit on the same networks (so
+the prior is the corrected table), ``y_bar`` the mean network latency: ``lam`` is how many
+networks' worth of evidence the prior weighs per entry. ``lam`` is chosen by k-fold
+cross-validation over a grid (the fit records the grid and the choice). An entry no network used
+stays at its prior; the per-layer constant that an additive model cannot identify (every network
+has one block per layer) is pinned by the prior too.
+
+Held-out reporting (:func:`compare`) puts three predictors side by side on networks never used in
+the fit: the block-wise sum, the scale + offset correction (fitted on the fit networks) and the
+fitted table, with the median and max absolute % error, the share within +-10 % and Kendall's tau.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, FBNetError
+from ..lut import LatencyEntry, LatencyTable
+from ..space import Architecture, SearchSpace
+from .additivity import fit_correction, kendall_tau
+
+__all__ = ["LAMBDA_GRID", "FitResult", "fit_table", "compare", "predict_ms", "fitted_lut", "fit_networks"]
+
+LAMBDA_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def _indices(space: SearchSpace, archs: Sequence[Architecture | Sequence[int]]) -> np.ndarray:
+    out = []
+    for a in archs:
+        idx = a.indices(space) if isinstance(a, Architecture) else list(a)
+        if len(idx) != space.num_layers:
+            raise ConfigError(f"an architecture has {len(idx)} layers, the space {space.name!r} has {space.num_layers}")
+        out.append(idx)
+    return np.asarray(out, dtype=np.int64)
+
+
+def predict_ms(matrix: np.ndarray, fixed_ms: float, idx: np.ndarray) -> np.ndarray:
+    """Additive prediction ``fixed + sum_l matrix[l, idx[:, l]]`` for each row of ``idx`` ``[n, L]``."""
+    L = matrix.shape[0]
+    return fixed_ms + matrix[np.arange(L)[None, :], idx].sum(axis=1)
+
+
+@dataclass
+class FitResult:
+    """The fitted entries and how they were chosen."""
+
+    matrix: np.ndarray  # [L, K] ms
+    fixed_ms: float
+    lam: float
+    cv_error: dict[float, float]  # lam -> cross-validated median |% error|
+    prior_scale: float
+    prior_offset_ms: float
+    n_networks: int
+    unseen_entries: int  # entries no fit network used (left at the prior)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _solve(idx: np.ndarray, y: np.ndarray, prior: np.ndarray, c0: float, lam: float) -> tuple[np.ndarray, float]:
+    from scipy.optimize import lsq_linear
+
+    n, L = idx.shape
+    K = prior.shape[1]
+    m = L * K
+    ybar = float(y.mean())
+    a = np.zeros((n + m + 1, m + 1))
+    b = np.zeros(n + m + 1)
+    rows = np.arange(n)
+    for l in range(L):
+        a[rows, l * K + idx[:, l]] = 1.0
+    a[:n, m] = 1.0
+    a[:n] /= y[:, None]
+    b[:n] = 1.0
+    r = math.sqrt(lam) / ybar
+    a[n:n + m, :m] = np.eye(m) * r
+    b[n:n + m] = prior.reshape(-1) * r
+    a[n + m, m] = r
+    b[n + m] = c0 * r
+    sol = lsq_linear(a, b, bounds=(0.0, np.inf), method="bvls", tol=1e-12)
+    x = sol.x
+    return x[:m].reshape(L, K), float(x[m])
+
+
+def fit_table(table: LatencyTable, space: SearchSpace, archs: Sequence[Architecture | Sequence[int]],
+              measured_ms: Sequence[float], *, lambdas: Sequence[float] = LAMBDA_GRID, folds: int = 5,
+              seed: int = 0) -> FitResult:
+    """Fit an additive table to ``measured_ms`` of ``archs`` (see the module docstring)."""
+    table.check_space(space)
+    idx = _indices(space, archs)
+    y = np.asarray(measured_ms, dtype=np.float64)
+    L, K = space.num_layers, len(space.candidates)
+    if len(y) != len(idx):
+        raise ConfigError(f"{len(idx)} architectures but {len(y)} measurements")
+    if not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise ConfigError("every measured latency must be a finite number > 0 ms")
+    # Identifiable unknowns: one per (layer, candidate) a network used, minus one per layer, plus
+    # the fixed part. Fewer networks than that leaves the data unable to pin the table.
+    used = np.zeros((L, K), dtype=bool)
+    used[np.arange(L)[None, :], idx] = True
+    free = int(used.sum()) - L + 1
+    if len(y) < max(folds, 2 * L):
+        raise ConfigError(f"{len(y)} networks are too few to fit a table of {L} layers x {K} candidates: "
+                          f"measure at least {max(folds, 2 * L)} (better {free} or more, the unknowns the networks "
+                          f"touch)")
+    if not lambdas or any(not (isinstance(v, (int, float)) and v > 0) for v in lambdas):
+        raise ConfigError(f"the regularisation grid must hold numbers > 0, got {list(lambdas)}")
+    b = table.matrix(list(space.candidates)).numpy()
+    raw = predict_ms(b, table.fixed_ms, idx)
+    off, sc = fit_correction(raw.tolist(), y.tolist())
+    prior = sc * b
+    c0 = max(0.0, sc * table.fixed_ms + off)
+
+    order = list(range(len(y)))
+    random.Random(seed).shuffle(order)
+    parts = [order[i::folds] for i in range(folds)]
+    cv: dict[float, float] = {}
+    for lam in lambdas:
+        errs: list[float] = []
+        for k in range(folds):
+            test = parts[k]
+            train = [i for j, p in enumerate(parts) if j != k for i in p]
+            yt = y[train]
+            # the prior's scale comes from the fold's own training networks
+            o_k, s_k = fit_correction(raw[train].tolist(), yt.tolist())
+            m_k, c_k = _solve(idx[train], yt, s_k * b, max(0.0, s_k * table.fixed_ms + o_k), lam)
+            pred = predict_ms(m_k, c_k, idx[test])
+            errs += (np.abs(pred - y[test]) / y[test] * 100).tolist()
+        cv[float(lam)] = float(np.median(errs))
+    best = min(cv, key=lambda v: (cv[v], -v))  # ties: the stronger prior
+    matrix, fixed = _solve(idx, y, prior, c0, best)
+    return FitResult(matrix, fixed, best, cv, sc, off, len(y), int((~used).sum()))
+
+
+def _stats(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float]:
+    p, m = np.asarray(pred, dtype=np.float64), np.asarray(meas, dtype=np.float64)
+    err = np.abs(p - m) / m * 100
+    return {"median_abs_pct_error": float(np.median(err)), "max_abs_pct_error": float(err.max()),
+            "share_within_10pct": float((err <= 10.0).mean()),
+            "kendall_tau": kendall_tau(p.tolist(), m.tolist()) if len(p) >= 2 else float("nan")}
+
+
+def compare(table: LatencyTable, space: SearchSpace, fit: FitResult, fit_archs: Sequence[Any],
+            fit_measured: Sequence[float], test_archs: Sequence[Any], test_measured: Sequence[float]
+            ) -> dict[str, dict[str, float]]:
+    """Held-out figures of the block-wise sum, its scale + offset correction (fitted on the fit
+    networks) and the fitted table, on ``test_archs`` (never used in the fit)."""
+    b = table.matrix(list(space.candidates)).numpy()
+    fi, ti = _indices(space, fit_archs), _indices(space, test_archs)
+    raw_fit = predict_ms(b, table.fixed_ms, fi)
+    off, sc = fit_correction(raw_fit.tolist(), list(fit_measured))
+    raw = predict_ms(b, table.fixed_ms, ti)
+    return {"blockwise": _stats(raw, test_measured),
+            "scale_offset": _stats(sc * raw + off, test_measured),
+            "fitted": _stats(predict_ms(fit.matrix, fit.fixed_ms, ti), test_measured)}
+
+
+def fitted_lut(table: LatencyTable, space: SearchSpace, fit: FitResult, record: dict[str, Any]) -> LatencyTable:
+    """A copy of ``table`` whose entries are the fitted ones (given values, ``repeats`` 0), with no
+    scale + offset correction (the fit replaces it) and ``fit`` recording how it was made, the
+    block-wise entries included."""
+    cands = list(space.candidates)
+    layers = [{c: LatencyEntry.constant(float(fit.matrix[l, k])) for k, c in enumerate(cands)}
+              for l in range(space.num_layers)]
+    fixed = {"stem": LatencyEntry.constant(fit.fixed_ms), "head": LatencyEntry.constant(0.0)}
+    out = LatencyTable(table.space_name, table.fingerprint, table.input_size, cands, layers, fixed=fixed,
+                       device=dict(table.device), layer_shapes=list(table.layer_shapes), correction=None,
+                       source=table.source)
+    out.fit = {"method": "bounded least squares on whole networks, regularised toward the block-wise table",
+               "networks": fit.n_networks, "lambda": fit.lam,
+               "cv_median_abs_pct_error": {f"{k:g}": v for k, v in fit.cv_error.items()},
+               "prior_scale": fit.prior_scale, "prior_offset_ms": fit.prior_offset_ms,
+               "unseen_entries": fit.unseen_entries,
+               "blockwise": {"fixed_ms": table.fixed_ms,
+                             "ms": [[round(float(v), 6) for v in row] for row in table.matrix(cands).tolist()]},
+               **record}
+    return out
+
+
+def fit_networks(space: SearchSpace, table: LatencyTable, n: int, *, seed: int = 0) -> tuple[list[Architecture], list[str]]:
+    """``n`` networks to measure for a fit: half drawn uniformly, a quarter biased to the LUT's fast
+    blocks and a quarter to its slow ones (per layer ``P ~ exp(-+ 2 z)`` of the latency's z-score),
+    so the fit sees the latencies a search visits at both ends; plus every preset that fits the space."""
+    from .additivity import sample_architectures
+
+    if n < 1:
+        raise ConfigError(f"-n must be >= 1, got {n}")
+    m = table.matrix(list(space.candidates))
+    z = (m - m.mean(1, keepdim=True)) / m.std(1, keepdim=True).clamp_min(1e-12)
+    n_fast = n_slow = n // 4
+    archs = sample_architectures(space, n - n_fast - n_slow, seed=seed)
+    archs += sample_architectures(space, n_fast, theta=-2.0 * z, seed=seed + 1)
+    archs += sample_architectures(space, n_slow, theta=2.0 * z, seed=seed + 2)
+    sources = ["uniform"] * (n - n_fast - n_slow) + ["fast"] * n_fast + ["slow"] * n_slow
+    for name, arch in _fitting_presets(space):
+        archs.append(arch)
+        sources.append(f"preset:{name}")
+    return archs, sources
+
+
+def _fitting_presets(space: SearchSpace) -> list[tuple[str, Architecture]]:
+    from ..presets import get_preset, preset_names
+
+    out = []
+    for name in preset_names():
+        try:
+            arch = get_preset(name).architecture(space)
+        except FBNetError:  # a preset of another space (layer count, candidates) does not fit this one
+            continue
+        out.append((name, arch))
+    return out
+
+
+def split_heldout(n: int, share: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices ``(fit, held_out)``: every ``1/share``-th network of a seeded order is held out."""
+    order = list(range(n))
+    random.Random(seed + 7).shuffle(order)
+    k = max(2, int(round(n * share)))
+    return sorted(order[k:]), sorted(order[:k])
+

@@ -1,0 +1,132 @@
+"""Tables fitted to whole networks (fbnet_fast.measure.fit, ``fbnet-fast lut fit``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fbnet_fast.errors import ConfigError, LUTError
+from fbnet_fast.lut import LatencyTable
+from fbnet_fast.measure.fit import compare, fit_networks, fit_table, fitted_lut, predict_ms, split_heldout
+from tests.conftest import make_tiny_space
+
+
+def _uniform_idx(space, n, seed):
+    g = np.random.default_rng(seed)
+    return g.integers(0, len(space.candidates), size=(n, space.num_layers))
+
+
+def _truth(space, seed=0):
+    g = np.random.default_rng(seed)
+    return g.uniform(0.2, 3.0, size=(space.num_layers, len(space.candidates))), 0.7
+
+
+def test_the_fit_recovers_a_known_additive_table_exactly():
+    """Measurements that *are* an additive table: with (almost) no pull toward a wrong block-wise
+    table, the fit predicts held-out networks to 1e-6 relative, and recovers every entry up to the
+    per-layer constant no additive data can identify."""
+    space = make_tiny_space()
+    truth, fixed = _truth(space)
+    wrong = truth * np.random.default_rng(1).uniform(0.5, 1.5, size=truth.shape)  # not a scale of the truth
+    table = LatencyTable.from_matrix(space, torch.tensor(wrong), fixed_ms=0.3)
+    idx = _uniform_idx(space, 120, 2)
+    y = predict_ms(truth, fixed, idx)
+    fit = fit_table(table, space, idx.tolist(), y.tolist(), lambdas=(1e-9,))
+    test = _uniform_idx(space, 50, 3)
+    np.testing.assert_allclose(predict_ms(fit.matrix, fit.fixed_ms, test), predict_ms(truth, fixed, test), rtol=1e-6)
+    d = fit.matrix - truth  # equal up to a constant per layer
+    np.testing.assert_allclose(d - d.mean(1, keepdims=True), 0.0, atol=1e-6)
+    assert fit.unseen_entries == 0 and fit.n_networks == 120
+
+
+def _pairwise_truth(space, idx, truth, fixed):
+    """The additive truth plus a context effect: a block right after a block of the same kernel runs
+    40 % faster (a runtime fusing across the boundary), which no block timed alone shows."""
+    k = [c.split("_")[0] for c in space.candidates]
+    y = predict_ms(truth, fixed, idx)
+    for a in range(len(idx)):
+        for l in range(1, space.num_layers):
+            if k[idx[a, l]] == k[idx[a, l - 1]] and k[idx[a, l]] != "skip":
+                y[a] -= 0.4 * truth[l, idx[a, l]]
+    return y
+
+
+def test_with_a_planted_context_effect_the_fitted_table_beats_the_blockwise_one_held_out():
+    space = make_tiny_space()
+    truth, fixed = _truth(space, 4)
+    table = LatencyTable.from_matrix(space, torch.tensor(truth), fixed_ms=fixed)  # exact blocks, alone
+    g = np.random.default_rng(5)
+    # biased draws, as a search visits: each layer prefers one block
+    pref = g.dirichlet(np.full(len(space.candidates), 0.5), size=space.num_layers)
+    idx = np.stack([[g.choice(len(space.candidates), p=pref[l]) for l in range(space.num_layers)]
+                    for _ in range(300)])
+    y = _pairwise_truth(space, idx, truth, fixed)
+    fit_i, test_i = split_heldout(len(idx), 0.2, seed=0)
+    fit = fit_table(table, space, idx[fit_i].tolist(), y[fit_i].tolist())
+    held = compare(table, space, fit, idx[fit_i].tolist(), y[fit_i].tolist(), idx[test_i].tolist(),
+                   y[test_i].tolist())
+    assert held["fitted"]["median_abs_pct_error"] < held["scale_offset"]["median_abs_pct_error"]
+    assert held["fitted"]["median_abs_pct_error"] < 0.5 * held["blockwise"]["median_abs_pct_error"]
+    assert held["fitted"]["kendall_tau"] >= held["blockwise"]["kendall_tau"]
+    assert set(fit.cv_error) == {0.01, 0.1, 1.0, 10.0, 100.0} and fit.lam in fit.cv_error
+
+
+def test_bad_input_is_one_clear_error():
+    space = make_tiny_space()
+    truth, fixed = _truth(space)
+    table = LatencyTable.from_matrix(space, torch.tensor(truth), fixed_ms=fixed)
+    idx = _uniform_idx(space, 6, 0)
+    with pytest.raises(ConfigError, match="too few to fit"):
+        fit_table(table, space, idx.tolist(), predict_ms(truth, fixed, idx).tolist())
+    idx = _uniform_idx(space, 40, 0)
+    y = predict_ms(truth, fixed, idx)
+    with pytest.raises(ConfigError, match="40 architectures but 39 measurements"):
+        fit_table(table, space, idx.tolist(), y[:-1].tolist())
+    y[3] = 0.0
+    with pytest.raises(ConfigError, match="> 0 ms"):
+        fit_table(table, space, idx.tolist(), y.tolist())
+    with pytest.raises(ConfigError, match="has 2 layers"):
+        fit_table(table, space, [[0, 1]] * 40, predict_ms(truth, fixed, idx).tolist())
+
+
+def test_a_fitted_table_round_trips_records_its_fit_and_old_files_load(tmp_path):
+    space = make_tiny_space()
+    truth, fixed = _truth(space)
+    table = LatencyTable.from_matrix(space, torch.tensor(truth), fixed_ms=fixed)
+    table.correction = {"offset_ms": 0.1, "scale": 1.1}
+    idx = _uniform_idx(space, 60, 0)
+    fit = fit_table(table, space, idx.tolist(), (1.2 * predict_ms(truth, fixed, idx)).tolist())
+    out = fitted_lut(table, space, fit, {"heldout": {"networks": 0}})
+    out.save(tmp_path / "f.json")
+    back = LatencyTable.load(tmp_path / "f.json", space)
+    assert back.correction is None and back.fit["networks"] == 60 and back.fit["lambda"] == fit.lam
+    assert back.fit["blockwise"]["ms"][0] == pytest.approx(truth[0].tolist(), rel=1e-5)
+    torch.testing.assert_close(back.matrix(), torch.tensor(fit.matrix))
+    # schema version 1 (no fit field) still loads
+    d = table.to_dict()
+    d["schema_version"] = 1
+    d.pop("fit")
+    (tmp_path / "v1.json").write_text(json.dumps(d))
+    assert LatencyTable.load(tmp_path / "v1.json", space).fit is None
+    d["fit"] = [1, 2]
+    d["schema_version"] = 2
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(LUTError, match="'fit' must be null or an object"):
+        LatencyTable.load(tmp_path / "bad.json", space)
+
+
+def test_fit_networks_cover_fast_and_slow_ends():
+    space = make_tiny_space()
+    truth, fixed = _truth(space, 6)
+    table = LatencyTable.from_matrix(space, torch.tensor(truth), fixed_ms=fixed)
+    archs, sources = fit_networks(space, table, 200, seed=0)
+    n = {s: sources.count(s) for s in set(sources) if not s.startswith("preset:")}
+    assert n == {"uniform": 100, "fast": 50, "slow": 50}
+    lat = {s: np.mean([table.architecture_latency(list(a.blocks)) for a, t in zip(archs, sources) if t == s])
+           for s in n}
+    assert lat["fast"] < lat["uniform"] < lat["slow"]
+    with pytest.raises(ConfigError, match="-n must be >= 1"):
+        fit_networks(space, table, 0)
