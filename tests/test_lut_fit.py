@@ -130,3 +130,27 @@ def test_fit_networks_cover_fast_and_slow_ends():
     assert lat["fast"] < lat["uniform"] < lat["slow"]
     with pytest.raises(ConfigError, match="-n must be >= 1"):
         fit_networks(space, table, 0)
+
+
+def test_a_network_measurement_killed_mid_way_resumes_with_what_is_missing(tmp_path):
+    from fbnet_fast.measure.additivity import validate_lut
+    from tests.test_measure import _CountingBackend
+
+    space = make_tiny_space()
+    truth, fixed = _truth(space)
+    table = LatencyTable.from_matrix(space, torch.tensor(truth), fixed_ms=fixed)
+    archs, sources = fit_networks(space, table, 30, seed=0)
+    partial = tmp_path / "fit.json.networks.partial"
+    b1 = _CountingBackend(stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        validate_lut(table, space, archs, sources, b1, progress=False, partial=partial)
+    saved = json.loads(partial.read_text())  # complete JSON, written after each group of 10
+    assert len(saved["passes"][0]) == len(set(b1.measured)) and 0 < len(b1.measured) <= 20
+    b2 = _CountingBackend()
+    rep = validate_lut(table, space, archs, sources, b2, progress=False, partial=partial)
+    assert not partial.exists()
+    rest = len({"net:" + ",".join(a.blocks) for a in archs}) - len(set(b1.measured))
+    assert rest > 0 and not set(b2.measured[:rest]) & set(b1.measured)  # pass 1 went on where it stopped
+    assert len(b2.measured) < 2 * len(archs)  # ... and nothing of it was measured twice
+    full = validate_lut(table, space, archs, sources, _CountingBackend(), progress=False)
+    assert rep.measured_ms == full.measured_ms

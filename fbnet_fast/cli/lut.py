@@ -321,8 +321,14 @@ def _fit(args: argparse.Namespace) -> int:
         raise LUTError(f"{args.lut}: the LUT was measured with back end {table.device['backend']!r}; the fit must "
                        f"measure the networks with the same one (got --backend {backend.name})")
     archs, sources = fit_networks(space, table, args.num_networks, seed=args.seed)
+    out = args.output or str(Path(args.lut).with_suffix("")) + ".fit.json"
+    partial = out + ".networks.partial"
     t0 = time.perf_counter()
-    report = validate_lut(table, space, archs, sources, backend, progress=args.progress)
+    try:
+        report = validate_lut(table, space, archs, sources, backend, progress=args.progress, partial=partial)
+    except KeyboardInterrupt:
+        print(f"interrupted: the networks measured so far are in {partial}; the same command resumes from it")
+        raise
     t_measure = time.perf_counter() - t0
     fit_i, test_i = split_heldout(len(archs), args.heldout, seed=args.seed)
     pick = lambda xs, ii: [xs[i] for i in ii]  # noqa: E731
@@ -331,7 +337,6 @@ def _fit(args: argparse.Namespace) -> int:
     t_solve = time.perf_counter() - t0
     held = compare(table, space, fit, pick(archs, fit_i), pick(report.measured_ms, fit_i), pick(archs, test_i),
                    pick(report.measured_ms, test_i))
-    out = args.output or str(Path(args.lut).with_suffix("")) + ".fit.json"
     record = {"heldout": {"networks": len(test_i), "sources": sorted(set(pick(sources, test_i))), **held},
               "measure_s": round(t_measure, 1), "solve_s": round(t_solve, 2), "measured_on": report.device}
     fitted = fitted_lut(table, space, fit, record)

@@ -185,24 +185,50 @@ class AdditivityReport:
                                           self.measured_p90_ms or [None] * len(self.archs))]}
 
 
+NETWORKS_PARTIAL_SCHEMA = "fbnet-fast/networks-partial"
+
+
 def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Architecture], sources: Sequence[str],
-                 backend: Any, *, batch_size: int | None = None, progress: bool = True) -> AdditivityReport:
+                 backend: Any, *, batch_size: int | None = None, progress: bool = True,
+                 partial: str | Path | None = None, group_size: int = 10) -> AdditivityReport:
     """Measure ``archs`` end to end with ``backend`` and compare with ``table``'s sums.
 
-    All models form one group, so they are timed in interleaved rounds like the
-    candidates of a layer; the fitted correction is stored on the report, not yet
-    on ``table`` (see :func:`apply_correction`).
+    Without ``partial`` all models form one group, so they are timed in interleaved rounds like
+    the candidates of a layer. With ``partial`` (a path) they are timed in groups of
+    ``group_size`` and every finished group is saved there (atomically), so a run killed or
+    failing mid-way measures only what is missing when called again with the same networks and
+    settings; the file is removed at the end. The fitted correction is stored on the report, not
+    yet on ``table`` (see :func:`apply_correction`).
     """
-    from .core import Job, measure_jobs
+    from ..runs import atomic_write_text
+    from .core import Job, _load_partial, measure_jobs
 
     table.check_space(space)
     if len(archs) < 2:
         raise ConfigError("the additivity study needs at least 2 architectures (--num-archs)")
     bs = int(batch_size or table.device.get("batch_size", 1))
     shape = (bs, space.in_channels, space.input_size, space.input_size)
-    jobs = [Job(f"arch{i}", (lambda a=a: build_model(space, a)), shape, f"arch {i}") for i, a in enumerate(archs)]
-    res = measure_jobs(backend, [jobs], progress=progress, desc=f"end-to-end on {backend.name}")
-    backend.close()
+    # keyed by the blocks, so a resumed run matches its networks by what they are
+    jobs = [Job("net:" + ",".join(a.blocks), (lambda a=a: build_model(space, a)), shape, f"arch {i}")
+            for i, a in enumerate(archs)]
+    groups = [jobs] if partial is None else [jobs[i:i + group_size] for i in range(0, len(jobs), group_size)]
+    ppath = Path(partial) if partial is not None else None
+    done_passes = (_load_partial(ppath, space, backend.settings(), bs, NETWORKS_PARTIAL_SCHEMA)
+                   if ppath is not None and ppath.exists() else [])
+
+    def save(per_pass: list[dict[str, Any]]) -> None:
+        if ppath is not None:
+            atomic_write_text(ppath, json.dumps({
+                "schema": NETWORKS_PARTIAL_SCHEMA, "fingerprint": space.fingerprint, "settings": backend.settings(),
+                "batch_size": bs, "passes": [{k: e.to_dict() for k, e in pp.items()} for pp in per_pass]}) + "\n")
+
+    try:
+        res = measure_jobs(backend, groups, done_passes=done_passes, progress=progress, on_update=save,
+                           desc=f"end-to-end on {backend.name}")
+    finally:
+        backend.close()
+    if ppath is not None:
+        ppath.unlink(missing_ok=True)
     raw = [sum(table.layers[l][b].median_ms for l, b in enumerate(a.blocks)) + table.fixed_ms for a in archs]
     meas = [res[j.key].median_ms for j in jobs]
     off, sc = fit_correction(raw, meas)

@@ -200,14 +200,15 @@ def _partial_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def _load_partial(path: Path, space: SearchSpace, settings: Mapping[str, Any], batch_size: int
-                  ) -> list[dict[str, LatencyEntry]]:
-    """Per-pass entries of a partial LUT written by an interrupted run with the same settings, else []."""
+def _load_partial(path: Path, space: SearchSpace, settings: Mapping[str, Any], batch_size: int,
+                  schema: str = PARTIAL_SCHEMA) -> list[dict[str, LatencyEntry]]:
+    """Per-pass entries of a partial file (``schema``) written by an interrupted run with the same
+    settings, else []."""
     try:
         d = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return []
-    if (not isinstance(d, dict) or d.get("schema") != PARTIAL_SCHEMA or d.get("fingerprint") != space.fingerprint
+    if (not isinstance(d, dict) or d.get("schema") != schema or d.get("fingerprint") != space.fingerprint
             or d.get("settings") != dict(settings) or d.get("batch_size") != batch_size
             or not isinstance(d.get("passes"), list)):
         return []
