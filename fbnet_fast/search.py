@@ -258,7 +258,6 @@ class SearchConfig(OptionsDict):
         t = self.target_ms if self.target_ms is not None else self.target_fraction * float(uniform_ms)
         return Budget(t, mode=self.budget_mode, tol=self.budget_tol, dual_lr=self.dual_lr, rho=self.budget_rho)
 
-
     def commitment(self) -> Commitment | None:
         """The falling entropy ceiling on every layer of ``P_theta`` (``commit``), or None."""
         return None if self.commit is None else Commitment(self.commit)

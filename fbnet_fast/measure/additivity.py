@@ -201,7 +201,7 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
     yet on ``table`` (see :func:`apply_correction`).
     """
     from ..runs import atomic_write_text
-    from .core import Job, _load_partial, measure_jobs
+    from .core import Job, load_partial, measure_jobs
 
     table.check_space(space)
     if len(archs) < 2:
@@ -213,7 +213,7 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
             for i, a in enumerate(archs)]
     groups = [jobs] if partial is None else [jobs[i:i + group_size] for i in range(0, len(jobs), group_size)]
     ppath = Path(partial) if partial is not None else None
-    done_passes = (_load_partial(ppath, space, backend.settings(), bs, NETWORKS_PARTIAL_SCHEMA)
+    done_passes = (load_partial(ppath, space, backend.settings(), bs, NETWORKS_PARTIAL_SCHEMA)
                    if ppath is not None and ppath.exists() else [])
 
     def save(per_pass: list[dict[str, Any]]) -> None:

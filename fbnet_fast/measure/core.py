@@ -33,7 +33,7 @@ from ..lut import LatencyEntry, LatencyTable, layer_shapes
 from ..runs import atomic_write_text
 from ..space import SearchSpace
 
-__all__ = ["Job", "Backend", "block_jobs", "job_key", "measure_lut", "measure_jobs", "cpu_name",
+__all__ = ["Job", "Backend", "block_jobs", "job_key", "load_partial", "measure_lut", "measure_jobs", "cpu_name",
            "PARTIAL_SCHEMA"]
 
 PARTIAL_SCHEMA = "fbnet-fast/lut-partial"
@@ -200,7 +200,7 @@ def _partial_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def _load_partial(path: Path, space: SearchSpace, settings: Mapping[str, Any], batch_size: int,
+def load_partial(path: Path, space: SearchSpace, settings: Mapping[str, Any], batch_size: int,
                   schema: str = PARTIAL_SCHEMA) -> list[dict[str, LatencyEntry]]:
     """Per-pass entries of a partial file (``schema``) written by an interrupted run with the same
     settings, else []."""
@@ -357,7 +357,7 @@ def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", thr
     ppath = _partial_path(output) if output is not None else None
     done_passes: list[dict[str, LatencyEntry]] = []
     if ppath is not None and resume and ppath.exists():
-        done_passes = _load_partial(ppath, space, backend.settings(), batch_size)
+        done_passes = load_partial(ppath, space, backend.settings(), batch_size)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def save_partial(per_pass: list[dict[str, LatencyEntry]]) -> None:
