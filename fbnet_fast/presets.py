@@ -30,7 +30,7 @@ from typing import Any
 from .errors import SpaceError
 from .space import Architecture, SearchSpace, load_space
 
-__all__ = ["Preset", "PRESETS", "get_preset", "preset_names", "preset_space", "build_preset",
+__all__ = ["Preset", "PRESETS", "get_preset", "preset_names", "preset_space", "build_preset", "fitting_presets",
            "FBNET_A", "FBNET_B", "FBNET_C", "FBNET_S8", "FBNET_IPHONEX"]
 
 _PAPER = ('Wu et al., "FBNet: Hardware-Aware Efficient ConvNet Design via Differentiable Neural '
@@ -236,3 +236,18 @@ def run_preset_sample(args: Any) -> int:
           f"by torch FlopCounterMode, 2 per multiply-add)")
     print(f"wrote {path}")
     return 0
+
+
+def fitting_presets(space: SearchSpace) -> list[tuple[str, str, Architecture]]:
+    """``(name, label, architecture)`` of every FBNet preset whose block list fits ``space``.
+
+    A preset fits when the space has as many searchable layers as the preset and every
+    block is a candidate; its blocks then run in this space's channels, strides and
+    head (not the preset's ImageNet widths), hence the label "blocks in <space>".
+    """
+    out = []
+    for name, p in PRESETS.items():
+        if len(p.blocks) == space.num_layers and all(b in space.candidates for b in p.blocks):
+            arch = Architecture(tuple(p.blocks), space.name, space.fingerprint)
+            out.append((name, f"{p.title} (blocks in {space.name})", arch))
+    return out

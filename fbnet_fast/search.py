@@ -674,10 +674,11 @@ class Searcher:
         latency = self.lut.expected_latency(weights, self.lut_matrix)
         terms = self.criterion(logits, y, latency)
         loss = terms.ce if is_w else terms.loss
+        probs = None if is_w else self._probs()
         if not is_w and self.budget is not None:  # CE + lambda * (LAT(P_theta) / T - 1)
-            loss = terms.ce + self.budget.term(self.lut.expected_latency(self._probs(), self.lut_matrix))
+            loss = terms.ce + self.budget.term(self.lut.expected_latency(probs, self.lut_matrix))
         if not is_w and self.commit is not None:  # + mu * mean_l (H(P_l) / log K - h(s))+
-            loss = loss + self.commit.term(self._probs(), self._search_progress())
+            loss = loss + self.commit.term(probs, self._progress(self.epoch, self.step + 1))
         opt = self.w_opt if is_w else self.t_opt
         opt.zero_grad(set_to_none=True)
         acc = (logits.detach().argmax(1) == y).float().mean()
@@ -711,22 +712,16 @@ class Searcher:
             extra["budget_gap"] = gap
         if not is_w and self.commit is not None:
             with torch.no_grad():
-                cgap = float(self.commit.gap(self._probs(), self._search_progress()))
+                cgap = float(self.commit.gap(self._probs(), self._progress(self.epoch, self.step + 1)))
             self.commit.dual_step(cgap)
         return {"ce": float(stats[0]), "loss": float(stats[1]), "acc": float(stats[2]),
                 "latency_ms": float(latency.detach()), **extra}
 
-    def _search_progress(self) -> float:
-        """Share of the search's theta steps done, this one included (1 at the last soft epoch's last)."""
+    def _progress(self, epoch: int, steps: int) -> float:
+        """Share of the search's soft theta steps done after ``steps`` theta steps of ``epoch``, in
+        [0, 1] (0 through the warm-up, 1 from the last soft epoch's last step on)."""
         n = max(1, self.cfg.epochs - self.cfg.warmup_epochs - self.cfg.hard_epochs) * self.t_steps
-        return min(1.0, ((self.epoch - self.cfg.warmup_epochs) * self.t_steps + self.step + 1) / n)
-
-    def _epoch_progress(self) -> float:
-        """:meth:`_search_progress` at the end of the current epoch (0 during the warm-up)."""
-        if self.epoch < self.cfg.warmup_epochs:
-            return 0.0
-        n = max(1, self.cfg.epochs - self.cfg.warmup_epochs - self.cfg.hard_epochs)
-        return min(1.0, (self.epoch + 1 - self.cfg.warmup_epochs) / n)
+        return min(1.0, max(0.0, ((epoch - self.cfg.warmup_epochs) * self.t_steps + steps) / n))
 
     def _probs(self) -> torch.Tensor:
         """``P_theta`` ``[L, K]``, differentiable (the budget's expected latency)."""
@@ -884,6 +879,7 @@ class Searcher:
             return a[key] / n if n and key in a else None
 
         self.elapsed += time.time() - self.epoch_start
+        entropies = Commitment.entropies(probs.double())
         rec = {
             "epoch": self.epoch + 1,
             "phase": "warmup" if self.epoch < cfg.warmup_epochs else "search",
@@ -904,9 +900,10 @@ class Searcher:
                 "budget_gap": mean("theta_budget_gap")} if self.budget is not None else {}),
             # per-layer entropy of P_theta over log K (1: uniform, 0: one-hot): the largest, the
             # mean, and the ceiling the commitment held them under
-            "entropy_max": float(Commitment.entropies(probs.double()).max()),
-            "entropy_mean": float(Commitment.entropies(probs.double()).mean()),
-            **({"entropy_ceiling": self.commit.ceiling(self._epoch_progress()), "commit_mu": self.commit.mu}
+            "entropy_max": float(entropies.max()),
+            "entropy_mean": float(entropies.mean()),
+            **({"entropy_ceiling": self.commit.ceiling(self._progress(self.epoch, self.t_steps)),
+                "commit_mu": self.commit.mu}
                if self.commit is not None else {}),
             **ev,
             "arch": str(arch),

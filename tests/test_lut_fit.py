@@ -66,8 +66,7 @@ def test_with_a_planted_context_effect_the_fitted_table_beats_the_blockwise_one_
     y = _pairwise_truth(space, idx, truth, fixed)
     fit_i, test_i = split_heldout(len(idx), 0.2, seed=0)
     fit = fit_table(table, space, idx[fit_i].tolist(), y[fit_i].tolist())
-    held = compare(table, space, fit, idx[fit_i].tolist(), y[fit_i].tolist(), idx[test_i].tolist(),
-                   y[test_i].tolist())
+    held = compare(table, space, fit, idx[test_i].tolist(), y[test_i].tolist())
     assert held["fitted"]["median_abs_pct_error"] < held["scale_offset"]["median_abs_pct_error"]
     assert held["fitted"]["median_abs_pct_error"] < 0.5 * held["blockwise"]["median_abs_pct_error"]
     assert held["fitted"]["kendall_tau"] >= held["blockwise"]["kendall_tau"]

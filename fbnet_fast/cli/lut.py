@@ -335,8 +335,7 @@ def _fit(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     fit = fit_table(table, space, pick(archs, fit_i), pick(report.measured_ms, fit_i), seed=args.seed)
     t_solve = time.perf_counter() - t0
-    held = compare(table, space, fit, pick(archs, fit_i), pick(report.measured_ms, fit_i), pick(archs, test_i),
-                   pick(report.measured_ms, test_i))
+    held = compare(table, space, fit, pick(archs, test_i), pick(report.measured_ms, test_i))
     record = {"heldout": {"networks": len(test_i), "sources": sorted(set(pick(sources, test_i))), **held},
               "measure_s": round(t_measure, 1), "solve_s": round(t_solve, 2), "measured_on": report.device}
     fitted = fitted_lut(table, space, fit, record)

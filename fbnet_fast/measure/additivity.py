@@ -200,8 +200,7 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
     settings; the file is removed at the end. The fitted correction is stored on the report, not
     yet on ``table`` (see :func:`apply_correction`).
     """
-    from ..runs import atomic_write_text
-    from .core import Job, load_partial, measure_jobs
+    from .core import Job, load_partial, measure_jobs, write_partial
 
     table.check_space(space)
     if len(archs) < 2:
@@ -218,9 +217,8 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
 
     def save(per_pass: list[dict[str, Any]]) -> None:
         if ppath is not None:
-            atomic_write_text(ppath, json.dumps({
-                "schema": NETWORKS_PARTIAL_SCHEMA, "fingerprint": space.fingerprint, "settings": backend.settings(),
-                "batch_size": bs, "passes": [{k: e.to_dict() for k, e in pp.items()} for pp in per_pass]}) + "\n")
+            write_partial(ppath, per_pass, space=space, settings=backend.settings(), batch_size=bs,
+                          schema=NETWORKS_PARTIAL_SCHEMA)
 
     try:
         res = measure_jobs(backend, groups, done_passes=done_passes, progress=progress, on_update=save,

@@ -33,7 +33,7 @@ from ..lut import LatencyEntry, LatencyTable, layer_shapes
 from ..runs import atomic_write_text
 from ..space import SearchSpace
 
-__all__ = ["Job", "Backend", "block_jobs", "job_key", "load_partial", "measure_lut", "measure_jobs", "cpu_name",
+__all__ = ["Job", "Backend", "block_jobs", "job_key", "load_partial", "write_partial", "measure_lut", "measure_jobs", "cpu_name",
            "PARTIAL_SCHEMA"]
 
 PARTIAL_SCHEMA = "fbnet-fast/lut-partial"
@@ -200,6 +200,16 @@ def _partial_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
+def write_partial(path: Path, per_pass: Sequence[Mapping[str, LatencyEntry]], *, space: SearchSpace,
+                  settings: Mapping[str, Any], batch_size: int, schema: str = PARTIAL_SCHEMA, **extra: Any) -> None:
+    """Save the per-pass entries measured so far (atomically), as :func:`load_partial` reads them."""
+    atomic_write_text(path, json.dumps({
+        "schema": schema, "fingerprint": space.fingerprint, "space": space.name, "settings": dict(settings),
+        "batch_size": batch_size, **extra,
+        "passes": [{k: e.to_dict() for k, e in entries.items()} for entries in per_pass],
+    }, indent=1) + "\n")
+
+
 def load_partial(path: Path, space: SearchSpace, settings: Mapping[str, Any], batch_size: int,
                   schema: str = PARTIAL_SCHEMA) -> list[dict[str, LatencyEntry]]:
     """Per-pass entries of a partial file (``schema``) written by an interrupted run with the same
@@ -361,13 +371,9 @@ def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", thr
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def save_partial(per_pass: list[dict[str, LatencyEntry]]) -> None:
-        if ppath is None:
-            return
-        atomic_write_text(ppath, json.dumps({
-            "schema": PARTIAL_SCHEMA, "fingerprint": space.fingerprint, "space": space.name,
-            "settings": backend.settings(), "batch_size": batch_size, "created": created,
-            "passes": [{k: e.to_dict() for k, e in entries.items()} for entries in per_pass],
-        }, indent=1) + "\n")
+        if ppath is not None:
+            write_partial(ppath, per_pass, space=space, settings=backend.settings(), batch_size=batch_size,
+                          created=created)
 
     try:
         results = measure_jobs(backend, groups, done=done, done_passes=done_passes, progress=progress,

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, FBNetError
+from ..errors import ConfigError
 from ..lut import LatencyEntry, LatencyTable
 from ..space import Architecture, SearchSpace
 from .additivity import fit_correction, kendall_tau
@@ -157,18 +157,16 @@ def _stats(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float]:
             "kendall_tau": kendall_tau(p.tolist(), m.tolist()) if len(p) >= 2 else float("nan")}
 
 
-def compare(table: LatencyTable, space: SearchSpace, fit: FitResult, fit_archs: Sequence[Any],
-            fit_measured: Sequence[float], test_archs: Sequence[Any], test_measured: Sequence[float]
-            ) -> dict[str, dict[str, float]]:
-    """Held-out figures of the block-wise sum, its scale + offset correction (fitted on the fit
-    networks) and the fitted table, on ``test_archs`` (never used in the fit)."""
+def compare(table: LatencyTable, space: SearchSpace, fit: FitResult, test_archs: Sequence[Any],
+            test_measured: Sequence[float]) -> dict[str, dict[str, float]]:
+    """Held-out figures of the block-wise sum, its scale + offset correction (the one the fit
+    computed on its own networks as the prior's scale) and the fitted table, on ``test_archs``
+    (never used in the fit)."""
     b = table.matrix(list(space.candidates)).numpy()
-    fi, ti = _indices(space, fit_archs), _indices(space, test_archs)
-    raw_fit = predict_ms(b, table.fixed_ms, fi)
-    off, sc = fit_correction(raw_fit.tolist(), list(fit_measured))
+    ti = _indices(space, test_archs)
     raw = predict_ms(b, table.fixed_ms, ti)
     return {"blockwise": _stats(raw, test_measured),
-            "scale_offset": _stats(sc * raw + off, test_measured),
+            "scale_offset": _stats(fit.prior_scale * raw + fit.prior_offset_ms, test_measured),
             "fitted": _stats(predict_ms(fit.matrix, fit.fixed_ms, ti), test_measured)}
 
 
@@ -180,19 +178,17 @@ def fitted_lut(table: LatencyTable, space: SearchSpace, fit: FitResult, record: 
     layers = [{c: LatencyEntry.constant(float(fit.matrix[l, k])) for k, c in enumerate(cands)}
               for l in range(space.num_layers)]
     fixed = {"stem": LatencyEntry.constant(fit.fixed_ms), "head": LatencyEntry.constant(0.0)}
-    out = LatencyTable(table.space_name, table.fingerprint, table.input_size, cands, layers, fixed=fixed,
-                       device=dict(table.device), layer_shapes=list(table.layer_shapes), correction=None,
-                       source=table.source)
-    out.fit = {"method": "bounded least squares on whole networks, regularised toward the block-wise table",
-               "networks": fit.n_networks, "lambda": fit.lam,
-               "cv_median_abs_pct_error": {f"{k:g}": v for k, v in fit.cv_error.items()},
-               "prior_scale": fit.prior_scale, "prior_offset_ms": fit.prior_offset_ms,
-               "unseen_entries": fit.unseen_entries,
-               "blockwise": {"fixed_ms": table.fixed_ms,
-                             "ms": [[round(float(v), 6) for v in row] for row in table.matrix(cands).tolist()]},
-               **record}
-    return out
-
+    how = {"method": "bounded least squares on whole networks, regularised toward the block-wise table",
+           "networks": fit.n_networks, "lambda": fit.lam,
+           "cv_median_abs_pct_error": {f"{k:g}": v for k, v in fit.cv_error.items()},
+           "prior_scale": fit.prior_scale, "prior_offset_ms": fit.prior_offset_ms,
+           "unseen_entries": fit.unseen_entries,
+           "blockwise": {"fixed_ms": table.fixed_ms,
+                         "ms": [[round(float(v), 6) for v in row] for row in table.matrix(cands).tolist()]},
+           **record}
+    return LatencyTable(table.space_name, table.fingerprint, table.input_size, cands, layers, fixed=fixed,
+                        device=dict(table.device), layer_shapes=list(table.layer_shapes), correction=None,
+                        source=table.source, fit=how)
 
 def fit_networks(space: SearchSpace, table: LatencyTable, n: int, *, seed: int = 0) -> tuple[list[Architecture], list[str]]:
     """``n`` networks to measure for a fit: half drawn uniformly, a quarter biased to the LUT's fast
@@ -209,27 +205,17 @@ def fit_networks(space: SearchSpace, table: LatencyTable, n: int, *, seed: int =
     archs += sample_architectures(space, n_fast, theta=-2.0 * z, seed=seed + 1)
     archs += sample_architectures(space, n_slow, theta=2.0 * z, seed=seed + 2)
     sources = ["uniform"] * (n - n_fast - n_slow) + ["fast"] * n_fast + ["slow"] * n_slow
-    for name, arch in _fitting_presets(space):
+    from ..presets import fitting_presets
+
+    for name, _, arch in fitting_presets(space):
         archs.append(arch)
         sources.append(f"preset:{name}")
     return archs, sources
 
 
-def _fitting_presets(space: SearchSpace) -> list[tuple[str, Architecture]]:
-    from ..presets import get_preset, preset_names
-
-    out = []
-    for name in preset_names():
-        try:
-            arch = get_preset(name).architecture(space)
-        except FBNetError:  # a preset of another space (layer count, candidates) does not fit this one
-            continue
-        out.append((name, arch))
-    return out
-
-
 def split_heldout(n: int, share: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Indices ``(fit, held_out)``: every ``1/share``-th network of a seeded order is held out."""
+    """Indices ``(fit, held_out)``: ``share`` of the networks (at least 2), drawn by a seeded shuffle,
+    are held out."""
     order = list(range(n))
     random.Random(seed + 7).shuffle(order)
     k = max(2, int(round(n * share)))

@@ -63,8 +63,9 @@ from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, RunDirError, TrainingError
 from ..lut import LatencyTable
+from ..presets import fitting_presets
 from ..runs import atomic_write_text
-from ..space import Architecture, SearchSpace, load_space
+from ..space import Architecture, load_space
 
 __all__ = ["StudyConfig", "PHASES", "run_study", "pareto_front", "dominates", "dominated_fraction",
            "front_accuracy_at", "accuracy_gaps", "fitting_presets", "arch_key", "plot_pareto"]
@@ -274,25 +275,6 @@ def arch_key(arch: Architecture | Sequence[str]) -> str:
     """A short stable key of a block list (the training and latency folders are named by it)."""
     blocks = arch.blocks if isinstance(arch, Architecture) else tuple(arch)
     return hashlib.sha1(" ".join(blocks).encode()).hexdigest()[:12]
-
-
-def fitting_presets(space: SearchSpace) -> list[tuple[str, str, Architecture]]:
-    """``(name, label, architecture)`` of every FBNet preset whose block list fits ``space``.
-
-    A preset fits when the space has as many searchable layers as the preset and every
-    block is a candidate; its blocks then run in this space's channels, strides and
-    head (not the preset's ImageNet widths), hence the label "blocks in <space>".
-    """
-    try:
-        from ..presets import PRESETS
-    except ImportError:
-        return []
-    out = []
-    for name, p in PRESETS.items():
-        if len(p.blocks) == space.num_layers and all(b in space.candidates for b in p.blocks):
-            arch = Architecture(tuple(p.blocks), space.name, space.fingerprint)
-            out.append((name, f"{p.title} (blocks in {space.name})", arch))
-    return out
 
 
 # ---- the study ---------------------------------------------------------------------------------
