@@ -217,15 +217,20 @@ class Commitment:
     dual_lr: float = 0.5
     rho: float = 5.0
     mu: float = 0.0
+    # share of the theta steps by which the ceiling reaches ``end`` (it holds there after)
+    by: float = 1.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.end, (int, float)) and math.isfinite(self.end) and 0 <= self.end < 1):
             raise ConfigError(f"--commit must be in [0, 1) (each layer's entropy at the end, as a share of the "
                               f"uniform's), got {self.end!r}")
+        if not (isinstance(self.by, (int, float)) and math.isfinite(self.by) and 0 < self.by <= 1):
+            raise ConfigError(f"--commit-by must be in (0, 1] (the share of the search's theta steps by which every "
+                              f"layer is committed), got {self.by!r}")
 
     def ceiling(self, progress: float) -> float:
         """``h(s)``: the entropy (share of ``log K``) every layer may have after ``progress`` of the theta steps."""
-        s = min(max(float(progress), 0.0), 1.0)
+        s = min(max(float(progress) / self.by, 0.0), 1.0)
         return 1.0 - (1.0 - self.end) * s
 
     @staticmethod

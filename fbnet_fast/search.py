@@ -103,7 +103,7 @@ class SearchConfig(OptionsDict):
     _what = "search option"  # for the unknown-option message (a class attribute, not a field)
     # what a run folder written before these options existed ran with (runs.OptionsDict.from_dict)
     _legacy = {"target_ms": None, "target_fraction": None, "hard_epochs": 0, "tau_schedule": "paper",
-               "tau_end": 0.1, "commit": None}
+               "tau_end": 0.1, "commit": None, "commit_by": 1.0, "commit_lr": 0.5, "commit_rho": 5.0}
 
     # what to search
     space: str = "fbnet-cifar"
@@ -172,6 +172,9 @@ class SearchConfig(OptionsDict):
     # theta step (fbnet_fast.budget.Commitment), so the most likely architecture is the net the
     # weights trained and the budget holds for it, not only for the expectation. None: off (the paper).
     commit: float | None = 0.15
+    commit_by: float = 1.0  # share of the soft theta steps by which the ceiling reaches commit
+    commit_lr: float = 0.5  # the ceiling's multiplier step (eta)
+    commit_rho: float = 5.0  # its quadratic penalty
     # execution
     kernel: str = "auto"
     device: str = "cpu"
@@ -204,7 +207,7 @@ class SearchConfig(OptionsDict):
             pos(n, integer=True)
         for n in ("warmup_epochs", "hard_epochs", "checkpoint_every", "plot_samples", "w_lr_ramp_steps", "recalibrate_batches"):
             pos(n, integer=True, allow_zero=True)
-        for n in ("w_lr", "theta_lr", "tau0", "tau_end", "dual_lr"):
+        for n in ("w_lr", "theta_lr", "tau0", "tau_end", "dual_lr", "commit_lr"):
             pos(n)
         for n in ("w_momentum", "w_weight_decay", "w_grad_clip", "theta_weight_decay", "tau_decay", "alpha",
                   "label_smoothing"):
@@ -241,6 +244,7 @@ class SearchConfig(OptionsDict):
         if self.tau_schedule == "anneal" and not self.tau_end < self.tau0:
             raise ConfigError(f"tau_end ({self.tau_end}) must be below tau0 ({self.tau0})")
         pos("budget_rho", allow_zero=True)
+        pos("commit_rho", allow_zero=True)
         if self.target_fraction is not None and self.target_ms is None:
             f = self.target_fraction
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
@@ -260,7 +264,8 @@ class SearchConfig(OptionsDict):
 
     def commitment(self) -> Commitment | None:
         """The falling entropy ceiling on every layer of ``P_theta`` (``commit``), or None."""
-        return None if self.commit is None else Commitment(self.commit)
+        return (None if self.commit is None
+                else Commitment(self.commit, dual_lr=self.commit_lr, rho=self.commit_rho, by=self.commit_by))
 
 
 TAU_SCHEDULES = ("paper", "anneal")
@@ -472,13 +477,15 @@ class Searcher:
                           "w_weight_decay", "w_grad_clip", "zero_init_residual", "theta_lr", "theta_weight_decay",
                           "tau0", "tau_decay", "alpha", "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
                           "num_train", "num_val", "tau_schedule", "tau_end", "target_ms", "target_fraction", "budget_mode",
-                          "budget_tol", "dual_lr", "budget_rho", "commit")
+                          "budget_tol", "dual_lr", "budget_rho", "commit", "commit_by", "commit_lr",
+                          "commit_rho")
 
     # Options the warm-up does not read (weight steps minimise the CE alone and theta is not
     # trained): a search may start from the warm-up of another that differs only in these.
     _POST_WARMUP_FIELDS = ("alpha", "beta", "loss_form", "theta_lr", "theta_weight_decay", "tau_end", "hard_epochs",
                            "target_ms",
-                           "target_fraction", "budget_mode", "budget_tol", "dual_lr", "budget_rho", "commit")
+                           "target_fraction", "budget_mode", "budget_tol", "dual_lr", "budget_rho", "commit",
+                           "commit_by", "commit_lr", "commit_rho")
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>",
                         ignore: tuple[str, ...] = ()) -> None:

@@ -60,10 +60,12 @@ def test_hard_epochs_are_the_last_and_anneal_ends_before_them(epochs, warmup, ha
 def test_a_run_folder_written_before_the_budget_defaults_resumes_as_it_ran():
     """Options missing from an old config.json take the values the code then ran with."""
     d = SearchConfig().to_dict()
-    for k in ("target_ms", "target_fraction", "hard_epochs", "tau_schedule", "tau_end", "commit"):
+    for k in ("target_ms", "target_fraction", "hard_epochs", "tau_schedule", "tau_end", "commit", "commit_by",
+              "commit_lr", "commit_rho"):
         d.pop(k)
     old = SearchConfig.from_dict(d)
     assert (old.target_fraction, old.hard_epochs, old.tau_schedule, old.commit) == (None, 0, "paper", None)
+    assert (old.commit_by, old.commit_lr, old.commit_rho) == (1.0, 0.5, 5.0)
     assert SearchConfig.from_dict(SearchConfig().to_dict()) == SearchConfig()
 
 
@@ -77,6 +79,8 @@ def test_a_run_folder_written_before_the_budget_defaults_resumes_as_it_ran():
     ([], {"commit": 0.15, "target_fraction": 0.75}),
     (["--commit", "0.3"], {"commit": 0.3, "target_fraction": 0.75}),
     (["--no-commit"], {"commit": None, "target_fraction": 0.75}),
+    (["--commit-by", "0.5", "--commit-lr", "2", "--commit-rho", "20"],
+     {"commit_by": 0.5, "commit_lr": 2.0, "commit_rho": 20.0, "target_fraction": 0.75}),
 ])
 def test_the_command_line_searches_under_a_budget_unless_told_otherwise(argv, want):
     from fbnet_fast.cli import build_parser
@@ -108,6 +112,9 @@ def test_budget_and_alpha_options_conflict_clearly(argv, msg):
     ({"w_fraction": 1.0}, "w_fraction"),
     ({"gumbel": "gentle"}, "gumbel"),
     ({"commit": 1.0}, "--commit must be in"),
+    ({"commit_by": 0.0}, "--commit-by must be in"),
+    ({"commit_lr": 0.0}, "commit_lr"),
+    ({"commit_rho": -1.0}, "commit_rho"),
 ])
 def test_bad_options(kw, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -22,6 +22,12 @@ def test_the_ceiling_falls_linearly_from_the_uniform_to_the_end():
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ConfigError, match="--commit must be in"):
             Commitment(bad)
+    # with `by`, the ceiling reaches the end at that share of the steps and holds there
+    c = Commitment(0.2, by=0.5)
+    assert [c.ceiling(s) for s in (0, 0.25, 0.5, 0.75, 1)] == pytest.approx([1.0, 0.6, 0.2, 0.2, 0.2])
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="--commit-by must be in"):
+            Commitment(0.2, by=bad)
 
 
 def test_only_the_layers_over_the_ceiling_count_and_pull():

@@ -108,6 +108,13 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="every layer's entropy of P_theta (share of the uniform's) must fall linearly to H by the "
                    "last soft theta step, so the most likely architecture is the net the weights trained and the "
                    "budget holds for it (default: %(default)s)")
+    g.add_argument("--commit-by", type=float, default=d.commit_by, metavar="S",
+                   help="share of the search's theta steps by which the ceiling reaches H; it holds there after, "
+                   "so the weights train the committed net before the end (default: %(default)s)")
+    g.add_argument("--commit-lr", type=float, default=d.commit_lr,
+                   help="the ceiling multiplier's step (default: %(default)s)")
+    g.add_argument("--commit-rho", type=float, default=d.commit_rho,
+                   help="the ceiling's quadratic penalty (default: %(default)s)")
     g.add_argument("--no-commit", dest="commit", action="store_const", const=None,
                    help="no entropy ceiling: theta free to stay spread (the paper)")
     g = p.add_argument_group("execution")

@@ -1,0 +1,80 @@
+"""How far apart are two measurements of the same networks? The floor under any latency predictor.
+
+    python bench/lut/network_spread.py LUT.fit.report.json [--heldout-only] [--group-size 10]
+
+re-measures the networks of a ``fbnet-fast lut fit`` report (by default its held-out ones) on the
+LUT's own back end with the fit's settings (``validate_lut``: groups of ``--group-size`` networks
+timed in interleaved rounds, as the fit measured them), then compares the new medians with the
+report's: median and max |difference| in %, the share within +-10 %, and Kendall's tau between the
+two. No predictor can beat these figures on these networks: a held-out error is measured against
+one of two such measurements, and a tau against one of two such orders. The same figures with
+every network in one interleaved group (``--group-size 0``) show how much of the spread is drift
+between groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fbnet_fast.lut import LatencyTable
+from fbnet_fast.measure import get_backend_class
+from fbnet_fast.measure.additivity import kendall_tau, validate_lut
+from fbnet_fast.space import Architecture
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("report", help="the .fit.report.json a `fbnet-fast lut fit` wrote")
+    p.add_argument("--lut", help="the block-wise LUT the fit started from (default: the report's name without "
+                   ".fit.report.json + .json)")
+    p.add_argument("--all", action="store_true", help="every network of the report, not only the held-out ones")
+    p.add_argument("--group-size", type=int, default=10, help="networks per interleaved group; 0: one group")
+    p.add_argument("--out", help="write the per-network figures here (JSON)")
+    args = p.parse_args(argv)
+
+    rep = json.loads(Path(args.report).read_text())
+    lut_path = args.lut or args.report.replace(".fit.report.json", ".json")
+    table = LatencyTable.load(lut_path)
+    space = table.find_space()
+    table.check_space(space)
+    nets = rep["networks"]
+    idx = range(len(nets)) if args.all else rep["heldout_index"]
+    archs = [Architecture(list(nets[i]["blocks"])) for i in idx]
+    before = np.array([nets[i]["measured_ms"] for i in idx])
+    dev = dict(rep["fit"]["measured_on"])
+    cls = get_backend_class(dev["backend"])
+    kw = {"threads": 1, "repeats": 30, "warmup": 3, "min_sample_ms": 1.0, "passes": 2, **cls.device_kwargs(dev)}
+    backend = cls(**kw)
+    t0 = time.perf_counter()
+    if args.group_size:
+        partial = Path(args.out or "spread") .with_suffix(".partial")
+        report = validate_lut(table, space, archs, ["again"] * len(archs), backend, progress=False,
+                              partial=str(partial), group_size=args.group_size)
+    else:
+        report = validate_lut(table, space, archs, ["again"] * len(archs), backend, progress=False)
+    after = np.array(report.measured_ms)
+    diff = np.abs(after - before) / before * 100
+    out = {"networks": len(archs), "backend": dev["backend"], "group_size": args.group_size,
+           "median_abs_pct_diff": float(np.median(diff)), "max_abs_pct_diff": float(diff.max()),
+           "share_within_10pct": float((diff <= 10).mean()),
+           "kendall_tau": kendall_tau(before.tolist(), after.tolist()),
+           "level_ratio_median": float(np.median(after / before)),
+           "seconds": round(time.perf_counter() - t0, 1)}
+    # the level can drift between the two sessions; the same after one scale factor
+    r = float(np.median(after / before))
+    d2 = np.abs(after / r - before) / before * 100
+    out.update({"median_abs_pct_diff_rescaled": float(np.median(d2)), "share_within_10pct_rescaled": float((d2 <= 10).mean())})
+    print(json.dumps(out, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps({**out, "before_ms": before.tolist(), "after_ms": after.tolist()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
