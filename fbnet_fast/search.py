@@ -103,7 +103,8 @@ class SearchConfig(OptionsDict):
     _what = "search option"  # for the unknown-option message (a class attribute, not a field)
     # what a run folder written before these options existed ran with (runs.OptionsDict.from_dict)
     _legacy = {"target_ms": None, "target_fraction": None, "hard_epochs": 0, "tau_schedule": "paper",
-               "tau_end": 0.1, "commit": None, "commit_by": 1.0, "commit_lr": 0.5, "commit_rho": 5.0}
+               "tau_end": 0.1, "commit": None, "commit_by": 1.0, "commit_lr": 0.5, "commit_rho": 5.0,
+               "decide_by": None}
 
     # what to search
     space: str = "fbnet-cifar"
@@ -175,6 +176,12 @@ class SearchConfig(OptionsDict):
     commit_by: float = 1.0  # share of the soft theta steps by which the ceiling reaches commit
     commit_lr: float = 0.5  # the ceiling's multiplier step (eta)
     commit_rho: float = 5.0  # its quadratic penalty
+    # Decide the layers one group at a time (greedy, as SGAS, Li et al. 2020): at the end of each
+    # soft search epoch the undecided layers whose P_theta has the lowest entropy are fixed to their
+    # most likely block, so that by this share of the soft theta steps every layer is; a decided
+    # layer trains and runs as that one block (exactly one-hot) from then on, so the rest of the
+    # search trains the weights of the net it will return. None: off.
+    decide_by: float | None = None
     # execution
     kernel: str = "auto"
     device: str = "cpu"
@@ -253,6 +260,11 @@ class SearchConfig(OptionsDict):
         if self.target_ms is not None:
             self.budget()  # ConfigError for a bad target, mode or tolerance
         self.commitment()
+        if self.decide_by is not None:
+            v = self.decide_by
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 < v <= 1):
+                raise ConfigError(f"--decide-by must be in (0, 1] (the share of the search's theta steps by which "
+                                  f"every layer is decided), got {v!r}")
 
     def budget(self, uniform_ms: float | None = None) -> Budget | None:
         """The search's latency budget, or None (the alpha/beta loss). With ``target_fraction``,
@@ -412,6 +424,8 @@ class Searcher:
         # position: the next step to run is (epoch, phase, step)
         self.epoch, self.phase, self.step = 0, "w", 0
         self.accum: dict[str, float] = {}
+        # the block each layer is fixed to (decide_by), -1 while undecided
+        self.decided: list[int] = [-1] * space.num_layers
         self.history: list[dict[str, Any]] = []
         self.epoch_start = time.time()
         self.elapsed = 0.0
@@ -462,6 +476,7 @@ class Searcher:
             "w_sched": self.w_sched.state_dict(),
             "budget": self.budget.state_dict() if self.budget is not None else None,
             "commit": self.commit.state_dict() if self.commit is not None else None,
+            "decided": list(self.decided),
             "accum": dict(self.accum),
             "history": list(self.history),
             "elapsed": self.elapsed + (time.time() - self.epoch_start),
@@ -478,14 +493,14 @@ class Searcher:
                           "tau0", "tau_decay", "alpha", "beta", "loss_form", "label_smoothing", "gumbel", "seed", "augment", "data",
                           "num_train", "num_val", "tau_schedule", "tau_end", "target_ms", "target_fraction", "budget_mode",
                           "budget_tol", "dual_lr", "budget_rho", "commit", "commit_by", "commit_lr",
-                          "commit_rho")
+                          "commit_rho", "decide_by")
 
     # Options the warm-up does not read (weight steps minimise the CE alone and theta is not
     # trained): a search may start from the warm-up of another that differs only in these.
     _POST_WARMUP_FIELDS = ("alpha", "beta", "loss_form", "theta_lr", "theta_weight_decay", "tau_end", "hard_epochs",
                            "target_ms",
                            "target_fraction", "budget_mode", "budget_tol", "dual_lr", "budget_rho", "commit",
-                           "commit_by", "commit_lr", "commit_rho")
+                           "commit_by", "commit_lr", "commit_rho", "decide_by")
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "<checkpoint>",
                         ignore: tuple[str, ...] = ()) -> None:
@@ -513,6 +528,10 @@ class Searcher:
                 self.budget.load_state_dict(state["budget"])
             if self.commit is not None and state.get("commit") is not None and "budget" not in ignore:
                 self.commit.load_state_dict(state["commit"])
+            if "decided" in state and "budget" not in ignore:
+                self.decided = [int(k) for k in state["decided"]]
+                if len(self.decided) != self.space.num_layers:
+                    raise ValueError(f"{len(self.decided)} layer decisions for {self.space.num_layers} layers")
             pos = state["position"]
             self.epoch, self.phase, self.step = int(pos["epoch"]), str(pos["phase"]), int(pos["step"])
             self.accum = dict(state["accum"])
@@ -676,7 +695,7 @@ class Searcher:
             p.requires_grad_(is_w)  # theta steps skip the weight-gradient convolutions
         for p in self.model.arch_parameters():
             p.requires_grad_(not is_w)
-        weights = self.model.sample_weights(tau, hard=hard_at(cfg, self.epoch), generator=gumbel_gen)
+        weights = self._fix(self.model.sample_weights(tau, hard=hard_at(cfg, self.epoch), generator=gumbel_gen))
         logits = self.model(x, weights)
         latency = self.lut.expected_latency(weights, self.lut_matrix)
         terms = self.criterion(logits, y, latency)
@@ -710,6 +729,8 @@ class Searcher:
                 torch.nn.utils.clip_grads_with_norm_(grads, cfg.w_grad_clip, norm)
             extra["grad_norm"] = float(norm)
         opt.step()
+        if not is_w:
+            self._pin_decided()
         if is_w:
             self.w_sched.step()
         elif self.budget is not None:  # dual ascent on the constraint, with theta after its step
@@ -729,6 +750,52 @@ class Searcher:
         [0, 1] (0 through the warm-up, 1 from the last soft epoch's last step on)."""
         n = max(1, self.cfg.epochs - self.cfg.warmup_epochs - self.cfg.hard_epochs) * self.t_steps
         return min(1.0, max(0.0, ((epoch - self.cfg.warmup_epochs) * self.t_steps + steps) / n))
+
+    # A decided layer's theta is pinned to this logit on its block and 0 elsewhere: P_theta is one-hot
+    # to float precision (e^-30), so the budget, the commitment, the metrics and the argmax read it
+    # as decided, while the weights of the steps are made exactly one-hot by _fix.
+    _PIN = 30.0
+
+    def _pin_decided(self) -> None:
+        with torch.no_grad():
+            for l, k in enumerate(self.decided):
+                if k >= 0:
+                    th = self.model.layers[l].theta
+                    th.zero_()
+                    th[k] = self._PIN
+
+    def _fix(self, weights: torch.Tensor) -> torch.Tensor:
+        """``weights`` ``[L, K]`` with every decided layer's row replaced by its exact one-hot."""
+        if all(k < 0 for k in self.decided):
+            return weights
+        mask = torch.tensor([k >= 0 for k in self.decided], device=weights.device)
+        one_hot = torch.zeros_like(weights, requires_grad=False)
+        for l, k in enumerate(self.decided):
+            if k >= 0:
+                one_hot[l, k] = 1.0
+        return torch.where(mask[:, None], one_hot, weights)
+
+    def _decide(self) -> None:
+        """Fix the layers the schedule calls for by now (``decide_by``): the undecided ones whose
+        P_theta has the lowest entropy, each to its most likely block."""
+        by = self.cfg.decide_by
+        if by is None or self.epoch < self.cfg.warmup_epochs:
+            return
+        L = len(self.decided)
+        s = self._progress(self.epoch, self.t_steps)
+        want = min(L, math.ceil(L * min(1.0, s / by) - 1e-9))
+        todo = [l for l in range(L) if self.decided[l] < 0]
+        n = want - (L - len(todo))
+        if n <= 0:
+            return
+        probs = self.model.probabilities().double().cpu()
+        ent = Commitment.entropies(probs)
+        picked = sorted(todo, key=lambda l: (float(ent[l]), l))[:n]
+        for l in picked:
+            self.decided[l] = int(probs[l].argmax())
+        self._pin_decided()
+        self.log(f"decided layer(s) {', '.join(f'{l}={self.space.candidates[self.decided[l]]}' for l in sorted(picked))}"
+                 f" ({L - len(todo) + n}/{L})")
 
     def _probs(self) -> torch.Tensor:
         """``P_theta`` ``[L, K]``, differentiable (the budget's expected latency)."""
@@ -836,7 +903,9 @@ class Searcher:
         return self.finish()
 
     def _phases(self) -> list[str]:
-        return ["w"] if self.epoch < self.cfg.warmup_epochs else ["w", "theta"]
+        # no theta steps once every layer is decided: the epoch trains the returned net alone
+        done = self.cfg.decide_by is not None and all(k >= 0 for k in self.decided)
+        return ["w"] if self.epoch < self.cfg.warmup_epochs or done else ["w", "theta"]
 
     def _run_epoch(self) -> None:
         cfg = self.cfg
@@ -861,6 +930,8 @@ class Searcher:
                         self.save_checkpoint()
             if phase == "w" and "theta" in self._phases():
                 self.phase, self.step = "theta", 0
+        if "theta" in self._phases():
+            self._decide()
         self._end_epoch()
 
     def _phase_done(self, phase: str) -> bool:
@@ -874,7 +945,7 @@ class Searcher:
         # statistics) and the most likely architecture alone (BN recalibrated): the gap
         # between them is the soft relaxation's discretisation gap, large while tau is high.
         tau = tau_at(cfg, self.epoch)
-        ev = self.evaluate(torch.softmax(self.model.theta.detach() / tau, -1), recalibrate=False)
+        ev = self.evaluate(self._fix(torch.softmax(self.model.theta.detach() / tau, -1)), recalibrate=False)
         arg = self.evaluate()
         ev["val_acc_argmax"], ev["val_ce_argmax"] = arg["val_acc"], arg["val_ce"]
         probs = self.model.probabilities()
@@ -907,6 +978,7 @@ class Searcher:
                 "budget_gap": mean("theta_budget_gap")} if self.budget is not None else {}),
             # per-layer entropy of P_theta over log K (1: uniform, 0: one-hot): the largest, the
             # mean, and the ceiling the commitment held them under
+            **({"decided": sum(k >= 0 for k in self.decided)} if cfg.decide_by is not None else {}),
             "entropy_max": float(entropies.max()),
             "entropy_mean": float(entropies.mean()),
             **({"entropy_ceiling": self.commit.ceiling(self._progress(self.epoch, self.t_steps)),

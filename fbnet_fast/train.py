@@ -82,6 +82,9 @@ class TrainConfig(OptionsDict):
     keep_checkpoints: int = 2
     progress: bool = True
     device: str = "cpu"
+    # torch.compile the model for the training steps and evaluation (its compile time is timed
+    # apart, before the first epoch, and reported as compile_s; the run's elapsed_s excludes it)
+    compile: bool = False
 
     def validate(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
@@ -161,6 +164,9 @@ class Trainer:
             # Same reason as the search: depthwise convs and BN are faster in NHWC on CPU.
             model = model.to(memory_format=torch.channels_last)
         self.model: FBNetModel = model
+        # what the steps call: the model itself, or its torch.compile'd wrapper (same parameters)
+        self.net: Any = torch.compile(model) if cfg.compile else model
+        self.compile_s: float | None = None
 
         decay, no_decay = [], []
         for p in model.parameters():
@@ -259,7 +265,7 @@ class Trainer:
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 x = self._prepare(self.train_images[idx], gen)
                 y = self.train_labels[idx].to(self.device)
-                logits = model(x)
+                logits = self.net(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
                     raise TrainingError(
@@ -278,21 +284,55 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{correct / seen:.3f}")
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 
+    def _compile(self) -> float:
+        """Compile the training and the evaluation graph of ``self.net`` on one batch, leaving the
+        model's parameters, BN statistics and gradients as they were; returns the seconds it took."""
+        t0 = time.perf_counter()
+        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        b = min(self.cfg.batch_size, len(self.train_labels))
+        x = self._prepare(self.train_images[:b], None)
+        self.model.train()
+        F.cross_entropy(self.net(x), self.train_labels[:b].to(self.device)).backward()
+        self.model.eval()
+        with torch.no_grad():
+            self.net(x)
+        self.model.load_state_dict(saved)
+        self.opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    def _eval_net(self) -> Any:
+        """The evaluation model: the compiled one under ``compile``, else an eval copy with every
+        conv + BN pair folded into one conv (fewer passes over the activations, the same function)."""
+        if self.cfg.compile:
+            self.model.eval()
+            return self.net
+        from .export import ExportError, fold_batchnorm
+
+        try:
+            folded = fold_batchnorm(self.model)
+        except ExportError:  # a block with a BN that follows no conv: evaluate it as it is
+            self.model.eval()
+            return self.model
+        return folded.to(memory_format=torch.channels_last) if self.channels_last else folded
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Top-1 and (unsmoothed) cross-entropy on the held-out split, BN in eval mode."""
-        self.model.eval()
+        net = self._eval_net()
         n, correct, ce = len(self.val_labels), 0, 0.0
         for i in range(0, n, 256):
             x = self._prepare(self.val_images[i:i + 256], None)
             y = self.val_labels[i:i + 256].to(self.device)
-            logits = self.model(x)
+            logits = net(x)
             ce += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
         return {"val_loss": ce / n, "val_acc": correct / n}
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        if cfg.compile and self.compile_s is None:
+            self.compile_s = self._compile()
+            self.log(f"torch.compile: {self.compile_s:.1f} s (not counted in the epochs' time)")
         with tqdm(total=cfg.epochs, initial=self.epoch, desc="train", unit="epoch",
                   disable=not cfg.progress, position=0) as ebar:
             while self.epoch < cfg.epochs:
@@ -334,6 +374,7 @@ class Trainer:
             "best_val_acc": self.best["val_acc"], "best_epoch": self.best["epoch"],
             "last_val_acc": last.get("val_acc"), **stats.to_dict(),
             "inherited_from": self.inherited_from, "elapsed_s": round(self.elapsed, 2),
+            **({"compile_s": round(self.compile_s, 2)} if self.compile_s is not None else {}),
             "best_model": str(self.out_dir / "best.pt"),
         }
         atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")

@@ -61,11 +61,11 @@ def test_a_run_folder_written_before_the_budget_defaults_resumes_as_it_ran():
     """Options missing from an old config.json take the values the code then ran with."""
     d = SearchConfig().to_dict()
     for k in ("target_ms", "target_fraction", "hard_epochs", "tau_schedule", "tau_end", "commit", "commit_by",
-              "commit_lr", "commit_rho"):
+              "commit_lr", "commit_rho", "decide_by"):
         d.pop(k)
     old = SearchConfig.from_dict(d)
     assert (old.target_fraction, old.hard_epochs, old.tau_schedule, old.commit) == (None, 0, "paper", None)
-    assert (old.commit_by, old.commit_lr, old.commit_rho) == (1.0, 0.5, 5.0)
+    assert (old.commit_by, old.commit_lr, old.commit_rho, old.decide_by) == (1.0, 0.5, 5.0, None)
     assert SearchConfig.from_dict(SearchConfig().to_dict()) == SearchConfig()
 
 
@@ -81,6 +81,7 @@ def test_a_run_folder_written_before_the_budget_defaults_resumes_as_it_ran():
     (["--no-commit"], {"commit": None, "target_fraction": 0.75}),
     (["--commit-by", "0.5", "--commit-lr", "2", "--commit-rho", "20"],
      {"commit_by": 0.5, "commit_lr": 2.0, "commit_rho": 20.0, "target_fraction": 0.75}),
+    (["--decide-by", "0.75"], {"decide_by": 0.75, "target_fraction": 0.75}),
 ])
 def test_the_command_line_searches_under_a_budget_unless_told_otherwise(argv, want):
     from fbnet_fast.cli import build_parser
@@ -115,6 +116,8 @@ def test_budget_and_alpha_options_conflict_clearly(argv, msg):
     ({"commit_by": 0.0}, "--commit-by must be in"),
     ({"commit_lr": 0.0}, "commit_lr"),
     ({"commit_rho": -1.0}, "commit_rho"),
+    ({"decide_by": 0.0}, "--decide-by must be in"),
+    ({"decide_by": 1.5}, "--decide-by must be in"),
 ])
 def test_bad_options(kw, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -103,3 +103,67 @@ def test_the_search_records_the_ceiling_and_ends_on_it(tmp_path, tiny_space, tin
         else:
             assert [h["entropy_ceiling"] for h in hist] == pytest.approx([1.0, 0.7, 0.4])
             assert hist[-1]["commit_mu"] >= 0.0
+
+
+def test_layers_are_decided_on_schedule_most_certain_first_and_then_train_alone(tmp_path, tiny_space, tiny_lut):
+    """--decide-by: after each soft epoch ceil(L * s / by) layers are fixed (lowest entropy of P_theta
+    first, to their most likely block); a decided layer's weights are exactly one-hot in every later
+    step and its P_theta one-hot; once all are decided the epochs have no theta steps; the returned
+    architecture is the decisions; an interrupted run resumes with them bit-identically."""
+    import json
+
+    from fbnet_fast.data import build_datasets
+    from fbnet_fast.search import SearchConfig, Searcher
+
+    data = build_datasets("synthetic", image_size=16, seed=0, num_train=200, num_val=32)
+    L = tiny_space.num_layers
+    cfg = SearchConfig(epochs=5, warmup_epochs=1, batch_size=20, progress=False, plots=False, kernel="reference",
+                       decide_by=0.75, target_fraction=0.8)
+    s = Searcher(cfg, tmp_path / "a", space=tiny_space, lut=tiny_lut, data=data, log=lambda m: None)
+    seen_weights = []
+    orig = s._fix
+
+    def spy(w):
+        out = orig(w)
+        seen_weights.append((list(s.decided), out.detach().clone()))
+        return out
+
+    s._fix = spy
+    s._run_epoch()  # warm-up: nothing decided
+    assert s.decided == [-1] * L
+    for e, share in ((1, 0.25), (2, 0.5), (3, 0.75)):
+        before = list(s.decided)
+        probs = s.model.probabilities().double()
+        s._run_epoch()
+        n = sum(k >= 0 for k in s.decided)
+        assert n == min(L, math.ceil(L * share / 0.75 - 1e-9)), (e, s.decided)
+        new = [l for l in range(L) if before[l] < 0 <= s.decided[l]]
+        und = [l for l in range(L) if s.decided[l] < 0]
+        if und:  # the new ones were the most certain of those left
+            ent = Commitment.entropies(s.model.probabilities().double())
+            assert max(float(ent[l]) for l in new) <= min(float(ent[l]) for l in und) + 1e-12
+        assert all(before[l] < 0 or s.decided[l] == before[l] for l in range(L))  # decisions stay
+        del probs
+    assert all(k >= 0 for k in s.decided)
+    assert s._phases() == ["w"]
+    for decided, w in seen_weights:
+        for l, k in enumerate(decided):
+            if k >= 0:
+                assert w[l].tolist() == [1.0 if j == k else 0.0 for j in range(w.shape[1])]
+    assert float(s.model.probabilities().max(1).values.min()) > 1 - 1e-6
+    s._run_epoch()  # the last epoch: weights only
+    hist = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["decided"] for h in hist] == [0, math.ceil(L / 3 - 1e-9), math.ceil(2 * L / 3 - 1e-9), L, L]
+    assert hist[-1]["theta_loss"] is None
+    assert list(s.model.most_likely().indices(tiny_space)) == s.decided
+
+    # killed after the second soft epoch, resumed: the same decisions and weights at the end
+    r = Searcher(cfg, tmp_path / "b", space=tiny_space, lut=tiny_lut, data=data, log=lambda m: None)
+    for _ in range(3):
+        r._run_epoch()
+    again = Searcher(cfg, tmp_path / "b", space=tiny_space, lut=tiny_lut, data=data, log=lambda m: None)
+    assert again.resume() is not None and again.decided == r.decided
+    again.run()
+    assert again.decided == s.decided
+    for k, v in s.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k

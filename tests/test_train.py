@@ -181,3 +181,33 @@ def test_train_on_cifar_batches_leaves_the_folder_unchanged(tmp_path):
     s = run_training(cfg, space, _arch(space, ["k3_e1"] * 5), tmp_path / "out", log=lambda m: None)
     assert "CIFAR-10" in s["data"] and s["epochs"] == 1
     assert folder_digest(root) == before
+
+
+def test_evaluation_with_bn_folded_is_the_eval_mode_model(tmp_path, tiny_data):
+    """The trainer evaluates a copy with conv + BN folded: the same logits as the model in eval mode."""
+    space = make_tiny_space()
+    t = Trainer(TrainConfig(epochs=1, **QUIET), space, _arch(space, ["k3_e1", "k3_e1_g2", "skip", "k5_e6", "k3_e3"]), tmp_path,
+                data=tiny_data, log=lambda m: None)
+    t._train_epoch()  # BN statistics away from their initial values
+    folded = t._eval_net()
+    assert folded is not t.model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = t._prepare(tiny_data.val.images[:32], None)
+    t.model.eval()
+    with torch.no_grad():
+        want, got = t.model(x), folded(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_compile_reports_its_time_apart_and_trains_the_same_model(tmp_path, tiny_data):
+    """--compile: compile time in the summary, apart from elapsed_s; the run still learns the same way
+    (eager and compiled steps agree up to float32 reassociation, so the histories are close, not equal)."""
+    space = make_tiny_space()
+    arch = _arch(space, ["k3_e1", "k3_e1_g2", "skip", "k5_e6", "k3_e3"])
+    # no dropout: compiled code draws its masks from its own generator
+    eager = run_training(TrainConfig(epochs=1, dropout=0.0, **QUIET), space, arch, tmp_path / "eager",
+                         data=tiny_data, log=lambda m: None)
+    comp = run_training(TrainConfig(epochs=1, dropout=0.0, compile=True, **QUIET), space, arch, tmp_path / "comp",
+                        data=tiny_data, log=lambda m: None)
+    assert "compile_s" not in eager and comp["compile_s"] > 0
+    a, b = _metrics(tmp_path / "eager")[0], _metrics(tmp_path / "comp")[0]
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)

@@ -197,6 +197,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution and output")
     g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     g.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (its compile time, timed before "
+                   "the first epoch, is reported apart as compile_s; worth it for long trainings)")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                    help="checkpoints kept (default: %(default)s)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
