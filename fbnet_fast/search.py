@@ -180,8 +180,12 @@ class SearchConfig(OptionsDict):
     # soft search epoch the undecided layers whose P_theta has the lowest entropy are fixed to their
     # most likely block, so that by this share of the soft theta steps every layer is; a decided
     # layer trains and runs as that one block (exactly one-hot) from then on, so the rest of the
-    # search trains the weights of the net it will return. None: off.
-    decide_by: float | None = None
+    # search trains the weights of the net it will return; the last decisions land it in the budget.
+    # Measured on the default run (same warm-up and LUT): without it the supernet ended at 47-62 %
+    # held-out and its argmax on the supernet's weights at 11-26 %; with 0.5 the returned net scored
+    # 59.0 % against the supernet's 59.3 %, and the run took 7.3 instead of 12.7 minutes (the epochs
+    # after the last decision train one block per layer). None: off (the paper: theta soft to the end).
+    decide_by: float | None = 0.5
     # execution
     kernel: str = "auto"
     device: str = "cpu"
@@ -793,9 +797,20 @@ class Searcher:
         picked = sorted(todo, key=lambda l: (float(ent[l]), l))[:n]
         for l in picked:
             self.decided[l] = int(probs[l].argmax())
+        note = ""
+        if n == len(todo) and self.budget is not None:
+            # The last decisions land the net in the budget (the same repair as at the end, on the
+            # decided layers' pinned logits and the others' own): the epochs after train the net
+            # that is returned, not one a repair changes afterwards.
+            fixed = repair(self.lut, torch.log_softmax(self.model.theta.detach().double().cpu(), -1), self.budget.window)
+            if fixed.changed:
+                note = ("; to meet the budget " + ", ".join(
+                    f"{l}: {self.space.candidates[self.decided[l]]} -> {self.space.candidates[fixed.indices[l]]}"
+                    for l in fixed.changed))
+                self.decided = [int(k) for k in fixed.indices]
         self._pin_decided()
         self.log(f"decided layer(s) {', '.join(f'{l}={self.space.candidates[self.decided[l]]}' for l in sorted(picked))}"
-                 f" ({L - len(todo) + n}/{L})")
+                 f" ({L - len(todo) + n}/{L}){note}")
 
     def _probs(self) -> torch.Tensor:
         """``P_theta`` ``[L, K]``, differentiable (the budget's expected latency)."""
@@ -845,8 +860,15 @@ class Searcher:
         smaller variance than any single candidate's output), so a one-hot architecture run
         with them is at chance even when the supernet trains to 50 %. As in single-path
         NAS, the statistics are re-estimated (cumulative average, ``recalibrate_batches``
-        batches of the weight split, no augmentation, a fixed seeded order) and the
-        training statistics are put back, so evaluation never changes the search.
+        batches of the weight split in a fixed seeded order) and the training statistics are
+        put back, so evaluation never changes the search.
+
+        The batches carry the training augmentation (seeded crops and flips) when the search
+        trains with it: the weights learned under the batch statistics of augmented images, and
+        statistics of plain images shift every BN's normalisation away from that. Measured on a
+        default-space run whose layers were all decided (the supernet *is* the returned net), its
+        own running statistics scored 59.3 % held-out, statistics recalibrated on plain images
+        49.3 % (50.5 % with 32 batches), on augmented images 59.4 %.
         """
         bns = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
@@ -859,10 +881,11 @@ class Searcher:
                     m.reset_running_stats()
                     m.momentum = None
                 perm = torch.randperm(len(self.w_split), generator=torch.Generator().manual_seed(self.cfg.seed))
+                aug = torch.Generator().manual_seed(self.cfg.seed + 1) if self.cfg.augment else None
                 self.model.train()
                 with torch.no_grad():
                     for k in range(batches):
-                        x, _ = self.w_split.batch(perm[k * b:(k + 1) * b], None, self.device, self.channels_last)
+                        x, _ = self.w_split.batch(perm[k * b:(k + 1) * b], aug, self.device, self.channels_last)
                         self.model(x, weights)
             self.model.eval()
             yield

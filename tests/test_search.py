@@ -82,6 +82,8 @@ def test_a_run_folder_written_before_the_budget_defaults_resumes_as_it_ran():
     (["--commit-by", "0.5", "--commit-lr", "2", "--commit-rho", "20"],
      {"commit_by": 0.5, "commit_lr": 2.0, "commit_rho": 20.0, "target_fraction": 0.75}),
     (["--decide-by", "0.75"], {"decide_by": 0.75, "target_fraction": 0.75}),
+    ([], {"decide_by": 0.5, "target_fraction": 0.75}),
+    (["--no-decide"], {"decide_by": None, "target_fraction": 0.75}),
 ])
 def test_the_command_line_searches_under_a_budget_unless_told_otherwise(argv, want):
     from fbnet_fast.cli import build_parser
@@ -173,7 +175,7 @@ def test_latency_dominated_search_moves_to_the_cheap_candidate(tmp_path, tiny_sp
     cheap = tiny_space.candidates.index("k3_e1")
     m[:, cheap] = 1.0
     lut = LatencyTable.from_matrix(tiny_space, m, fixed_ms=1.0)
-    c = cfg(epochs=3, warmup_epochs=1, alpha=5.0, beta=1.0, theta_lr=0.05, loss_form="add")
+    c = cfg(epochs=3, warmup_epochs=1, alpha=5.0, beta=1.0, theta_lr=0.05, loss_form="add", decide_by=None)
     s = Searcher(c, tmp_path, space=tiny_space, lut=lut, data=tiny_data, log=lambda m: None)
     s.run()
     probs = s.model.probabilities()

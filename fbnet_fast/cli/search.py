@@ -117,8 +117,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="the ceiling's quadratic penalty (default: %(default)s)")
     g.add_argument("--decide-by", type=float, default=d.decide_by, metavar="S",
                    help="fix the layers greedily, most certain first, at the end of each search epoch, so that every "
-                   "layer is decided by this share of the theta steps; the epochs after train the returned net "
-                   "alone (default: off)")
+                   "layer is decided by this share of the theta steps (the last decisions land the net in the "
+                   "budget); the epochs after train the returned net alone (default: %(default)s)")
+    g.add_argument("--no-decide", dest="decide_by", action="store_const", const=None,
+                   help="no decisions during the search: theta soft to the end, the argmax taken at the end (the paper)")
     g.add_argument("--no-commit", dest="commit", action="store_const", const=None,
                    help="no entropy ceiling: theta free to stay spread (the paper)")
     g = p.add_argument_group("execution")
