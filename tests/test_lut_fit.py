@@ -34,7 +34,7 @@ def test_the_fit_recovers_a_known_additive_table_exactly():
     table = LatencyTable.from_matrix(space, torch.tensor(wrong), fixed_ms=0.3)
     idx = _uniform_idx(space, 120, 2)
     y = predict_ms(truth, fixed, idx)
-    fit = fit_table(table, space, idx.tolist(), y.tolist(), lambdas=(1e-9,))
+    fit = fit_table(table, space, idx.tolist(), y.tolist(), lambdas=(1e-9,), tie=False)
     test = _uniform_idx(space, 50, 3)
     np.testing.assert_allclose(predict_ms(fit.matrix, fit.fixed_ms, test), predict_ms(truth, fixed, test), rtol=1e-6)
     d = fit.matrix - truth  # equal up to a constant per layer
@@ -65,7 +65,7 @@ def test_with_a_planted_context_effect_the_fitted_table_beats_the_blockwise_one_
                     for _ in range(300)])
     y = _pairwise_truth(space, idx, truth, fixed)
     fit_i, test_i = split_heldout(len(idx), 0.2, seed=0)
-    fit = fit_table(table, space, idx[fit_i].tolist(), y[fit_i].tolist())
+    fit = fit_table(table, space, idx[fit_i].tolist(), y[fit_i].tolist(), tie=False)
     held = compare(table, space, fit, idx[test_i].tolist(), y[test_i].tolist())
     assert held["fitted"]["median_abs_pct_error"] < held["scale_offset"]["median_abs_pct_error"]
     assert held["fitted"]["median_abs_pct_error"] < 0.5 * held["blockwise"]["median_abs_pct_error"]
@@ -153,3 +153,27 @@ def test_a_network_measurement_killed_mid_way_resumes_with_what_is_missing(tmp_p
     assert len(b2.measured) < 2 * len(archs)  # ... and nothing of it was measured twice
     full = validate_lut(table, space, archs, sources, _CountingBackend(), progress=False)
     assert rep.measured_ms == full.measured_ms
+
+
+def test_layers_of_one_shape_share_their_entries_and_a_shape_tied_truth_is_recovered():
+    """tie=True (the default): one unknown per (distinct layer shape, candidate). A truth that is the
+    same for every layer of a shape is recovered exactly; the fitted table repeats it per layer."""
+    from fbnet_fast.measure.fit import shape_groups
+    from fbnet_fast.space import Stage
+
+    space = make_tiny_space(stages=[Stage(8, 3, 1), Stage(16, 3, 2)])
+    groups = shape_groups(space)
+    assert len(set(groups.tolist())) < space.num_layers  # the tiny space has repeated shapes
+    g = np.random.default_rng(5)
+    z = g.uniform(0.2, 3.0, size=(int(groups.max()) + 1, len(space.candidates)))
+    truth, fixed = z[groups], 0.4
+    table = LatencyTable.from_matrix(space, torch.tensor(truth * 1.3), fixed_ms=0.1)
+    idx = _uniform_idx(space, 80, 6)
+    fit = fit_table(table, space, idx.tolist(), predict_ms(truth, fixed, idx).tolist(), lambdas=(1e-9,))
+    assert fit.extra == {"tie": "shape", "unknowns": (int(groups.max()) + 1) * len(space.candidates) + 1}
+    for a in range(space.num_layers):
+        for b in range(space.num_layers):
+            if groups[a] == groups[b]:
+                np.testing.assert_array_equal(fit.matrix[a], fit.matrix[b])
+    test = _uniform_idx(space, 40, 7)
+    np.testing.assert_allclose(predict_ms(fit.matrix, fit.fixed_ms, test), predict_ms(truth, fixed, test), rtol=1e-6)

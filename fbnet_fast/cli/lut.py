@@ -129,6 +129,8 @@ def _add_lut(p: argparse.ArgumentParser) -> None:
     f.add_argument("--heldout", type=float, default=0.2, help="share of them never used in the fit "
                    "(default: %(default)s)")
     f.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    f.add_argument("--per-layer", action="store_true", help="one unknown per (layer, candidate) instead of one per "
+                   "(layer shape, candidate) as the block-wise LUT measures (default: shared by shape)")
     f.add_argument("--report", default=None, help="report JSON (default: output path with .report.json)")
     f.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_backend_args(f, defaults_from_lut=True)
@@ -333,7 +335,8 @@ def _fit(args: argparse.Namespace) -> int:
     fit_i, test_i = split_heldout(len(archs), args.heldout, seed=args.seed)
     pick = lambda xs, ii: [xs[i] for i in ii]  # noqa: E731
     t0 = time.perf_counter()
-    fit = fit_table(table, space, pick(archs, fit_i), pick(report.measured_ms, fit_i), seed=args.seed)
+    fit = fit_table(table, space, pick(archs, fit_i), pick(report.measured_ms, fit_i), seed=args.seed,
+                    tie=not args.per_layer)
     t_solve = time.perf_counter() - t0
     held = compare(table, space, fit, pick(archs, test_i), pick(report.measured_ms, test_i))
     record = {"heldout": {"networks": len(test_i), "sources": sorted(set(pick(sources, test_i))), **held},

@@ -19,6 +19,14 @@ cross-validation over a grid (the fit records the grid and the choice). An entry
 stays at its prior; the per-layer constant that an additive model cannot identify (every network
 has one block per layer) is pinned by the prior too.
 
+By default layers of the same shape (``c_in``, ``c_out``, stride, input size: what the block-wise
+LUT measures once) share their unknowns (``tie=True``): fbnet-cifar has 10-12 distinct shapes for its
+22 layers, so ~100 unknowns instead of ~200 for the same networks. Refitted on the four reports of
+BENCHMARKS.md ("Tables fitted to whole networks"), with lambda chosen by the same cross-validation:
+ONNX Runtime width 1.0 held-out tau 0.793 -> 0.856 and within +-10 % 71 -> 88 %; ONNX Runtime width
+0.25 tau 0.824 -> 0.851; eager torch within the noise of the measurement either way. ``tie=False``
+fits one unknown per (layer, candidate), for a runtime whose cost depends on where a block sits.
+
 Held-out reporting (:func:`compare`) puts three predictors side by side on networks never used in
 the fit: the block-wise sum, the scale + offset correction (fitted on the fit networks) and the
 fitted table, with the median and max absolute % error, the share within +-10 % and Kendall's tau.
@@ -38,7 +46,8 @@ from ..lut import LatencyEntry, LatencyTable
 from ..space import Architecture, SearchSpace
 from .additivity import fit_correction, kendall_tau
 
-__all__ = ["LAMBDA_GRID", "FitResult", "fit_table", "compare", "predict_ms", "fitted_lut", "fit_networks"]
+__all__ = ["LAMBDA_GRID", "FitResult", "fit_table", "compare", "predict_ms", "fitted_lut", "fit_networks",
+           "shape_groups"]
 
 LAMBDA_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -74,34 +83,53 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _solve(idx: np.ndarray, y: np.ndarray, prior: np.ndarray, c0: float, lam: float) -> tuple[np.ndarray, float]:
+def shape_groups(space: SearchSpace) -> np.ndarray:
+    """``[L]``: the index of each layer's shape among the space's distinct layer shapes (first seen first)."""
+    from ..lut import layer_shapes
+
+    seen: dict[tuple, int] = {}
+    return np.asarray([seen.setdefault(tuple(sorted(s.items())), len(seen)) for s in layer_shapes(space)],
+                      dtype=np.int64)
+
+
+def _solve(idx: np.ndarray, y: np.ndarray, prior: np.ndarray, c0: float, lam: float,
+           groups: np.ndarray) -> tuple[np.ndarray, float]:
+    """The regularised bounded least squares; ``groups[l]`` is the unknown row layer ``l`` uses (layers
+    of one group share their entries; the prior of a shared entry is the mean of its layers' priors,
+    weighted as that many entries)."""
     from scipy.optimize import lsq_linear
 
     n, L = idx.shape
     K = prior.shape[1]
-    m = L * K
+    G = int(groups.max()) + 1
+    m = G * K
+    cnt = np.bincount(groups, minlength=G).astype(np.float64)
+    gprior = np.zeros((G, K))
+    np.add.at(gprior, groups, prior)
+    gprior /= cnt[:, None]
     ybar = float(y.mean())
     a = np.zeros((n + m + 1, m + 1))
     b = np.zeros(n + m + 1)
     rows = np.arange(n)
     for l in range(L):
-        a[rows, l * K + idx[:, l]] = 1.0
+        np.add.at(a, (rows, groups[l] * K + idx[:, l]), 1.0)
     a[:n, m] = 1.0
     a[:n] /= y[:, None]
     b[:n] = 1.0
     r = math.sqrt(lam) / ybar
-    a[n:n + m, :m] = np.eye(m) * r
-    b[n:n + m] = prior.reshape(-1) * r
+    w = np.repeat(np.sqrt(cnt), K) * r
+    a[n:n + m, :m] = np.diag(w)
+    b[n:n + m] = gprior.reshape(-1) * w
     a[n + m, m] = r
     b[n + m] = c0 * r
     sol = lsq_linear(a, b, bounds=(0.0, np.inf), method="bvls", tol=1e-12)
     x = sol.x
-    return x[:m].reshape(L, K), float(x[m])
+    return x[:m].reshape(G, K)[groups], float(x[m])
 
 
 def fit_table(table: LatencyTable, space: SearchSpace, archs: Sequence[Architecture | Sequence[int]],
               measured_ms: Sequence[float], *, lambdas: Sequence[float] = LAMBDA_GRID, folds: int = 5,
-              seed: int = 0) -> FitResult:
+              seed: int = 0, tie: bool = True) -> FitResult:
     """Fit an additive table to ``measured_ms`` of ``archs`` (see the module docstring)."""
     table.check_space(space)
     idx = _indices(space, archs)
@@ -122,6 +150,7 @@ def fit_table(table: LatencyTable, space: SearchSpace, archs: Sequence[Architect
                           f"touch)")
     if not lambdas or any(not (isinstance(v, (int, float)) and v > 0) for v in lambdas):
         raise ConfigError(f"the regularisation grid must hold numbers > 0, got {list(lambdas)}")
+    groups = shape_groups(space) if tie else np.arange(L)
     b = table.matrix(list(space.candidates)).numpy()
     raw = predict_ms(b, table.fixed_ms, idx)
     off, sc = fit_correction(raw.tolist(), y.tolist())
@@ -140,13 +169,16 @@ def fit_table(table: LatencyTable, space: SearchSpace, archs: Sequence[Architect
             yt = y[train]
             # the prior's scale comes from the fold's own training networks
             o_k, s_k = fit_correction(raw[train].tolist(), yt.tolist())
-            m_k, c_k = _solve(idx[train], yt, s_k * b, max(0.0, s_k * table.fixed_ms + o_k), lam)
+            m_k, c_k = _solve(idx[train], yt, s_k * b, max(0.0, s_k * table.fixed_ms + o_k), lam, groups)
             pred = predict_ms(m_k, c_k, idx[test])
             errs += (np.abs(pred - y[test]) / y[test] * 100).tolist()
         cv[float(lam)] = float(np.median(errs))
     best = min(cv, key=lambda v: (cv[v], -v))  # ties: the stronger prior
-    matrix, fixed = _solve(idx, y, prior, c0, best)
-    return FitResult(matrix, fixed, best, cv, sc, off, len(y), int((~used).sum()))
+    matrix, fixed = _solve(idx, y, prior, c0, best, groups)
+    seen = np.zeros((int(groups.max()) + 1, K), dtype=bool)
+    np.logical_or.at(seen, groups, used)  # a shared entry is seen when any of its layers used it
+    return FitResult(matrix, fixed, best, cv, sc, off, len(y), int((~seen[groups]).sum()),
+                     extra={"tie": "shape" if tie else "layer", "unknowns": (int(groups.max()) + 1) * K + 1})
 
 
 def _stats(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float]:
@@ -182,7 +214,7 @@ def fitted_lut(table: LatencyTable, space: SearchSpace, fit: FitResult, record: 
            "networks": fit.n_networks, "lambda": fit.lam,
            "cv_median_abs_pct_error": {f"{k:g}": v for k, v in fit.cv_error.items()},
            "prior_scale": fit.prior_scale, "prior_offset_ms": fit.prior_offset_ms,
-           "unseen_entries": fit.unseen_entries,
+           "unseen_entries": fit.unseen_entries, **fit.extra,
            "blockwise": {"fixed_ms": table.fixed_ms,
                          "ms": [[round(float(v), 6) for v in row] for row in table.matrix(cands).tolist()]},
            **record}
