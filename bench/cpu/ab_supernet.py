@@ -6,6 +6,15 @@ candidates of all 22 layers active), forward + cross-entropy + backward. Rounds 
 (eager, fused, eager, fused, ...) after one untimed warm-up step each, so a shared machine's
 load falls on both alike; eager NCHW is left out (slower than channels_last on this CPU in
 every run so far). Prints the medians and writes ``bench/results/ab_supernet.json``.
+
+It also states how much of the machine a step uses: the step's floating-point work is the eager
+forward counted with ``torch.utils.flop_counter.FlopCounterMode``, times 3 (each conv and linear's
+backward computes a grad input and a grad weight, each as much work as its forward; the fused path's
+recomputation is not credited). The backward is not counted directly because torch 2.13's counter
+overcounts grouped (depthwise) convolution backward: it reported 1,028 GFLOP for a step whose
+forward is 32.9 GFLOP, while the step ran in 4.2 s on a core whose GEMM rate is 83 GFLOP/s. The machine's fp32
+matrix-multiply rate is timed in the same rounds (``torch.mm`` of two 1024x1024 matrices at the same
+thread count), so each provider's GFLOP/s is also given as a fraction of that rate.
 """
 
 from __future__ import annotations
@@ -34,20 +43,42 @@ def main(threads: int, rounds: int) -> None:
         w = net.sample_weights(5.0, generator=torch.Generator().manual_seed(0))
         torch.nn.functional.cross_entropy(net(x, w), y).backward()
 
+    from torch.utils.flop_counter import FlopCounterMode
+
     for p in PROVIDERS:
         step(p)
+    net, x, _ = nets["eager_cl"]
+    with FlopCounterMode(display=False) as fc:
+        net(x, net.sample_weights(5.0, generator=torch.Generator().manual_seed(0)))
+    flops = 3 * fc.get_total_flops()
+    a, bm = torch.randn(1024, 1024), torch.randn(1024, 1024)
+
+    def gemm() -> float:
+        t = time.perf_counter()
+        for _ in range(10):
+            torch.mm(a, bm)
+        return 10 * 2 * 1024 ** 3 / (time.perf_counter() - t)
+
+    gemm()
     ts = {p: [] for p in PROVIDERS}
+    rates = []
     for _ in range(rounds):
+        rates.append(gemm())
         for p in PROVIDERS:
             t = time.perf_counter()
             step(p)
             ts[p].append(time.perf_counter() - t)
     med = {p: sorted(v)[len(v) // 2] for p, v in ts.items()}
+    peak = sorted(rates)[len(rates) // 2]
     print(f"supernet step (fbnet-cifar, width 1.0, batch {b.SUPERNET_BATCH}, threads={threads}, median of {rounds}): "
           f"eager_cl {med['eager_cl']:.2f} s, fused {med['fused']:.2f} s, "
           f"speed-up {med['eager_cl'] / med['fused']:.2f}x")
+    print(f"work {flops / 1e9:.2f} GFLOP a step (3 x the forward's, FlopCounterMode); fp32 GEMM rate {peak / 1e9:.1f} GFLOP/s; "
+          + ", ".join(f"{p} {flops / med[p] / 1e9:.1f} GFLOP/s = {100 * flops / med[p] / peak:.1f} %" for p in PROVIDERS))
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(dict(threads=threads, rounds_s=ts, median_s=med, timestamp=time.time()), indent=1))
+    OUT.write_text(json.dumps(dict(threads=threads, rounds_s=ts, median_s=med, step_gflop=flops / 1e9,
+                                   gemm_gflops_rounds=[r / 1e9 for r in rates], gemm_gflops=peak / 1e9,
+                                   timestamp=time.time()), indent=1))
 
 
 if __name__ == "__main__":
