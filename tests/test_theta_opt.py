@@ -106,11 +106,11 @@ def test_the_search_records_the_ceiling_and_ends_on_it(tmp_path, tiny_space, tin
 
 
 def test_layers_are_decided_on_schedule_most_certain_first_and_then_train_alone(tmp_path, tiny_space, tiny_lut):
-    """--decide-by: after each soft epoch ceil(L * s / by) layers are fixed (lowest entropy of P_theta
-    first, to their most likely block; the last ones with the repair that lands the net in the budget);
-    a decided layer's weights are exactly one-hot in every later
-    step and its P_theta one-hot; once all are decided the epochs have no theta steps; the returned
-    architecture is the decisions; an interrupted run resumes with them bit-identically."""
+    """--decide-by: after every theta step ceil(L * s / by) layers are fixed (s: share of the theta steps
+    done; the undecided layers with the lowest entropy of P_theta first, each to its most likely block;
+    the last ones with the repair that lands the net in the budget); a decided layer's weights are exactly
+    one-hot in every later step and its P_theta one-hot; once all are decided the epochs have no theta
+    steps; the returned architecture is the decisions; an interrupted run resumes with them bit-identically."""
     import json
 
     from fbnet_fast.data import build_datasets
@@ -121,33 +121,35 @@ def test_layers_are_decided_on_schedule_most_certain_first_and_then_train_alone(
     cfg = SearchConfig(epochs=5, warmup_epochs=1, batch_size=20, progress=False, plots=False, kernel="reference",
                        decide_by=0.75, target_fraction=0.8)
     s = Searcher(cfg, tmp_path / "a", space=tiny_space, lut=tiny_lut, data=data, log=lambda m: None)
-    seen_weights = []
-    orig = s._fix
+    seen_weights, calls = [], []
+    fix, decide = s._fix, s._decide
 
-    def spy(w):
-        out = orig(w)
+    def spy_fix(w):
+        out = fix(w)
         seen_weights.append((list(s.decided), out.detach().clone()))
         return out
 
-    s._fix = spy
-    s._run_epoch()  # warm-up: nothing decided
-    assert s.decided == [-1] * L
-    for e, share in ((1, 0.25), (2, 0.5), (3, 0.75)):
+    def spy_decide(progress):
         before = list(s.decided)
-        probs = s.model.probabilities().double()
+        ent = Commitment.entropies(s.model.probabilities().double())
+        decide(progress)
+        calls.append((progress, before, list(s.decided), ent))
+
+    s._fix, s._decide = spy_fix, spy_decide
+    s._run_epoch()  # warm-up: nothing decided, no theta steps
+    assert s.decided == [-1] * L and not calls
+    for _ in range(3):
         s._run_epoch()
-        n = sum(k >= 0 for k in s.decided)
-        assert n == min(L, math.ceil(L * share / 0.75 - 1e-9)), (e, s.decided)
-        new = [l for l in range(L) if before[l] < 0 <= s.decided[l]]
-        und = [l for l in range(L) if s.decided[l] < 0]
-        if und:  # the new ones were the most certain of those left
-            ent = Commitment.entropies(s.model.probabilities().double())
+    assert all(k >= 0 for k in s.decided) and s._phases() == ["w"]
+    for i, (progress, before, after, ent) in enumerate(calls):
+        assert sum(k >= 0 for k in after) == min(L, math.ceil(L * progress / 0.75 - 1e-9)), (progress, after)
+        new = [l for l in range(L) if before[l] < 0 <= after[l]]
+        und = [l for l in range(L) if after[l] < 0]
+        if new and und:  # the new ones were the most certain of those left
             assert max(float(ent[l]) for l in new) <= min(float(ent[l]) for l in und) + 1e-12
-        if e < 3:  # decisions stay (the last step may change any layer to land in the budget)
-            assert all(before[l] < 0 or s.decided[l] == before[l] for l in range(L))
-        del probs
-    assert all(k >= 0 for k in s.decided)
-    assert s._phases() == ["w"]
+        if any(k < 0 for k in after):  # decisions stay (the last step may change any layer for the budget)
+            assert all(before[l] < 0 or after[l] == before[l] for l in range(L))
+    assert len({p for p, *_ in calls}) > 3  # decided step by step, not per epoch
     for decided, w in seen_weights:
         for l, k in enumerate(decided):
             if k >= 0:
