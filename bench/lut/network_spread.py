@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fbnet_fast.lut import LatencyTable
-from fbnet_fast.measure import get_backend_class
+from fbnet_fast.measure import backend_from_device
 from fbnet_fast.measure.additivity import kendall_tau, validate_lut
 from fbnet_fast.space import Architecture
 
@@ -48,12 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     archs = [Architecture(list(nets[i]["blocks"])) for i in idx]
     before = np.array([nets[i]["measured_ms"] for i in idx])
     dev = dict(rep["fit"]["measured_on"])
-    cls = get_backend_class(dev["backend"])
-    kw = {"threads": 1, "repeats": 30, "warmup": 3, "min_sample_ms": 1.0, "passes": 2, **cls.device_kwargs(dev)}
-    backend = cls(**kw)
+    backend = backend_from_device(dev, source=args.report)  # the settings the fit measured with
     t0 = time.perf_counter()
     if args.group_size:
-        partial = Path(args.out or "spread") .with_suffix(".partial")
+        partial = Path(args.out or "spread").with_suffix(".partial")
         report = validate_lut(table, space, archs, ["again"] * len(archs), backend, progress=False,
                               partial=str(partial), group_size=args.group_size)
     else:
