@@ -183,11 +183,11 @@ class Commitment:
     ``P_theta`` is nearly one-hot, and the weights must have trained on that net before the end.
 
     So each layer's entropy, in units of ``log K`` (1: uniform, 0: one-hot), is held under a ceiling
-    that falls linearly from 1 at the first theta step to ``end`` at the last, by the same method of
+    that falls linearly from 1 at the first theta step to ``end`` at share ``by`` of them (default: the last), by the same method of
     multipliers as the budget (``mu >= 0``; ``g`` is the mean excess, so only the layers above the
     ceiling are pushed)::
 
-        h(s)     = 1 - (1 - end) * s              s: share of the search's theta steps done
+        h(s)     = 1 - (1 - end) * min(1, s / by) s: share of the search's theta steps done
         g        = mean_l max(0, H(P_l) / log K - h(s))
         L_theta += mu * g + rho/2 * g^2
         mu      <- mu + eta * g
