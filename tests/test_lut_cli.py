@@ -219,3 +219,34 @@ def test_fit_measures_networks_and_writes_a_fitted_table_with_its_heldout_report
     assert main(["lut", "fit", str(measured), "--space", str(space_file), "--width-mult", "1", "--heldout", "1.5",
                  "--no-progress", *FAST]) == 2
     assert "--heldout" in capsys.readouterr().err
+
+
+def test_validate_of_a_fitted_table_measures_networks_the_fit_never_saw_and_puts_three_predictors_side_by_side(
+        tmp_path, measured, space_file, small_space, capsys):
+    out = tmp_path / "fitted.json"
+    assert main(["lut", "fit", str(measured), "--space", str(space_file), "--width-mult", "1", "-n", "12",
+                 "--heldout", "0.25", "-o", str(out), "--no-progress", *FAST]) == 0
+    before = out.read_bytes()
+    keys = LatencyTable.load(out, small_space).fit["fit_networks"]
+    fit_nets = set(keys)  # 27 networks in this space: the biased draws repeat some
+    assert len(keys) == 9 and len(fit_nets) >= 4
+    rep = tmp_path / "v.json"
+    capsys.readouterr()
+    assert main(["lut", "validate", str(out), "--space", str(space_file), "--width-mult", "1", "-n", "3",
+                 "--num-searched", "3", "--report", str(rep),
+                 "--plot", str(tmp_path / "v.png"), "--no-progress", *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "three predictors side by side" in text and "nothing written" in text
+    for name in ("blockwise", "scale_offset", "fitted", "searched-like"):
+        assert name in text
+    r = json.loads(rep.read_text())
+    assert set(r["predictors"]) == {"blockwise", "scale_offset", "fitted"}
+    assert r["predictors"]["fitted"]["all"]["n"] == 6 and r["excluded_fit_networks"] == 9
+    seen = {".".join(str(small_space.candidates.index(b)) for b in a["blocks"]) for a in r["archs"]}
+    assert len(seen) == 6 and not seen & fit_nets
+    # the fitted prediction of each network is the fitted table's sum
+    t = LatencyTable.load(out, small_space)
+    a0 = r["archs"][0]
+    assert a0["lut_sum_ms"] == pytest.approx(t.architecture_latency([small_space.candidates.index(b)
+                                                                      for b in a0["blocks"]]))
+    assert out.read_bytes() == before  # a fitted table carries no correction: validate writes nothing

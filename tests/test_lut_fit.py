@@ -177,3 +177,40 @@ def test_layers_of_one_shape_share_their_entries_and_a_shape_tied_truth_is_recov
                 np.testing.assert_array_equal(fit.matrix[a], fit.matrix[b])
     test = _uniform_idx(space, 40, 7)
     np.testing.assert_allclose(predict_ms(fit.matrix, fit.fixed_ms, test), predict_ms(truth, fixed, test), rtol=1e-6)
+
+
+def test_a_fitted_tables_predictors_are_the_ones_its_fit_reported_and_held_out_draws_avoid_its_networks():
+    """``predictors`` rebuilds, from the fitted file alone, the three predictors ``lut fit`` compared:
+    on the fit's own held-out networks ``heldout_report`` gives exactly the fit's figures; the
+    networks ``lut validate`` draws are distinct and never among the fit's."""
+    from fbnet_fast.measure.fit import arch_key, heldout_networks, heldout_report, predictors
+
+    space = make_tiny_space()
+    truth, fixed = _truth(space, 4)
+    table = LatencyTable.from_matrix(space, torch.tensor(truth * 0.8), fixed_ms=fixed)
+    idx = _uniform_idx(space, 150, 6)
+    y = _pairwise_truth(space, idx, truth, fixed)
+    fit_i, test_i = split_heldout(len(idx), 0.2, seed=0)
+    fit = fit_table(table, space, idx[fit_i].tolist(), y[fit_i].tolist(), tie=False)
+    held = compare(table, space, fit, idx[test_i].tolist(), y[test_i].tolist())
+    keys = [arch_key(i) for i in idx[fit_i]]
+    t = LatencyTable.from_dict(json.loads(json.dumps(fitted_lut(table, space, fit, {"fit_networks": keys}).to_dict())))
+    assert set(predictors(t, space)) == {"blockwise", "scale_offset", "fitted"}
+    rep = heldout_report(t, space, idx[test_i].tolist(), y[test_i].tolist(), ["uniform"] * len(test_i))
+    for name in held:  # the file keeps the block-wise entries to 1e-6 ms (>= 0.2 ms here): ~5e-6 relative
+        for k, v in held[name].items():
+            assert rep[name]["all"][k] == pytest.approx(v, rel=1e-4, abs=1e-9), (name, k)
+    archs, sources = heldout_networks(space, t, 30, 20, seed=1, exclude=keys)
+    got = [arch_key(a.indices(space)) for a in archs]
+    assert len(set(got)) == 50 and not set(got) & set(keys)
+    assert sources.count("uniform") == 30 and sources.count("searched-like") == 20
+    # searched-like draws are concentrated and lean to the table's fast blocks, uniform ones do not
+    lat = lambda sel: np.mean([t.architecture_latency(a.indices(space)) for a, s in zip(archs, sources) if s == sel])  # noqa: E731
+    assert lat("searched-like") < lat("uniform")
+    rep = heldout_report(t, space, archs, predict_ms(truth, fixed, np.asarray([a.indices(space) for a in archs])),
+                         sources)
+    assert set(rep["fitted"]) == {"all", "uniform", "searched-like"} and rep["fitted"]["uniform"]["n"] == 30
+    # a block-wise table has only its sum (and its correction once `lut validate` stored one)
+    assert set(predictors(table, space)) == {"blockwise"}
+    with pytest.raises(ConfigError, match="network counts"):
+        heldout_networks(space, t, -1, 0)

@@ -103,6 +103,9 @@ def _add_lut(p: argparse.ArgumentParser) -> None:
                    help="width multiplier (default: the one that matches the LUT's fingerprint)")
     v.add_argument("--num-archs", "-n", type=int, default=20, help="uniformly sampled architectures "
                    "(default: %(default)s)")
+    v.add_argument("--num-searched", type=int, default=None,
+                   help="also measure this many searched-like networks (each from a concentrated, latency-biased "
+                        "P_theta; default: --num-archs for a fitted table, 0 for a block-wise one)")
     v.add_argument("--theta", default=None, help="a search's theta.json: also sample --num-theta from softmax(theta)")
     v.add_argument("--num-theta", type=int, default=None, help="architectures from theta (default: --num-archs)")
     v.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
@@ -255,6 +258,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from ..measure.additivity import apply_correction, load_theta, plot_scatter, sample_architectures, validate_lut
+    from ..measure.fit import heldout_networks, heldout_report
     from ..errors import ConfigError, LUTError
     from ..lut import LatencyTable
     from ..runs import atomic_write_text
@@ -268,8 +272,16 @@ def _validate(args: argparse.Namespace) -> int:
     if table.device.get("backend") and table.device["backend"] != backend.name:
         raise LUTError(f"{args.lut}: the LUT was measured with back end {table.device['backend']!r}; the study "
                        f"must use the same one (got --backend {backend.name})")
-    archs = sample_architectures(space, args.num_archs, seed=args.seed)
-    sources = ["uniform"] * len(archs)
+    n_searched = (args.num_archs if table.fit else 0) if args.num_searched is None else args.num_searched
+    exclude = list(table.fit.get("fit_networks") or []) if table.fit else []
+    if table.fit and not exclude:
+        print("note: this fitted table does not list its fit networks (made before they were recorded); the "
+              "held-out draws cannot exclude them (a uniform draw repeats one with probability ~0)")
+    if table.fit or n_searched:
+        archs, sources = heldout_networks(space, table, args.num_archs, n_searched, seed=args.seed, exclude=exclude)
+    else:
+        archs = sample_architectures(space, args.num_archs, seed=args.seed)
+        sources = ["uniform"] * len(archs)
     if args.theta:
         n_theta = args.num_archs if args.num_theta is None else args.num_theta
         theta_archs = sample_architectures(space, n_theta, theta=load_theta(args.theta, space), seed=args.seed + 1)
@@ -277,11 +289,13 @@ def _validate(args: argparse.Namespace) -> int:
         sources += ["theta"] * len(theta_archs)
     report = validate_lut(table, space, archs, sources, backend, progress=args.progress)
     s = report.summary()
+    side = heldout_report(table, space, report.archs, report.measured_ms, report.sources)
     base = Path(args.lut)
     plot = args.plot or str(base.with_suffix("")) + ".additivity.png"
     rep = args.report or str(base.with_suffix("")) + ".additivity.json"
     plot_scatter(report, plot)
-    atomic_write_text(rep, json.dumps(report.to_dict(), indent=1) + "\n")
+    atomic_write_text(rep, json.dumps({**report.to_dict(), "predictors": side,
+                                       "excluded_fit_networks": len(exclude)}, indent=1) + "\n")
     print(f"{s['n']} architectures ({', '.join(f'{k} {v}' for k, v in s['sources'].items())}) on "
           f"{_fmt_device(report.device)}")
     print(f"measured {s['measured_ms_range'][0]:.3f}-{s['measured_ms_range'][1]:.3f} ms; LUT sum error: median "
@@ -294,12 +308,28 @@ def _validate(args: argparse.Namespace) -> int:
           f"{s['corrected_median_abs_pct_error']:.1f}%, max {s['corrected_max_abs_pct_error']:.1f}%"
           + (f" (held-out halves: median {held:.1f}%, max {s['holdout_max_abs_pct_error']:.1f}%)" if held is not None
              else ""))
+    if table.fit:
+        print(f"held-out networks (none of the fit's {len(exclude)}), the three predictors side by side:")
+        _print_predictors(side)
     print(f"wrote {plot} and {rep}")
-    if args.write:
+    if args.write and table.fit:
+        print("a fitted table carries no correction (the fit replaces it): nothing written")
+    elif args.write:
         apply_correction(table, report)
         table.save(args.lut)
         print(f"stored the correction in {args.lut}; the search applies it (LatencyTable.predict)")
     return 0
+
+
+def _print_predictors(side: dict[str, dict[str, dict[str, float]]]) -> None:
+    """One row per (predictor, network set): median and max |% error|, within +-10 %, Kendall tau."""
+    print(f"{'predictor':14s} {'networks':>16s} {'median |err|':>12s} {'max |err|':>10s} {'within 10%':>10s} "
+          f"{'Kendall tau':>11s}")
+    for name, by in side.items():
+        for group, st in by.items():
+            n = f" ({st['n']})" if "n" in st else ""
+            print(f"{name:14s} {group + n:>16s} {st['median_abs_pct_error']:11.1f}% {st['max_abs_pct_error']:9.1f}% "
+                  f"{st['share_within_10pct'] * 100:9.0f}% {st['kendall_tau']:11.3f}")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -308,7 +338,7 @@ def _fit(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, LUTError
     from ..lut import LatencyTable
     from ..measure.additivity import validate_lut
-    from ..measure.fit import compare, fit_networks, fit_table, fitted_lut, split_heldout
+    from ..measure.fit import arch_key, compare, fit_networks, fit_table, fitted_lut, split_heldout
     from ..runs import atomic_write_text
 
     table = LatencyTable.load(args.lut)
@@ -340,6 +370,8 @@ def _fit(args: argparse.Namespace) -> int:
     t_solve = time.perf_counter() - t0
     held = compare(table, space, fit, pick(archs, test_i), pick(report.measured_ms, test_i))
     record = {"heldout": {"networks": len(test_i), "sources": sorted(set(pick(sources, test_i))), **held},
+              # so that `lut validate` measures networks the fit never saw
+              "fit_networks": [arch_key(a.indices(space)) for a in pick(archs, fit_i)],
               "measure_s": round(t_measure, 1), "solve_s": round(t_solve, 2), "measured_on": report.device}
     fitted = fitted_lut(table, space, fit, record)
     fitted.save(out)
@@ -348,10 +380,7 @@ def _fit(args: argparse.Namespace) -> int:
                                        "heldout_index": test_i}, indent=1) + "\n")
     print(f"{len(archs)} networks on {_fmt_device(report.device)}: {len(fit_i)} fitted, {len(test_i)} held out; "
           f"measured in {t_measure:.0f} s, solved in {t_solve:.1f} s (lambda {fit.lam:g} by 5-fold cross-validation)")
-    print(f"{'held-out':14s} {'median |err|':>12s} {'max |err|':>10s} {'within 10%':>10s} {'Kendall tau':>11s}")
-    for name, st in held.items():
-        print(f"{name:14s} {st['median_abs_pct_error']:11.1f}% {st['max_abs_pct_error']:9.1f}% "
-              f"{st['share_within_10pct'] * 100:9.0f}% {st['kendall_tau']:11.3f}")
+    _print_predictors({name: {"all": st} for name, st in held.items()})
     print(f"wrote {out} (the search takes it with --lut) and {rep}")
     return 0
 

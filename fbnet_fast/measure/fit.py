@@ -47,7 +47,7 @@ from ..space import Architecture, SearchSpace
 from .additivity import fit_correction, kendall_tau
 
 __all__ = ["LAMBDA_GRID", "FitResult", "fit_table", "compare", "predict_ms", "fitted_lut", "fit_networks",
-           "shape_groups"]
+           "shape_groups", "arch_key", "predictors", "heldout_report", "searched_like", "heldout_networks"]
 
 LAMBDA_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -200,6 +200,106 @@ def compare(table: LatencyTable, space: SearchSpace, fit: FitResult, test_archs:
     return {"blockwise": _stats(raw, test_measured),
             "scale_offset": _stats(fit.prior_scale * raw + fit.prior_offset_ms, test_measured),
             "fitted": _stats(predict_ms(fit.matrix, fit.fixed_ms, ti), test_measured)}
+
+
+def arch_key(idx: Sequence[int]) -> str:
+    """A network as the compact string of its candidate indices (``"3.0.12..."``), as a fitted
+    table records its fit networks."""
+    return ".".join(str(int(i)) for i in idx)
+
+
+def predictors(table: LatencyTable, space: SearchSpace) -> dict[str, tuple[np.ndarray, float]]:
+    """The additive predictors a table carries, each as ``(matrix [L, K], fixed_ms)``: for a fitted
+    table the block-wise sum it started from, that sum's scale + offset correction (fitted on the
+    fit's own networks) and the fitted entries; for a block-wise table its sum and, when it holds one
+    (``lut validate`` wrote it), its correction."""
+    cands = list(space.candidates)
+    if table.fit:
+        bw = table.fit.get("blockwise")
+        if not isinstance(bw, dict) or "ms" not in bw:
+            raise ConfigError("the fitted table does not record the block-wise entries it came from (field "
+                              "fit.blockwise); refit it with this version's `lut fit`")
+        b = np.asarray(bw["ms"], dtype=np.float64)
+        if b.shape != (space.num_layers, len(cands)):
+            raise ConfigError(f"fit.blockwise is {list(b.shape)}, the space needs [{space.num_layers}, {len(cands)}]")
+        bf = float(bw.get("fixed_ms", 0.0))
+        sc, off = float(table.fit["prior_scale"]), float(table.fit["prior_offset_ms"])
+        return {"blockwise": (b, bf), "scale_offset": (sc * b, sc * bf + off),
+                "fitted": (table.matrix(cands).numpy().astype(np.float64), table.fixed_ms)}
+    b = table.matrix(cands).numpy().astype(np.float64)
+    out = {"blockwise": (b, table.fixed_ms)}
+    if table.correction:
+        sc, off = float(table.correction["scale"]), float(table.correction["offset_ms"])
+        out["scale_offset"] = (sc * b, sc * table.fixed_ms + off)
+    return out
+
+
+def heldout_report(table: LatencyTable, space: SearchSpace, archs: Sequence[Any], measured_ms: Sequence[float],
+                   sources: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{predictor: {"all" | source: figures}}`` of every predictor :func:`predictors` finds, on
+    networks measured end to end (median and max |% error|, share within +-10 %, Kendall tau)."""
+    idx = _indices(space, archs)
+    meas = np.asarray(measured_ms, dtype=np.float64)
+    groups = {"all": np.arange(len(meas))}
+    for src in sorted(set(sources)):
+        sel = np.asarray([i for i, s in enumerate(sources) if s == src])
+        if len(set(sources)) > 1 and len(sel) >= 2:
+            groups[src] = sel
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, (m, c) in predictors(table, space).items():
+        pred = predict_ms(m, c, idx)
+        out[name] = {g: {**_stats(pred[sel], meas[sel]), "n": int(len(sel))} for g, sel in groups.items()}
+    return out
+
+
+def searched_like(space: SearchSpace, table: LatencyTable, n: int, *, seed: int = 0,
+                  exclude: Sequence[str] = ()) -> list[Architecture]:
+    """``n`` networks shaped like a search's results, none in ``exclude`` (:func:`arch_key` strings):
+    each from its own concentrated P_theta, ``theta = -beta * z + 2 * eps`` with ``z`` the per-layer
+    z-score of the table's latencies, ``beta ~ U(0, 3)`` (how hard that search pressed on latency)
+    and ``eps ~ N(0, 1)`` (the layer preferences its accuracy term learned). A search's argmax
+    keeps most of its layers at one or two blocks and leans toward fast ones by as much as its
+    budget asks; uniform draws cover neither end."""
+    m = table.matrix(list(space.candidates)).double().numpy()
+    z = (m - m.mean(1, keepdims=True)) / np.maximum(m.std(1, ddof=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed + 11)
+    seen, out = set(exclude), []
+    L, K = z.shape
+    for _ in range(100 * max(n, 1)):
+        if len(out) == n:
+            break
+        theta = -rng.uniform(0.0, 3.0) * z + 2.0 * rng.standard_normal((L, K))
+        p = np.exp(theta - theta.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        idx = [int(rng.choice(K, p=p[l])) for l in range(L)]
+        if arch_key(idx) not in seen:
+            seen.add(arch_key(idx))
+            out.append(Architecture.from_indices(space, idx))
+    if len(out) < n:  # pragma: no cover - a space with a handful of networks
+        raise ConfigError(f"could not draw {n} distinct searched-like networks outside the fit set")
+    return out
+
+
+def heldout_networks(space: SearchSpace, table: LatencyTable, n_uniform: int, n_searched: int, *, seed: int = 0,
+                     exclude: Sequence[str] = ()) -> tuple[list[Architecture], list[str]]:
+    """``n_uniform`` uniform draws and ``n_searched`` :func:`searched_like` ones, all distinct and
+    none in ``exclude`` (a fitted table's ``fit_networks``): the networks ``lut validate`` measures."""
+    if n_uniform < 0 or n_searched < 0:
+        raise ConfigError(f"network counts must be >= 0, got {n_uniform} uniform and {n_searched} searched-like")
+    rng = np.random.default_rng(seed + 13)
+    seen, out = set(exclude), []
+    L, K = space.num_layers, len(space.candidates)
+    for _ in range(100 * max(n_uniform, 1)):
+        if len(out) == n_uniform:
+            break
+        idx = rng.integers(K, size=L).tolist()
+        if arch_key(idx) not in seen:
+            seen.add(arch_key(idx))
+            out.append(Architecture.from_indices(space, idx))
+    if len(out) < n_uniform:  # pragma: no cover - a space with a handful of networks
+        raise ConfigError(f"could not draw {n_uniform} distinct uniform networks outside the fit set")
+    out_s = searched_like(space, table, n_searched, seed=seed, exclude=sorted(seen))
+    return out + out_s, ["uniform"] * len(out) + ["searched-like"] * len(out_s)
 
 
 def fitted_lut(table: LatencyTable, space: SearchSpace, fit: FitResult, record: dict[str, Any]) -> LatencyTable:
