@@ -94,6 +94,8 @@ CHECKPOINT_FORMAT = "fbnet-fast/search-checkpoint"
 SEARCH_SYNTHETIC_TRAIN = 4000
 SEARCH_SYNTHETIC_VAL = 1000
 CHECKPOINT_VERSION = 1
+# Host back ends the search can measure its own LUT with (a board or GPU LUT comes in by --lut).
+LUT_BACKENDS = ("torch-cpu", "onnxruntime", "executorch")
 
 
 @dataclass
@@ -104,7 +106,7 @@ class SearchConfig(OptionsDict):
     # what a run folder written before these options existed ran with (runs.OptionsDict.from_dict)
     _legacy = {"target_ms": None, "target_fraction": None, "hard_epochs": 0, "tau_schedule": "paper",
                "tau_end": 0.1, "commit": None, "commit_by": 1.0, "commit_lr": 0.5, "commit_rho": 5.0,
-               "decide_by": None}
+               "decide_by": None, "lut_backend": "torch-cpu"}
 
     # what to search
     space: str = "fbnet-cifar"
@@ -116,6 +118,9 @@ class SearchConfig(OptionsDict):
     lut_weights: str | None = None  # multi-target: per-LUT weights "1,2" (default: equal)
     lut_combine: str = "mean"  # multi-target: "mean" (weighted log-latency sum) or "max" (worst case)
     lut_repeats: int = 20
+    # the back end that measures the LUT when no --lut is given (README, "Which back end the default
+    # search measures")
+    lut_backend: str = "torch-cpu"
     # schedule
     epochs: int = 6
     warmup_epochs: int = 2
@@ -244,6 +249,10 @@ class SearchConfig(OptionsDict):
             raise ConfigError(f"kernel must be one of {KERNEL_CHOICES}, got {self.kernel!r}")
         if self.loss_form not in ("mul", "add"):
             raise ConfigError(f"loss_form must be 'mul' or 'add', got {self.loss_form!r}")
+        if self.lut_backend not in LUT_BACKENDS:
+            raise ConfigError(f"lut_backend must be one of {', '.join(LUT_BACKENDS)} (a host back end), got "
+                              f"{self.lut_backend!r}; for a board or GPU measure with `fbnet-fast lut measure` and "
+                              f"pass --lut")
         if self.lut_combine not in COMBINE_MODES:
             raise ConfigError(f"lut_combine must be one of {COMBINE_MODES}, got {self.lut_combine!r}")
         if self.latency_unit not in ("ms", "us", "auto"):
@@ -456,9 +465,10 @@ class Searcher:
         def measure() -> dict[str, Any]:
             from .measure import measure_lut
 
-            self.log(f"measuring a latency table for {self.space.name} on the host CPU "
+            self.log(f"measuring a latency table for {self.space.name} on the host CPU with {self.cfg.lut_backend} "
                      f"(pass --lut to reuse one)")
-            return measure_lut(self.space, repeats=self.cfg.lut_repeats, progress=self.progress).to_dict()
+            return measure_lut(self.space, backend=self.cfg.lut_backend, repeats=self.cfg.lut_repeats,
+                               progress=self.progress).to_dict()
 
         # Timings differ between processes: rank 0 measures and every rank uses its table.
         return LatencyTable.from_dict(self.dist.share(measure), source="<measured>", space=self.space)

@@ -11,7 +11,7 @@ __all__ = ["COMMANDS"]
 def _add_search(p: argparse.ArgumentParser) -> None:
     from ..budget import BUDGET_MODES
     from ..ops import KERNEL_CHOICES
-    from ..search import SearchConfig
+    from ..search import LUT_BACKENDS, SearchConfig
 
     d = SearchConfig()
     g = p.add_argument_group("what to search")
@@ -33,6 +33,9 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    "sums the weighted per-device log latencies, 'max' takes the worst device (default: %(default)s)")
     g.add_argument("--lut-repeats", type=int, default=d.lut_repeats,
                    help="timing samples per block when measuring the LUT (default: %(default)s)")
+    g.add_argument("--lut-backend", choices=LUT_BACKENDS, default=d.lut_backend,
+                   help="the host back end that measures the LUT when no --lut is given (default: %(default)s; "
+                   "README, 'Which back end the default search measures')")
     g = p.add_argument_group("schedule (the paper's defaults, scaled down)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (default: %(default)s; paper: 90)")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
