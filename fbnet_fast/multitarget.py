@@ -69,7 +69,7 @@ class MultiTargetLatency:
         tables: the per-device LUTs (same fingerprint).
         weights: per-device weights (normalised to sum 1; default equal).
         combine: ``"mean"`` (weighted log-latency sum) or ``"max"`` (worst case).
-        names: a label per device (default: the LUT's ``backend`` and threads).
+        names: a label per device (default: the LUT's ``backend``, dtype unless fp32, and threads).
     """
 
     def __init__(self, tables: Sequence[LatencyTable], *, weights: Sequence[float] | str | None = None,
@@ -190,6 +190,8 @@ class MultiTargetLatency:
 def _default_name(t: LatencyTable, i: int) -> str:
     dev = t.device or {}
     name = str(dev.get("backend", f"lut{i}"))
+    if dev.get("dtype", "fp32") != "fp32":  # executorch fp32 and int8 are two targets
+        name += f"-{dev['dtype']}"
     if dev.get("threads"):
         name += f"-{dev['threads']}t"
     return name

@@ -34,7 +34,7 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = ["DTYPES", "EXECUTORCH_INSTALL", "executorch_available", "require_executorch", "executorch_version",
-           "to_pte", "load_pte", "set_executorch_threads", "onnx_int8", "check_dtype"]
+           "to_pte", "load_pte", "set_executorch_threads", "executorch_threads", "onnx_int8", "check_dtype"]
 
 DTYPES = ("fp32", "int8")
 EXECUTORCH_INSTALL = ('pip install --no-deps "executorch==1.5.1" "torchao>=0.18,<0.19" && '
@@ -122,6 +122,15 @@ def set_executorch_threads(threads: int) -> None:
 
         if portable_lib._threadpool_get_thread_count() != threads:
             portable_lib._unsafe_reset_threadpool(int(threads))
+
+
+def executorch_threads() -> int:
+    """The current size of ExecuTorch's CPU thread pool."""
+    require_executorch("reading ExecuTorch's threads")
+    with _quiet():
+        from executorch.extension.pybindings import portable_lib
+
+        return int(portable_lib._threadpool_get_thread_count())
 
 
 def load_pte(program: bytes) -> Callable[[torch.Tensor], torch.Tensor]:

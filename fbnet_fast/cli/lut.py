@@ -28,8 +28,13 @@ def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool) ->
 
     g = p.add_argument_group("back end")
     g.add_argument("--backend", choices=list(BACKENDS), default=None if defaults_from_lut else "torch-cpu",
-                   help="torch-cpu (PyTorch eager), onnxruntime (host CPU), cuda (GPU, CUDA events), ssh (a "
-                   "remote board)" + (note or " (default: %(default)s)"))
+                   help="torch-cpu (PyTorch eager), onnxruntime (host CPU), executorch (host CPU, XNNPACK delegate: "
+                   "the phone runtime; optional install), cuda (GPU, CUDA events), ssh (a remote board)"
+                   + (note or " (default: %(default)s)"))
+    g.add_argument("--dtype", default=None, metavar="{fp32,int8}",
+                   help="numeric format of the timed blocks: fp32, or int8 (statically quantized, calibrated on "
+                   "generated data; onnxruntime, executorch, and ssh with --remote-runtime onnxruntime or executorch)"
+                   + (note or " (default: fp32)"))
     g.add_argument("--threads", type=int, default=None, help="intra-op threads while measuring" +
                    (note or " (default: 1, the stable choice on a shared host)"))
     g.add_argument("--repeats", type=int, default=None, help="timing samples per block" + (note or " (default: 30)"))
@@ -141,7 +146,7 @@ def _add_lut(p: argparse.ArgumentParser) -> None:
 
 def _fmt_device(dev: dict[str, Any]) -> str:
     parts = [str(dev.get("backend", "?")), str(dev.get("device_name", "")), f"threads {dev.get('threads', '?')}",
-             str(dev.get("runtime", "")), f"batch {dev.get('batch_size', '?')}"]
+             str(dev.get("runtime", "")), str(dev.get("dtype", "")), f"batch {dev.get('batch_size', '?')}"]
     if dev.get("board"):
         parts.append(f"board {dev['board']}")
     return ", ".join(p for p in parts if p)

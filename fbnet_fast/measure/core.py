@@ -33,8 +33,8 @@ from ..lut import LatencyEntry, LatencyTable, layer_shapes
 from ..runs import atomic_write_text
 from ..space import SearchSpace
 
-__all__ = ["Job", "Backend", "block_jobs", "job_key", "load_partial", "write_partial", "measure_lut", "measure_jobs", "cpu_name",
-           "PARTIAL_SCHEMA"]
+__all__ = ["Job", "Backend", "ModelCache", "block_jobs", "job_key", "load_partial", "write_partial", "measure_lut",
+           "measure_jobs", "cpu_name", "PARTIAL_SCHEMA"]
 
 PARTIAL_SCHEMA = "fbnet-fast/lut-partial"
 
@@ -90,21 +90,53 @@ def block_jobs(space: SearchSpace, *, batch_size: int = 1) -> list[list[Job]]:
     return groups
 
 
+class ModelCache:
+    """Serialized models (ONNX, ``.pte``, TorchScript) made once per job and reused by later passes.
+
+    Keyed by the job's key, its module's ``repr`` and its input shape: one back end instance
+    may serve two spaces whose jobs share a key (``"stem"``) but not an architecture."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+
+    def get(self, job: Job, make: Callable[[nn.Module, tuple[int, ...]], bytes]) -> bytes:
+        """``make(module, shape)`` of ``job``, the first time only."""
+        module = job.build()
+        key = (job.key, repr(module), tuple(job.shape))
+        if key not in self._models:
+            self._models[key] = make(module, tuple(job.shape))
+        return self._models[key]
+
+
 class Backend:
     """Where and how blocks are timed. Subclasses set ``name`` and implement
     :meth:`prepare` (local back ends) or override :meth:`measure` (remote ones).
 
     Settings shared by all back ends: ``threads`` (intra-op threads, recorded),
     ``repeats`` samples per block after ``warmup`` calls, ``min_sample_ms`` per sample,
-    ``passes`` over the whole job list (see :func:`measure_jobs`).
+    ``passes`` over the whole job list (see :func:`measure_jobs`), and ``dtype``: the
+    numeric format the blocks run in, one of the class's :attr:`DTYPES` (``"fp32"`` for
+    all; ``"int8"`` where the runtime has a quantized path: ``onnxruntime``, ``executorch``,
+    ``ssh`` with either runtime). Any other dtype is refused with one :class:`ConfigError`.
     """
 
     name = "abstract"
+    DTYPES: tuple[str, ...] = ("fp32",)
 
     def __init__(self, *, threads: int | None = 1, repeats: int = 40, warmup: int = 3,
-                 min_sample_ms: float = 1.0, clock: str = "auto", passes: int = 2, seed: int = 0) -> None:
+                 min_sample_ms: float = 1.0, clock: str = "auto", passes: int = 2, seed: int = 0,
+                 dtype: str = "fp32") -> None:
+        from ..runtimes import check_dtype
         from .remote_runner import resolve_clock
 
+        check_dtype(dtype)
+        if dtype not in self.DTYPES:
+            from . import BACKENDS
+
+            able = [n for n, c in BACKENDS.items() if dtype in c.DTYPES]
+            raise ConfigError(f"back end {self.name!r} has no {dtype} path; {dtype} latency tables are measured "
+                              f"with --backend {' or '.join(able)}")
+        self.dtype = dtype
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
         if repeats < 1:
@@ -125,7 +157,7 @@ class Backend:
 
     # ---- construction: from a LUT's device record, from the command line ------------------
     # Options every back end takes; a subclass adds its own with add_cli_options/cli_kwargs.
-    SHARED_OPTIONS = ("threads", "repeats", "warmup", "min_sample_ms", "passes", "clock")
+    SHARED_OPTIONS = ("threads", "repeats", "warmup", "min_sample_ms", "passes", "clock", "dtype")
 
     @classmethod
     def device_kwargs(cls, device: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,11 +189,16 @@ class Backend:
         """The LUT's ``device`` description (backend, device_name, threads, runtime, ...)."""
         return {"backend": self.name, "device_name": cpu_name(), "threads": self.threads,
                 "clock": self.clock, "host": platform.node(), "repeats": self.repeats, "warmup": self.warmup,
-                "min_sample_ms": self.min_sample_ms, "passes": self.passes}
+                "min_sample_ms": self.min_sample_ms, "passes": self.passes, "dtype": self.dtype}
 
     def settings(self) -> dict[str, Any]:
-        """What must match for a partial LUT to be resumed with this back end."""
-        return {"backend": self.name, "threads": self.threads, "clock": self.clock, "passes": self.passes}
+        """What must match for a partial LUT to be resumed with this back end. ``dtype`` is
+        named when it is not fp32 (the only format before int8 tables), so partial files
+        written before it existed still resume."""
+        s = {"backend": self.name, "threads": self.threads, "clock": self.clock, "passes": self.passes}
+        if self.dtype != "fp32":
+            s["dtype"] = self.dtype
+        return s
 
     def prepare(self, job: Job) -> Callable[[], object]:
         """A zero-argument callable that runs ``job``'s module once (local back ends)."""
@@ -301,7 +338,7 @@ def get_backend_class(name: str) -> type[Backend]:
 
 
 def get_backend(backend: str | Backend, **kw: Any) -> Backend:
-    """A back end by name (``torch-cpu``, ``onnxruntime``, ``cuda``, ``ssh``) or as given."""
+    """A back end by name (``torch-cpu``, ``onnxruntime``, ``executorch``, ``cuda``, ``ssh``) or as given."""
     if isinstance(backend, Backend):
         return backend
     return get_backend_class(backend)(**kw)
@@ -325,9 +362,11 @@ def measure_lut(space: SearchSpace, *, backend: str | Backend = "torch-cpu", thr
     """Measure every (layer, candidate) of ``space`` plus stem and head; returns the LUT.
 
     Args:
-        backend: ``"torch-cpu"`` (PyTorch eager), ``"onnxruntime"``, ``"cuda"``, ``"ssh"``
-            (``backend_options`` then name the board: ``host=``, ``port=``, ...), or a
-            :class:`Backend` instance (its own settings then win over ``threads``, ``repeats``...).
+        backend: ``"torch-cpu"`` (PyTorch eager), ``"onnxruntime"``, ``"executorch"`` (XNNPACK),
+            ``"cuda"``, ``"ssh"`` (``backend_options`` then name the board: ``host=``, ``port=``, ...),
+            or a :class:`Backend` instance (its own settings then win over ``threads``, ``repeats``...).
+            ``dtype="int8"`` in ``backend_options`` measures quantized blocks (``onnxruntime``,
+            ``executorch``, ``ssh``; see :class:`Backend`).
         threads: intra-op threads while measuring (default 1; ``None`` keeps torch's
             current setting). One thread is the default because on a 2-core host shared
             with other work, a 2-thread parallel region waits for whichever thread the OS

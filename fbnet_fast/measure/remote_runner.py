@@ -2,8 +2,10 @@
 """Self-contained block timer: the one file copied to a board by the SSH back end.
 
 It depends on nothing from fbnet-fast (only the standard library plus the board's
-``onnxruntime`` + ``numpy`` or ``torch``), so a board needs no install of this
-project. The host imports the same timing functions (:func:`time_interleaved`,
+``onnxruntime`` + ``numpy``, ``torch``, or ExecuTorch's python runtime ``executorch``
+(with the ``torch`` it needs for its tensors)), so a board needs no install of this
+project. A board without the manifest's runtime gets one line on stderr naming the
+missing package, and exit status 3. The host imports the same timing functions (:func:`time_interleaved`,
 :func:`summarize`) for its own back ends, so a LUT measured on the host and one
 measured on a board use one sampling rule.
 
@@ -13,12 +15,12 @@ Usage on the board::
 
 ``MANIFEST.json``::
 
-    {"runtime": "onnxruntime" | "torch", "threads": 1, "repeats": 40, "warmup": 3,
+    {"runtime": "onnxruntime" | "torch" | "executorch", "threads": 1, "repeats": 40, "warmup": 3,
      "min_sample_ms": 1.0, "clock": "auto" | "wall" | "cpu", "seed": 0,
      "groups": [[{"key": "...", "file": "blocks/0.onnx", "shape": [1, 8, 32, 32]}, ...], ...]}
 
 ``file`` is relative to the manifest's folder (ONNX for onnxruntime, TorchScript
-for torch). Output on stdout, one JSON object per line after a tag::
+for torch, a ``.pte`` program for executorch). Output on stdout, one JSON object per line after a tag::
 
     DEVICE {"device_name": "...", "machine": "aarch64", "runtime": "onnxruntime 1.17.0", ...}
     RESULT {"key": "...", "median_ms": ..., "p10_ms": ..., "p90_ms": ..., "repeats": 30}
@@ -44,7 +46,10 @@ import sys
 import time
 from typing import Callable, Sequence
 
-__all__ = ["quantile", "summarize", "time_interleaved", "resolve_clock", "CLOCKS", "cpu_model", "main"]
+__all__ = ["quantile", "summarize", "time_interleaved", "resolve_clock", "CLOCKS", "cpu_model", "main",
+           "RUNTIMES", "MISSING_RUNTIME_EXIT"]
+
+MISSING_RUNTIME_EXIT = 3
 
 # "cpu" (process CPU time) is the default with one thread: on a host shared with
 # other work the OS parks the timing process for whole time slices, which wall
@@ -155,6 +160,7 @@ def _onnxruntime_factory(threads: int):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3  # errors only: int8 QDQ models leave unused initializers it warns about
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         x = np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
@@ -182,6 +188,35 @@ def _torch_factory(threads: int):
     return make, f"torch {torch.__version__}"
 
 
+def _executorch_factory(threads: int):
+    import importlib.metadata
+
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    # XNNPACK runs on ExecuTorch's own thread pool, sized here as the host back end sizes it
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(int(threads))
+    runtime = Runtime.get()
+
+    def make(path: str, shape: Sequence[int], seed: int) -> Callable[[], object]:
+        method = runtime.load_program(path).load_method("forward")
+        x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
+        return lambda: method.execute([x])
+
+    try:
+        version = importlib.metadata.version("executorch")
+    except importlib.metadata.PackageNotFoundError:  # a source build
+        version = "unknown"
+    return make, f"executorch {version} (xnnpack)"
+
+
+# runtime -> (factory, the python package a board must have for it)
+RUNTIMES = {"onnxruntime": (_onnxruntime_factory, "onnxruntime"), "torch": (_torch_factory, "torch"),
+            "executorch": (_executorch_factory, "executorch")}
+
+
 def _emit(tag: str, obj: dict) -> None:
     sys.stdout.write(f"{tag} {json.dumps(obj)}\n")
     sys.stdout.flush()
@@ -198,13 +233,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = os.path.dirname(manifest_path)
     threads = int(man.get("threads", 1))
     runtime = man.get("runtime", "onnxruntime")
-    if runtime == "onnxruntime":
-        make, runtime_desc = _onnxruntime_factory(threads)
-    elif runtime == "torch":
-        make, runtime_desc = _torch_factory(threads)
-    else:
-        sys.stderr.write(f"remote_runner: unknown runtime {runtime!r} (onnxruntime or torch)\n")
+    if runtime not in RUNTIMES:
+        sys.stderr.write(f"remote_runner: unknown runtime {runtime!r} ({', '.join(RUNTIMES)})\n")
         return 2
+    factory, package = RUNTIMES[runtime]
+    try:
+        make, runtime_desc = factory(threads)
+    except ImportError as e:
+        sys.stderr.write(f"remote_runner: runtime {runtime!r} needs the python package {package!r} on this board "
+                         f"({platform.machine()}, python {platform.python_version()}, {sys.executable}), which "
+                         f"cannot be imported ({type(e).__name__}: {e}); install it there (pip install {package}) or "
+                         f"choose another --remote-runtime\n")
+        return MISSING_RUNTIME_EXIT
     clock = resolve_clock(man.get("clock", "auto"), threads)
     _emit("DEVICE", {
         "device_name": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),

@@ -1,13 +1,17 @@
 """A remote board over SSH: export blocks, copy them with the runner, time them there.
 
-The host exports every job (ONNX for the board's onnxruntime, or TorchScript for
-its torch), writes a manifest, copies the folder together with the self-contained
+The host exports every job (ONNX for the board's onnxruntime, TorchScript for its
+torch, or an ExecuTorch ``.pte`` program with the XNNPACK delegate for its ExecuTorch
+python runtime; int8 for onnxruntime and executorch, quantized on the host as the local
+back ends do it), writes a manifest, copies the folder together with the self-contained
 :mod:`fbnet_fast.measure.remote_runner` to a fresh temporary folder on the board with
 ``scp``, runs it with the board's own python over ``ssh`` and reads the timings
 back line by line as the board finishes each layer shape (so the progress bar
 moves and the partial LUT is saved while the board works). The remote folder is
 removed afterwards. Only OpenSSH's ``ssh``/``scp`` clients are needed on the
-host, with key authentication (``BatchMode=yes``: never a password prompt).
+host, with key authentication (``BatchMode=yes``: never a password prompt); the
+``executorch`` runtime also needs ExecuTorch on the host, which lowers the programs.
+A board without the runtime's python package is refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -22,14 +26,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError, LUTError
 from ..lut import LatencyEntry
-from .core import Backend, Job
-from .onnxrt import export_onnx, export_torchscript
+from .core import Backend, Job, ModelCache
+from .onnxrt import export_torchscript, onnx_model
+from .remote_runner import MISSING_RUNTIME_EXIT
+
+REMOTE_RUNTIMES = ("onnxruntime", "torch", "executorch")
+FORMATS = {"onnxruntime": "onnx", "torch": "torchscript", "executorch": "pte"}
 
 __all__ = ["SSHBackend"]
 
 
 class SSHBackend(Backend):
-    """Time blocks on ``[user@]host`` with ``runtime`` (``"onnxruntime"`` or ``"torch"``).
+    """Time blocks on ``[user@]host`` with ``runtime`` (``"onnxruntime"``, ``"torch"`` or ``"executorch"``);
+    ``dtype="int8"`` with onnxruntime or executorch.
 
     Args:
         host: the board's address; ``user`` and ``port`` as for ``ssh``.
@@ -40,6 +49,7 @@ class SSHBackend(Backend):
     """
 
     name = "ssh"
+    DTYPES = ("fp32", "int8")
 
     def __init__(self, *, host: str | None = None, port: int = 22, user: str | None = None,
                  identity: str | None = None, ssh_options: Sequence[str] = (), remote_python: str = "python3",
@@ -48,8 +58,15 @@ class SSHBackend(Backend):
         super().__init__(**kw)
         if not host:
             raise ConfigError("back end 'ssh' needs the board's address (--host)")
-        if runtime not in ("onnxruntime", "torch"):
-            raise ConfigError(f"remote runtime must be 'onnxruntime' or 'torch', got {runtime!r}")
+        if runtime not in REMOTE_RUNTIMES:
+            raise ConfigError(f"remote runtime must be one of {', '.join(REMOTE_RUNTIMES)}, got {runtime!r}")
+        if self.dtype != "fp32" and runtime == "torch":
+            raise ConfigError(f"remote runtime 'torch' has no {self.dtype} path; use --remote-runtime onnxruntime or "
+                              f"executorch")
+        if runtime == "executorch":
+            from ..runtimes import require_executorch
+
+            require_executorch("back end 'ssh' with the executorch runtime (this host lowers the programs)")
         for tool in (ssh, scp):
             if shutil.which(tool) is None:
                 raise ConfigError(f"back end 'ssh' needs the OpenSSH client {tool!r} on this host's PATH")
@@ -58,7 +75,7 @@ class SSHBackend(Backend):
         self.keep_remote, self.connect_timeout = keep_remote, connect_timeout
         self._ssh, self._scp = ssh, scp
         self._board: dict[str, Any] | None = None
-        self._exported: dict[str, bytes] = {}  # job key -> model bytes, reused by later passes
+        self._exported = ModelCache()  # model bytes, reused by later passes
 
     _CLI = {"host": "host", "port": "port", "user": "user", "identity": "identity", "ssh_option": "ssh_options",
             "remote_python": "remote_python", "remote_runtime": "runtime"}
@@ -71,8 +88,9 @@ class SSHBackend(Backend):
         kw.update(host=host or None, user=user or None)
         if port:
             kw["port"] = int(port)
-        if device.get("format") == "torchscript":
-            kw["runtime"] = "torch"
+        runtime = {f: r for r, f in FORMATS.items()}.get(device.get("format"))
+        if runtime is not None:
+            kw["runtime"] = runtime
         return kw
 
     @classmethod
@@ -85,9 +103,9 @@ class SSHBackend(Backend):
         g.add_argument("--ssh-option", "-O", action="append", default=None, metavar="KEY=VALUE",
                        help="extra ssh -o option (repeatable), e.g. StrictHostKeyChecking=accept-new")
         g.add_argument("--remote-python", default=None, help="the board's python (default: python3)")
-        g.add_argument("--remote-runtime", choices=("onnxruntime", "torch"), default=None,
-                       help="runtime on the board: ONNX models for onnxruntime or TorchScript for torch "
-                       "(default: onnxruntime)")
+        g.add_argument("--remote-runtime", choices=REMOTE_RUNTIMES, default=None,
+                       help="runtime on the board: ONNX models for onnxruntime, TorchScript for torch, or .pte "
+                       "programs (XNNPACK delegate) for ExecuTorch's python runtime (default: onnxruntime)")
 
     @classmethod
     def cli_kwargs(cls, args: Any) -> dict[str, Any]:
@@ -135,23 +153,32 @@ class SSHBackend(Backend):
                 "threads": self.threads, "runtime": board.pop("runtime", self.runtime),
                 "clock": board.pop("clock", self.clock), "repeats": self.repeats, "warmup": self.warmup,
                 "min_sample_ms": self.min_sample_ms, "passes": self.passes,
-                "board": f"{self.target}:{self.port}", "format": "onnx" if self.runtime == "onnxruntime"
-                else "torchscript", **{f"board_{k}": v for k, v in board.items() if k != "threads"}}
+                "dtype": self.dtype, "board": f"{self.target}:{self.port}", "format": FORMATS[self.runtime],
+                **({"delegate": "xnnpack"} if self.runtime == "executorch" else {}),
+                **{f"board_{k}": v for k, v in board.items() if k != "threads"}}
+
+    def _make(self, module: Any, shape: tuple[int, ...]) -> bytes:
+        """``module`` in the board runtime's format and this back end's dtype."""
+        if self.runtime == "onnxruntime":
+            return onnx_model(module, shape, dtype=self.dtype, seed=self.seed)
+        if self.runtime == "executorch":
+            from .executorch import pte_model
+
+            return pte_model(module, shape, dtype=self.dtype, seed=self.seed)
+        return export_torchscript(module, shape)
 
     def _export(self, groups: Sequence[Sequence[Job]], folder: Path) -> dict[str, Job]:
         from . import remote_runner
 
         (folder / "blocks").mkdir(parents=True)
         shutil.copy(remote_runner.__file__, folder / "remote_runner.py")
-        ext, export = (".onnx", export_onnx) if self.runtime == "onnxruntime" else (".pt", export_torchscript)
+        ext = {"onnxruntime": ".onnx", "torch": ".pt", "executorch": ".pte"}[self.runtime]
         by_key, man_groups, i = {}, [], 0
         for group in groups:
             mg = []
             for job in group:
                 rel = f"blocks/{i}{ext}"
-                if job.key not in self._exported:
-                    self._exported[job.key] = export(job.build(), job.shape)
-                (folder / rel).write_bytes(self._exported[job.key])
+                (folder / rel).write_bytes(self._exported.get(job, self._make))
                 mg.append({"key": job.key, "file": rel, "shape": list(job.shape)})
                 by_key[job.key] = job
                 i += 1
@@ -191,6 +218,11 @@ class SSHBackend(Backend):
                         proc.kill()
                         proc.wait()
                         raise
+                    if rc == MISSING_RUNTIME_EXIT:
+                        err.seek(0)
+                        said = [x for x in err.read().splitlines() if x.startswith("remote_runner:")]
+                        raise ConfigError(f"board {self.target}:{self.port}: "
+                                          + (said[-1] if said else f"the board lacks the {self.runtime} runtime"))
                     if rc != 0:
                         err.seek(0)
                         raise LUTError(f"board {self.target}:{self.port}: the runner failed "

@@ -35,9 +35,11 @@ __all__ = ["CrossDeployResult", "backend_for", "target_name", "cross_deploy", "p
 
 
 def target_name(lut: LatencyTable, i: int = 0) -> str:
-    """A short label: ``torch-cpu 1t``, ``onnxruntime 2t``, ``ssh pi@board``."""
+    """A short label: ``torch-cpu 1t``, ``onnxruntime 2t``, ``executorch int8 1t``, ``ssh pi@board``."""
     d = lut.device or {}
     name = str(d.get("backend", f"target {i}"))
+    if d.get("dtype", "fp32") != "fp32":
+        name += f" {d['dtype']}"
     if d.get("board"):
         name += f" {d['board']}"
     if d.get("threads"):
