@@ -139,7 +139,10 @@ def load_pte(program: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
     with _quiet():
         from executorch.runtime import Runtime
 
-        method = Runtime.get().load_program(program).load_method("forward")
+        # An executorch.runtime Method does not own its Program: once the Program is collected the
+        # Method's memory is freed under it (a wrong input count, then a segfault). ``run`` holds both.
+        loaded = Runtime.get().load_program(program)
+        method = loaded.load_method("forward")
     if method is None:  # pragma: no cover - the program was made by to_pte
         raise ConfigError("the ExecuTorch program has no 'forward' method")
     n_in = method.metadata.num_inputs()
@@ -149,6 +152,7 @@ def load_pte(program: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
 
     run.num_inputs = n_in  # type: ignore[attr-defined]
     run.method = method  # type: ignore[attr-defined]
+    run.program = loaded  # type: ignore[attr-defined]
     return run
 
 
