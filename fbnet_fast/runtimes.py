@@ -1,6 +1,6 @@
 """Deployment runtimes beside eager torch: ExecuTorch (XNNPACK) programs in fp32 and int8, and
 ONNX Runtime int8 (static QDQ). One place lowers a module for each runtime and runs the result,
-so that the latency back ends (``measure/executorch.py``, ``measure/onnxrt.py``) time exactly what
+so that the latency back ends (``measure/executorch_xnnpack.py``, ``measure/onnxrt.py``) time exactly what
 ``fbnet-fast export`` writes.
 
 Every flow is the runtime's own recommended one; nothing is hand-rolled:

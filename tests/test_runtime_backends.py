@@ -63,7 +63,7 @@ def et_fp32(tmp_path_factory, space):
     """An ExecuTorch fp32 LUT measured in two passes, and how many programs were lowered."""
     if not executorch_available():
         pytest.skip(f"ExecuTorch is not installed ({EXECUTORCH_INSTALL})")
-    import fbnet_fast.measure.executorch as et
+    import fbnet_fast.measure.executorch_xnnpack as et
 
     out = tmp_path_factory.mktemp("et") / "et_fp32.json"
     count = _Counting(et, "to_pte")
@@ -79,7 +79,7 @@ def et_int8(tmp_path_factory, space):
     """An ExecuTorch int8 LUT measured by a run interrupted after the first layer shape, then resumed."""
     if not executorch_available():
         pytest.skip(f"ExecuTorch is not installed ({EXECUTORCH_INSTALL})")
-    import fbnet_fast.measure.executorch as et
+    import fbnet_fast.measure.executorch_xnnpack as et
 
     out = tmp_path_factory.mktemp("et") / "et_int8.json"
     partial = Path(str(out) + ".partial")

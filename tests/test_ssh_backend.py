@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from fbnet_fast.errors import ConfigError, LUTError
-from fbnet_fast.measure import SSHBackend, block_jobs, export_onnx, export_torchscript, measure_lut
+from fbnet_fast.measure import SSHBackend, block_jobs, export_onnx, export_torchscript, measure_jobs, measure_lut
+from fbnet_fast.measure.remote_runner import MISSING_RUNTIME_EXIT
+from fbnet_fast.runtimes import EXECUTORCH_INSTALL, executorch_available
 from tests.conftest import make_tiny_space
 
 FAST = dict(repeats=2, warmup=1, min_sample_ms=0.05, passes=1)
@@ -141,6 +143,48 @@ def test_runner_times_exported_blocks(tmp_path, runtime):
         assert r["repeats"] == 2 and 0 <= r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
 
 
+@pytest.mark.skipif(not executorch_available(), reason=f"ExecuTorch is not installed ({EXECUTORCH_INSTALL})")
+def test_runner_times_an_executorch_program(tmp_path):
+    from fbnet_fast.measure.executorch_xnnpack import pte_model
+
+    job = next(j for j in block_jobs(_small_space())[0] if j.key.endswith("/skip"))
+    (tmp_path / "b0.pte").write_bytes(pte_model(job.build(), job.shape))
+    man = {"runtime": "executorch", "threads": 1, **FAST,
+           "groups": [[{"key": job.key, "file": "b0.pte", "shape": list(job.shape)}]]}
+    (tmp_path / "m.json").write_text(json.dumps(man))
+    runner = Path(__file__).parents[1] / "fbnet_fast" / "measure" / "remote_runner.py"
+    p = subprocess.run([sys.executable, "-I", str(runner), str(tmp_path / "m.json")], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    dev = json.loads(next(x for x in lines if x.startswith("DEVICE ")).split(" ", 1)[1])
+    assert dev["runtime"].startswith("executorch ") and dev["threads"] == 1
+    (r,) = [json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith("RESULT ")]
+    assert r["key"] == job.key and r["repeats"] == 2 and 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+
+
+def _without_executorch(tmp_path: Path) -> Path:
+    """A python that cannot import executorch (a board without it): this interpreter with a
+    package of that name first on its path that fails to import."""
+    shadow = tmp_path / "shadow" / "executorch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('ExecuTorch is not installed on this board')\n")
+    py = tmp_path / "python-without-executorch"
+    py.write_text(f"#!/bin/sh\nPYTHONPATH={shadow.parent} exec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
+    return py
+
+
+def test_runner_without_executorch_names_the_package_in_one_line(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps({"runtime": "executorch", "groups": [], **FAST}))
+    runner = Path(__file__).parents[1] / "fbnet_fast" / "measure" / "remote_runner.py"
+    p = subprocess.run([str(_without_executorch(tmp_path)), str(runner), str(tmp_path / "m.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == MISSING_RUNTIME_EXIT and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "needs the python package 'executorch'" in p.stderr
+    assert "ExecuTorch is not installed on this board" in p.stderr
+
+
 def test_runner_rejects_unknown_runtime(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"runtime": "tflite", "groups": [], **FAST}))
     runner = Path(__file__).parents[1] / "fbnet_fast" / "measure" / "remote_runner.py"
@@ -186,3 +230,31 @@ def test_ssh_torchscript_runtime_and_runner_failure(sshd):
     assert table.device["runtime"].startswith("torch ") and table.device["format"] == "torchscript"
     with pytest.raises(LUTError, match="runner failed"):
         measure_lut(space, backend="ssh", progress=False, remote_python="/nonexistent/python3", **sshd, **FAST)
+
+
+def test_ssh_int8_onnx_blocks(sshd):
+    space = _small_space()
+    table = measure_lut(space, backend="ssh", dtype="int8", progress=False, remote_python=sys.executable, **sshd,
+                        **FAST)
+    table.check_space(space)
+    assert table.device["dtype"] == "int8" and table.device["format"] == "onnx"
+    assert SSHBackend.from_device(table.device).dtype == "int8"
+
+
+@pytest.mark.skipif(not executorch_available(), reason=f"ExecuTorch is not installed ({EXECUTORCH_INSTALL})")
+def test_ssh_executorch_runtime_and_a_board_without_it(sshd, tmp_path):
+    # one block (each program takes seconds to lower); a LUT goes through the same measure_jobs
+    job = next(j for j in block_jobs(_small_space())[0] if j.key.endswith("/skip"))
+    backend = SSHBackend(runtime="executorch", remote_python=sys.executable, **sshd, **FAST)
+    entry = measure_jobs(backend, [[job]], progress=False)[job.key]
+    assert entry.repeats == 2 and 0 < entry.p10_ms <= entry.median_ms <= entry.p90_ms
+    dev = backend.describe()
+    assert dev["runtime"].startswith("executorch ") and dev["format"] == "pte" and dev["delegate"] == "xnnpack"
+    assert dev["dtype"] == "fp32" and SSHBackend.device_kwargs(dev)["runtime"] == "executorch"
+    # the same program (made once) on a board whose python has no ExecuTorch: one line naming the package
+    backend.remote_python = str(_without_executorch(tmp_path))
+    with pytest.raises(ConfigError) as e:
+        measure_jobs(backend, [[job]], progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"board {sshd['user']}@127.0.0.1:{sshd['port']}: remote_runner: ")
+    assert "needs the python package 'executorch'" in msg

@@ -2,7 +2,7 @@
 
 * ``torch-cpu`` (:mod:`.torch_cpu`): host CPU, PyTorch eager (the search's default).
 * ``onnxruntime`` (:mod:`.onnxrt`): host CPU, each block exported to ONNX (fp32 or int8).
-* ``executorch`` (:mod:`.executorch`): host CPU, each block an ExecuTorch program with the
+* ``executorch`` (:mod:`.executorch_xnnpack`): host CPU, each block an ExecuTorch program with the
   XNNPACK delegate (fp32 or int8; needs the optional ExecuTorch install).
 * ``cuda`` (:mod:`.cuda`): PyTorch on a GPU, timed with CUDA events.
 * ``ssh`` (:mod:`.ssh`): a remote board; blocks exported (ONNX, TorchScript or .pte) and run there by
@@ -20,7 +20,7 @@ from ..lut import LatencyEntry
 from .core import (Backend, Job, backend_from_device, block_jobs, cpu_name, get_backend, get_backend_class, job_key,
                    measure_jobs, measure_lut)
 from .cuda import CUDABackend
-from .executorch import ExecuTorchBackend
+from .executorch_xnnpack import ExecuTorchBackend
 from .onnxrt import OnnxRuntimeBackend, export_onnx, export_torchscript
 from .ssh import SSHBackend
 from .torch_cpu import TorchCPUBackend

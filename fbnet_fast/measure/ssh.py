@@ -162,7 +162,7 @@ class SSHBackend(Backend):
         if self.runtime == "onnxruntime":
             return onnx_model(module, shape, dtype=self.dtype, seed=self.seed)
         if self.runtime == "executorch":
-            from .executorch import pte_model
+            from .executorch_xnnpack import pte_model
 
             return pte_model(module, shape, dtype=self.dtype, seed=self.seed)
         return export_torchscript(module, shape)

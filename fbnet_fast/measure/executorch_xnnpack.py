@@ -25,6 +25,9 @@ Lowering takes about 1.5 s per block in fp32 and 4 s in int8 on a 2-core host, s
 made once per block and reused by every pass. ExecuTorch is an optional extra; without it the
 back end refuses to start with one line naming the install recipe
 (:data:`fbnet_fast.runtimes.EXECUTORCH_INSTALL`).
+
+(The module is not called ``executorch.py``: ``remote_runner.py`` run as a script from this
+folder would then import it in place of the ``executorch`` package.)
 """
 
 from __future__ import annotations
