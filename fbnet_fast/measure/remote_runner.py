@@ -191,9 +191,9 @@ def _torch_factory(threads: int):
 def _executorch_factory(threads: int):
     import importlib.metadata
 
-    import torch
-    from executorch.extension.pybindings import portable_lib
+    from executorch.extension.pybindings import portable_lib  # first: a board without it fails fast
     from executorch.runtime import Runtime
+    import torch  # noqa: I001 - ExecuTorch's python runtime takes torch tensors
 
     # XNNPACK runs on ExecuTorch's own thread pool, sized here as the host back end sizes it
     if portable_lib._threadpool_get_thread_count() != threads:
@@ -201,9 +201,14 @@ def _executorch_factory(threads: int):
     runtime = Runtime.get()
 
     def make(path: str, shape: Sequence[int], seed: int) -> Callable[[], object]:
-        method = runtime.load_program(path).load_method("forward")
+        program = runtime.load_program(path)  # kept alive by the closure: a Method does not own its Program
+        method = program.load_method("forward")
         x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
-        return lambda: method.execute([x])
+
+        def call(program=program):
+            return method.execute([x])
+
+        return call
 
     try:
         version = importlib.metadata.version("executorch")
