@@ -22,7 +22,7 @@ def _add_study(p: argparse.ArgumentParser) -> None:
 
     d = StudyConfig()
     p.add_argument("kind", choices=("pareto",), help="the study to run: 'pareto' (accuracy vs latency, searched "
-                   "architectures against uniformly random ones)")
+                   "architectures against random ones; --compare-one-path adds soft against one-path search)")
     g = p.add_argument_group("what to study")
     g.add_argument("--space", default=d.space, help="space name or file (default: %(default)s)")
     g.add_argument("--width-mult", type=float, default=d.width_mult, help="width multiplier (default: %(default)s)")
@@ -40,10 +40,11 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget-mode", choices=("target", "ceiling", "under"), default=d.budget_mode,
                    help="the searches' --budget-mode (default: %(default)s)")
     g.add_argument("--band", type=float, default=d.band,
-                   help="random nets per target are drawn uniformly from those whose LUT latency is within this "
-                   "fraction of it (default: %(default)s)")
+                   help="per target, random nets count when their latency measured on this host lies within this "
+                   "fraction of the searched nets' (their median) (default: %(default)s)")
     g.add_argument("--band-random", type=int, default=d.band_random,
-                   help="random nets trained per target (default: %(default)s)")
+                   help="random nets per target's band: drawn (on the LUT, then confirmed by measurement) until the "
+                   "band holds this many (default: %(default)s)")
     g.add_argument("--num-random", type=int, default=d.num_random,
                    help="uniformly random architectures trained for comparison (default: %(default)s)")
     g.add_argument("--no-presets", dest="presets", action="store_false",
@@ -51,8 +52,19 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cost-alphas", type=_floats, default=None,
                    help="alphas searched a second time with --kernel reference to time the fused kernels "
                    "against (default: %s, none without alphas; '' for none)" % ",".join(f"{a:g}" for a in d.cost_alphas))
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of searches, trainings and data; the random "
+    g.add_argument("--seed", type=int, default=d.seed, help="first seed of searches, trainings and data; the random "
                    "architectures use seed+1 (default: %(default)s)")
+    g.add_argument("--search-seeds", type=int, default=d.search_seeds, metavar="N",
+                   help="searches per searched point, seeds --seed, --seed+1, ... (default: %(default)s)")
+    g.add_argument("--train-seeds", type=int, default=d.train_seeds, metavar="M",
+                   help="trainings per architecture (searched, random, preset), seeds --seed, --seed+1, ...; a "
+                   "training seed also draws the generated data, the same M data sets for every architecture "
+                   "(default: %(default)s)")
+    g.add_argument("--bootstrap", type=int, default=d.bootstrap, metavar="B",
+                   help="bootstrap resamples per 95 %% interval (default: %(default)s)")
+    g.add_argument("--compare-one-path", type=float, default=None, metavar="TARGET",
+                   help="at this target (one of --targets), match each soft search with a one-path search "
+                   "(--gumbel hard) given the soft search's measured wall time, trained and compared the same way")
     g = p.add_argument_group("schedules (one for every search, one for every training)")
     g.add_argument("--search-epochs", type=int, default=d.search_epochs, help="search epochs (default: %(default)s)")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
@@ -88,7 +100,12 @@ def _add_study(p: argparse.ArgumentParser) -> None:
                    "(default: %(default)s; on N cores: N / threads)")
     g = p.add_argument_group("output")
     g.add_argument("--out", "-o", default="runs/study-pareto",
-                   help="study folder; a rerun with the same options reuses what is finished (default: %(default)s)")
+                   help="study folder (run folders, checkpoints, logs); a rerun with the same options reuses what is "
+                   "finished (default: %(default)s)")
+    g.add_argument("--results", default=None, metavar="DIR",
+                   help="results folder to commit (small JSON per search and per architecture, the LUT, the "
+                   "report): a run on another machine with the same options and this folder continues instead "
+                   "of restarting; other options are refused (default: the study folder)")
     g.add_argument("--skip", action="append", default=[], metavar="PHASE",
                    help=f"leave out a phase ({', '.join(PHASES)}; repeat or comma-separate); the report covers "
                    "what exists")
@@ -114,8 +131,9 @@ def _run_study(args: argparse.Namespace) -> int:
                       warmup_from=args.warmup_from, share_warmup=args.share_warmup, jobs=args.jobs,
                       train_epochs=args.train_epochs, batch_size=args.batch_size, lut=args.lut,
                       lut_repeats=args.lut_repeats, latency_repeats=args.latency_repeats, threads=args.threads,
-                      progress=args.progress)
-    s = run_study(cfg, args.out, skip=skip)
+                      progress=args.progress, search_seeds=args.search_seeds, train_seeds=args.train_seeds,
+                      bootstrap=args.bootstrap, compare_one_path=args.compare_one_path, results=args.results)
+    s = run_study(cfg, args.out, skip=skip, command=_command(args))
     f = s["figures"]["measured_ms"]
     frac, gap = f["random_dominated_by_searched_front"], f["mean_accuracy_gap"]
     print(f"{s['trained']}/{s['points']} points trained; study folder {s['out']}")
@@ -128,18 +146,59 @@ def _run_study(args: argparse.Namespace) -> int:
     def pct(v):
         return "n/a" if v is None else f"{100 * v:+.1f} %"
 
+    def iv(d, points=False):
+        if not d:
+            return "n/a"
+        scale, sign = 100, "+" if points else ""
+        ci = "" if d["lo"] is None else f" [{scale * d['lo']:{sign}.1f}, {scale * d['hi']:{sign}.1f}]"
+        return f"{scale * d['median']:{sign}.1f}{' pts' if points else ' %'}{ci}"
+
     for t in s["figures"].get("targets", []):
-        acc = t.get("searched_acc")
+        srch, band = t["searched"], t["band"]
+        dr = band["draws"]
         print(f"target {t['fraction']:g} x uniform = {t['target_ms']:.4f} ms ({t['budget_mode']}): searched "
-              f"LUT {pct(t.get('searched_lut_error'))}, measured {pct(t.get('searched_measured_error'))}; "
-              f"acc {'n/a' if acc is None else f'{float(acc):.3f}'} vs random in band median "
-              f"{'n/a' if t['band_median_acc'] is None else format(t['band_median_acc'], '.3f')} "
-              f"({t['band_trained']} trained, {t['band_draws']} draws)")
+              f"LUT {pct(t.get('searched_lut_error'))}, {iv(srch['accuracy'])} ({srch['searches']} search(es)); "
+              f"random in band median {iv(band['accuracy'])} ({band['trained_archs']} nets, "
+              f"{dr.get('measured_until_full')} measured draws); gain {iv(t['gain'], True)}")
+        if t.get("one_path"):
+            op = t["one_path"]
+            print(f"  one-path at the same wall time: {iv(op['accuracy'])}, gain {iv(op['gain'], True)}; "
+                  f"soft minus one-path {iv(op['soft_minus_one_path'], True)}")
+    n = s["figures"]["noise"]
+    if n["within_arch_sd"] is not None:
+        print(f"random nets: sd across training seeds {100 * n['within_arch_sd']:.1f} pts, across architectures "
+              + ("n/a" if n["between_arch_sd"] is None else f"{100 * n['between_arch_sd']:.1f} pts"))
+    print(f"table for RESULTS.md: {s['results']}/report.md")
     for c in s["search_cost"]["fused_vs_reference"]:
         print(f"search alpha={c['alpha']:g}: fused {c['fused_wall_s']:.1f} s / {c['fused_peak_rss_mib']:.0f} MiB, "
               f"reference {c['reference_wall_s']:.1f} s / {c['reference_peak_rss_mib']:.0f} MiB "
               f"({c['wall_speedup']:.2f}x)")
     return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The ``fbnet-fast study`` command line of ``args``, every option that is not its default (report.md)."""
+    import shlex
+
+    p = argparse.ArgumentParser()
+    _add_study(p)
+    words = ["fbnet-fast", "study", args.kind]
+    for a in p._actions:
+        if not a.option_strings or a.dest in ("help", "progress"):
+            continue
+        v = getattr(args, a.dest, None)
+        if v == a.default or (a.dest == "skip" and not v):
+            continue
+        flag = max(a.option_strings, key=len)
+        if a.nargs == 0:
+            words.append(flag)
+        elif isinstance(v, list):
+            words += [w for item in v for w in (flag, str(item))]
+        elif isinstance(v, tuple):
+            words += [flag, ",".join(f"{x:g}" for x in v)]
+        else:
+            words += [flag, f"{v:g}" if isinstance(v, float) else str(v)]
+    return shlex.join(words)
 
 
 COMMANDS = {"study": ("run a study (pareto: searched vs random architectures, accuracy vs latency)",
