@@ -17,7 +17,7 @@ from fbnet_fast.measure import (Backend, CUDABackend, OnnxRuntimeBackend, block_
 from fbnet_fast.measure.cuda import time_cuda_interleaved
 from fbnet_fast.space import Stage
 from fbnet_fast.measure.remote_runner import quantile, resolve_clock, summarize, time_interleaved
-from tests.conftest import make_tiny_space
+from tests.conftest import make_tiny_space, needs_executorch
 
 FAST = dict(repeats=2, warmup=1, min_sample_ms=0.05, passes=1)
 
@@ -303,6 +303,9 @@ def test_each_entry_is_its_best_pass():
 @pytest.mark.parametrize("name,kw", [
     ("torch-cpu", dict(threads=1, repeats=7, warmup=2, min_sample_ms=0.5, passes=3, clock="wall", channels_last=False)),
     ("onnxruntime", dict(threads=1, repeats=5, warmup=1, min_sample_ms=0.2, passes=1, clock="cpu")),
+    ("onnxruntime", dict(threads=2, repeats=3, passes=2, dtype="int8")),
+    pytest.param("executorch", dict(threads=2, repeats=4, warmup=2, min_sample_ms=0.3, passes=3, clock="cpu",
+                                    dtype="int8"), marks=needs_executorch),
 ])
 def test_every_backend_rebuilds_itself_from_its_device_record(name, kw):
     """Backend.from_device(backend.describe()) is the same back end: what crossdeploy and lut validate rely on."""
@@ -312,6 +315,7 @@ def test_every_backend_rebuilds_itself_from_its_device_record(name, kw):
     again = backend_from_device(made.describe())
     assert type(again) is BACKENDS[name] and again.settings() == made.settings()
     assert (again.repeats, again.warmup, again.min_sample_ms) == (made.repeats, made.warmup, made.min_sample_ms)
+    assert again.dtype == made.dtype == kw.get("dtype", "fp32")
     assert backend_from_device(made.describe(), passes=4).passes == 4  # overrides win
 
 

@@ -263,6 +263,19 @@ def test_dtype_from_the_command_line(tmp_path, space, capsys):
     assert _make_backend(args, LatencyTable.load(out).device).dtype == "fp32"
 
 
+def test_fp32_and_int8_of_one_runtime_are_two_targets(space):
+    """crossdeploy and multi-target search name targets from the record: the dtype keeps them apart."""
+    from fbnet_fast.multitarget import MultiTargetLatency
+    from fbnet_fast.research.crossdeploy import target_name
+
+    dev = {"backend": "executorch", "threads": 1}
+    tables = [LatencyTable.from_matrix(space, torch.ones(1, 2), device={**dev, "dtype": d}) for d in ("fp32", "int8")]
+    assert [target_name(t) for t in tables] == ["executorch 1t", "executorch int8 1t"]
+    multi = MultiTargetLatency(tables)
+    assert multi.names == ["executorch-1t", "executorch-int8-1t"]
+    assert len(multi.per_target_latency(["skip"])) == 2
+
+
 # ---- bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv,message", [
