@@ -2,7 +2,8 @@
 
     fbnet-fast sample RUN_DIR [--num K --seed S]     argmax + K samples of P_theta, with cost
     fbnet-fast train ARCH.json [--data ... --inherit RUN_DIR]   train one from scratch
-    fbnet-fast export MODEL_DIR_OR_CKPT --format onnx,torchscript --out DIR
+    fbnet-fast export MODEL_DIR_OR_CKPT --format onnx,torchscript,pte,pte-int8,onnx-int8 --out DIR
+    fbnet-fast export MODEL_DIR_OR_CKPT --verify FILE      is FILE an export of this model?
 
 An architecture file is the search's ``arch.json`` format
 (``{"space", "fingerprint", "blocks", "space_def"}``, ``space_def`` being the resolved space,
@@ -235,22 +236,89 @@ def _run_train(args: argparse.Namespace) -> int:
 # ---- export ---------------------------------------------------------------------------------
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    from ..export import ONNX_OPSET
+    from ..export import CALIB_IMAGES, EXPORT_FORMATS, MAX_INT8_DROP, ONNX_OPSET, PTE_BATCH
 
     p.add_argument("model", metavar="MODEL_DIR_OR_CKPT", help="a 'fbnet-fast train' output folder (its best.pt), "
                    "a model file or a training checkpoint")
-    p.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript "
-                   "(default: %(default)s)")
+    p.add_argument("--format", default="onnx,torchscript", help=f"comma-separated: {', '.join(EXPORT_FORMATS)} "
+                   "(pte: ExecuTorch with the XNNPACK delegate; -int8: quantized, calibrated on training images; "
+                   "default: %(default)s)")
     p.add_argument("--out", "-o", default=None, help="output folder (default: MODEL_DIR/export)")
     p.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset (default: %(default)s)")
     p.add_argument("--name", default="model", help="file name stem (default: %(default)s)")
     p.add_argument("--bench-runs", type=int, default=50, help="timed batch-1 runs per format on 1 thread "
                    "(default: %(default)s; 0: skip)")
+    g = p.add_argument_group("ExecuTorch, int8 and the held-out check")
+    g.add_argument("--pte-batch", type=int, default=PTE_BATCH, help=".pte programs have a fixed input shape: the "
+                   "batch size they take (default: %(default)s)")
+    g.add_argument("--calib-images", type=int, default=CALIB_IMAGES, help="training images int8 formats are "
+                   "calibrated on (default: %(default)s)")
+    g.add_argument("--max-int8-drop", type=float, default=MAX_INT8_DROP, help="largest held-out top-1 loss of an "
+                   "int8 export against the fp32 model, as a fraction (default: %(default)s = "
+                   f"{MAX_INT8_DROP * 100:g} points)")
+    g.add_argument("--eval-images", type=int, default=None, help="held-out images every export is checked on "
+                   "(default: the whole validation split)")
+    g.add_argument("--data", default=None, help="the data set to calibrate and check on (default: the run's, "
+                   "from its config.json; 'synthetic', 'cifar10:PATH' or 'folder:PATH')")
+    g.add_argument("--verify", metavar="FILE", action="append", default=None, help="instead of exporting: check "
+                   "that FILE (.pte, .onnx, .pt) is an export of this model, on the held-out images (repeatable)")
+
+
+def _run_config(src_file: Path) -> Path | None:
+    """The ``config.json`` of the training run a model file belongs to, if any."""
+    for d in (src_file.parent, src_file.parent.parent):
+        if (d / "config.json").is_file():
+            return d / "config.json"
+    return None
+
+
+def _run_images(args: argparse.Namespace, src: Path, src_file: Path, model, payload: dict, need: str | None):
+    """(calibration, held-out) images of the run's data set, or (None, None) when unknown and not ``need``-ed."""
+    from ..errors import CheckpointError, ConfigError
+    from ..export import run_images
+
+    space = model.space
+    cfg: dict[str, Any] = {}
+    config = _run_config(src_file)
+    if config is not None:
+        try:
+            cfg = json.loads(config.read_text())["train"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{config}: not a training run's config ({type(e).__name__}: {e})") from None
+    if args.data:
+        spec, num_train, num_val = args.data, None, None
+    elif cfg.get("data"):
+        spec, num_train, num_val = cfg["data"], cfg.get("num_train"), cfg.get("num_val")
+    elif need:
+        raise ConfigError(f"{need} needs the run's data set (training images to calibrate on, held-out images to "
+                          f"check on), but {src} has no training config.json; pass --data SPEC")
+    else:
+        return None, None
+    return run_images(spec, image_size=space.input_size, num_classes=space.num_classes, seed=int(cfg.get("seed", 0)),
+                      num_train=num_train, num_val=num_val, mean=payload.get("mean"), std=payload.get("std"),
+                      calib_images=args.calib_images, eval_images=args.eval_images)
+
+
+def _verify_files(args: argparse.Namespace, model, held) -> int:
+    from ..export import verify_file
+
+    for f in args.verify:
+        e = verify_file(model, f, held, run=args.model, max_int8_drop=args.max_int8_drop)
+        shape = "" if e["input_shape"] is None else f" input {list(e['input_shape'])},"
+        if e["dtype"] == "int8":
+            print(f"{f}: an int8 export of {args.model}'s model ({e['format']},{shape} {e['images']} held-out "
+                  f"images): top-1 {e['accuracy']:.4f} vs fp32 {e['eager_fp32_accuracy']:.4f}, top-1 agreement "
+                  f"{e['argmax_agreement']:.3f}, logits off by {e['logit_rel_rms_err']:.3f} relative RMS")
+        else:
+            print(f"{f}: an fp32 export of {args.model}'s model ({e['format']},{shape} {e['images']} held-out "
+                  f"images): max |diff| vs float64 eager {e['max_abs_err']:.2e} (tolerance {e['tolerance']:.2e}), "
+                  f"vs float32 eager {e['max_abs_diff_vs_eager_fp32']:.2e}, top-1 {e['accuracy']:.4f}")
+    return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from ..errors import CheckpointError
-    from ..export import export_model, parse_formats
+    from ..export import INT8_FORMATS, export_model, parse_formats
     from ..model import load_model_file, model_stats
 
     formats = parse_formats(args.format)
@@ -262,6 +330,11 @@ def _run_export(args: argparse.Namespace) -> int:
     else:
         src_file, default_out = src, src.parent / "export"
     model, payload = load_model_file(src_file)
+    int8 = [f for f in formats if f in INT8_FORMATS]
+    need = "--verify" if args.verify else (f"--format {','.join(int8)}" if int8 else None)
+    calib, held = _run_images(args, src, src_file, model, payload, need)
+    if args.verify:
+        return _verify_files(args, model, held)
     space = model.space
     stats = model_stats(space, model=model)
     meta = {"source": str(src_file), "arch": model.arch.to_dict(), "space": space.to_dict(),
@@ -272,14 +345,32 @@ def _run_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out
     rep = export_model(model, out, formats=formats, opset=args.opset, name=args.name,
                        input_shape=(space.in_channels, space.input_size, space.input_size),
-                       bench_runs=args.bench_runs, metadata=meta)
+                       bench_runs=args.bench_runs, metadata=meta, calib=calib, held_out=held,
+                       pte_batch=args.pte_batch, max_int8_drop=args.max_int8_drop)
     ver = rep["verification"]
+    if held is not None:
+        print(f"checked on {held.source}")
+    else:
+        print("checked on a random batch only: the run's data set is unknown (no config.json; pass --data)")
     for fmt in formats:
-        c = ver[fmt]
-        extra = f" opset {rep['onnx_opset']}" if fmt == "onnx" else ""
-        print(f"{fmt}{extra}: {out / rep['files'][fmt]}  max |diff| vs float64 eager {c['max_abs_err']:.2e} "
-              f"(tolerance {c['tolerance']:.2e}, float32 eager {c['eager_fp32_err']:.2e}), "
-              f"top-1 agreement {c['argmax_agreement']:.3f}")
+        c, file = ver[fmt], out / rep["files"][fmt]
+        h = c.get("held_out")
+        extra = f" opset {rep['onnx_opset']}" if fmt in ("onnx", "onnx-int8") else ""
+        extra += f" (fixed input {rep['pte']['input_shape']})" if fmt.startswith("pte") else ""
+        if fmt in INT8_FORMATS:
+            print(f"{fmt}{extra}: {file}  held-out top-1 int8 {h['accuracy']:.4f} vs fp32 {h['eager_fp32_accuracy']:.4f} "
+                  f"(drop {h['accuracy_drop'] * 100:+.2f} points, limit {args.max_int8_drop * 100:g}), top-1 "
+                  f"agreement {h['argmax_agreement']:.3f}, logits off by {h['logit_rel_rms_err']:.3f} relative RMS")
+            continue
+        line = (f"{fmt}{extra}: {file}  max |diff| vs float64 eager {c['max_abs_err']:.2e} "
+                f"(tolerance {c['tolerance']:.2e}, float32 eager {c['eager_fp32_err']:.2e})")
+        if h:
+            line += (f"; held-out: {h['max_abs_err']:.2e} (tolerance {h['tolerance']:.2e}), vs float32 eager "
+                     f"{h['max_abs_diff_vs_eager_fp32']:.2e}, top-1 {h['accuracy']:.4f}, agreement "
+                     f"{h['argmax_agreement']:.3f}")
+        else:
+            line += f", top-1 agreement {c['argmax_agreement']:.3f}"
+        print(line)
     lat = rep.get("latency_ms_batch1_1thread")
     if lat:
         print("batch-1 latency on this CPU, 1 thread (median): " +
@@ -294,6 +385,7 @@ COMMANDS = {
     "sample": ("print and save the argmax architecture and samples of P_theta from a search run",
                _add_sample, _run_sample),
     "train": ("train an architecture from scratch (or from inherited supernet weights)", _add_train, _run_train),
-    "export": ("export a trained model to ONNX and TorchScript with BN folded, checked against PyTorch",
+    "export": ("export a trained model (ONNX, TorchScript, ExecuTorch; fp32 or int8) with BN folded, checked "
+               "in its runtime against PyTorch",
                _add_export, _run_export),
 }
