@@ -1297,7 +1297,7 @@ class Study:
         try:
             plot_pareto(rows, self.res / "pareto.png", figures,
                         title=f"{self.space.name} w{self.space.width_mult:g} {self.space.input_size}px, "
-                              f"{self.cfg.train_epochs} training epochs, {self.cfg.search_seeds} search x "
+                              f"{self.cfg.train_epochs}-epoch trainings, {self.cfg.search_seeds} search x "
                               f"{self.cfg.train_seeds} training seed(s)", chance=1.0 / self.data_classes(),
                         band=self.cfg.band)
         except ImportError as e:
@@ -1460,6 +1460,10 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, figures: dict[
     if srch:
         ax.scatter([r["measured_ms"] for r in srch], [r["val_acc"] for r in srch], s=14, c="tab:red", alpha=0.45,
                    zorder=5, label="searched nets (median of their trainings)")
+    hard = sel("one-path")
+    if hard:
+        ax.scatter([r["measured_ms"] for r in hard], [r["val_acc"] for r in hard], s=14, c="tab:orange", alpha=0.45,
+                   zorder=5, label="one-path nets (median of their trainings)")
     first = True
     for t in targets:
         interval_point(t["searched"], "tab:red", "o", "searched point: median, 95 % CI" if first else None)
