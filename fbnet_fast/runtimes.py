@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import tempfile
 import warnings
 from typing import Callable, Iterable, Sequence
@@ -48,17 +49,46 @@ def check_dtype(dtype: str) -> str:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """torchao and ExecuTorch print load notices (CUDA-only libraries, cpuinfo) on import and
-    lowering; they say nothing about the result."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+def _quiet(native: bool = False):
+    """torchao and ExecuTorch print load notices on import and lowering (torchao's logger: CUDA-only
+    libraries it cannot load; ExecuTorch's C++ log on file descriptor 2: cpuinfo, the thread pool's
+    size); they say nothing about the result. ``native`` also holds back what C++ writes to fd 2
+    meanwhile, and shows it only when the block fails."""
+    import logging
+
+    log = logging.getLogger("torchao")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    saved = None
+    if native:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no real fd 2 (an embedding host)
+            saved = None
+    sink = tempfile.TemporaryFile() if saved is not None else None
+    if sink is not None:
+        os.dup2(sink.fileno(), 2)
+    ok = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+        ok = True
+    finally:
+        log.setLevel(level)
+        if sink is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not ok:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
+            sink.close()
 
 
 def executorch_available() -> bool:
     try:
-        with _quiet():
+        with _quiet(native=True):
             import executorch.runtime  # noqa: F401
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
     except Exception:
@@ -69,7 +99,7 @@ def executorch_available() -> bool:
 def require_executorch(what: str = "this") -> None:
     """Raise one ConfigError with the install recipe when ExecuTorch cannot be imported."""
     try:
-        with _quiet():
+        with _quiet(native=True):
             import executorch.runtime  # noqa: F401
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
     except Exception as e:
@@ -93,7 +123,7 @@ def to_pte(model: nn.Module, example: torch.Tensor, *, dtype: str = "fp32",
     activations on the ``calib`` batches (``example`` alone when none are given)."""
     check_dtype(dtype)
     require_executorch(f"an ExecuTorch {dtype} program")
-    with _quiet():
+    with _quiet(native=True):
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
@@ -117,7 +147,7 @@ def to_pte(model: nn.Module, example: torch.Tensor, *, dtype: str = "fp32",
 def set_executorch_threads(threads: int) -> None:
     """Size ExecuTorch's CPU thread pool (XNNPACK runs its kernels on it)."""
     require_executorch("setting ExecuTorch's threads")
-    with _quiet():
+    with _quiet(native=True):
         from executorch.extension.pybindings import portable_lib
 
         if portable_lib._threadpool_get_thread_count() != threads:
@@ -127,7 +157,7 @@ def set_executorch_threads(threads: int) -> None:
 def executorch_threads() -> int:
     """The current size of ExecuTorch's CPU thread pool."""
     require_executorch("reading ExecuTorch's threads")
-    with _quiet():
+    with _quiet(native=True):
         from executorch.extension.pybindings import portable_lib
 
         return int(portable_lib._threadpool_get_thread_count())
@@ -136,7 +166,7 @@ def executorch_threads() -> int:
 def load_pte(program: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
     """An ExecuTorch program's ``forward`` as a function of one tensor."""
     require_executorch("running a .pte program")
-    with _quiet():
+    with _quiet(native=True):
         from executorch.runtime import Runtime
 
         # An executorch.runtime Method does not own its Program: once the Program is collected the

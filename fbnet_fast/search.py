@@ -1115,7 +1115,7 @@ class Searcher:
     def _measure_here(self, arch: Architecture) -> float | None:
         """The architecture's end-to-end latency with the LUT's own back end, when that back end is this host."""
         device = dict(getattr(self.lut, "device", None) or {})
-        if device.get("backend") not in ("torch-cpu", "onnxruntime") or not self.cfg.measure_result:
+        if device.get("backend") not in LUT_BACKENDS or not self.cfg.measure_result:
             return None
         from .measure import backend_from_device, cpu_name
         from .measure.core import Job, measure_jobs

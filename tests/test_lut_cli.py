@@ -250,3 +250,15 @@ def test_validate_of_a_fitted_table_measures_networks_the_fit_never_saw_and_puts
     assert a0["lut_sum_ms"] == pytest.approx(t.architecture_latency([small_space.candidates.index(b)
                                                                       for b in a0["blocks"]]))
     assert out.read_bytes() == before  # a fitted table carries no correction: validate writes nothing
+
+
+def test_validate_and_fit_refuse_networks_in_another_numeric_format_than_the_lut(tmp_path, space_file, capsys):
+    out = tmp_path / "ort.json"
+    assert main(["lut", "measure", "--space", str(space_file), "--width-mult", "1", "--backend", "onnxruntime",
+                 "-o", str(out), "--no-progress", *FAST]) == 0
+    for cmd in (["validate", "-n", "2", "--no-write"], ["fit", "-n", "8"]):
+        capsys.readouterr()
+        rc = main(["lut", cmd[0], str(out), "--space", str(space_file), "--width-mult", "1", "--dtype", "int8",
+                   *cmd[1:], "--no-progress", *FAST])
+        err = capsys.readouterr().err
+        assert rc == 2 and "blocks are fp32" in err and "--dtype int8" in err, err

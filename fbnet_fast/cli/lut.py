@@ -68,6 +68,16 @@ def _make_backend(args: argparse.Namespace, device: dict[str, Any] | None = None
     return cls(**kw)
 
 
+def _same_dtype(path: str, table: Any, backend: Any, who: str) -> None:
+    """Networks measured in another numeric format than the LUT's blocks compare nothing."""
+    from ..errors import LUTError
+
+    have, got = table.device.get("dtype", "fp32"), getattr(backend, "dtype", "fp32")
+    if have != got:
+        raise LUTError(f"{path}: the LUT's blocks are {have}; {who} must measure the networks in {have} too "
+                       f"(got --dtype {got})")
+
+
 def _add_lut(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="lut_command", metavar="{measure,show,diff,validate,fit}", required=True)
     m = sub.add_parser("measure", help="measure a LUT", description="Time every (layer, candidate) block of a "
@@ -277,6 +287,7 @@ def _validate(args: argparse.Namespace) -> int:
     if table.device.get("backend") and table.device["backend"] != backend.name:
         raise LUTError(f"{args.lut}: the LUT was measured with back end {table.device['backend']!r}; the study "
                        f"must use the same one (got --backend {backend.name})")
+    _same_dtype(args.lut, table, backend, "the study")
     n_searched = (args.num_archs if table.fit else 0) if args.num_searched is None else args.num_searched
     exclude = list(table.fit.get("fit_networks") or []) if table.fit else []
     if table.fit and not exclude:
@@ -357,6 +368,7 @@ def _fit(args: argparse.Namespace) -> int:
     if table.device.get("backend") and table.device["backend"] != backend.name:
         raise LUTError(f"{args.lut}: the LUT was measured with back end {table.device['backend']!r}; the fit must "
                        f"measure the networks with the same one (got --backend {backend.name})")
+    _same_dtype(args.lut, table, backend, "the fit")
     archs, sources = fit_networks(space, table, args.num_networks, seed=args.seed)
     out = args.output or str(Path(args.lut).with_suffix("")) + ".fit.json"
     partial = out + ".networks.partial"

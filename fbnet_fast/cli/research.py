@@ -134,7 +134,8 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip")
     g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     g = p.add_argument_group("latency")
-    g.add_argument("--backend", choices=("torch-cpu", "onnxruntime"), default=d.backend, help="(default: %(default)s)")
+    g.add_argument("--backend", choices=("torch-cpu", "onnxruntime", "executorch"), default=d.backend,
+                   help="(default: %(default)s)")
     g.add_argument("--threads", type=int, default=d.threads, help="(default: %(default)s)")
     g.add_argument("--repeats", type=int, default=d.repeats, help="samples per net (default: %(default)s)")
     g.add_argument("--passes", type=int, default=d.passes, help="(default: %(default)s)")
