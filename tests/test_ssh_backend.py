@@ -257,3 +257,25 @@ def test_ssh_executorch_programs_on_a_board_without_executorch(sshd, tmp_path):
     dev = backend.describe()
     assert dev["format"] == "pte" and dev["delegate"] == "xnnpack" and dev["dtype"] == "fp32"
     assert SSHBackend.device_kwargs(dev)["runtime"] == "executorch"
+
+
+def test_lut_fit_measures_its_networks_on_the_board(sshd, tmp_path, capsys):
+    """``lut fit`` of a board's LUT: the N whole networks are exported, shipped and timed on the
+    board (its record names the board), and the fitted table keeps the board's record."""
+    from fbnet_fast.cli import main
+    from fbnet_fast.lut import LatencyTable
+
+    space = _small_space()
+    (tmp_path / "space.json").write_text(json.dumps(space.to_dict()))
+    lut = tmp_path / "board.json"
+    measure_lut(space, backend="ssh", output=lut, progress=False, remote_python=sys.executable, **sshd, **FAST)
+    opts = ["--identity", sshd["identity"], "--remote-python", sys.executable]
+    opts += [x for o in sshd.get("ssh_options") or [] for x in ("-O", o)]
+    out = tmp_path / "board.fit.json"
+    rc = main(["lut", "fit", str(lut), "--space", str(tmp_path / "space.json"), "-n", "12", "-o", str(out),
+               "--no-progress", "--repeats", "2", "--warmup", "1", "--min-sample-ms", "0.05", "--passes", "1", *opts])
+    assert rc == 0, capsys.readouterr().err
+    t = LatencyTable.load(out, space)
+    on = t.fit["measured_on"]
+    assert on["backend"] == "ssh" and on["board"] == f"{sshd['user']}@127.0.0.1:{sshd['port']}"
+    assert on["format"] == "onnx" and t.device["board"] == on["board"] and t.fit["networks"] == 10
