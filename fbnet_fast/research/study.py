@@ -674,7 +674,8 @@ class Study:
         for d in dict.fromkeys((self.res, self.out)):
             if not (d / "lut.json").is_file():
                 table.save(d / "lut.json")
-        return table
+        # as every later run reads it (its hash is the one study.json records)
+        return LatencyTable.load(self.res / "lut.json", self.space)
 
     def _write_study_json(self) -> None:
         import torch
@@ -1214,8 +1215,10 @@ class Study:
         p = self.res / "invocations.jsonl"
         if p.is_file():
             runs = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+        for c in by_role.values():
+            c["wall_s"], c["search_loop_s"] = round(c["wall_s"], 1), round(c["search_loop_s"], 1)
         return {"searches": by_role, "trainings": len(trainings),
-                "training_wall_s": sum(float(t.get("wall_s") or t.get("train_s") or 0) for t in trainings),
+                "training_wall_s": round(sum(float(t.get("wall_s") or t.get("train_s") or 0) for t in trainings), 1),
                 "this_run_wall_s": round(wall_s, 1),
                 "earlier_runs_wall_s": round(sum(float(r.get("wall_s", 0)) for r in runs), 1),
                 "runs": len(runs) + 1, "jobs": self.cfg.jobs}
@@ -1288,6 +1291,9 @@ class Study:
                                  "seeds": f"per statistic from --seed {self.cfg.seed} and its name",
                                  "groups": "two-stage: architectures (searches), then each one's trainings"},
                    "search_seeds": self.cfg.search_seeds, "train_seeds": self.cfg.train_seeds,
+                   # every architecture: the median of its trainings and its interval (points.csv has the rest)
+                   "point_intervals": [{k: r[k] for k in ("kind", "label", "key", "measured_ms", "val_acc",
+                                                          "val_acc_lo", "val_acc_hi", "trainings")} for r in rows],
                    "latency_measured_on": hosts, "command": command,
                    "points": len(rows), "trained": sum(r["trainings"] == self.cfg.train_seeds for r in rows),
                    "trainings": done, "trainings_planned": planned, "complete": done == planned,
@@ -1594,6 +1600,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, skip: Sequence[str] = (), co
     inv = study.res / "invocations.jsonl"
     prior = inv.read_text() if inv.is_file() else ""
     summary = study.report(points, wall_s=wall, command=command)
+    wall = time.perf_counter() - t0
     atomic_write_text(inv, prior + json.dumps({"started": started, "wall_s": round(wall, 1), "host": study.host,
                                                "jobs": cfg.jobs, "skip": list(skip)}) + "\n")
     summary["out"] = str(study.out)
