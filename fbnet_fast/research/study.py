@@ -687,6 +687,10 @@ class Study:
                 if saved.get("lut_sha256") not in (None, self.lut_hash):
                     raise RunDirError(f"{path}: the study was made with another latency table "
                                       f"({saved['lut_sha256']}, now {self.lut_hash}); pick another folder")
+                if saved.get("fingerprint") not in (None, self.space.fingerprint):
+                    raise RunDirError(f"{path}: the study was made on another space (fingerprint "
+                                      f"{saved['fingerprint']}, now {self.space.fingerprint}: other widths, input "
+                                      f"size or candidates); pick another folder")
         seeds = {"search": [self.cfg.search_seed(i) for i in range(self.cfg.search_seeds)],
                  "train": [self.cfg.train_seed(j) for j in range(self.cfg.train_seeds)],
                  "data": "the search's or training's seed", "random_architectures": self.cfg.random_seed}
