@@ -274,7 +274,7 @@ def _run_config(src_file: Path) -> Path | None:
 
 def _run_images(args: argparse.Namespace, src: Path, src_file: Path, model, payload: dict, need: str | None):
     """(calibration, held-out) images of the run's data set, or (None, None) when unknown and not ``need``-ed."""
-    from ..errors import CheckpointError, ConfigError
+    from ..errors import CheckpointError, ConfigError, DataError
     from ..export import run_images
 
     space = model.space
@@ -294,9 +294,13 @@ def _run_images(args: argparse.Namespace, src: Path, src_file: Path, model, payl
                           f"check on), but {src} has no training config.json; pass --data SPEC")
     else:
         return None, None
-    return run_images(spec, image_size=space.input_size, num_classes=space.num_classes, seed=int(cfg.get("seed", 0)),
-                      num_train=num_train, num_val=num_val, mean=payload.get("mean"), std=payload.get("std"),
-                      calib_images=args.calib_images, eval_images=args.eval_images)
+    try:
+        return run_images(spec, image_size=space.input_size, num_classes=space.num_classes,
+                          seed=int(cfg.get("seed", 0)), num_train=num_train, num_val=num_val, mean=payload.get("mean"),
+                          std=payload.get("std"), calib_images=args.calib_images, eval_images=args.eval_images)
+    except DataError as e:
+        hint = "" if args.data else "; pass --data SPEC where the run's data set is now"
+        raise DataError(f"cannot read the data set the exports are checked on: {e}{hint}") from None
 
 
 def _verify_files(args: argparse.Namespace, model, held) -> int:
