@@ -118,9 +118,10 @@ class SearchConfig(OptionsDict):
     lut_weights: str | None = None  # multi-target: per-LUT weights "1,2" (default: equal)
     lut_combine: str = "mean"  # multi-target: "mean" (weighted log-latency sum) or "max" (worst case)
     lut_repeats: int = 20
-    # the back end that measures the LUT when no --lut is given (README, "Which back end the default
-    # search measures")
-    lut_backend: str = "torch-cpu"
+    # the back end that measures the LUT when no --lut is given: ONNX Runtime ranks a layer's blocks
+    # as ExecuTorch/XNNPACK (the phone runtime) does, eager torch does not (README, "Which back end the
+    # default search measures")
+    lut_backend: str = "onnxruntime"
     # schedule
     epochs: int = 6
     warmup_epochs: int = 2
