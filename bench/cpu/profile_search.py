@@ -15,7 +15,9 @@ times, in interleaved rounds (kernel x threads, medians over ``--rounds``):
   recalibration on 8 batches + 1,000 images) and ``checkpoint`` (one atomic save).
 
 From these it prints an epoch budget: steps per epoch x the step times + the per-epoch work.
-Run it alone on the machine (nothing else on the cores).
+Run it alone on the machine (nothing else on the cores). As an AVX2-only CPU runs it (emulated on a
+wider one): ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python
+bench/cpu/profile_search.py --isa v3``.
 """
 
 from __future__ import annotations
@@ -106,7 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--kernels", nargs="+", default=["fused", "reference"])
     p.add_argument("--out", default="bench/results/profile_search.json")
+    p.add_argument("--isa", default=None, help="run the fused kernels' variant of this ISA (v3 = AVX2+FMA); with "
+                   "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 in the environment "
+                   "this profiles an AVX2-only CPU's instruction mix (as bench/cpu/search_wall.py --as-avx2)")
     args = p.parse_args(argv)
+    if args.isa:
+        from fbnet_fast.ops import _ext
+
+        _ext.load().set_isa(args.isa)
 
     space = load_space("fbnet-cifar", width_mult=0.25)
     lut = _lut(space)
