@@ -676,14 +676,16 @@ def benchmark(model: nn.Module, files: dict[str, Path], x: torch.Tensor, runs: i
         with torch.no_grad():
             res["eager"] = _median_ms(model.eval(), x, runs)
             for fmt, path in files.items():
+                if fmt.startswith("pte"):
+                    from .runtimes import set_executorch_threads
+
+                    with native_stderr():  # before the program loads: it binds to the pool it finds
+                        set_executorch_threads(1)
                 prog = Program(path, threads=1)
                 if prog.kind == "pte":
                     if prog.fixed_batch != len(x):
                         continue
-                    from .runtimes import set_executorch_threads
-
                     with native_stderr():
-                        set_executorch_threads(1)
                         res[fmt] = _median_ms(prog.call, x, runs)
                 else:
                     res[fmt] = _median_ms(prog.call, x, runs)

@@ -144,14 +144,22 @@ def to_pte(model: nn.Module, example: torch.Tensor, *, dtype: str = "fp32",
         return bytes(prog.buffer)
 
 
+# How many times this process resized ExecuTorch's thread pool. XNNPACK binds a loaded program to the
+# pool it found: run after a resize, the program waits forever on the old pool's workers (seen: an export
+# hung in `pthreadpool_parallelize`). load_pte records the generation and refuses to run across one.
+_POOL_GENERATION = [0]
+
+
 def set_executorch_threads(threads: int) -> None:
-    """Size ExecuTorch's CPU thread pool (XNNPACK runs its kernels on it)."""
+    """Size ExecuTorch's CPU thread pool (XNNPACK runs its kernels on it). Programs loaded before a
+    resize cannot run after it (:func:`load_pte` raises instead of hanging): size the pool first."""
     require_executorch("setting ExecuTorch's threads")
     with _quiet(native=True):
         from executorch.extension.pybindings import portable_lib
 
         if portable_lib._threadpool_get_thread_count() != threads:
             portable_lib._unsafe_reset_threadpool(int(threads))
+            _POOL_GENERATION[0] += 1
 
 
 def executorch_threads() -> int:
@@ -177,7 +185,12 @@ def load_pte(program: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
         raise ConfigError("the ExecuTorch program has no 'forward' method")
     n_in = method.metadata.num_inputs()
 
+    generation = _POOL_GENERATION[0]
+
     def run(x: torch.Tensor) -> torch.Tensor:
+        if _POOL_GENERATION[0] != generation:
+            raise RuntimeError("this ExecuTorch program was loaded before the thread pool was resized "
+                               "(set_executorch_threads); XNNPACK would wait on the old pool forever: load it again")
         return method.execute([x.contiguous()])[0]
 
     run.num_inputs = n_in  # type: ignore[attr-defined]

@@ -278,3 +278,24 @@ def test_int8_needs_the_runs_data(run, tmp_path, capsys):
     images = _image_folder(tmp_path / "two_classes")
     rc = main(["export", str(tmp_path / "m.pt"), "--format", "onnx", "--data", f"folder:{images}"])
     assert rc == 2 and "has 2 classes but the model has 10" in capsys.readouterr().err
+
+
+@needs_executorch
+def test_timing_a_pte_after_the_pool_was_resized_completes_and_a_stale_program_refuses_to_run(others):
+    """XNNPACK binds a loaded program to the thread pool it found: `export --bench-runs` once hung for
+    good timing a .pte loaded just before it resized the pool to 1 thread. The benchmark now sizes the
+    pool first, and a program loaded before a resize raises instead of waiting forever."""
+    from fbnet_fast.export import benchmark
+    from fbnet_fast.runtimes import load_pte, set_executorch_threads
+
+    m, path, batch = others["same-shape"]
+    set_executorch_threads(2)
+    res = benchmark(m.eval(), {"pte": path}, torch.randn(batch, 3, 16, 16), runs=3)
+    assert res["pte"] > 0 and res["eager"] > 0
+    stale = load_pte(path.read_bytes())
+    set_executorch_threads(2)
+    with pytest.raises(RuntimeError, match="loaded before the thread pool was resized"):
+        stale(torch.randn(batch, 3, 16, 16))
+    fresh = load_pte(path.read_bytes())
+    assert fresh(torch.randn(batch, 3, 16, 16)).shape[0] == batch
+    set_executorch_threads(1)
