@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -252,6 +252,22 @@ def heldout_report(table: LatencyTable, space: SearchSpace, archs: Sequence[Any]
     return out
 
 
+def _distinct(space: SearchSpace, draw: Callable[[], list[int]], n: int, seen: set[str], what: str) -> list[Architecture]:
+    """``n`` networks from ``draw`` (candidate indices per layer), none already in ``seen`` (which
+    gains them), each kept the first time it is drawn."""
+    out: list[Architecture] = []
+    for _ in range(100 * max(n, 1)):
+        if len(out) == n:
+            break
+        idx = draw()
+        if arch_key(idx) not in seen:
+            seen.add(arch_key(idx))
+            out.append(Architecture.from_indices(space, idx))
+    if len(out) < n:  # pragma: no cover - a space with a handful of networks
+        raise ConfigError(f"could not draw {n} distinct {what} networks outside the fit set")
+    return out
+
+
 def searched_like(space: SearchSpace, table: LatencyTable, n: int, *, seed: int = 0,
                   exclude: Sequence[str] = ()) -> list[Architecture]:
     """``n`` networks shaped like a search's results, none in ``exclude`` (:func:`arch_key` strings):
@@ -263,21 +279,15 @@ def searched_like(space: SearchSpace, table: LatencyTable, n: int, *, seed: int 
     m = table.matrix(list(space.candidates)).double().numpy()
     z = (m - m.mean(1, keepdims=True)) / np.maximum(m.std(1, ddof=1, keepdims=True), 1e-12)
     rng = np.random.default_rng(seed + 11)
-    seen, out = set(exclude), []
     L, K = z.shape
-    for _ in range(100 * max(n, 1)):
-        if len(out) == n:
-            break
+
+    def draw() -> list[int]:
         theta = -rng.uniform(0.0, 3.0) * z + 2.0 * rng.standard_normal((L, K))
         p = np.exp(theta - theta.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
-        idx = [int(rng.choice(K, p=p[l])) for l in range(L)]
-        if arch_key(idx) not in seen:
-            seen.add(arch_key(idx))
-            out.append(Architecture.from_indices(space, idx))
-    if len(out) < n:  # pragma: no cover - a space with a handful of networks
-        raise ConfigError(f"could not draw {n} distinct searched-like networks outside the fit set")
-    return out
+        return [int(rng.choice(K, p=p[l])) for l in range(L)]
+
+    return _distinct(space, draw, n, set(exclude), "searched-like")
 
 
 def heldout_networks(space: SearchSpace, table: LatencyTable, n_uniform: int, n_searched: int, *, seed: int = 0,
@@ -287,17 +297,9 @@ def heldout_networks(space: SearchSpace, table: LatencyTable, n_uniform: int, n_
     if n_uniform < 0 or n_searched < 0:
         raise ConfigError(f"network counts must be >= 0, got {n_uniform} uniform and {n_searched} searched-like")
     rng = np.random.default_rng(seed + 13)
-    seen, out = set(exclude), []
+    seen = set(exclude)
     L, K = space.num_layers, len(space.candidates)
-    for _ in range(100 * max(n_uniform, 1)):
-        if len(out) == n_uniform:
-            break
-        idx = rng.integers(K, size=L).tolist()
-        if arch_key(idx) not in seen:
-            seen.add(arch_key(idx))
-            out.append(Architecture.from_indices(space, idx))
-    if len(out) < n_uniform:  # pragma: no cover - a space with a handful of networks
-        raise ConfigError(f"could not draw {n_uniform} distinct uniform networks outside the fit set")
+    out = _distinct(space, lambda: rng.integers(K, size=L).tolist(), n_uniform, seen, "uniform")
     out_s = searched_like(space, table, n_searched, seed=seed, exclude=sorted(seen))
     return out + out_s, ["uniform"] * len(out) + ["searched-like"] * len(out_s)
 
