@@ -26,17 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from fbnet_fast.lut import LatencyTable
-from fbnet_fast.measure.fit import fit_table, predict_ms, shape_groups
-from fbnet_fast.measure.additivity import kendall_tau
+from fbnet_fast.measure.fit import error_stats as stats, fit_table, predict_ms, shape_groups
 
 KINDS = ("global", "boundary")
 RIDGE_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
-
-
-def stats(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
-    err = np.abs(pred - meas) / meas * 100
-    return {"median_abs_pct_error": float(np.median(err)), "max_abs_pct_error": float(err.max()),
-            "share_within_10pct": float((err <= 10).mean()), "kendall_tau": kendall_tau(pred.tolist(), meas.tolist())}
 
 
 def features(idx: np.ndarray, kind_of: np.ndarray, n_kinds: int, groups: np.ndarray, kind: str) -> np.ndarray:

@@ -47,7 +47,7 @@ from ..space import Architecture, SearchSpace
 from .additivity import fit_correction, kendall_tau
 
 __all__ = ["LAMBDA_GRID", "FitResult", "fit_table", "compare", "predict_ms", "fitted_lut", "fit_networks",
-           "shape_groups", "arch_key", "predictors", "heldout_report", "searched_like", "heldout_networks"]
+           "shape_groups", "arch_key", "predictors", "heldout_report", "searched_like", "heldout_networks", "error_stats"]
 
 LAMBDA_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -181,7 +181,8 @@ def fit_table(table: LatencyTable, space: SearchSpace, archs: Sequence[Architect
                      extra={"tie": "shape" if tie else "layer", "unknowns": (int(groups.max()) + 1) * K + 1})
 
 
-def _stats(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float]:
+def error_stats(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float]:
+    """Median and max |% error| of ``pred`` against ``meas``, the share within +-10 %, Kendall's tau."""
     p, m = np.asarray(pred, dtype=np.float64), np.asarray(meas, dtype=np.float64)
     err = np.abs(p - m) / m * 100
     return {"median_abs_pct_error": float(np.median(err)), "max_abs_pct_error": float(err.max()),
@@ -197,9 +198,9 @@ def compare(table: LatencyTable, space: SearchSpace, fit: FitResult, test_archs:
     b = table.matrix(list(space.candidates)).numpy()
     ti = _indices(space, test_archs)
     raw = predict_ms(b, table.fixed_ms, ti)
-    return {"blockwise": _stats(raw, test_measured),
-            "scale_offset": _stats(fit.prior_scale * raw + fit.prior_offset_ms, test_measured),
-            "fitted": _stats(predict_ms(fit.matrix, fit.fixed_ms, ti), test_measured)}
+    return {"blockwise": error_stats(raw, test_measured),
+            "scale_offset": error_stats(fit.prior_scale * raw + fit.prior_offset_ms, test_measured),
+            "fitted": error_stats(predict_ms(fit.matrix, fit.fixed_ms, ti), test_measured)}
 
 
 def arch_key(idx: Sequence[int]) -> str:
@@ -248,7 +249,7 @@ def heldout_report(table: LatencyTable, space: SearchSpace, archs: Sequence[Any]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, (m, c) in predictors(table, space).items():
         pred = predict_ms(m, c, idx)
-        out[name] = {g: {**_stats(pred[sel], meas[sel]), "n": int(len(sel))} for g, sel in groups.items()}
+        out[name] = {g: {**error_stats(pred[sel], meas[sel]), "n": int(len(sel))} for g, sel in groups.items()}
     return out
 
 
