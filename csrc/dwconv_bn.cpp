@@ -111,6 +111,78 @@ int64_t conv_row_dispatch(int64_t k, int64_t stride, const float* const* rowp, c
   return 0;
 }
 
+// Backward, stride 1: grad_u1 of one input row is the forward's correlation of the k rows of
+// grad_out around it (zero-padded like the activated rows) with the kernel flipped in both
+// axes, so it runs the forward's register blocking (P pixels a tap load, P FMA chains), with
+// the ReLU-mask and BN1-sum epilogue: gu = (scale1*z1 + shift1 > 0) ? acc : 0, sum_g += gu,
+// sum_gz += gu * (z1 - center1). The former per-pixel gather built its tap list per pixel and
+// ran channels below a 16-block scalar (11.6 ms for 8 channels at 64x32x32, the forward 1.6).
+template <int K, typename V>
+inline int64_t bwd_row_blocks(const float* const* rowp, const float* __restrict__ wf, int64_t C, int64_t c_begin,
+                              int64_t W, float* __restrict__ orow, const float* __restrict__ zrow,
+                              const float* __restrict__ a, const float* __restrict__ b,
+                              const float* __restrict__ m, float* __restrict__ fs, float* __restrict__ fq) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  constexpr int P = 4;
+  const V zero = {};
+  int64_t c_end = c_begin;
+  while (c_end + L <= C) c_end += L;
+  if (c_end == c_begin) return c_begin;
+  const float* r[K];
+  for (int kh = 0; kh < K; ++kh) r[kh] = rowp[kh];
+  for (int64_t iw = 0; iw < W; iw += P) {
+    const int np = static_cast<int>(std::min<int64_t>(P, W - iw));
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += L) {
+      V ac[P];
+      for (int q = 0; q < P; ++q) ac[q] = zero;
+      if (np == P) {
+        for (int kh = 0; kh < K; ++kh) {
+          const float* grow = r[kh] + iw * C + c0;
+          for (int kw = 0; kw < K; ++kw) {
+            const V w = vload<V>(wf + (kh * K + kw) * C + c0);
+            for (int q = 0; q < P; ++q) ac[q] += w * vload<V>(grow + (q + kw) * C);
+          }
+        }
+      } else {
+        for (int q = 0; q < np; ++q)
+          for (int kh = 0; kh < K; ++kh) {
+            const float* grow = r[kh] + (iw + q) * C + c0;
+            for (int kw = 0; kw < K; ++kw) ac[q] += vload<V>(wf + (kh * K + kw) * C + c0) * vload<V>(grow + kw * C);
+          }
+      }
+      const V av = vload<V>(a + c0), bv = vload<V>(b + c0), mv = vload<V>(m + c0);
+      V sv = vload<V>(fs + c0), qv = vload<V>(fq + c0);
+      for (int q = 0; q < np; ++q) {
+        const V zv = vload<V>(zrow + (iw + q) * C + c0);
+        const V gu = av * zv + bv > zero ? ac[q] : zero;
+        vstore<V>(orow + (iw + q) * C + c0, gu);
+        sv += gu;
+        qv += gu * (zv - mv);
+      }
+      vstore<V>(fs + c0, sv);
+      vstore<V>(fq + c0, qv);
+    }
+  }
+  return c_end;
+}
+
+// Channel blocks of 16, then at most one of 8; returns the first channel left to the gather loop.
+template <int K>
+int64_t bwd_row_fast(const float* const* rowp, const float* wf, int64_t C, int64_t W, float* orow,
+                     const float* zrow, const float* a, const float* b, const float* m, float* fs, float* fq) {
+  const int64_t c = bwd_row_blocks<K, V16>(rowp, wf, C, 0, W, orow, zrow, a, b, m, fs, fq);
+  return bwd_row_blocks<K, V8>(rowp, wf, C, c, W, orow, zrow, a, b, m, fs, fq);
+}
+
+// grad_weight[tap] += sum_ow h[ow*s - p + kw] * g[ow] over channels [c0, c0 + L): registers over ow.
+template <typename V>
+inline void wgrad_block(const float* __restrict__ hrow, const float* __restrict__ grow, int64_t C, int64_t c0,
+                        int64_t lo, int64_t hi, int64_t stride, int64_t off, float* __restrict__ d) {
+  V ac = {};
+  for (int64_t ow = lo; ow < hi; ++ow) ac += vload<V>(hrow + (ow * stride + off) * C + c0) * vload<V>(grow + ow * C + c0);
+  vstore<V>(d + c0, vload<V>(d + c0) + ac);
+}
+
 }  // namespace
 
 void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf_t scale1,
@@ -318,9 +390,21 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
     }
     col_n[iw] = cnt;
   }
+  // Stride 1 with k in {3, 5}: grad_in by the forward-style row kernel (bwd_row_fast) over a
+  // ring of k zero-padded grad_out rows, with the kernel flipped: every 16- and 8-channel block
+  // at k = 3, the 8-channel block at k = 5 (its 16-blocks gathered 1.2-1.45x faster, measured);
+  // the gather loop below does the rest. Other k and stride 2 gather, as before.
+  const bool rowfast = stride == 1 && (k == 3 || k == 5);
+  const int64_t Wp = W + 2 * p;
+  std::vector<float> wflip(rowfast ? static_cast<size_t>(KK) * C : 0);
+  for (int64_t t = 0; rowfast && t < KK; ++t) std::memcpy(wflip.data() + t * C, wt + (KK - 1 - t) * C, C * sizeof(float));
 #pragma omp parallel
   {
     std::vector<float> h(W * C), dw(static_cast<size_t>(KK) * C), rs(C), rq(C);
+    std::vector<float> gring(rowfast ? static_cast<size_t>(k) * Wp * C : 0, 0.0f);
+    constexpr int64_t kNone = -1, kZero = -2;
+    int64_t held[32];
+    const float* rowp[32];
 #pragma omp for schedule(static)
     for (int64_t ch = 0; ch < nch; ++ch) {
       // Weight-grad partials in float within a chunk (<= 64K elements), in double
@@ -331,6 +415,7 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
       const int64_t r1 = std::min(rows, (ch + 1) * R);
       float* __restrict__ fs = rs.data();
       float* __restrict__ fq = rq.data();
+      for (int64_t i = 0; i < k; ++i) held[i] = kNone;
       for (int64_t r = ch * R; r < r1; ++r) {
         const int64_t n = r / H, ih = r % H;
         const float* __restrict__ zrow = zp + r * W * C;
@@ -346,10 +431,34 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           const int64_t t = ih + p - kh;
           ohs[kh] = (t < 0 || t % stride || t / stride >= Ho) ? -1 : t / stride;
         }
-        // grad_in: gather every output this pixel feeds; accumulator in registers.
         std::fill(fs, fs + C, 0.0f);
         std::fill(fq, fq + C, 0.0f);
-        for (int64_t iw = 0; iw < W; ++iw) {
+        int64_t cfast = 0, g16 = C / kV * kV, gs = g16;
+        if (rowfast) {
+          // grad_out rows ih - p .. ih + p (Ho == H), each copied once per chunk into slot oh mod k.
+          for (int64_t kh = 0; kh < k; ++kh) {
+            const int64_t oh = ih - p + kh;
+            const int64_t slot = ((oh % k) + k) % k;
+            const bool pad = oh < 0 || oh >= Ho;
+            const int64_t tag = pad ? kZero : n * Ho + oh;
+            rowp[kh] = gring.data() + slot * Wp * C;
+            if (held[slot] == tag) continue;
+            held[slot] = tag;
+            float* __restrict__ dst = gring.data() + slot * Wp * C + p * C;
+            if (pad) std::fill(dst, dst + W * C, 0.0f);
+            else std::memcpy(dst, gp + (n * Ho + oh) * Wo * C, W * C * sizeof(float));
+          }
+          if (k == 3) {
+            cfast = bwd_row_fast<3>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq);
+            g16 = 0;
+            gs = cfast;
+          } else {  // k = 5: the 8-block only (measured: the 16-blocks gather faster at k = 5)
+            gs = bwd_row_blocks<5, V8>(rowp, wflip.data(), C, g16, W, gi + r * W * C, zrow, a, b, m, fs, fq);
+          }
+        }
+        // grad_in, the rest: gather every output this pixel feeds, 16-channel blocks in [0, g16)
+        // and single channels in [gs, C); accumulator in registers.
+        for (int64_t iw = 0; (g16 > 0 || gs < C) && iw < W; ++iw) {
           int64_t taps[32 * 32], offs[32 * 32], nt = 0;
           const int64_t* ckw = col_kw.data() + iw * k;
           const int64_t* cow = col_ow.data() + iw * k;
@@ -363,9 +472,8 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           }
           const float* __restrict__ zr = zrow + iw * C;
           float* __restrict__ o = gi + (r * W + iw) * C;
-          int64_t c0 = 0;
           // Explicit vectors: gcc vectorised the loop above over taps (gathers) instead.
-          for (; c0 + kV <= C; c0 += kV) {
+          for (int64_t c0 = 0; c0 < g16; c0 += kV) {
             V16 ac = {};
             for (int64_t t = 0; t < nt; ++t) ac += vload<V16>(wt + taps[t] + c0) * vload<V16>(gp + offs[t] + c0);
             const V16 zero = {}, zv = vload<V16>(zr + c0);
@@ -374,7 +482,7 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
             vstore<V16>(fs + c0, vload<V16>(fs + c0) + gu);
             vstore<V16>(fq + c0, vload<V16>(fq + c0) + gu * (zv - vload<V16>(m + c0)));
           }
-          for (int64_t c = c0; c < C; ++c) {
+          for (int64_t c = gs; c < C; ++c) {
             float acc1 = 0.0f;
             for (int64_t t = 0; t < nt; ++t) acc1 += wt[taps[t] + c] * gp[offs[t] + c];
             const float gu = a[c] * zr[c] + b[c] > 0.0f ? acc1 : 0.0f;
@@ -398,17 +506,8 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
             const int64_t hi = last < 0 ? 0 : std::min<int64_t>(Wo, last / stride + 1);
             float* __restrict__ d = dw.data() + (kh * k + kw) * C;
             int64_t c0 = 0;
-            for (; c0 + kV <= C; c0 += kV) {
-              float ac[kV] = {};
-              for (int64_t ow = lo; ow < hi; ++ow) {
-                const float* __restrict__ hv = hrow + (ow * stride - p + kw) * C + c0;
-                const float* __restrict__ g = grow + ow * C + c0;
-#pragma omp simd
-                for (int j = 0; j < kV; ++j) ac[j] += hv[j] * g[j];
-              }
-#pragma omp simd
-              for (int j = 0; j < kV; ++j) d[c0 + j] += ac[j];
-            }
+            for (; c0 + kV <= C; c0 += kV) wgrad_block<V16>(hrow, grow, C, c0, lo, hi, stride, kw - p, d);
+            for (; c0 + 8 <= C; c0 += 8) wgrad_block<V8>(hrow, grow, C, c0, lo, hi, stride, kw - p, d);
             for (int64_t c = c0; c < C; ++c) {
               float acc1 = 0.0f;
               for (int64_t ow = lo; ow < hi; ++ow) acc1 += hrow[(ow * stride - p + kw) * C + c] * grow[ow * C + c];

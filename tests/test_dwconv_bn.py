@@ -29,6 +29,12 @@ SHAPES = [
     (2, 13, 13, 48, 3, 1),  # several reduction chunks
     (2, 30, 64, 48, 5, 1),  # 22-row chunks that start mid-image (the activated-row ring restarts)
     (2, 12, 9, 16, 5, 2),   # even height at stride 2: the ring skips a row between outputs
+    # stride-1 backward by the row kernel (16- and 8-channel blocks, then the gather loop):
+    (2, 9, 10, 8, 3, 1),    # one 8-block (the width-0.25 search's e1 candidates)
+    (2, 7, 6, 24, 5, 1),    # a 16-block and an 8-block
+    (3, 5, 4, 12, 3, 1),    # an 8-block and 4 channels gathered; W = 4 = one pixel block
+    (2, 6, 7, 3, 5, 1),     # below one 8-block: gathered only; W = 7: a partial pixel block
+    (1, 3, 2, 40, 5, 1),    # image narrower than the kernel: most taps read padding
 ]
 
 
@@ -43,7 +49,7 @@ def _inputs(n, h, w, c, k, seed=0):
 
 
 @pytest.mark.parametrize("n,h,w,c,k,stride", SHAPES)
-def test_forward(n, h, w, c, k, stride):
+def test_forward(n, h, w, c, k, stride, isa):
     z1, a, b, wt, _ = _inputs(n, h, w, c, k)
     got = dwconv_bn.dwconv_bn_forward(z1, a, b, wt, stride)
     ref32 = dwconv_bn_ref.dwconv_bn_forward_ref(z1, a, b, wt, stride)
@@ -63,7 +69,7 @@ def test_forward(n, h, w, c, k, stride):
 
 
 @pytest.mark.parametrize("n,h,w,c,k,stride", SHAPES)
-def test_backward(n, h, w, c, k, stride):
+def test_backward(n, h, w, c, k, stride, isa):
     z1, a, b, wt, ctr = _inputs(n, h, w, c, k)
     ho, wo = dwconv_bn.conv_out_size(h, stride), dwconv_bn.conv_out_size(w, stride)
     g = torch.randn(n, ho, wo, c, generator=torch.Generator().manual_seed(1))
@@ -74,15 +80,17 @@ def test_backward(n, h, w, c, k, stride):
         assert_close_to_ref(name, getattr(got, name), getattr(ref32, name), getattr(ref64, name))
 
 
-def test_backward_is_thread_count_invariant():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_backward_is_thread_count_invariant(stride, isa):
     z1, a, b, wt, ctr = _inputs(4, 15, 15, 40, 5, seed=2)
-    g = torch.randn(4, 15, 15, 40)
+    ho = dwconv_bn.conv_out_size(15, stride)
+    g = torch.randn(4, ho, ho, 40)
     old = torch.get_num_threads()
     try:
         res = []
         for t in (1, 2):
             torch.set_num_threads(t)
-            res.append(dwconv_bn.dwconv_bn_backward(g, z1, a, b, wt, 1, ctr))
+            res.append(dwconv_bn.dwconv_bn_backward(g, z1, a, b, wt, stride, ctr))
     finally:
         torch.set_num_threads(old)
     for x, y in zip(*res):
