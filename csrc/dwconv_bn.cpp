@@ -41,6 +41,31 @@ inline V vload(const float* p) {
 template <typename V>
 inline void vstore(float* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
 
+// ac[q] = sum over the K x K taps of wt[tap] * row[(o + q) * S + kw] for the np <= P output pixels
+// o .. o + np - 1 of one channel block [c0, c0 + |V|); rows r[kh] are zero-padded by K / 2 columns.
+// Each tap's weight vector is loaded once for the P pixels; kh major, kw minor.
+template <int K, int S, typename V, int P>
+inline void taps_accumulate(const float* const* r, const float* __restrict__ wt, int64_t C, int64_t o, int64_t c0,
+                            int np, V* ac) {
+  const V zero = {};
+  for (int q = 0; q < P; ++q) ac[q] = zero;
+  if (np == P) {
+    for (int kh = 0; kh < K; ++kh) {
+      const float* row = r[kh] + o * S * C + c0;
+      for (int kw = 0; kw < K; ++kw) {
+        const V w = vload<V>(wt + (kh * K + kw) * C + c0);
+        for (int q = 0; q < P; ++q) ac[q] += w * vload<V>(row + (q * S + kw) * C);
+      }
+    }
+  } else {
+    for (int q = 0; q < np; ++q)
+      for (int kh = 0; kh < K; ++kh) {
+        const float* row = r[kh] + (o + q) * S * C + c0;
+        for (int kw = 0; kw < K; ++kw) ac[q] += vload<V>(wt + (kh * K + kw) * C + c0) * vload<V>(row + kw * C);
+      }
+  }
+}
+
 // Forward, one output row, all channel blocks of |V|: P output pixels at a time, each tap's
 // weight vector loaded once for the P pixels (1.25 loads a FMA at P = 4, not 2: the runtime-k
 // loop was load-bound) and P independent FMA chains. Pixel-major like the generic loop, so
@@ -63,22 +88,7 @@ inline int64_t conv_row_blocks(const float* const* rowp, const float* __restrict
     const int np = static_cast<int>(std::min<int64_t>(P, Wo - ow));
     for (int64_t c0 = c_begin; c0 < c_end; c0 += L) {
       V ac[P];
-      for (int q = 0; q < P; ++q) ac[q] = zero;
-      if (np == P) {
-        for (int kh = 0; kh < K; ++kh) {
-          const float* arow = r[kh] + ow * S * C + c0;
-          for (int kw = 0; kw < K; ++kw) {
-            const V w = vload<V>(wt + (kh * K + kw) * C + c0);
-            for (int q = 0; q < P; ++q) ac[q] += w * vload<V>(arow + (q * S + kw) * C);
-          }
-        }
-      } else {
-        for (int q = 0; q < np; ++q)
-          for (int kh = 0; kh < K; ++kh) {
-            const float* arow = r[kh] + (ow + q) * S * C + c0;
-            for (int kw = 0; kw < K; ++kw) ac[q] += vload<V>(wt + (kh * K + kw) * C + c0) * vload<V>(arow + kw * C);
-          }
-      }
+      taps_accumulate<K, S, V, P>(r, wt, C, ow, c0, np, ac);
       V sv = vload<V>(fs + c0);
       for (int q = 0; q < np; ++q) {
         vstore<V>(orow + (ow + q) * C + c0, ac[q]);
@@ -134,22 +144,7 @@ inline int64_t bwd_row_blocks(const float* const* rowp, const float* __restrict_
     const int np = static_cast<int>(std::min<int64_t>(P, W - iw));
     for (int64_t c0 = c_begin; c0 < c_end; c0 += L) {
       V ac[P];
-      for (int q = 0; q < P; ++q) ac[q] = zero;
-      if (np == P) {
-        for (int kh = 0; kh < K; ++kh) {
-          const float* grow = r[kh] + iw * C + c0;
-          for (int kw = 0; kw < K; ++kw) {
-            const V w = vload<V>(wf + (kh * K + kw) * C + c0);
-            for (int q = 0; q < P; ++q) ac[q] += w * vload<V>(grow + (q + kw) * C);
-          }
-        }
-      } else {
-        for (int q = 0; q < np; ++q)
-          for (int kh = 0; kh < K; ++kh) {
-            const float* grow = r[kh] + (iw + q) * C + c0;
-            for (int kw = 0; kw < K; ++kw) ac[q] += vload<V>(wf + (kh * K + kw) * C + c0) * vload<V>(grow + kw * C);
-          }
-      }
+      taps_accumulate<K, 1, V, P>(r, wf, C, iw, c0, np, ac);
       const V av = vload<V>(a + c0), bv = vload<V>(b + c0), mv = vload<V>(m + c0);
       V sv = vload<V>(fs + c0), qv = vload<V>(fq + c0);
       for (int q = 0; q < np; ++q) {
