@@ -20,7 +20,8 @@ from torch import nn
 from fbnet_fast.ops import _ext
 from fbnet_fast.errors import ExtensionError
 from fbnet_fast.ops import mixed_op, mixed_op_ref, resolve_impl
-from fbnet_fast.ops.mixed_op_fused import mixed_op_fused
+import fbnet_fast.ops.mixed_op_fused as mixed_op_fused_mod
+from fbnet_fast.ops.mixed_op_fused import KEEP_ENV, keep_budget_bytes, kept_bytes, mixed_op_fused
 from fbnet_fast.space import FBNET_CANDIDATES, Stage, load_space
 from fbnet_fast.supernet import Supernet, gumbel_weights
 
@@ -55,6 +56,13 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(params=["recompute", "keep"])
+def keep(request, monkeypatch):
+    """Run once recomputing every intermediate in backward and once keeping z1, z2, z3 (both paths of the Function)."""
+    monkeypatch.setenv(KEEP_ENV, "0" if request.param == "recompute" else "inf")
+    return request.param
+
+
 def _run(op, x, theta, hard, fn, go, seed=7):
     x = x.detach().clone().requires_grad_(True)
     theta = theta.detach().clone().requires_grad_(True)
@@ -67,7 +75,7 @@ def _run(op, x, theta, hard, fn, go, seed=7):
 @needs_ext
 @pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", SHAPES)
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_mixed_op_matches_reference(n, c_in, c_out, stride, h, w, cl, hard, isa):
+def test_mixed_op_matches_reference(n, c_in, c_out, stride, h, w, cl, hard, isa, keep):
     op = make_mixed_op(c_in, c_out, stride, h)
     x = torch.randn(n, c_in, h, w, generator=torch.Generator().manual_seed(1))
     if cl:
@@ -78,7 +86,7 @@ def test_mixed_op_matches_reference(n, c_in, c_out, stride, h, w, cl, hard, isa)
 
 @needs_ext
 @pytest.mark.parametrize("idx", range(len(FBNET_CANDIDATES)))
-def test_hard_gumbel_computes_only_the_selected_candidate(idx, isa):
+def test_hard_gumbel_computes_only_the_selected_candidate(idx, isa, keep):
     """theta strongly favouring one candidate: the others get no grad and keep their BN stats."""
     op = make_mixed_op(8, 8, 1, 6)
     theta = torch.full((len(FBNET_CANDIDATES),), -30.0)
@@ -94,7 +102,7 @@ def test_hard_gumbel_computes_only_the_selected_candidate(idx, isa):
 
 @needs_ext
 @pytest.mark.parametrize("stride,c_out", [(1, 8), (2, 16)])
-def test_eval_mode_uses_running_stats(stride, c_out, isa):
+def test_eval_mode_uses_running_stats(stride, c_out, isa, keep):
     op = make_mixed_op(8, c_out, stride, 7)
     theta = torch.randn(len(FBNET_CANDIDATES))
     compare_mixed_op(op, torch.randn(2, 8, 7, 7), theta, False, mixed_op_fused, train=False)
@@ -110,11 +118,7 @@ def test_momentum_none_cumulative_average(isa):
     compare_mixed_op(op, torch.randn(2, 8, 5, 5), theta, False, mixed_op_fused)
 
 
-@needs_ext
-def test_saves_only_input_weights_params_and_stats():
-    op = make_mixed_op(16, 16, 1, 8)
-    x = torch.randn(4, 16, 8, 8).requires_grad_(True)
-    w = torch.softmax(torch.randn(len(FBNET_CANDIDATES)), 0).requires_grad_(True)
+def _saved(op, x, w):
     param_ptrs = {p.data_ptr() for p in op.parameters()}
     saved = []
 
@@ -123,8 +127,70 @@ def test_saves_only_input_weights_params_and_stats():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = mixed_op_fused(x, w, op.candidates)
+    return y, [t for t in saved if t.data_ptr() not in param_ptrs and t.data_ptr() != x.data_ptr()]
+
+
+@needs_ext
+@pytest.mark.parametrize("stride", [1, 2])
+def test_keep_budget_decides_per_layer_what_is_saved(stride, monkeypatch):
+    """Under the budget z1, z2, z3 of every IR candidate are saved (exactly kept_bytes); over it only [C] vectors."""
+    from fbnet_fast.ops.mixed_op_fused import _plan
+
+    op = make_mixed_op(16, 16, stride, 8)
+    x = torch.randn(4, 16, 8, 8).requires_grad_(True)
+    w = torch.softmax(torch.randn(len(FBNET_CANDIDATES)), 0).requires_grad_(True)
+    ho = (8 - 1) // stride + 1
+    need = kept_bytes(_plan(w, op.candidates)[0], 4 * 8 * 8, 4 * ho * ho)
+    for mib, keeps in [(need / 2**20, True), ((need - 4) / 2**20, False)]:
+        monkeypatch.setenv(KEEP_ENV, repr(mib))
+        _, acts = _saved(op, x, w)
+        big = sum(t.numel() * 4 for t in acts if t.dim() > 1)
+        assert big == (need if keeps else 0), (mib, big, need)
+    # No backward can follow (evaluation under no_grad): nothing is kept, h2 is written in place.
+    monkeypatch.setenv(KEEP_ENV, "inf")
+    calls = []
+    real = mixed_op_fused_mod._ir_forward
+    monkeypatch.setattr(mixed_op_fused_mod, "_ir_forward", lambda *a: calls.append(a[-1]) or real(*a))
+    with torch.no_grad():
         mixed_op_fused(x, w, op.candidates)
-    acts = [t for t in saved if t.data_ptr() not in param_ptrs and t.data_ptr() != x.data_ptr()]
+    assert calls and not any(calls)
+    mixed_op_fused(x, w, op.candidates)
+    assert all(calls[len(calls) // 2:])
+
+
+@needs_ext
+def test_kept_intermediates_survive_a_second_backward(monkeypatch):
+    """retain_graph: the kept z3 is not overwritten in backward, so a second backward gives the same gradients."""
+    monkeypatch.setenv(KEEP_ENV, "inf")
+    op = make_mixed_op(8, 8, 1, 6)
+    x = torch.randn(2, 8, 6, 6).requires_grad_(True)
+    w = torch.softmax(torch.randn(len(FBNET_CANDIDATES)), 0).requires_grad_(True)
+    y = mixed_op_fused(x, w, op.candidates)
+    go = torch.randn_like(y)
+    ins = [x, w, *op.candidates.parameters()]
+    g1 = torch.autograd.grad(y, ins, go, retain_graph=True)
+    g2 = torch.autograd.grad(y, ins, go)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("raw", ["-1", "lots", "nan"])
+def test_keep_budget_bad_value_is_one_clear_error(raw, monkeypatch):
+    from fbnet_fast.errors import ConfigError
+
+    monkeypatch.setenv(KEEP_ENV, raw)
+    with pytest.raises(ConfigError, match=KEEP_ENV + " must be a number of MiB >= 0"):
+        keep_budget_bytes()
+
+
+@needs_ext
+def test_saves_only_input_weights_params_and_stats(monkeypatch):
+    monkeypatch.setenv(KEEP_ENV, "0")
+    op = make_mixed_op(16, 16, 1, 8)
+    x = torch.randn(4, 16, 8, 8).requires_grad_(True)
+    w = torch.softmax(torch.randn(len(FBNET_CANDIDATES)), 0).requires_grad_(True)
+    _, acts = _saved(op, x, w)
     # Besides x and the parameters: the weights and per-BN [C] vectors only.
     assert all(t.dim() <= 1 for t in acts), [list(t.shape) for t in acts]
     assert sum(t.numel() for t in acts) < x.numel()
@@ -143,7 +209,7 @@ def test_deterministic_repeat(isa):
 
 
 @pytest.mark.parametrize("stride,c_in,c_out", [(1, 8, 8), (2, 16, 24)])
-def test_frozen_weights_skip_their_gradients(stride, c_in, c_out, isa):
+def test_frozen_weights_skip_their_gradients(stride, c_in, c_out, isa, keep):
     """A theta step (weights frozen): no weight gradients, and x / theta gradients bit-identical
     to a step with every gradient (the skipped GEMMs and weight-gradient loop feed nothing else)."""
     op = make_mixed_op(c_in, c_out, stride, 9)
@@ -168,7 +234,7 @@ def _tiny_supernet_space():
 
 @needs_ext
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_supernet_training_step_matches_reference(hard, isa):
+def test_supernet_training_step_matches_reference(hard, isa, keep):
     """One whole training step (stem, three fused mixed ops, head, cross-entropy) vs eager and fp64.
 
     2 images of 16x16: every ReLU input near its kink gives every gradient upstream of it a

@@ -45,7 +45,8 @@ from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accum
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
 from .mixed_op_ref import active_candidates
 
-__all__ = ["FUSED_KINDS", "MixedOpFunction", "mixed_op_fused", "supports"]
+__all__ = ["FUSED_KINDS", "KEEP_ENV", "MixedOpFunction", "keep_budget_bytes", "kept_bytes", "mixed_op_fused",
+           "supports"]
 
 # The block classes the fused kernels implement, by kind: exact classes, not subclasses and
 # not look-alikes (a block with a depthwise conv plus, say, squeeze-excite is not an IR
@@ -211,7 +212,8 @@ def _ir_weights(c: _Cand, ps) -> _IRWeights:
     return _IRWeights(w1d, wd.reshape(b.mid, -1).t().contiguous(), _dense_1x1(w3, b.groups))
 
 
-def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha):
+def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool):
+    """Adds ``alpha * block(x)`` into ``out2``; returns the BN statistics and, with ``keep``, ``[z1, z2, z3]``."""
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, _ = shape
@@ -219,18 +221,17 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha):
     bn1 = _bn_fold(b.bn1, g1, b1, z1, None, c.perm)
     batch2 = _uses_batch_stats(b.bn2)
     fw = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wts.wt, b.stride, stats=batch2)
-    del z1
     z2 = fw.out.view(-1, b.mid)
     bn2 = _bn_fold(b.bn2, g2, b2, z2, (fw.mean, fw.var) if batch2 else None, None)
-    h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True, out=z2)
+    h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True, out=None if keep else z2)
     z3 = torch.mm(h2, wts.w3.t())
-    del h2, z2, fw
     bn3 = _bn_fold(b.bn3, g3, b3, z3, None, None)
     affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha)
-    return [bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch]
+    return ([bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch],
+            [z1, z2, z3] if keep else [])
 
 
-def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, x2, gx2, shape, go2, alpha, needs):
+def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, shape, go2, alpha, needs):
     b = c.block
     w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
     n, h, w, _ = shape
@@ -238,16 +239,23 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, x2, gx2, shape, go
     bn1 = _bn_refold(b.bn1, g1, b1, m1, v1, batch[0], c.perm)
     bn2 = _bn_refold(b.bn2, g2, b2, m2, v2, batch[1], None)
     bn3 = _bn_refold(b.bn3, g3, b3, m3, v3, batch[2], None)
-    # Recompute this candidate's intermediates (the only ones alive at a time).
-    z1 = torch.mm(x2, wts.w1.t())
-    z1_4 = z1.view(n, h, w, b.mid)
-    # BN2 is known here, so h2 = relu(bn2(z2)) comes out of the conv pass too (no extra read of z2).
-    fw = dwconv_bn_forward(z1_4, bn1.scale, bn1.shift, wts.wt, b.stride, stats=False, scale2=bn2.scale,
-                           shift2=bn2.shift)
-    z2, h2 = fw.out.view(-1, b.mid), fw.act.view(-1, b.mid)
-    del fw
-    z3 = torch.mm(h2, wts.w3.t())
-    r3 = _bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=z3)
+    if kept:
+        # Kept by the forward (the layer fit the keep budget): only h2 is rebuilt, one elementwise pass.
+        z1, z2, z3 = kept
+        z1_4 = z1.view(n, h, w, b.mid)
+        h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True)
+    else:
+        # Recompute this candidate's intermediates (the only ones alive at a time).
+        z1 = torch.mm(x2, wts.w1.t())
+        z1_4 = z1.view(n, h, w, b.mid)
+        # BN2 is known here, so h2 = relu(bn2(z2)) comes out of the conv pass too (no extra read of z2).
+        fw = dwconv_bn_forward(z1_4, bn1.scale, bn1.shift, wts.wt, b.stride, stats=False, scale2=bn2.scale,
+                               shift2=bn2.shift)
+        z2, h2 = fw.out.view(-1, b.mid), fw.act.view(-1, b.mid)
+        del fw
+        z3 = torch.mm(h2, wts.w3.t())
+    # In place over a recomputed z3; a kept one stays intact (a second backward with retain_graph).
+    r3 = _bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=None if kept else z3)
     gz3 = r3.grad_z
     # Frozen weights (a theta step of the search): their GEMMs and the depthwise weight
     # gradient are skipped, as eager autograd skips them.
@@ -309,6 +317,41 @@ def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs):
     return [gwc, r.grad_gamma if needs[1] else None, r.grad_beta if needs[2] else None], r.weight_dot
 
 
+# ------------------------------------------------------------------------ keep budget
+KEEP_ENV = "FBNET_FAST_KEEP_MIB"
+DEFAULT_KEEP_MIB = 256.0
+
+
+def keep_budget_bytes() -> float:
+    """Bytes of intermediates one layer may keep for backward instead of recomputing them.
+
+    ``$FBNET_FAST_KEEP_MIB`` (MiB, default 256; ``0`` always recomputes, ``inf`` always keeps).
+    Recomputing costs the forward's GEMMs and depthwise pass again in backward (about a third
+    of the backward at the default search's width 0.25); keeping costs z1, z2, z3 of every IR
+    candidate (:func:`kept_bytes`), still a fraction of what eager autograd keeps. The default
+    keeps the default search's layers (at most ~110 MiB each at batch 64) and recomputes the
+    wide, high-resolution layers of an ImageNet-size search, where memory is the constraint.
+    """
+    import os
+
+    raw = os.environ.get(KEEP_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_KEEP_MIB * 2**20
+    try:
+        mib = float(raw)
+    except ValueError:
+        mib = -1.0
+    if not mib >= 0:  # also NaN
+        raise ConfigError(f"{KEEP_ENV} must be a number of MiB >= 0 (0: always recompute, inf: always keep), "
+                          f"got {raw!r}")
+    return mib * 2**20
+
+
+def kept_bytes(cands: Sequence[_Cand], m_in: int, m_out: int) -> int:
+    """float32 bytes of z1 ``[m_in, mid]``, z2 ``[m_out, mid]`` and z3 ``[m_out, C_out]`` over the IR candidates."""
+    return 4 * sum(c.block.mid * (m_in + m_out) + c.block.c_out * m_out for c in cands if c.kind == "ir")
+
+
 # --------------------------------------------------------------------------- Function
 class MixedOpFunction(torch.autograd.Function):
     """``sum_i w_i * block_i(x)`` over the active candidates, recomputing in backward.
@@ -316,11 +359,13 @@ class MixedOpFunction(torch.autograd.Function):
     Saved: x ``[N, C_in, H, W]``, weights ``[K]``, the active candidates' parameters, and
     per BatchNorm its mean and variance ``[C]`` (3 per IR candidate, 1 per skip conv); off the
     autograd record, each IR candidate's weights in kernel layout (parameter-sized).
-    Recomputed: every intermediate (z1, z2, h2, z3, one candidate at a time in backward).
+    Recomputed: every intermediate (z1, z2, h2, z3, one candidate at a time in backward), unless
+    the layer's z1, z2 and z3 together fit the keep budget (:func:`keep_budget_bytes`): then
+    they are saved too and the backward rebuilds only h2 (one elementwise pass).
     """
 
     @staticmethod
-    def forward(ctx, x, weights, cands, *params):
+    def forward(ctx, x, weights, cands, grad, *params):
         wl = weights.detach().tolist()
         x4 = _nhwc(x)
         n, h, w, cin = x4.shape
@@ -329,13 +374,17 @@ class MixedOpFunction(torch.autograd.Function):
         ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
         out4 = x4.new_zeros(n, ho, wo, c_out)
         out2, x2 = out4.view(-1, c_out), x4.view(-1, cin)
-        saved, batch, wts, residual, k = [], [], [], 0.0, 0
+        # ``grad``: a backward can follow (grad mode on and an input requiring grad), known only to the caller:
+        # under no_grad, ctx.needs_input_grad still says True.
+        keep = grad and kept_bytes(cands, n * h * w, n * ho * wo) <= keep_budget_bytes()
+        saved, batch, wts, kept, residual, k = [], [], [], [], 0.0, 0
         for c in cands:
             ps, k = params[k:k + c.nparams], k + c.nparams
             alpha = wl[c.index]
             wts.append(_ir_weights(c, ps) if c.kind == "ir" else None)
             if c.kind == "ir":
-                s, bt = _ir_forward(c, ps, wts[-1], x2, x4.shape, out2, alpha)
+                s, bt, kp = _ir_forward(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep)
+                kept += kp
                 residual += alpha if c.block.residual else 0.0
             elif c.kind == "skip_conv":
                 s, bt = _skip_forward(c, ps, x4, out2, alpha)
@@ -346,14 +395,16 @@ class MixedOpFunction(torch.autograd.Function):
             batch.append(bt)
         if residual:
             out2.add_(x2, alpha=residual)
-        ctx.cands, ctx.batch, ctx.nparams, ctx.wts = cands, batch, len(params), wts
-        ctx.save_for_backward(x, weights, *params, *saved)
+        ctx.cands, ctx.batch, ctx.nparams, ctx.wts, ctx.keep = cands, batch, len(params), wts, keep
+        ctx.save_for_backward(x, weights, *params, *saved, *kept)
         return out4.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
         x, weights, *rest = ctx.saved_tensors
-        params, saved = rest[:ctx.nparams], rest[ctx.nparams:]
+        nstats = 2 * sum(len(bt) for bt in ctx.batch)
+        params, saved = rest[:ctx.nparams], rest[ctx.nparams:ctx.nparams + nstats]
+        kept = rest[ctx.nparams + nstats:]  # z1, z2, z3 of each IR candidate in order, if ctx.keep
         wl = weights.tolist()
         x4 = _nhwc(x)
         n, h, w, cin = x4.shape
@@ -361,15 +412,17 @@ class MixedOpFunction(torch.autograd.Function):
         go2, x2 = go4.view(-1, go4.shape[3]), x4.view(-1, cin)
         gx4 = torch.zeros_like(x4)
         gx2 = gx4.view(-1, cin)
-        dots, grads, residual, x_dot, k, j = [], [], 0.0, None, 0, 0
+        dots, grads, residual, x_dot, k, j, i_ir = [], [], 0.0, None, 0, 0, 0
         for c, bt, wts in zip(ctx.cands, ctx.batch, ctx.wts):
             ps, k = params[k:k + c.nparams], k + c.nparams
             sv, j = saved[j:j + 2 * len(bt)], j + 2 * len(bt)
             alpha = wl[c.index]
             dot = None
-            needs = ctx.needs_input_grad[3 + k - c.nparams:3 + k]
+            needs = ctx.needs_input_grad[4 + k - c.nparams:4 + k]
             if c.kind == "ir":
-                g, dot = _ir_backward(c, ps, wts, sv, bt, x2, gx2, x4.shape, go2, alpha, needs)
+                kp = kept[3 * i_ir:3 * i_ir + 3] if ctx.keep else None
+                i_ir += 1
+                g, dot = _ir_backward(c, ps, wts, sv, bt, kp, x2, gx2, x4.shape, go2, alpha, needs)
                 is_res = c.block.residual
             elif c.kind == "skip_conv":
                 g, dot = _skip_backward(c, ps, sv, bt, x4, gx4, go2, alpha, needs)
@@ -387,7 +440,7 @@ class MixedOpFunction(torch.autograd.Function):
             gx2.add_(go2, alpha=residual)
         index = torch.tensor([c.index for c in ctx.cands], device=weights.device)
         gweights = torch.zeros_like(weights).index_copy_(0, index, torch.stack(dots))
-        return (gx4.permute(0, 3, 1, 2), gweights, None, *grads)
+        return (gx4.permute(0, 3, 1, 2), gweights, None, None, *grads)
 
 
 def supports(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]) -> str | None:
@@ -424,4 +477,5 @@ def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.M
     if why is not None:
         raise ConfigError(f"fused mixed op: {why}")
     cands, params = _plan(weights, blocks)
-    return MixedOpFunction.apply(x, weights, cands, *params)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weights, *params))
+    return MixedOpFunction.apply(x, weights, cands, grad, *params)
