@@ -29,6 +29,16 @@ void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int6
 // four xmm in base; unaligned (aligned(4)) so any channel offset loads.
 typedef float V16 __attribute__((vector_size(64), aligned(4)));
 typedef float V8 __attribute__((vector_size(32), aligned(4)));
+// The widest vector this variant runs natively: 16 floats (a zmm) in v4, 8 elsewhere. A V16 in
+// v3 is two ymm; measured, the backward's gather loop over V16 ran 5-7x slower in v3 than over
+// V8 (its vector select is split), and the row kernels' P = 4 V16 accumulators need 8 of the
+// 16 ymm registers.
+#if defined(FBNET_ISA_V4)
+typedef V16 VW;
+#else
+typedef V8 VW;
+#endif
+constexpr int kW = sizeof(VW) / sizeof(float);
 
 // memcpy, not a cast: a typedef's aligned(4) is dropped when it is a template argument,
 // and an aligned vector load of an arbitrary channel offset faults.
@@ -104,11 +114,11 @@ inline int64_t conv_row_blocks(const float* const* rowp, const float* __restrict
   return c_end;
 }
 
-// Channel blocks of 16, then at most one of 8; returns the first channel left to the generic loop.
+// Channel blocks of kW, then at most one of 8; returns the first channel left to the generic loop.
 template <int K, int S>
 int64_t conv_row_fast(const float* const* rowp, const float* wt, int64_t C, int64_t Wo, float* orow, float* fs,
                       const float* a2, const float* b2, float* hrow) {
-  const int64_t c = conv_row_blocks<K, S, V16>(rowp, wt, C, 0, Wo, orow, fs, a2, b2, hrow);
+  const int64_t c = conv_row_blocks<K, S, VW>(rowp, wt, C, 0, Wo, orow, fs, a2, b2, hrow);
   return conv_row_blocks<K, S, V8>(rowp, wt, C, c, Wo, orow, fs, a2, b2, hrow);
 }
 
@@ -161,11 +171,11 @@ inline int64_t bwd_row_blocks(const float* const* rowp, const float* __restrict_
   return c_end;
 }
 
-// Channel blocks of 16, then at most one of 8; returns the first channel left to the gather loop.
+// Channel blocks of kW, then at most one of 8; returns the first channel left to the gather loop.
 template <int K>
 int64_t bwd_row_fast(const float* const* rowp, const float* wf, int64_t C, int64_t W, float* orow,
                      const float* zrow, const float* a, const float* b, const float* m, float* fs, float* fq) {
-  const int64_t c = bwd_row_blocks<K, V16>(rowp, wf, C, 0, W, orow, zrow, a, b, m, fs, fq);
+  const int64_t c = bwd_row_blocks<K, VW>(rowp, wf, C, 0, W, orow, zrow, a, b, m, fs, fq);
   return bwd_row_blocks<K, V8>(rowp, wf, C, c, W, orow, zrow, a, b, m, fs, fq);
 }
 
@@ -387,8 +397,9 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   }
   // Stride 1 with k in {3, 5}: grad_in by the forward-style row kernel (bwd_row_fast) over a
   // ring of k zero-padded grad_out rows, with the kernel flipped: every 16- and 8-channel block
-  // at k = 3, the 8-channel block at k = 5 (its 16-blocks gathered 1.2-1.45x faster, measured);
-  // the gather loop below does the rest. Other k and stride 2 gather, as before.
+  // at k = 3 and in v3/base at k = 5; in v4 at k = 5 the 8-channel block only (its 16-blocks
+  // gathered 1.2-1.45x faster, measured); the gather loop below does the rest. Other k and
+  // stride 2 gather, as before.
   const bool rowfast = stride == 1 && (k == 3 || k == 5);
   const int64_t Wp = W + 2 * p;
   std::vector<float> wflip(rowfast ? static_cast<size_t>(KK) * C : 0);
@@ -428,7 +439,7 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
         }
         std::fill(fs, fs + C, 0.0f);
         std::fill(fq, fq + C, 0.0f);
-        int64_t cfast = 0, g16 = C / kV * kV, gs = g16;
+        int64_t cfast = 0, g16 = C / kW * kW, gs = g16;
         if (rowfast) {
           // grad_out rows ih - p .. ih + p (Ho == H), each copied once per chunk into slot oh mod k.
           for (int64_t kh = 0; kh < k; ++kh) {
@@ -443,15 +454,16 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
             if (pad) std::fill(dst, dst + W * C, 0.0f);
             else std::memcpy(dst, gp + (n * Ho + oh) * Wo * C, W * C * sizeof(float));
           }
-          if (k == 3) {
-            cfast = bwd_row_fast<3>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq);
+          if (k == 3 || kW == 8) {
+            cfast = k == 3 ? bwd_row_fast<3>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq)
+                           : bwd_row_fast<5>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq);
             g16 = 0;
             gs = cfast;
-          } else {  // k = 5: the 8-block only (measured: the 16-blocks gather faster at k = 5)
+          } else {  // v4, k = 5: the 8-block only (measured: its 16-blocks gather faster)
             gs = bwd_row_blocks<5, V8>(rowp, wflip.data(), C, g16, W, gi + r * W * C, zrow, a, b, m, fs, fq);
           }
         }
-        // grad_in, the rest: gather every output this pixel feeds, 16-channel blocks in [0, g16)
+        // grad_in, the rest: gather every output this pixel feeds, kW-channel blocks in [0, g16)
         // and single channels in [gs, C); accumulator in registers.
         for (int64_t iw = 0; (g16 > 0 || gs < C) && iw < W; ++iw) {
           int64_t taps[32 * 32], offs[32 * 32], nt = 0;
@@ -468,14 +480,14 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           const float* __restrict__ zr = zrow + iw * C;
           float* __restrict__ o = gi + (r * W + iw) * C;
           // Explicit vectors: gcc vectorised the loop above over taps (gathers) instead.
-          for (int64_t c0 = 0; c0 < g16; c0 += kV) {
-            V16 ac = {};
-            for (int64_t t = 0; t < nt; ++t) ac += vload<V16>(wt + taps[t] + c0) * vload<V16>(gp + offs[t] + c0);
-            const V16 zero = {}, zv = vload<V16>(zr + c0);
-            const V16 gu = vload<V16>(a + c0) * zv + vload<V16>(b + c0) > zero ? ac : zero;
-            vstore<V16>(o + c0, gu);
-            vstore<V16>(fs + c0, vload<V16>(fs + c0) + gu);
-            vstore<V16>(fq + c0, vload<V16>(fq + c0) + gu * (zv - vload<V16>(m + c0)));
+          for (int64_t c0 = 0; c0 < g16; c0 += kW) {
+            VW ac = {};
+            for (int64_t t = 0; t < nt; ++t) ac += vload<VW>(wt + taps[t] + c0) * vload<VW>(gp + offs[t] + c0);
+            const VW zero = {}, zv = vload<VW>(zr + c0);
+            const VW gu = vload<VW>(a + c0) * zv + vload<VW>(b + c0) > zero ? ac : zero;
+            vstore<VW>(o + c0, gu);
+            vstore<VW>(fs + c0, vload<VW>(fs + c0) + gu);
+            vstore<VW>(fq + c0, vload<VW>(fq + c0) + gu * (zv - vload<VW>(m + c0)));
           }
           for (int64_t c = gs; c < C; ++c) {
             float acc1 = 0.0f;
@@ -501,7 +513,7 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
             const int64_t hi = last < 0 ? 0 : std::min<int64_t>(Wo, last / stride + 1);
             float* __restrict__ d = dw.data() + (kh * k + kw) * C;
             int64_t c0 = 0;
-            for (; c0 + kV <= C; c0 += kV) wgrad_block<V16>(hrow, grow, C, c0, lo, hi, stride, kw - p, d);
+            for (; c0 + kW <= C; c0 += kW) wgrad_block<VW>(hrow, grow, C, c0, lo, hi, stride, kw - p, d);
             for (; c0 + 8 <= C; c0 += 8) wgrad_block<V8>(hrow, grow, C, c0, lo, hi, stride, kw - p, d);
             for (int64_t c = c0; c < C; ++c) {
               float acc1 = 0.0f;
