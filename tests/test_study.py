@@ -1,5 +1,6 @@
 """The accuracy-vs-latency study: its figures on hand-made points, and a tiny study end to end."""
 
+import dataclasses
 import csv
 import json
 import math
@@ -361,3 +362,25 @@ def test_tiny_seeded_target_study_with_one_path_resumes_from_its_results(tmp_pat
     other[other.index("--lut") + 1] = str(lut2)
     assert main(other) == 2
     assert "another latency table" in capsys.readouterr().err
+
+
+def test_backend_is_a_fixed_option_and_old_folders_were_torch_cpu(tmp_path, tiny_lut):
+    """backend joins FIXED; a study.json from before the option existed reads as torch-cpu (LEGACY_FIXED)."""
+    from fbnet_fast.research.study import Study
+
+    with pytest.raises(ConfigError, match="backend must be one of torch-cpu, onnxruntime, executorch"):
+        StudyConfig(backend="cuda").validate()
+    space_file = tmp_path / "tiny.json"
+    space_file.write_text(json.dumps(make_tiny_space().to_dict()))
+    lut_file = tmp_path / "lut.json"
+    tiny_lut.save(lut_file)
+    cfg = StudyConfig(space=str(space_file), width_mult=1.0, lut=str(lut_file), progress=False)
+    assert cfg.backend == "onnxruntime" and "backend" in StudyConfig.FIXED
+    old = tmp_path / "old"
+    Study(dataclasses.replace(cfg, backend="torch-cpu"), old, log=lambda m: None)
+    doc = json.loads((old / "study.json").read_text())
+    del doc["study"]["backend"]  # as written before the option existed
+    (old / "study.json").write_text(json.dumps(doc))
+    with pytest.raises(RunDirError, match="backend: folder 'torch-cpu', now 'onnxruntime'"):
+        Study(cfg, old, log=lambda m: None)
+    Study(dataclasses.replace(cfg, backend="torch-cpu"), old, log=lambda m: None)  # continues

@@ -88,6 +88,12 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
     g = p.add_argument_group("latency")
     g.add_argument("--lut", default=None, help="latency table to use (default: measure one on this host)")
+    from ..search import LUT_BACKENDS
+
+    g.add_argument("--backend", choices=LUT_BACKENDS, default=d.backend,
+                   help="back end of this host that measures the LUT (without --lut) and times every architecture "
+                   "end to end (default: %(default)s, the default search's; a folder from before this option "
+                   "was measured with torch-cpu and continues only with --backend torch-cpu)")
     g.add_argument("--lut-repeats", type=int, default=d.lut_repeats,
                    help="timing samples per block when measuring the LUT (default: %(default)s)")
     g.add_argument("--latency-repeats", type=int, default=d.latency_repeats,
@@ -130,6 +136,7 @@ def _run_study(args: argparse.Namespace) -> int:
                       theta_lr=args.theta_lr, gumbel=args.gumbel, loss_form=args.loss_form,
                       warmup_from=args.warmup_from, share_warmup=args.share_warmup, jobs=args.jobs,
                       train_epochs=args.train_epochs, batch_size=args.batch_size, lut=args.lut,
+                      backend=args.backend,
                       lut_repeats=args.lut_repeats, latency_repeats=args.latency_repeats, threads=args.threads,
                       progress=args.progress, search_seeds=args.search_seeds, train_seeds=args.train_seeds,
                       bootstrap=args.bootstrap, compare_one_path=args.compare_one_path, results=args.results)

@@ -140,6 +140,10 @@ class StudyConfig:
     train_epochs: int = 10
     batch_size: int = 64
     lut: str | None = None  # a LUT file to use; None: the results' or out's, else measure one on this host
+    # the host back end that measures the LUT (when none is given) and every architecture end to end: the
+    # default search's (ONNX Runtime: ranks blocks as the phone runtime does; README); a folder written
+    # before this option existed was measured with eager torch (LEGACY_FIXED)
+    backend: str = "onnxruntime"
     lut_repeats: int = 20
     latency_repeats: int = 20  # timing samples per architecture, end to end
     threads: int | None = 1  # torch intra-op threads in searches, trainings and timings
@@ -156,7 +160,9 @@ class StudyConfig:
     # each of which is the same whichever others exist; bootstrap changes only the report.
     FIXED = ("space", "width_mult", "input_size", "data", "num_train", "num_val", "seed", "search_epochs",
              "warmup_epochs", "theta_lr", "gumbel", "loss_form", "train_epochs", "batch_size", "lut_repeats",
-             "latency_repeats", "threads", "budget_mode", "band")
+             "latency_repeats", "threads", "budget_mode", "band", "backend")
+    # what a study.json written before a FIXED option existed ran with
+    LEGACY_FIXED = {"backend": "torch-cpu"}
 
     def validate(self) -> None:
         def positive_int(name: str, allow_zero: bool = False) -> None:
@@ -211,6 +217,11 @@ class StudyConfig:
             raise ConfigError(f"theta_lr must be a positive number, got {self.theta_lr!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be >= 1, got {self.threads!r}")
+        from ..search import LUT_BACKENDS
+
+        if self.backend not in LUT_BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(LUT_BACKENDS)} (a back end of this host: the study "
+                              f"times every architecture end to end where it runs), got {self.backend!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -640,8 +651,9 @@ class Study:
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise RunDirError(f"{path} is not a study file ({type(e).__name__}: {e}); use another folder") from None
             mine = self.cfg.to_dict()
-            diff = [f"{k}: folder {saved.get(k)!r}, now {mine[k]!r}" for k in StudyConfig.FIXED
-                    if saved.get(k) != mine[k]]
+            legacy = StudyConfig.LEGACY_FIXED
+            diff = [f"{k}: folder {saved.get(k, legacy.get(k))!r}, now {mine[k]!r}" for k in StudyConfig.FIXED
+                    if saved.get(k, legacy.get(k)) != mine[k]]
             if diff:
                 what = "--results" if d == self.res and d != self.out else "--out"
                 raise RunDirError(f"{d} holds a study with other options ({'; '.join(diff)}); its results were made "
@@ -668,8 +680,10 @@ class Study:
                 from ..measure import measure_lut
 
                 path = self.out / "lut.json"
-                self.log(f"measuring the latency table of {self.space.name} on this host ({path})")
-                table = measure_lut(self.space, threads=self.cfg.threads or 1, repeats=self.cfg.lut_repeats,
+                self.log(f"measuring the latency table of {self.space.name} on this host with {self.cfg.backend} "
+                         f"({path})")
+                table = measure_lut(self.space, backend=self.cfg.backend, threads=self.cfg.threads or 1,
+                                    repeats=self.cfg.lut_repeats,
                                     output=path, progress=self.cfg.progress)
         for d in dict.fromkeys((self.res, self.out)):
             if not (d / "lut.json").is_file():
@@ -995,17 +1009,16 @@ class Study:
         return out
 
     def _time(self, archs: dict[str, Architecture], desc: str = "end-to-end latency") -> dict[str, dict[str, Any]]:
-        """End-to-end latency of ``archs`` on this host, one group timed in interleaved rounds by the LUT's
-        own back end and rules (torch-cpu, ``threads`` threads, process CPU clock, two passes), so load on
-        a shared host slows every model of a round alike."""
+        """End-to-end latency of ``archs`` on this host, one group timed in interleaved rounds by the study's
+        back end with the LUT's rules (``threads`` threads, process CPU clock, two passes), so load on a
+        shared host slows every model of a round alike."""
         from ..model import build_model
-        from ..measure import TorchCPUBackend
-        from ..measure.core import Job, measure_jobs
+        from ..measure.core import Job, get_backend_class, measure_jobs
 
         if not archs:
             return {}
         self.log(f"measuring {len(archs)} architecture(s) end to end on this host ({desc})")
-        backend = TorchCPUBackend(threads=self.cfg.threads or 1, repeats=self.cfg.latency_repeats)
+        backend = get_backend_class(self.cfg.backend)(threads=self.cfg.threads or 1, repeats=self.cfg.latency_repeats)
         shape = (1, self.space.in_channels, self.space.input_size, self.space.input_size)
         jobs = [Job(k, (lambda a=a: build_model(self.space, a)), shape, k) for k, a in archs.items()]
         try:
