@@ -85,6 +85,7 @@ from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text
                    read_run_config, step_seed)
 from .space import Architecture, SearchSpace, load_space
 from .ops import KERNEL_CHOICES, check_impl
+from .precision import PRECISIONS, autocast, check_precision
 from .supernet import Supernet
 
 __all__ = ["SearchConfig", "Searcher", "run_search", "tau_at", "hard_at", "CHECKPOINT_FORMAT"]
@@ -106,7 +107,7 @@ class SearchConfig(OptionsDict):
     # what a run folder written before these options existed ran with (runs.OptionsDict.from_dict)
     _legacy = {"target_ms": None, "target_fraction": None, "hard_epochs": 0, "tau_schedule": "paper",
                "tau_end": 0.1, "commit": None, "commit_by": 1.0, "commit_lr": 0.5, "commit_rho": 5.0,
-               "decide_by": None, "lut_backend": "torch-cpu"}
+               "decide_by": None, "lut_backend": "torch-cpu", "precision": "fp32"}
 
     # what to search
     space: str = "fbnet-cifar"
@@ -194,6 +195,9 @@ class SearchConfig(OptionsDict):
     decide_by: float | None = 0.5
     # execution
     kernel: str = "auto"
+    # "bf16": autocast bf16 for the supernet's forward/backward (fp32 master weights, theta, CE and the
+    # latency term); only where bf16 is native (fbnet_fast.precision)
+    precision: str = "fp32"
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0
@@ -248,6 +252,8 @@ class SearchConfig(OptionsDict):
             raise ConfigError(f"gumbel must be 'soft' or 'hard', got {self.gumbel!r}")
         if self.kernel not in KERNEL_CHOICES:
             raise ConfigError(f"kernel must be one of {KERNEL_CHOICES}, got {self.kernel!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.loss_form not in ("mul", "add"):
             raise ConfigError(f"loss_form must be 'mul' or 'add', got {self.loss_form!r}")
         if self.lut_backend not in LUT_BACKENDS:
@@ -417,6 +423,7 @@ class Searcher:
             self.log(f"budget: {self.budget.mode} {self.budget.target_ms:.4f} ms{how}")
         self.commit = cfg.commitment()
         impl = check_impl(cfg.kernel)
+        check_precision(cfg.precision, self.device, kernel=impl)
         torch.manual_seed(cfg.seed)
         self.model = Supernet(space, impl=impl).to(self.device)
         if cfg.zero_init_residual:
@@ -711,7 +718,9 @@ class Searcher:
         for p in self.model.arch_parameters():
             p.requires_grad_(not is_w)
         weights = self._fix(self.model.sample_weights(tau, hard=hard_at(cfg, self.epoch), generator=gumbel_gen))
-        logits = self.model(x, weights)
+        with autocast(cfg.precision, self.device):
+            logits = self.model(x, weights)
+        logits = logits.float()  # CE, and below the latency term, in fp32
         latency = self.lut.expected_latency(weights, self.lut_matrix)
         terms = self.criterion(logits, y, latency)
         loss = terms.ce if is_w else terms.loss
@@ -907,7 +916,8 @@ class Searcher:
                 with torch.no_grad():
                     for k in range(batches):
                         x, _ = self.w_split.batch(perm[k * b:(k + 1) * b], aug, self.device, self.channels_last)
-                        self.model(x, weights)
+                        with autocast(self.cfg.precision, self.device):
+                            self.model(x, weights)
             self.model.eval()
             yield
         finally:
@@ -925,7 +935,9 @@ class Searcher:
         for i in range(lo, hi, bs):
             idx = torch.arange(i, min(hi, i + bs))
             x, y = self.val_split.batch(idx, None, self.device, self.channels_last)
-            logits = self.model(x, weights)
+            with autocast(self.cfg.precision, self.device):
+                logits = self.model(x, weights)
+            logits = logits.float()
             ce += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
         if self.dist.active:

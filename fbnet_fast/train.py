@@ -45,6 +45,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .blocks import zero_init_residual_
 from .data import random_crop_flip
 from .model import FBNetModel, build_model, inherit_from_supernet, load_run_supernet, model_stats, save_model_file
+from .precision import PRECISIONS, autocast, check_precision
 from .runs import OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, prepare_run_dir, step_seed
 from .space import Architecture, SearchSpace
 
@@ -85,6 +86,8 @@ class TrainConfig(OptionsDict):
     # torch.compile the model for the training steps and evaluation (its compile time is timed
     # apart, before the first epoch, and reported as compile_s; the run's elapsed_s excludes it)
     compile: bool = False
+    # "bf16": autocast bf16 for the steps and evaluation, fp32 master weights and loss (fbnet_fast.precision)
+    precision: str = "fp32"
 
     def validate(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
@@ -107,6 +110,7 @@ class TrainConfig(OptionsDict):
         check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
         if self.threads is not None:
             check("threads", isinstance(self.threads, int) and self.threads >= 1, "a positive integer")
+        check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
 
 
 
@@ -118,6 +122,7 @@ class Trainer:
         cfg.validate()
         self.cfg, self.out_dir, self.log = cfg, Path(out_dir), log
         self.device = torch.device(cfg.device)
+        check_precision(cfg.precision, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if data is None:
@@ -265,7 +270,9 @@ class Trainer:
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 x = self._prepare(self.train_images[idx], gen)
                 y = self.train_labels[idx].to(self.device)
-                logits = self.net(x)
+                with autocast(cfg.precision, self.device):
+                    logits = self.net(x)
+                logits = logits.float()
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
                     raise TrainingError(
@@ -292,9 +299,11 @@ class Trainer:
         b = min(self.cfg.batch_size, len(self.train_labels))
         x = self._prepare(self.train_images[:b], None)
         self.model.train()
-        F.cross_entropy(self.net(x), self.train_labels[:b].to(self.device)).backward()
+        with autocast(self.cfg.precision, self.device):
+            logits = self.net(x)
+        F.cross_entropy(logits.float(), self.train_labels[:b].to(self.device)).backward()
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.cfg.precision, self.device):
             self.net(x)
         self.model.load_state_dict(saved)
         self.opt.zero_grad(set_to_none=True)
@@ -323,7 +332,9 @@ class Trainer:
         for i in range(0, n, 256):
             x = self._prepare(self.val_images[i:i + 256], None)
             y = self.val_labels[i:i + 256].to(self.device)
-            logits = net(x)
+            with autocast(self.cfg.precision, self.device):
+                logits = net(x)
+            logits = logits.float()
             ce += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
         return {"val_loss": ce / n, "val_acc": correct / n}

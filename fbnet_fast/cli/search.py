@@ -127,6 +127,9 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-commit", dest="commit", action="store_const", const=None,
                    help="no entropy ceiling: theta free to stay spread (the paper)")
     g = p.add_argument_group("execution")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default=d.precision,
+                   help="bf16: autocast bf16 for the supernet (fp32 master weights, theta, loss and latency term); "
+                   "only on CPUs with AVX512-BF16 and CUDA GPUs with bf16, refused elsewhere (default: %(default)s)")
     g.add_argument("--kernel", choices=KERNEL_CHOICES, default=d.kernel,
                    help="mixed-op implementation: fused kernels when built (auto/fused) or the eager reference")
     g.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")

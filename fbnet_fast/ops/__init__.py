@@ -86,6 +86,13 @@ def mixed_op(x: torch.Tensor, weights: torch.Tensor, op: torch.nn.Module, *, imp
     """
     requested = check_impl(impl, what="mixed op implementation")
     impl = resolve_impl(requested, x.device)
+    if impl != "reference" and torch.is_autocast_enabled(x.device.type):
+        # Inside an autocast region (--precision bf16) the GEMMs in the fused Function would run in
+        # bf16 and hand the float32 kernels bf16 buffers: the reference runs under autocast instead.
+        if requested != "auto":
+            raise ConfigError(f"impl={impl!r} is float32 only and cannot run inside torch.autocast; use 'auto' or "
+                              f"'reference'")
+        impl = "reference"
     if impl == "reference":
         return mixed_op_ref(x, weights, op.candidates)
     want = "cpu" if impl == "cpp" else "cuda"
