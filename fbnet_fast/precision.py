@@ -15,13 +15,13 @@ runs the eager reference under autocast (``impl="auto"`` falls back; ``"cpp"``/`
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import Any, Callable, ContextManager
 
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "check_precision", "autocast", "native_bf16"]
+__all__ = ["PRECISIONS", "check_precision", "autocast", "fp32_logits", "native_bf16"]
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -58,3 +58,11 @@ def autocast(precision: str, device: torch.device | str) -> ContextManager:
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def fp32_logits(model: Callable[..., torch.Tensor], precision: str, device: torch.device | str,
+                *args: Any) -> torch.Tensor:
+    """``model(*args)`` inside :func:`autocast`, returned as float32 (the loss is computed in fp32)."""
+    with autocast(precision, device):
+        out = model(*args)
+    return out.float()

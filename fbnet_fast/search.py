@@ -85,7 +85,7 @@ from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text
                    read_run_config, step_seed)
 from .space import Architecture, SearchSpace, load_space
 from .ops import KERNEL_CHOICES, check_impl
-from .precision import PRECISIONS, autocast, check_precision
+from .precision import PRECISIONS, autocast, check_precision, fp32_logits
 from .supernet import Supernet
 
 __all__ = ["SearchConfig", "Searcher", "run_search", "tau_at", "hard_at", "CHECKPOINT_FORMAT"]
@@ -718,9 +718,7 @@ class Searcher:
         for p in self.model.arch_parameters():
             p.requires_grad_(not is_w)
         weights = self._fix(self.model.sample_weights(tau, hard=hard_at(cfg, self.epoch), generator=gumbel_gen))
-        with autocast(cfg.precision, self.device):
-            logits = self.model(x, weights)
-        logits = logits.float()  # CE, and below the latency term, in fp32
+        logits = fp32_logits(self.model, cfg.precision, self.device, x, weights)  # CE and latency term in fp32
         latency = self.lut.expected_latency(weights, self.lut_matrix)
         terms = self.criterion(logits, y, latency)
         loss = terms.ce if is_w else terms.loss
@@ -935,9 +933,7 @@ class Searcher:
         for i in range(lo, hi, bs):
             idx = torch.arange(i, min(hi, i + bs))
             x, y = self.val_split.batch(idx, None, self.device, self.channels_last)
-            with autocast(self.cfg.precision, self.device):
-                logits = self.model(x, weights)
-            logits = logits.float()
+            logits = fp32_logits(self.model, self.cfg.precision, self.device, x, weights)
             ce += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
         if self.dist.active:

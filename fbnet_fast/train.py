@@ -45,7 +45,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .blocks import zero_init_residual_
 from .data import random_crop_flip
 from .model import FBNetModel, build_model, inherit_from_supernet, load_run_supernet, model_stats, save_model_file
-from .precision import PRECISIONS, autocast, check_precision
+from .precision import PRECISIONS, autocast, check_precision, fp32_logits
 from .runs import OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, prepare_run_dir, step_seed
 from .space import Architecture, SearchSpace
 
@@ -270,9 +270,7 @@ class Trainer:
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 x = self._prepare(self.train_images[idx], gen)
                 y = self.train_labels[idx].to(self.device)
-                with autocast(cfg.precision, self.device):
-                    logits = self.net(x)
-                logits = logits.float()
+                logits = fp32_logits(self.net, cfg.precision, self.device, x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
                     raise TrainingError(
@@ -299,9 +297,8 @@ class Trainer:
         b = min(self.cfg.batch_size, len(self.train_labels))
         x = self._prepare(self.train_images[:b], None)
         self.model.train()
-        with autocast(self.cfg.precision, self.device):
-            logits = self.net(x)
-        F.cross_entropy(logits.float(), self.train_labels[:b].to(self.device)).backward()
+        logits = fp32_logits(self.net, self.cfg.precision, self.device, x)
+        F.cross_entropy(logits, self.train_labels[:b].to(self.device)).backward()
         self.model.eval()
         with torch.no_grad(), autocast(self.cfg.precision, self.device):
             self.net(x)
@@ -332,9 +329,7 @@ class Trainer:
         for i in range(0, n, 256):
             x = self._prepare(self.val_images[i:i + 256], None)
             y = self.val_labels[i:i + 256].to(self.device)
-            with autocast(self.cfg.precision, self.device):
-                logits = net(x)
-            logits = logits.float()
+            logits = fp32_logits(net, self.cfg.precision, self.device, x)
             ce += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
         return {"val_loss": ce / n, "val_acc": correct / n}

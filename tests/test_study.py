@@ -1,7 +1,7 @@
 """The accuracy-vs-latency study: its figures on hand-made points, and a tiny study end to end."""
 
-import dataclasses
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path

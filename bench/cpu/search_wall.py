@@ -20,11 +20,15 @@ import sys
 import time
 
 
+# What --as-avx2 sets before torch loads (bench/cpu/ab_search_step.py uses the same).
+AVX2_ENV = dict(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+
+
 def main(argv: list[str]) -> int:
     as_avx2 = "--as-avx2" in argv
     rest = argv[argv.index("--") + 1:] if "--" in argv else []
     if as_avx2:
-        os.environ.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+        os.environ.update(AVX2_ENV)
     import torch
 
     from fbnet_fast.cli import main as cli_main

@@ -165,6 +165,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 # ---- train ----------------------------------------------------------------------------------
 
 def _add_train(p: argparse.ArgumentParser) -> None:
+    from ..precision import PRECISIONS
     from ..train import TrainConfig
 
     d = TrainConfig()
@@ -200,7 +201,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (its compile time, timed before "
                    "the first epoch, is reported apart as compile_s; worth it for long trainings)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default=d.precision,
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: autocast bf16 steps and evaluation, fp32 master weights and loss; only on CPUs with "
                    "AVX512-BF16 and CUDA GPUs with bf16, refused elsewhere (default: %(default)s)")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,

@@ -11,6 +11,7 @@ __all__ = ["COMMANDS"]
 def _add_search(p: argparse.ArgumentParser) -> None:
     from ..budget import BUDGET_MODES
     from ..ops import KERNEL_CHOICES
+    from ..precision import PRECISIONS
     from ..search import LUT_BACKENDS, SearchConfig
 
     d = SearchConfig()
@@ -127,7 +128,7 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-commit", dest="commit", action="store_const", const=None,
                    help="no entropy ceiling: theta free to stay spread (the paper)")
     g = p.add_argument_group("execution")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default=d.precision,
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: autocast bf16 for the supernet (fp32 master weights, theta, loss and latency term); "
                    "only on CPUs with AVX512-BF16 and CUDA GPUs with bf16, refused elsewhere (default: %(default)s)")
     g.add_argument("--kernel", choices=KERNEL_CHOICES, default=d.kernel,
