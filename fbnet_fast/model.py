@@ -36,6 +36,7 @@ from torch import nn
 
 from .blocks import build_block, build_head, build_stem
 from .errors import CheckpointError, SpaceError
+from .ops import block_op, check_impl
 from .space import Architecture, SearchSpace
 
 __all__ = [
@@ -66,20 +67,31 @@ class FBNetModel(nn.Module):
     the model can say what it is; they never enter the ``state_dict``.
     """
 
-    def __init__(self, space: SearchSpace, arch: Architecture, *, dropout: float = 0.0) -> None:
+    def __init__(self, space: SearchSpace, arch: Architecture, *, dropout: float = 0.0, impl: str = "reference") -> None:
         super().__init__()
         arch.check(space)
         self.space = space
         self.arch = arch
+        # how the blocks run: "reference" (each module's own forward: what is traced and exported) or
+        # a fused implementation of fbnet_fast.ops.block_op ("auto", "cpp", "triton"), which the
+        # trainer uses for its steps; a plain attribute, never in the state_dict
+        self.impl = check_impl(impl, what="block implementation")
         self.stem = build_stem(space)
         self.blocks = nn.Sequential(*(build_block(b, layer) for b, layer in zip(arch.blocks, space.layers)))
         self.head = build_head(space, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)))
+        x = self.stem(x)
+        if self.impl == "reference":
+            x = self.blocks(x)
+        else:
+            for block in self.blocks:
+                x = block_op(x, block, impl=self.impl)
+        return self.head(x)
 
     def extra_repr(self) -> str:
-        return f"space={self.space.name!r} ({self.space.fingerprint}), arch={str(self.arch)!r}"
+        impl = "" if self.impl == "reference" else f", impl={self.impl!r}"
+        return f"space={self.space.name!r} ({self.space.fingerprint}), arch={str(self.arch)!r}{impl}"
 
 
 def build_model(space: SearchSpace, arch: Architecture | Sequence[str], *, dropout: float = 0.0) -> FBNetModel:

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from .errors import CheckpointError, ConfigError, TrainingError
 from .blocks import zero_init_residual_
 from .data import random_crop_flip
+from .ops import KERNEL_CHOICES, check_impl
 from .model import FBNetModel, build_model, inherit_from_supernet, load_run_supernet, model_stats, save_model_file
 from .precision import PRECISIONS, autocast, check_precision, fp32_logits
 from .runs import OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, prepare_run_dir, step_seed
@@ -88,6 +89,9 @@ class TrainConfig(OptionsDict):
     compile: bool = False
     # "bf16": autocast bf16 for the steps and evaluation, fp32 master weights and loss (fbnet_fast.precision)
     precision: str = "fp32"
+    # how the blocks run in the training steps: "auto" (the search's fused kernels where built, as one-
+    # candidate mixed ops; the eager blocks under --compile or bf16), "reference" (eager), "cpp", "triton"
+    kernel: str = "auto"
 
     def validate(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
@@ -111,6 +115,10 @@ class TrainConfig(OptionsDict):
         if self.threads is not None:
             check("threads", isinstance(self.threads, int) and self.threads >= 1, "a positive integer")
         check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+        check("kernel", self.kernel in KERNEL_CHOICES, f"one of {', '.join(KERNEL_CHOICES)}")
+        if self.compile and check_impl(self.kernel) not in ("auto", "reference"):
+            raise ConfigError(f"--compile traces the eager blocks; --kernel {self.kernel} cannot run under it: "
+                              f"use --kernel auto or reference")
 
 
 
@@ -122,7 +130,7 @@ class Trainer:
         cfg.validate()
         self.cfg, self.out_dir, self.log = cfg, Path(out_dir), log
         self.device = torch.device(cfg.device)
-        check_precision(cfg.precision, self.device)
+        check_precision(cfg.precision, self.device, kernel=cfg.kernel)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if data is None:
@@ -168,6 +176,10 @@ class Trainer:
         if self.channels_last:
             # Same reason as the search: depthwise convs and BN are faster in NHWC on CPU.
             model = model.to(memory_format=torch.channels_last)
+        # The steps run the blocks through the fused kernels (fbnet_fast.ops.block_op) unless compiled or
+        # asked not to; evaluation folds BN into the convs and runs eager (_eval_net), saved models are eager.
+        impl = check_impl(cfg.kernel)
+        model.impl = "reference" if cfg.compile and impl == "auto" else impl
         self.model: FBNetModel = model
         # what the steps call: the model itself, or its torch.compile'd wrapper (same parameters)
         self.net: Any = torch.compile(model) if cfg.compile else model
@@ -319,6 +331,7 @@ class Trainer:
         except ExportError:  # a block with a BN that follows no conv: evaluate it as it is
             self.model.eval()
             return self.model
+        folded.impl = "reference"  # no BN left for the fused kernels
         return folded.to(memory_format=torch.channels_last) if self.channels_last else folded
 
     @torch.no_grad()

@@ -25,7 +25,7 @@ from fbnet_fast.ops.mixed_op_fused import KEEP_ENV, keep_budget_bytes, kept_byte
 from fbnet_fast.space import FBNET_CANDIDATES, Stage, load_space
 from fbnet_fast.supernet import Supernet, gumbel_weights
 
-from fbnet_fast.ops.testing import compare_mixed_op, compare_supernet_step, make_mixed_op
+from fbnet_fast.ops.testing import compare_mixed_op, compare_net_step, compare_supernet_step, make_mixed_op
 
 needs_ext = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 
@@ -282,3 +282,62 @@ def test_missing_extension_falls_back_or_raises(monkeypatch):
 def test_auto_picks_fused_on_cpu():
     assert resolve_impl("auto", torch.device("cpu")) == "cpp"
     assert resolve_impl("auto", torch.device("cuda")) == "triton"
+
+
+# ---- a plain (sampled) network's blocks as one-candidate fused mixed ops (FBNetModel.impl, block_op)
+PLAIN_ARCHS = [
+    ("k3_e6", "k5_e1_g2", "skip", "k3_e3"),     # residual IR, strided grouped IR, identity skip, channel change
+    ("skip", "skip", "k5_e6", "skip"),          # strided skip conv, channel-changing skip conv
+    ("k5_e3", "k3_e1", "k3_e1_g2", "k5_e1_g2"),
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("blocks", PLAIN_ARCHS, ids=["-".join(a) for a in PLAIN_ARCHS])
+def test_plain_net_training_step_matches_reference(blocks, isa, keep):
+    """The trainer's step with the fused blocks (impl="cpp") vs the eager net and fp64: the loss, every
+    parameter's gradient and every BN running statistic, under the same rule as the supernet step."""
+    from fbnet_fast.model import build_model
+
+    space = _tiny_supernet_space()
+    torch.manual_seed(0)
+    ref = build_model(space, blocks).train()
+    with torch.no_grad():  # BN affine parameters away from their (1, 0) start, so every gradient path counts
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.normal_(1.0, 0.3)
+                m.bias.normal_(0.0, 0.3)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, space.num_classes, (2,), generator=torch.Generator().manual_seed(2))
+
+    def forward(kind, net, xx):
+        net.impl = "cpp" if kind == "fused" else "reference"
+        return net(xx)
+
+    compare_net_step(ref, x, y, forward)
+
+
+@needs_ext
+def test_block_op_dispatch():
+    """Identity skips pass x through; "auto" runs what the kernels cannot (a folded block, bf16 autocast)
+    with the block's own forward; "cpp" refuses a block class it does not implement, naming it."""
+    from fbnet_fast.blocks import IRBlock, SkipBlock
+    from fbnet_fast.errors import ConfigError
+    from fbnet_fast.export import fold_batchnorm
+    from fbnet_fast.ops import block_op
+
+    x = torch.randn(2, 8, 6, 6)
+    ident = SkipBlock(c_in=8, c_out=8)
+    assert block_op(x, ident, impl="cpp") is x
+    ir = IRBlock(c_in=8, c_out=8, kernel=3, expansion=3).eval()
+    y = block_op(x, ir, impl="cpp")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ir(x), rtol=1e-5, atol=1e-5)
+    folded = fold_batchnorm(ir)
+    torch.testing.assert_close(block_op(x, folded, impl="auto"), folded(x))
+    with pytest.raises(ConfigError, match="folded"):
+        block_op(x, folded, impl="cpp")
+    with pytest.raises(ConfigError, match="Conv2d"):
+        block_op(x, nn.Conv2d(8, 8, 1), impl="cpp")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(block_op(x, ir, impl="auto"), ir(x), rtol=0, atol=0)  # the eager block

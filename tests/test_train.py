@@ -211,3 +211,34 @@ def test_compile_reports_its_time_apart_and_trains_the_same_model(tmp_path, tiny
     assert "compile_s" not in eager and comp["compile_s"] > 0
     a, b = _metrics(tmp_path / "eager")[0], _metrics(tmp_path / "comp")[0]
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+
+
+def test_fused_blocks_train_the_same_model_and_save_an_eager_one(tmp_path, tiny_data):
+    """--kernel auto (the default) runs the steps through the fused kernels: the same history as the
+    eager blocks up to float32 reassociation; the model files are plain eager modules."""
+    from fbnet_fast.ops import _ext
+
+    if not _ext.available():
+        pytest.skip("fbnet_fast._C not built")
+    space = make_tiny_space()
+    arch = _arch(space, ["k3_e1", "k3_e1_g2", "skip", "k5_e6", "k3_e3"])
+    ref = run_training(TrainConfig(epochs=2, dropout=0.0, kernel="reference", **QUIET), space, arch,
+                       tmp_path / "ref", data=tiny_data, log=lambda m: None)
+    t = Trainer(TrainConfig(epochs=2, dropout=0.0, **QUIET), space, arch, tmp_path / "fused", data=tiny_data,
+                log=lambda m: None)
+    assert t.model.impl == "auto" and json.loads((tmp_path / "ref" / "config.json").read_text())["train"]["kernel"] == "reference"
+    fused = run_training(TrainConfig(epochs=2, dropout=0.0, **QUIET), space, arch, tmp_path / "fused2",
+                         data=tiny_data, log=lambda m: None)
+    for a, b in zip(_metrics(tmp_path / "ref"), _metrics(tmp_path / "fused2")):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+    assert fused["epochs"] == ref["epochs"] == 2
+    model, _ = load_model_file(tmp_path / "fused2" / "best.pt")
+    assert model.impl == "reference"
+
+
+def test_kernel_option_errors():
+    with pytest.raises(ConfigError, match="kernel must be one of"):
+        TrainConfig(kernel="fast").validate()
+    with pytest.raises(ConfigError, match="--compile traces the eager blocks"):
+        TrainConfig(kernel="cpp", compile=True).validate()
+    TrainConfig(kernel="fused", compile=True).validate()  # auto: the eager blocks are compiled

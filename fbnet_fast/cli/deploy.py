@@ -165,6 +165,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 # ---- train ----------------------------------------------------------------------------------
 
 def _add_train(p: argparse.ArgumentParser) -> None:
+    from ..ops import KERNEL_CHOICES
     from ..precision import PRECISIONS
     from ..train import TrainConfig
 
@@ -204,6 +205,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: autocast bf16 steps and evaluation, fp32 master weights and loss; only on CPUs with "
                    "AVX512-BF16 and CUDA GPUs with bf16, refused elsewhere (default: %(default)s)")
+    g.add_argument("--kernel", choices=KERNEL_CHOICES, default=d.kernel,
+                   help="how the blocks run in the training steps: the search's fused kernels where built (auto/"
+                   "fused; eager under --compile or bf16) or the eager reference (default: %(default)s)")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                    help="checkpoints kept (default: %(default)s)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -19,7 +19,7 @@ import torch
 from ..errors import ConfigError
 from .mixed_op_ref import active_candidates, mixed_op_ref
 
-__all__ = ["IMPLS", "KERNEL_CHOICES", "mixed_op", "mixed_op_ref", "active_candidates", "resolve_impl", "check_impl"]
+__all__ = ["IMPLS", "KERNEL_CHOICES", "block_op", "mixed_op", "mixed_op_ref", "active_candidates", "resolve_impl", "check_impl"]
 
 # The one list of mixed-op implementations: "reference" (eager, the oracle), "cpp" (fused CPU
 # kernels), "triton" (fused GPU kernels), "auto" (the fused kernels of the tensor's device when
@@ -84,6 +84,33 @@ def mixed_op(x: torch.Tensor, weights: torch.Tensor, op: torch.nn.Module, *, imp
     when the extension is missing; ``"auto"`` falls back to the reference for
     inputs the fused op does not handle (non-float32).
     """
+    return _mixed(x, weights, op.candidates, impl)
+
+
+def block_op(x: torch.Tensor, block: torch.nn.Module, *, impl: str = "auto") -> torch.Tensor:
+    """``block(x)`` for one block of a plain (sampled) network, with the chosen implementation.
+
+    The fused kernels run it as a mixed op of one candidate with weight 1 (the same Function,
+    saving the input and BN statistics and recomputing the rest in backward), so a trained
+    net gets the search's kernels; an identity skip is returned as is. ``impl`` as in
+    :func:`mixed_op`: ``"auto"`` takes the block's own forward for what the fused kernels do
+    not handle (another block class, non-float32, inside autocast), ``"cpp"``/``"triton"``
+    refuse it with one ConfigError.
+    """
+    if getattr(block, "kind", None) == "skip" and getattr(block, "identity", False):
+        return x
+    one = _ONE.get(x.device)
+    if one is None:
+        one = _ONE[x.device] = torch.ones(1, device=x.device)
+    return _mixed(x, one, [block], impl, single=True)
+
+
+# the weight of a one-candidate "mixed op", per device (a constant: no gradient is asked of it)
+_ONE: dict[torch.device, torch.Tensor] = {}
+
+
+def _mixed(x: torch.Tensor, weights: torch.Tensor, candidates, impl: str, *, single: bool = False) -> torch.Tensor:
+    # single: one block of a plain net (block_op); its reference is the block's own forward
     requested = check_impl(impl, what="mixed op implementation")
     impl = resolve_impl(requested, x.device)
     if impl != "reference" and torch.is_autocast_enabled(x.device.type):
@@ -94,7 +121,7 @@ def mixed_op(x: torch.Tensor, weights: torch.Tensor, op: torch.nn.Module, *, imp
                               f"'reference'")
         impl = "reference"
     if impl == "reference":
-        return mixed_op_ref(x, weights, op.candidates)
+        return candidates[0](x) if single else mixed_op_ref(x, weights, candidates)
     want = "cpu" if impl == "cpp" else "cuda"
     if x.device.type != want:
         raise ConfigError(f"impl={impl!r} runs on {want} tensors, but x is on {x.device}")
@@ -104,6 +131,6 @@ def mixed_op(x: torch.Tensor, weights: torch.Tensor, op: torch.nn.Module, *, imp
         from . import _ext
 
         _ext.load()  # ExtensionError naming the build command
-    if requested == "auto" and supports(x, weights, op.candidates) is not None:
-        return mixed_op_ref(x, weights, op.candidates)
-    return mixed_op_fused(x, weights, op.candidates)
+    if requested == "auto" and supports(x, weights, candidates) is not None:
+        return candidates[0](x) if single else mixed_op_ref(x, weights, candidates)
+    return mixed_op_fused(x, weights, candidates)

@@ -455,6 +455,8 @@ def supports(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]
             return (f"candidate {i} is a {type(b).__name__} (kind {kind!r}); the fused kernels implement only "
                     + ", ".join(f"{c.__name__} ({k!r})" for k, c in FUSED_KINDS.items()))
         bns = [getattr(b, n) for n in ("bn1", "bn2", "bn3", "bn") if hasattr(b, n)]
+        if any(not isinstance(bn, nn.BatchNorm2d) for bn in bns):
+            return "a candidate's batch norm is not an nn.BatchNorm2d (folded into its conv?)"
         if any(not bn.affine for bn in bns):
             return "a candidate has a BatchNorm without affine parameters"
         if getattr(b, "stride", 1) not in (1, 2):

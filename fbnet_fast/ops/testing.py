@@ -104,7 +104,7 @@ from ..supernet import MixedOp, Supernet, gumbel_weights
 from .mixed_op_ref import mixed_op_ref
 
 __all__ = ["runnable_isas", "assert_close_to_ref", "RADIUS", "ReluRecorder", "relu_flip_slack", "make_mixed_op",
-           "eager_variants", "compare_mixed_op", "compare_supernet_step", "EAGER_VARIANTS"]
+           "eager_variants", "compare_mixed_op", "compare_supernet_step", "compare_net_step", "EAGER_VARIANTS"]
 
 
 # -------------------------------------------------------------------------------------- the rule
@@ -342,9 +342,23 @@ def compare_supernet_step(ref: Supernet, x: torch.Tensor, y: torch.Tensor, hard:
     stands for ("fused", "eager" or "f64"); the stem and head are eager in all of them.
     """
 
-    def step(kind: str, net: Supernet, xx: torch.Tensor) -> torch.Tensor:
+    def fwd(kind: str, net: Supernet, xx: torch.Tensor) -> torch.Tensor:
         w = net.sample_weights(1.0, hard=hard, generator=torch.Generator().manual_seed(3))
-        loss = nn.functional.cross_entropy(forward(kind, net, xx, w), y)
+        return forward(kind, net, xx, w)
+
+    compare_net_step(ref, x, y, fwd)
+
+
+def compare_net_step(ref: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     forward: Callable[[str, nn.Module, torch.Tensor], torch.Tensor]) -> None:
+    """One cross-entropy step of copies of any network ``ref``: the loss, every parameter's gradient and
+    every buffer (BN running statistics) of the ``"fused"`` run held to the rule against fp64, with the
+    eager ensemble and the ReLU-kink slack of the layer tests. ``forward(kind, net, x) -> logits``
+    runs ``net`` the way ``kind`` ("fused", "eager", "f64") stands for.
+    """
+
+    def step(kind: str, net: nn.Module, xx: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(forward(kind, net, xx), y)
         loss.backward(retain_graph=kind == "f64")
         return loss
 
