@@ -346,7 +346,10 @@ def test_tiny_seeded_target_study_with_one_path_resumes_from_its_results(tmp_pat
     assert not (tmp_path / "elsewhere" / "searches").exists() and not (tmp_path / "elsewhere" / "train").exists()
     again = json.loads((res / "summary.json").read_text())
     assert again["figures"]["targets"] == summary["figures"]["targets"]
-    assert len((res / "invocations.jsonl").read_text().splitlines()) == 2
+    lines = [json.loads(l) for l in (res / "invocations.jsonl").read_text().splitlines()]
+    assert len(lines) == 2  # this invocation's line is rewritten after every report, not appended
+    assert again["cost"]["runs"] == 2
+    assert again["cost"]["earlier_runs_wall_s"] == pytest.approx(lines[0]["wall_s"], abs=0.05)
 
     # A different schedule is refused, naming the option, rather than mixed with these results.
     capsys.readouterr()

@@ -616,6 +616,7 @@ class Study:
     def __init__(self, cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] = print) -> None:
         cfg.validate()
         self.cfg, self.out = cfg, Path(out)
+        self.started: str | None = None  # set by run_study: this invocation's line in invocations.jsonl
         log_lock = threading.Lock()  # searches and trainings report from worker threads
 
         def locked_log(msg: str) -> None:
@@ -1230,8 +1231,9 @@ class Study:
                      if s in seeds]
         runs = []
         p = self.res / "invocations.jsonl"
-        if p.is_file():
-            runs = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+        if p.is_file():  # the earlier invocations (this one's own line, kept current, is wall_s)
+            runs = [r for r in (json.loads(l) for l in p.read_text().splitlines() if l.strip())
+                    if r.get("started") != self.started]
         for c in by_role.values():
             c["wall_s"], c["search_loop_s"] = round(c["wall_s"], 1), round(c["search_loop_s"], 1)
         return {"searches": by_role, "trainings": len(trainings),
@@ -1571,6 +1573,16 @@ def run_study(cfg: StudyConfig, out: str | Path, *, skip: Sequence[str] = (), co
 
         torch.set_num_threads(cfg.threads)
     study = Study(cfg, out, log=log)
+    # This invocation's line in invocations.jsonl is rewritten with its wall time after every
+    # report (each finished training) and at the end, so a run that is stopped keeps its cost.
+    inv = study.res / "invocations.jsonl"
+    prior = inv.read_text() if inv.is_file() else ""
+    study.started = started
+
+    def record(wall: float) -> None:
+        atomic_write_text(inv, prior + json.dumps({"started": started, "wall_s": round(wall, 1), "host": study.host,
+                                                   "jobs": cfg.jobs, "skip": list(skip)}) + "\n")
+
     if "search" not in skip:
         tasks: list[Callable[[], Any]] = []
         full = [r for r in cfg.search_runs() if not cfg.shares_warmup(r.spec, r.seed_index)]
@@ -1611,15 +1623,11 @@ def run_study(cfg: StudyConfig, out: str | Path, *, skip: Sequence[str] = (), co
             study.train(arch, j)
             with lock:  # a partial study always has an up-to-date report
                 study.report(points, wall_s=time.perf_counter() - t0, command=command)
+                record(time.perf_counter() - t0)
 
         _parallel(cfg.jobs, [lambda a=a, j=j: train(a, j) for j in range(cfg.train_seeds) for a in distinct])
-    wall = time.perf_counter() - t0
-    inv = study.res / "invocations.jsonl"
-    prior = inv.read_text() if inv.is_file() else ""
-    summary = study.report(points, wall_s=wall, command=command)
-    wall = time.perf_counter() - t0
-    atomic_write_text(inv, prior + json.dumps({"started": started, "wall_s": round(wall, 1), "host": study.host,
-                                               "jobs": cfg.jobs, "skip": list(skip)}) + "\n")
+    summary = study.report(points, wall_s=time.perf_counter() - t0, command=command)
+    record(time.perf_counter() - t0)
     summary["out"] = str(study.out)
     summary["results"] = str(study.res)
     return summary
