@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -58,3 +60,24 @@ def test_skip_is_identity_when_shapes_allow():
 def test_channel_shuffle_interleaves_groups():
     x = torch.arange(6.0).view(1, 6, 1, 1)
     assert channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+
+
+def test_head_pooling_is_the_same_in_both_layouts():
+    """The head pools a channels_last map under grad as a mean over the NHWC rows (a faster backward):
+    the same logits and gradients as adaptive_avg_pool2d on the NCHW map, up to summation order."""
+    from fbnet_fast.blocks import Head
+
+    torch.manual_seed(0)
+    head = Head(c_in=8, c_head=32, num_classes=5)
+    x = torch.randn(4, 8, 3, 3)
+    outs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        h = copy.deepcopy(head).to(memory_format=fmt)
+        xx = x.clone().contiguous(memory_format=fmt).requires_grad_(True)
+        y = h(xx)
+        y.square().sum().backward()
+        outs.append((y.detach(), xx.grad, h.conv.weight.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # evaluation and export keep adaptive_avg_pool2d
+        torch.testing.assert_close(head(x), outs[0][0], rtol=1e-5, atol=1e-6)
