@@ -337,6 +337,7 @@ def test_tiny_seeded_target_study_with_one_path_resumes_from_its_results(tmp_pat
         assert (hard["search"]["gumbel"], hard["search"]["epochs"]) == ("hard", plan["epochs"])
     report = (res / "report.md").read_text()
     assert "| target | T (LUT ms) |" in report and "Soft minus one-path" in report and "--search-seeds 2" in report
+    assert "only 3 distinct draw(s)" in report  # 2 searches a point: the report says its intervals are optimistic
     assert (res / "pareto.png").stat().st_size > 1000
 
     # Another machine, another day: a fresh study folder with the committed results redoes nothing.

@@ -1364,6 +1364,11 @@ def _matched(m: dict[str, Any] | None) -> str:
             + ("" if saved is None else f": searched {100 * abs(saved):.1f} % {'faster' if saved >= 0 else 'slower'}"))
 
 
+# Below this many searches per point the report says its searched intervals are optimistic: with N
+# searches the first bootstrap stage has C(2N - 1, N) distinct draws (3 at N = 2, 126 at N = 5).
+MIN_SEARCH_SEEDS = 5
+
+
 def report_markdown(summary: dict[str, Any], cfg: StudyConfig) -> str:
     """The per-target table (and the one-path comparison, noise and cost) as markdown for RESULTS.md."""
     f = summary["figures"]
@@ -1372,6 +1377,12 @@ def report_markdown(summary: dict[str, Any], cfg: StudyConfig) -> str:
              f"of {cfg.train_epochs} epochs. Medians with percentile-bootstrap 95 % intervals ({b['resamples']:,} "
              f"resamples, {b['groups']}). Random nets: measured latency within ±{100 * cfg.band:g} % of the "
              f"searched nets' (their median), at least {cfg.band_random} per band.", ""]
+    if cfg.search_seeds < MIN_SEARCH_SEEDS:
+        n = cfg.search_seeds
+        lines += [f"**Caution:** with {n} search(es) per point the bootstrap's first stage has only "
+                  f"{math.comb(2 * n - 1, n)} distinct draw(s), so the searched points' intervals (and the gains') "
+                  f"are too narrow for the search-to-search spread; read a sign only with --search-seeds "
+                  f"{MIN_SEARCH_SEEDS} or more (RESULTS.md: two searches excluded 0 where six did not).", ""]
     if f["targets"]:
         lines += ["| target | T (LUT ms) | searched: measured ms | searched median [95 % CI] | band (measured ms) | "
                   "random-band median [95 % CI] | gain [95 % CI] | fastest random as accurate | draws |",
