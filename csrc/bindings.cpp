@@ -34,13 +34,14 @@ struct Table {
   decltype(&base::bn_grad_fold) bn_grad_fold;
   decltype(&base::dwconv_bn_forward) dwconv_bn_forward;
   decltype(&base::dwconv_bn_backward) dwconv_bn_backward;
+  decltype(&base::small_gemm) small_gemm;
 };
 
 #define FBNET_TABLE(ns)                                                                         \
   Table {                                                                                       \
     #ns, &ns::bn_stats, &ns::affine_act, &ns::affine_act_accumulate, &ns::act_grad_sums,        \
         &ns::act_grad_apply, &ns::bn_fold, &ns::bn_grad_fold, &ns::dwconv_bn_forward,           \
-        &ns::dwconv_bn_backward                                                                 \
+        &ns::dwconv_bn_backward, &ns::small_gemm                                                \
   }
 
 const Table kBase = FBNET_TABLE(base);
@@ -152,4 +153,8 @@ PYBIND11_MODULE(_C, m) {
         nogil, py::arg("grad_out"), py::arg("z1"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"),
         py::arg("scale1"), py::arg("shift1"), py::arg("weight"), py::arg("k"), py::arg("stride"),
         py::arg("center1"), py::arg("grad_in"), py::arg("grad_weight"), py::arg("sum_g"), py::arg("sum_gz"));
+  m.def("small_gemm",
+        &call<&Table::small_gemm, buf_t, int64_t, int64_t, int64_t, buf_t, int64_t, buf_t, int64_t, bool>, nogil,
+        py::arg("a"), py::arg("M"), py::arg("K"), py::arg("lda"), py::arg("b"), py::arg("N"), py::arg("out"),
+        py::arg("ldo"), py::arg("accumulate"));
 }

@@ -25,31 +25,7 @@ void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int6
   if (k > 31) check(false, "weight: depthwise kernel size must be <= 31, got " + std::to_string(k));
 }
 
-// GCC vector types: one `V` is 16 (or 8) channels, a zmm in the v4 build, two ymm in v3,
-// four xmm in base; unaligned (aligned(4)) so any channel offset loads.
-typedef float V16 __attribute__((vector_size(64), aligned(4)));
-typedef float V8 __attribute__((vector_size(32), aligned(4)));
-// The widest vector this variant runs natively: 16 floats (a zmm) in v4, 8 elsewhere. A V16 in
-// v3 is two ymm; measured, the backward's gather loop over V16 ran 5-7x slower in v3 than over
-// V8 (its vector select is split), and the row kernels' P = 4 V16 accumulators need 8 of the
-// 16 ymm registers.
-#if defined(FBNET_ISA_V4)
-typedef V16 VW;
-#else
-typedef V8 VW;
-#endif
-constexpr int kW = sizeof(VW) / sizeof(float);
-
-// memcpy, not a cast: a typedef's aligned(4) is dropped when it is a template argument,
-// and an aligned vector load of an arbitrary channel offset faults.
-template <typename V>
-inline V vload(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V>
-inline void vstore(float* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+#include "vec.h"  // V16, V8, VW, kW, vload, vstore (this variant's)
 
 // ac[q] = sum over the K x K taps of wt[tap] * row[(o + q) * S + kw] for the np <= P output pixels
 // o .. o + np - 1 of one channel block [c0, c0 + |V|); rows r[kh] are zero-padded by K / 2 columns.

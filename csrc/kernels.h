@@ -30,7 +30,10 @@
   void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C,   \
                           buf_t scale1, buf_t shift1, buf_t weight, int64_t k, int64_t stride,    \
                           buf_t center1, buf_t grad_in, buf_t grad_weight, buf_t sum_g,           \
-                          buf_t sum_gz);
+                          buf_t sum_gz);                                                          \
+  /* small_gemm */                                                                                \
+  void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, buf_t out,      \
+                  int64_t ldo, bool accumulate);
 
 namespace fbnet {
 namespace FBNET_ISA {

@@ -7,12 +7,12 @@ table); :class:`MixedOpFunction` keeps the layer input and a few ``[C]`` vectors
 
 Per IR candidate ``i`` (internally channels-last ``[M, C]`` rows, ``M = N*H*W``)::
 
-    z1 = x @ W1^T                         torch GEMM (oneDNN/MKL); g=2 as block-diagonal
+    z1 = x @ W1^T                         GEMM (gemm.mm: small_gemm or torch); g=2 as block-diagonal
     bn_stats(z1); bn_fold                 bn_act        (channel shuffle folded into W1's rows)
     z2 = dwconv(relu(bn1(z1)))            dwconv_bn     (+ BN2 statistics, h1 never stored)
     h2 = relu(bn2(z2))                    bn_act        (in place over z2; in the recomputation
                                                          the dwconv pass writes h2 beside z2)
-    z3 = h2 @ W3^T; bn_stats(z3)          torch GEMM, bn_act
+    z3 = h2 @ W3^T; bn_stats(z3)          GEMM, bn_act
     out += w_i * bn3(z3)                  bn_act        (weighted sum in place)
 
 Each BatchNorm's per-channel finish is one launcher call (``bn_fold`` forward, ``bn_grad_fold``
@@ -25,7 +25,8 @@ reference, where they are not in the graph.
 
 Backend per device: the Function is device-agnostic; its kernels are the family
 launchers (:mod:`.bn_act`, :mod:`.dwconv_bn`), which run ``fbnet_fast._C`` for CPU
-tensors and ``fbnet_fast.ops.<family>_triton`` for CUDA tensors. GEMMs are torch's.
+tensors and ``fbnet_fast.ops.<family>_triton`` for CUDA tensors. GEMMs: :func:`.gemm.mm` (the small-product
+kernel for narrow CPU products, torch elsewhere).
 Float32 only.
 """
 
@@ -43,6 +44,7 @@ from ..errors import ConfigError
 from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_fold, bn_grad_fold,
                      bn_stats)
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
+from .gemm import mm
 from .mixed_op_ref import active_candidates
 
 __all__ = ["FUSED_KINDS", "KEEP_ENV", "MixedOpFunction", "keep_budget_bytes", "kept_bytes", "mixed_op_fused",
@@ -201,6 +203,8 @@ class _IRWeights(NamedTuple):
     w1: torch.Tensor  # [mid, C_in] dense (block-diagonal for g > 1), rows in internal (shuffled) order
     wt: torch.Tensor  # [k*k, mid] depthwise taps major
     w3: torch.Tensor  # [C_out, mid] dense
+    w1t: torch.Tensor  # w1^T [C_in, mid] contiguous: z1 = x @ w1t
+    w3t: torch.Tensor  # w3^T [mid, C_out] contiguous: z3 = h2 @ w3t
 
 
 def _ir_weights(c: _Cand, ps) -> _IRWeights:
@@ -209,7 +213,8 @@ def _ir_weights(c: _Cand, ps) -> _IRWeights:
     w1d = _dense_1x1(w1, b.groups)
     if c.perm is not None:
         w1d = w1d[c.perm]
-    return _IRWeights(w1d, wd.reshape(b.mid, -1).t().contiguous(), _dense_1x1(w3, b.groups))
+    w3d = _dense_1x1(w3, b.groups)
+    return _IRWeights(w1d, wd.reshape(b.mid, -1).t().contiguous(), w3d, w1d.t().contiguous(), w3d.t().contiguous())
 
 
 def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool):
@@ -217,14 +222,14 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, _ = shape
-    z1 = torch.mm(x2, wts.w1.t())
+    z1 = mm(x2, wts.w1t)
     bn1 = _bn_fold(b.bn1, g1, b1, z1, None, c.perm)
     batch2 = _uses_batch_stats(b.bn2)
     fw = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wts.wt, b.stride, stats=batch2)
     z2 = fw.out.view(-1, b.mid)
     bn2 = _bn_fold(b.bn2, g2, b2, z2, (fw.mean, fw.var) if batch2 else None, None)
     h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True, out=None if keep else z2)
-    z3 = torch.mm(h2, wts.w3.t())
+    z3 = mm(h2, wts.w3t)
     bn3 = _bn_fold(b.bn3, g3, b3, z3, None, None)
     affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha)
     return ([bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch],
@@ -246,21 +251,21 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
         h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True)
     else:
         # Recompute this candidate's intermediates (the only ones alive at a time).
-        z1 = torch.mm(x2, wts.w1.t())
+        z1 = mm(x2, wts.w1t)
         z1_4 = z1.view(n, h, w, b.mid)
         # BN2 is known here, so h2 = relu(bn2(z2)) comes out of the conv pass too (no extra read of z2).
         fw = dwconv_bn_forward(z1_4, bn1.scale, bn1.shift, wts.wt, b.stride, stats=False, scale2=bn2.scale,
                                shift2=bn2.shift)
         z2, h2 = fw.out.view(-1, b.mid), fw.act.view(-1, b.mid)
         del fw
-        z3 = torch.mm(h2, wts.w3.t())
+        z3 = mm(h2, wts.w3t)
     # In place over a recomputed z3; a kept one stays intact (a second backward with retain_graph).
     r3 = _bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=None if kept else z3)
     gz3 = r3.grad_z
     # Frozen weights (a theta step of the search): their GEMMs and the depthwise weight
     # gradient are skipped, as eager autograd skips them.
     gw3 = _wgrad(gz3, h2) if needs[6] else None
-    gh2 = torch.mm(gz3, wts.w3)
+    gh2 = mm(gz3, wts.w3)
     del h2, z3, gz3
     r2 = _bn_backward(bn2, g2, b2, gh2, z2, relu=True, out=gh2)
     del z2
@@ -279,7 +284,7 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
         if c.inv_perm is not None:
             gw1d = gw1d[c.inv_perm]
         gw1 = _undense_1x1(gw1d, b.groups, w1.shape)
-    gx2.addmm_(gz1, wts.w1)
+    mm(gz1, wts.w1, gx2, accumulate=True)
     grads = [gw1, gf1.grad_gamma, gf1.grad_beta, bw.grad_weight.t().reshape(wd.shape) if needs[3] else None,
              r2.grad_gamma, r2.grad_beta, _undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None,
              r3.grad_gamma, r3.grad_beta]
@@ -304,7 +309,7 @@ def _skip_input(c: _Cand, x4):
 
 def _skip_forward(c: _Cand, ps, x4, out2, alpha):
     wc, g, bb = ps
-    z = torch.mm(_skip_input(c, x4), wc.reshape(wc.shape[0], -1).t())
+    z = mm(_skip_input(c, x4), wc.reshape(wc.shape[0], -1).t())
     bn = _bn_fold(c.block.bn, g, bb, z, None, None)
     affine_act_accumulate_(out2, z, bn.scale, bn.shift, relu=True, alpha=alpha)
     return [bn.mean, bn.var], [bn.batch]
@@ -315,10 +320,10 @@ def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs):
     s = c.block.stride
     w2 = wc.reshape(wc.shape[0], -1)
     xs = _skip_input(c, x4)
-    z = torch.mm(xs, w2.t())
+    z = mm(xs, w2.t())
     bn = _bn_refold(c.block.bn, g, bb, saved[0], saved[1], batch[0], None)
     r = _bn_backward(bn, g, bb, go2, z, relu=True, alpha=alpha, out=z)
-    gxs = torch.mm(r.grad_z, w2)
+    gxs = mm(r.grad_z, w2)
     if s == 1:
         gx4.view(-1, gx4.shape[3]).add_(gxs)
     else:

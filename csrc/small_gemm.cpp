@@ -1,0 +1,109 @@
+// Small dense products on channels-last rows: out[M, N] (+)= A[M, K] @ B[K, N], for the
+// mixed op's 1x1 convolutions when K and N are both small (a narrow network: width 0.25 has
+// 8-88 channels). A BLAS sgemm is built for large K and N; on [65536, 8] x [8, 48] it ran
+// at ~20 GFLOP/s (1 thread, AMD EPYC Zen 4), several times below what writing the output
+// costs. Here every output row is P rows x NB vectors of accumulators held in registers,
+// each B vector loaded once for the P rows and each A element broadcast once for the NB
+// vectors: output-stationary, one pass over A and one write of out.
+// Reference: torch.mm (fbnet_fast/ops/gemm.py, small_mm_ref).
+//
+// Summation order: k = 0 .. K-1 sequentially, float32 FMA, so a row's result does not depend
+// on the thread count or on where the row falls in a block.
+#include "kernels.h"
+
+#include <cstring>
+#include <vector>
+
+FBNET_ISA_BEGIN
+namespace fbnet {
+namespace FBNET_ISA {
+
+namespace {
+
+#include "vec.h"  // V16, V8, VW, vload, vstore (this variant's)
+
+#if defined(FBNET_ISA_V4)
+constexpr int kNB = 4;  // VW = one zmm: 4 x 4 accumulators + 4 B vectors of the 32 zmm
+#else
+constexpr int kNB = 2;  // VW = one ymm (v3), two xmm (base): 4 x 2 accumulators + 2 B vectors of the 16 ymm
+#endif
+constexpr int kP = 4;  // rows per register tile
+
+// The P x NB tile of out at rows a/o, columns [n0, n0 + NB * L) of the padded B (ldb columns);
+// only `valid` = N - n0 columns exist in out.
+template <typename V, int P, int NB>
+inline void tile(const float* __restrict__ a, int64_t lda, int64_t K, const float* __restrict__ b, int64_t ldb,
+                 float* __restrict__ o, int64_t ldo, int64_t valid, bool accumulate) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  V c[P][NB];
+  const V zero = {};
+  for (int q = 0; q < P; ++q)
+    for (int j = 0; j < NB; ++j) c[q][j] = zero;
+  for (int64_t k = 0; k < K; ++k) {
+    V bv[NB];
+    for (int j = 0; j < NB; ++j) bv[j] = vload<V>(b + k * ldb + j * L);
+    for (int q = 0; q < P; ++q) {
+      const float s = a[q * lda + k];
+      for (int j = 0; j < NB; ++j) c[q][j] += s * bv[j];
+    }
+  }
+  for (int q = 0; q < P; ++q) {
+    float* orow = o + q * ldo;
+    for (int j = 0; j < NB; ++j) {
+      const int64_t col = static_cast<int64_t>(j) * L;
+      if (col + L <= valid) {
+        V r = c[q][j];
+        if (accumulate) r += vload<V>(orow + col);
+        vstore<V>(orow + col, r);
+      } else if (col < valid) {
+        float tmp[L];
+        vstore<V>(tmp, c[q][j]);
+        for (int64_t t = 0; t < valid - col; ++t) orow[col + t] = accumulate ? orow[col + t] + tmp[t] : tmp[t];
+      }
+    }
+  }
+}
+
+// Rows [r, r + P) of out, every column block.
+template <int P>
+inline void row_block(const float* a, int64_t lda, int64_t K, const float* bp, int64_t Np, int64_t N, float* o,
+                      int64_t ldo, bool accumulate) {
+  constexpr int LW = sizeof(VW) / sizeof(float);
+  int64_t n0 = 0;
+  for (; n0 + kNB * LW <= Np; n0 += kNB * LW)
+    tile<VW, P, kNB>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
+  for (; n0 + LW <= Np; n0 += LW) tile<VW, P, 1>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
+  if (LW > 8)  // v4: Np is a multiple of 8, so at most one block of 8 is left
+    for (; n0 + 8 <= Np; n0 += 8) tile<V8, P, 1>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
+}
+
+}  // namespace
+
+void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, buf_t out, int64_t ldo,
+                bool accumulate) {
+  check_buf(a, "a"); check_buf(b, "b"); check_buf(out, "out");
+  check_positive(M, "a.shape[0] (rows)"); check_positive(K, "a.shape[1] (inner dimension)");
+  check_positive(N, "b.shape[1] (columns)");
+  check(lda >= K, "a's row stride must be >= its columns");
+  check(ldo >= N, "out's row stride must be >= its columns");
+  // B with its columns padded to a multiple of 8 (zeros): every column block is whole vectors.
+  const int64_t Np = (N + 7) / 8 * 8;
+  std::vector<float> bp(static_cast<size_t>(K * Np), 0.0f);
+  const float* bsrc = CF(b);
+  for (int64_t k = 0; k < K; ++k) std::memcpy(bp.data() + k * Np, bsrc + k * N, sizeof(float) * N);
+  const float* ap = CF(a);
+  float* op = F(out);
+  constexpr int64_t kRows = 64;  // rows per work item (a multiple of kP)
+  const int64_t nblk = (M + kRows - 1) / kRows;
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t r1 = std::min(M, (blk + 1) * kRows);
+    int64_t r = blk * kRows;
+    for (; r + kP <= r1; r += kP) row_block<kP>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate);
+    for (; r < r1; ++r) row_block<1>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate);
+  }
+}
+
+}  // namespace FBNET_ISA
+}  // namespace fbnet
+FBNET_ISA_END

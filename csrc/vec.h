@@ -1,0 +1,32 @@
+// GCC vector types and unaligned loads/stores for the kernels, one copy per ISA variant:
+// include this *inside* `namespace fbnet { namespace FBNET_ISA { namespace {` (after
+// FBNET_ISA_BEGIN), never at global scope, so each variant's instances get their own names
+// and the linker cannot swap an AVX-512 copy into the base variant (common.h).
+#pragma once
+// (std::memcpy: the including file includes <cstring> at global scope first.)
+
+// GCC vector types: one `V` is 16 (or 8) channels, a zmm in the v4 build, two ymm in v3,
+// four xmm in base; unaligned (aligned(4)) so any channel offset loads.
+typedef float V16 __attribute__((vector_size(64), aligned(4)));
+typedef float V8 __attribute__((vector_size(32), aligned(4)));
+// The widest vector this variant runs natively: 16 floats (a zmm) in v4, 8 elsewhere. A V16 in
+// v3 is two ymm; measured, the backward's gather loop over V16 ran 5-7x slower in v3 than over
+// V8 (its vector select is split), and the row kernels' P = 4 V16 accumulators need 8 of the
+// 16 ymm registers.
+#if defined(FBNET_ISA_V4)
+typedef V16 VW;
+#else
+typedef V8 VW;
+#endif
+constexpr int kW = sizeof(VW) / sizeof(float);
+
+// memcpy, not a cast: a typedef's aligned(4) is dropped when it is a template argument,
+// and an aligned vector load of an arbitrary channel offset faults.
+template <typename V>
+inline V vload(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+inline void vstore(float* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }

@@ -1,0 +1,91 @@
+"""The mixed op's 1x1 convolutions as matrix products, with a kernel for the narrow ones.
+
+:func:`mm` computes ``a [M, K] @ b [K, N]`` (``out`` and ``accumulate`` for ``out += a @ b``).
+A 1x1 convolution over channels-last rows is such a product with a long ``M`` (pixels) and
+short ``K``, ``N`` (channels). BLAS sgemm is tuned for large ``K`` and ``N``: at the default
+search's width 0.25 (8-88 channels) the products ``[65536, 8] @ [8, 48]`` ran at ~20 GFLOP/s
+in MKL (1 thread, AMD EPYC Zen 4), bound neither by arithmetic nor by writing the output.
+CPU products of the shapes where it measured faster (:func:`use_small`) go to
+``fbnet_fast._C.small_gemm`` (csrc/small_gemm.cpp: register tiles of 4 rows x up to 64
+columns, one pass over ``a``, one write of ``out``); the rest, and every CUDA product, to torch.
+``python bench/cpu/ab_gemm.py`` measures both on the mixed op's shapes (BENCHMARKS.md).
+
+The kernel sums over ``k`` in order in float32 (FMA): a result differs from torch's by float32
+rounding of a ``K``-term dot product, never by the thread count.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import ConfigError
+from ._launch import cpu_ext
+
+__all__ = ["SMALL_ENV", "enabled", "mm", "small_mm_ref", "use_small"]
+
+SMALL_ENV = "FBNET_FAST_SMALL_GEMM"
+# Where the small kernel beat MKL on the mixed op's products (bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 and 2
+# threads, fbnet-cifar at widths 0.25 and 1.0): a narrow output (N <= 48: one register tile of columns), or a
+# long one over a short inner dimension (K <= 32 and M * N >= 2**21, write-bound). Elsewhere MKL's blocking wins.
+NARROW_N = 48
+LONG_OUT, LONG_K = 2**21, 32
+MAX_K = 4096  # the kernel keeps a padded copy of b ([K, N] floats)
+
+
+def enabled() -> bool:
+    """``$FBNET_FAST_SMALL_GEMM``: unset or ``1`` uses the kernel where it pays, ``0`` sends every product to torch."""
+    raw = os.environ.get(SMALL_ENV)
+    if raw is None or raw.strip() in ("", "1"):
+        return True
+    if raw.strip() == "0":
+        return False
+    raise ConfigError(f"{SMALL_ENV} must be 0 (every product to torch) or 1 (the small kernel where it pays), "
+                      f"got {raw!r}")
+
+
+def use_small(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether :func:`mm` sends ``a [M, K] @ b [K, N]`` to the small kernel."""
+    if a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32 or not enabled():
+        return False
+    m, k = a.shape
+    n = b.shape[1]
+    return k <= MAX_K and (n <= NARROW_N or (k <= LONG_K and m * n >= LONG_OUT))
+
+
+def small_mm_ref(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *,
+                 accumulate: bool = False) -> torch.Tensor:
+    """The reference: torch's product, same signature as :func:`mm`."""
+    if out is None:
+        return torch.mm(a, b)
+    if accumulate:
+        return out.addmm_(a, b)
+    return torch.mm(a, b, out=out)
+
+
+def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *,
+       accumulate: bool = False) -> torch.Tensor:
+    """``a [M, K] @ b [K, N]`` into a new ``[M, N]`` tensor, or into ``out`` (``out += a @ b`` with ``accumulate``).
+
+    ``a`` may be any row-major view (row stride >= K, unit column stride); ``b`` any tensor
+    (copied contiguous if it is not, it is small); ``out`` contiguous rows.
+    """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ConfigError(f"mm: a {list(a.shape)} and b {list(b.shape)} do not multiply")
+    if accumulate and out is None:
+        raise ConfigError("mm: accumulate needs out")
+    if not use_small(a, b) or a.shape[0] == 0:
+        return small_mm_ref(a, b, out, accumulate=accumulate)
+    m, k = a.shape
+    n = b.shape[1]
+    if a.stride(1) != 1 or a.stride(0) < k:
+        a = a.contiguous()
+    b = b.contiguous()
+    if out is None:
+        out = a.new_empty(m, n)
+    elif out.shape != (m, n) or out.dtype != torch.float32 or not out.is_contiguous() or out.device != a.device:
+        raise ConfigError(f"mm: out must be a contiguous float32 [{m}, {n}] tensor on {a.device}, got "
+                          f"{out.dtype} {list(out.shape)} strides {out.stride()}")
+    cpu_ext().small_gemm(a.data_ptr(), m, k, a.stride(0), b.data_ptr(), n, out.data_ptr(), n, bool(accumulate))
+    return out
