@@ -35,13 +35,14 @@ struct Table {
   decltype(&base::dwconv_bn_forward) dwconv_bn_forward;
   decltype(&base::dwconv_bn_backward) dwconv_bn_backward;
   decltype(&base::small_gemm) small_gemm;
+  decltype(&base::small_gemm_tn) small_gemm_tn;
 };
 
 #define FBNET_TABLE(ns)                                                                         \
   Table {                                                                                       \
     #ns, &ns::bn_stats, &ns::affine_act, &ns::affine_act_accumulate, &ns::act_grad_sums,        \
         &ns::act_grad_apply, &ns::bn_fold, &ns::bn_grad_fold, &ns::dwconv_bn_forward,           \
-        &ns::dwconv_bn_backward, &ns::small_gemm                                                \
+        &ns::dwconv_bn_backward, &ns::small_gemm, &ns::small_gemm_tn                                             \
   }
 
 const Table kBase = FBNET_TABLE(base);
@@ -157,4 +158,8 @@ PYBIND11_MODULE(_C, m) {
         &call<&Table::small_gemm, buf_t, int64_t, int64_t, int64_t, buf_t, int64_t, buf_t, int64_t, bool>, nogil,
         py::arg("a"), py::arg("M"), py::arg("K"), py::arg("lda"), py::arg("b"), py::arg("N"), py::arg("out"),
         py::arg("ldo"), py::arg("accumulate"));
+  m.def("small_gemm_tn",
+        &call<&Table::small_gemm_tn, buf_t, int64_t, int64_t, int64_t, buf_t, int64_t, int64_t, buf_t>, nogil,
+        py::arg("x"), py::arg("M"), py::arg("P"), py::arg("ldx"), py::arg("y"), py::arg("Q"), py::arg("ldy"),
+        py::arg("out"));
 }

@@ -33,7 +33,8 @@
                           buf_t sum_gz);                                                          \
   /* small_gemm */                                                                                \
   void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, buf_t out,      \
-                  int64_t ldo, bool accumulate);
+                  int64_t ldo, bool accumulate);                                                  \
+  void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t Q, int64_t ldy, buf_t out);
 
 namespace fbnet {
 namespace FBNET_ISA {

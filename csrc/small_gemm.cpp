@@ -104,6 +104,90 @@ void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, 
   }
 }
 
+// ---- out[P, Q] = X[M, P]^T Y[M, Q]: a 1x1 conv's weight gradient, reduced over the long M ----
+namespace {
+
+constexpr int64_t kTnRows = 256;  // rows per chunk: float32 sums within, float64 across chunks
+
+// Chunk rows [0, R) of X (ldx) and of Y (padded, Qp columns, row stride ldy): the P x Q partial,
+// 4 columns of X broadcast against NB vectors of a Y row, registers for the whole chunk.
+template <typename V, int PB, int NB>
+inline void tn_tile(const float* __restrict__ x, int64_t ldx, const float* __restrict__ y, int64_t ldy, int64_t R,
+                    float* __restrict__ part, int64_t ldp) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  V c[PB][NB];
+  const V zero = {};
+  for (int q = 0; q < PB; ++q)
+    for (int j = 0; j < NB; ++j) c[q][j] = zero;
+  for (int64_t r = 0; r < R; ++r) {
+    V yv[NB];
+    for (int j = 0; j < NB; ++j) yv[j] = vload<V>(y + r * ldy + j * L);
+    for (int q = 0; q < PB; ++q) {
+      const float s = x[r * ldx + q];
+      for (int j = 0; j < NB; ++j) c[q][j] += s * yv[j];
+    }
+  }
+  for (int q = 0; q < PB; ++q)
+    for (int j = 0; j < NB; ++j) vstore<V>(part + q * ldp + j * L, c[q][j]);
+}
+
+template <int PB>
+inline void tn_rows(const float* x, int64_t ldx, const float* y, int64_t ldy, int64_t R, int64_t Qp, float* part,
+                    int64_t ldp) {
+  constexpr int LW = sizeof(VW) / sizeof(float);
+  int64_t j0 = 0;
+  for (; j0 + kNB * LW <= Qp; j0 += kNB * LW) tn_tile<VW, PB, kNB>(x, ldx, y + j0, ldy, R, part + j0, ldp);
+  for (; j0 + LW <= Qp; j0 += LW) tn_tile<VW, PB, 1>(x, ldx, y + j0, ldy, R, part + j0, ldp);
+  if (LW > 8)
+    for (; j0 + 8 <= Qp; j0 += 8) tn_tile<V8, PB, 1>(x, ldx, y + j0, ldy, R, part + j0, ldp);
+}
+
+}  // namespace
+
+void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t Q, int64_t ldy, buf_t out) {
+  check_buf(x, "x"); check_buf(y, "y"); check_buf(out, "out");
+  check_positive(M, "x.shape[0] (rows)"); check_positive(P, "x.shape[1] (columns)");
+  check_positive(Q, "y.shape[1] (columns)");
+  check(ldx >= P, "x's row stride must be >= its columns");
+  check(ldy >= Q, "y's row stride must be >= its columns");
+  const int64_t Qp = (Q + 7) / 8 * 8;
+  const bool pad = Qp != Q;  // a chunk of Y is copied into whole vectors, zero-padded
+  const int64_t nch = (M + kTnRows - 1) / kTnRows;
+  std::vector<float> part(static_cast<size_t>(nch * P * Qp));
+  const float* xp = CF(x);
+  const float* yp = CF(y);
+#pragma omp parallel
+  {
+    std::vector<float> ybuf(pad ? static_cast<size_t>(kTnRows * Qp) : 0, 0.0f);
+#pragma omp for schedule(static)
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      const int64_t r0 = ch * kTnRows;
+      const int64_t R = std::min(M, r0 + kTnRows) - r0;
+      const float* yc = yp + r0 * ldy;
+      int64_t ly = ldy;
+      if (pad) {
+        for (int64_t r = 0; r < R; ++r) std::memcpy(ybuf.data() + r * Qp, yc + r * ldy, sizeof(float) * Q);
+        yc = ybuf.data();
+        ly = Qp;
+      }
+      const float* xc = xp + r0 * ldx;
+      float* pc = part.data() + ch * P * Qp;
+      int64_t p0 = 0;
+      for (; p0 + kP <= P; p0 += kP) tn_rows<kP>(xc + p0, ldx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
+      for (; p0 < P; ++p0) tn_rows<1>(xc + p0, ldx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
+    }
+  }
+  // chunk order, float64: the same bits for any thread count
+  float* op = F(out);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < P; ++i)
+    for (int64_t j = 0; j < Q; ++j) {
+      double acc = 0.0;
+      for (int64_t ch = 0; ch < nch; ++ch) acc += part[(ch * P + i) * Qp + j];
+      op[i * Q + j] = static_cast<float>(acc);
+    }
+}
+
 }  // namespace FBNET_ISA
 }  // namespace fbnet
 FBNET_ISA_END

@@ -32,6 +32,17 @@ def _bound(a, b, extra=0.0):
     return 1.01 * k * U * (a.double().abs() @ b.double().abs()) + extra + 1e-30
 
 
+def _at_1_and_2_threads(f):
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = f()
+        torch.set_num_threads(2)
+        return one, f()
+    finally:
+        torch.set_num_threads(n0)
+
+
 def _call(a, b, **kw):
     """gemm.mm with the kernel forced (the shape rule may send a small case to torch)."""
     m, k = a.shape
@@ -71,14 +82,7 @@ def test_small_gemm_reads_row_strided_a(m, k, n, isa):
 def test_small_gemm_same_bits_for_any_thread_count(isa):
     g = torch.Generator().manual_seed(2)
     a, b = torch.randn(4099, 24, generator=g), torch.randn(24, 40, generator=g)
-    n0 = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _call(a, b)
-        torch.set_num_threads(2)
-        two = _call(a, b)
-    finally:
-        torch.set_num_threads(n0)
+    one, two = _at_1_and_2_threads(lambda: _call(a, b))
     assert torch.equal(one, two)
 
 
@@ -110,3 +114,51 @@ def test_mm_bad_input_one_clear_error(monkeypatch):
     monkeypatch.setenv(gemm.SMALL_ENV, "yes")
     with pytest.raises(ConfigError, match=gemm.SMALL_ENV):
         gemm.mm(a, torch.randn(4, 3))
+
+
+# ---- x^T y (small_gemm_tn): a 1x1 conv's weight gradient. Within a chunk of 256 rows the kernel sums in
+# float32 (error <= gamma_256 * sum |x y| over the chunk), across chunks in float64 (exact enough to ignore),
+# so the bound is 1.01 * 256 u (|x|^T |y|) against a float64 product.
+TN_SHAPES = [(1, 1, 1), (3, 5, 7), (255, 16, 8), (257, 8, 16), (1000, 48, 8), (1000, 8, 48), (4099, 13, 61),
+             (70000, 24, 8), (513, 3, 512)]
+
+
+def _tn_bound(x, y):
+    return 1.01 * min(256, x.shape[0]) * U * (x.double().abs().t() @ y.double().abs()) + 1e-30
+
+
+@pytest.mark.parametrize("m,p,q", TN_SHAPES)
+def test_small_gemm_tn_matches_exact_product(m, p, q, isa):
+    g = torch.Generator().manual_seed(m + 5 * p + 11 * q)
+    x, y = torch.randn(m, p, generator=g), torch.randn(m, q, generator=g) * 2
+    out = torch.empty(p, q)
+    _ext.load().small_gemm_tn(x.data_ptr(), m, p, p, y.data_ptr(), q, q, out.data_ptr())
+    assert ((out.double() - x.double().t() @ y.double()).abs() <= _tn_bound(x, y)).all()
+    # row-strided views (column slices) read in place
+    wx, wy = torch.randn(m, p + 3, generator=g), torch.randn(m, q + 9, generator=g)
+    xs, ys = wx[:, 2:2 + p], wy[:, 4:4 + q]
+    _ext.load().small_gemm_tn(xs.data_ptr(), m, p, xs.stride(0), ys.data_ptr(), q, ys.stride(0), out.data_ptr())
+    assert ((out.double() - xs.double().t() @ ys.double()).abs() <= _tn_bound(xs, ys)).all()
+
+
+def test_small_gemm_tn_same_bits_for_any_thread_count(isa):
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(9000, 8, generator=g), torch.randn(9000, 40, generator=g)
+    one, two = _at_1_and_2_threads(lambda: gemm.mm_tn(x, y))
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("m,p,q", [(65536, 48, 8), (4096, 8, 96), (1024, 48, 288), (100, 600, 4)])
+def test_mm_tn_routes_by_shape_and_agrees_with_torch(m, p, q, monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(m, p, generator=g), torch.randn(m, q, generator=g)
+    narrow, wide = sorted((p, q))
+    assert gemm.use_small_tn(x, y) == (narrow <= gemm.TN_MAX_NARROW and wide <= gemm.TN_MAX_WIDE)
+    got = gemm.mm_tn(x, y)
+    assert got.shape == (p, q) and got.is_contiguous()
+    bound = _tn_bound(x, y) if gemm.use_small_tn(x, y) else 1.01 * m * U * (x.double().abs().t() @ y.double().abs())
+    assert ((got.double() - x.double().t() @ y.double()).abs() <= bound).all()
+    monkeypatch.setenv(gemm.SMALL_ENV, "0")
+    assert not gemm.use_small_tn(x, y)
+    with pytest.raises(ConfigError, match=r"must be \[M, P\] and \[M, Q\]"):
+        gemm.mm_tn(x, y[:-1])

@@ -23,7 +23,7 @@ import torch
 from ..errors import ConfigError
 from ._launch import cpu_ext
 
-__all__ = ["SMALL_ENV", "enabled", "mm", "small_mm_ref", "use_small"]
+__all__ = ["SMALL_ENV", "enabled", "mm", "mm_tn", "small_mm_ref", "use_small", "use_small_tn"]
 
 SMALL_ENV = "FBNET_FAST_SMALL_GEMM"
 # Where the small kernel beat MKL on the mixed op's products (bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 and 2
@@ -89,3 +89,43 @@ def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *,
                           f"{out.dtype} {list(out.shape)} strides {out.stride()}")
     cpu_ext().small_gemm(a.data_ptr(), m, k, a.stride(0), b.data_ptr(), n, out.data_ptr(), n, bool(accumulate))
     return out
+
+
+# x^T y for a 1x1 conv's weight gradient: the kernel where the narrower side has at most 16 columns (1.1-3.7x
+# MKL on the mixed op's shapes, bench/cpu/ab_gemm.py); with both sides wider MKL's blocking wins. The wider side
+# is capped so that the per-chunk partial sums stay small (M / 256 x 16 x 512 floats).
+TN_MAX_WIDE, TN_MAX_NARROW = 512, 16
+
+
+def use_small_tn(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether :func:`mm_tn` sends ``x^T y`` to the kernel (``small_gemm_tn``)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or y.dtype != torch.float32 or not enabled():
+        return False
+    narrow, wide = sorted((x.shape[1], y.shape[1]))
+    return wide <= TN_MAX_WIDE and narrow <= TN_MAX_NARROW
+
+
+
+def mm_tn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x [M, P]^T @ y [M, Q] -> [P, Q]``: a 1x1 conv's weight gradient (``grad_out^T input``).
+
+    The kernel keeps register tiles over the wider operand's row and broadcasts the narrower one's,
+    in fixed chunks of 256 rows (float32 within a chunk, float64 across, chunk order: the same bits
+    for any thread count); torch elsewhere, with the narrower matrix as the transposed operand
+    (MKL's sgemm was 4-6x slower the other way round when one side is much narrower).
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+        raise ConfigError(f"mm_tn: x {list(x.shape)} and y {list(y.shape)} must be [M, P] and [M, Q]")
+    p, q = x.shape[1], y.shape[1]
+    if not use_small_tn(x, y) or x.shape[0] == 0:
+        if p > q:
+            return torch.mm(y.t(), x).t().contiguous()
+        return torch.mm(x.t(), y)
+    swap = p > q  # the wider operand is the vector side
+    bx, vy = (y, x) if swap else (x, y)
+    bx = bx if bx.stride(1) == 1 else bx.contiguous()
+    vy = vy if vy.stride(1) == 1 else vy.contiguous()
+    out = bx.new_empty(bx.shape[1], vy.shape[1])
+    cpu_ext().small_gemm_tn(bx.data_ptr(), bx.shape[0], bx.shape[1], bx.stride(0), vy.data_ptr(), vy.shape[1],
+                            vy.stride(0), out.data_ptr())
+    return out.t().contiguous() if swap else out

@@ -44,7 +44,7 @@ from ..errors import ConfigError
 from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_fold, bn_grad_fold,
                      bn_stats)
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
-from .gemm import mm
+from .gemm import mm, mm_tn
 from .mixed_op_ref import active_candidates
 
 __all__ = ["FUSED_KINDS", "KEEP_ENV", "MixedOpFunction", "keep_budget_bytes", "kept_bytes", "mixed_op_fused",
@@ -292,13 +292,10 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
 
 
 def _wgrad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv's weight gradient ``g^T x`` (``[M, Co]^T [M, Ci] -> [Co, Ci]``), reduced over the long
-    ``M`` with the narrower matrix as the transposed operand: MKL's sgemm is 4-6x slower the other way
-    round when one side is much narrower (M = 65536: ``[48, M] x [M, 8]`` 7.9 ms, ``([8, M] x [M, 48])^T``
-    1.2 ms; 1 thread, AMD EPYC Zen 4), and the same speed when the widths are close."""
-    if g.shape[1] > x.shape[1]:
-        return torch.mm(x.t(), g).t().contiguous()
-    return torch.mm(g.t(), x)
+    """A 1x1 conv's weight gradient ``g^T x`` (``[M, Co]^T [M, Ci] -> [Co, Ci]``), reduced over the long ``M``:
+    :func:`.gemm.mm_tn` (the small kernel for narrow products; MKL otherwise, the narrower matrix transposed:
+    ``[48, M] x [M, 8]`` took 7.9 ms, ``([8, M] x [M, 48])^T`` 1.2 ms at M = 65536, 1 thread, AMD EPYC Zen 4)."""
+    return mm_tn(g, x)
 
 
 def _skip_input(c: _Cand, x4):

@@ -1,0 +1,123 @@
+"""The mixed op's 1x1 products: MKL (torch.mm) vs the small-product kernel, per shape and in the step.
+
+    python bench/cpu/ab_gemm.py [--threads 1 2] [--width 0.25] [--batch 64] [--rounds 7] [--step-rounds 8]
+
+Per shape: every product a supernet step of fbnet-cifar at this width and batch runs for its IR
+candidates (``z1 = x @ W1^T``, ``z3 = h2 @ W3^T``, ``gh2 = gz3 @ W3``, ``gx += gz1 @ W1``), each timed
+alone, torch and the kernel alternating, median of ``--rounds``; the table says which one
+:func:`fbnet_fast.ops.gemm.use_small` picks, and the totals weight each shape by its count in a step.
+Alone, the operands sit in cache; in the step they do not, so the second part times the whole fused
+supernet step (soft weights, all 9 candidates) with the kernel on and off (``FBNET_FAST_SMALL_GEMM``),
+alternating within one process, median of ``--step-rounds``. Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from fbnet_fast.ops import _ext, gemm
+from fbnet_fast.space import load_space
+from fbnet_fast.supernet import Supernet
+
+
+def _median_ms(f, rounds: int) -> float:
+    f()
+    ts = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def step_shapes(space, batch: int, res: int = 32) -> collections.Counter:
+    """``(M, K, N) -> count`` of the products one soft supernet step's IR candidates run (forward + backward)."""
+    shapes: collections.Counter = collections.Counter()
+    ir = [c for c in space.candidates if c != "skip"]
+    for layer in space.layers:
+        out_res = (res + layer.stride - 1) // layer.stride
+        m_in, m_out = batch * res * res, batch * out_res * out_res
+        for name in ir:
+            e = int(name.split("_e")[1].split("_")[0])
+            mid = layer.c_in * e
+            shapes[(m_in, layer.c_in, mid)] += 1  # z1 (the default keep budget holds every layer: no recomputation)
+            shapes[(m_out, mid, layer.c_out)] += 1  # z3
+            shapes[(m_out, layer.c_out, mid)] += 1  # gh2
+            shapes[(m_in, mid, layer.c_in)] += 1  # gx
+        res = out_res
+    return shapes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--step-rounds", type=int, default=8)
+    args = p.parse_args(argv)
+    space = load_space("fbnet-cifar", width_mult=args.width)
+    print(f"cpu {platform.processor() or platform.machine()}, torch {torch.__version__} "
+          f"({torch.backends.cpu.get_cpu_capability()}), fused ISA {_ext.load().isa()}; fbnet-cifar width "
+          f"{args.width}, batch {args.batch}")
+    shapes = step_shapes(space, args.batch)
+    for th in args.threads:
+        torch.set_num_threads(th)
+        tot = collections.Counter()
+        print(f"\n{th} thread(s): per product, ms (median of {args.rounds}, alone)")
+        print(f"{'M':>6s} {'K':>5s} {'N':>5s} {'count':>5s} {'torch':>8s} {'small':>8s} {'ratio':>6s}  rule")
+        for (m, k, n), c in sorted(shapes.items()):
+            a, b = torch.randn(m, k), torch.randn(k, n)
+            rule = gemm.use_small(a, b)
+            ts, tk = [], []
+            for _ in range(args.rounds):
+                ts.append(_median_ms(lambda: torch.mm(a, b), 1))
+                tk.append(_median_ms(lambda: gemm.mm(a, b) if rule else _ext.load().small_gemm(
+                    a.data_ptr(), m, k, k, b.data_ptr(), n, torch.empty(m, n).data_ptr(), n, False), 1))
+            t_torch, t_small = statistics.median(ts), statistics.median(tk)
+            tot["torch"] += c * t_torch
+            tot["small"] += c * t_small
+            tot["rule"] += c * (t_small if rule else t_torch)
+            print(f"{m:6d} {k:5d} {n:5d} {c:5d} {t_torch:8.3f} {t_small:8.3f} {t_torch / t_small:6.2f}  "
+                  f"{'small' if rule else 'torch'}")
+        print(f"step's products, alone: torch {tot['torch']:.1f} ms, small everywhere {tot['small']:.1f} ms, "
+              f"as routed {tot['rule']:.1f} ms")
+
+        torch.manual_seed(0)
+        net = Supernet(space, impl="cpp").to(memory_format=torch.channels_last)
+        x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (args.batch,))
+        w = torch.softmax(torch.randn(space.num_layers, len(space.candidates)), -1)
+
+        def step():
+            net.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x, w), y).backward()
+
+        res: dict[str, list[float]] = {"routed": [], "torch only": []}
+        old = os.environ.get(gemm.SMALL_ENV)
+        try:
+            for _ in range(args.step_rounds):
+                for k in res:
+                    os.environ[gemm.SMALL_ENV] = "1" if k == "routed" else "0"
+                    res[k].append(_median_ms(step, 1))
+        finally:
+            if old is None:
+                os.environ.pop(gemm.SMALL_ENV, None)
+            else:
+                os.environ[gemm.SMALL_ENV] = old
+        med = {k: statistics.median(v) for k, v in res.items()}
+        print(f"fused supernet step (soft, 9 candidates): routed {med['routed']:.1f} ms, torch only "
+              f"{med['torch only']:.1f} ms: {med['torch only'] / med['routed']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
