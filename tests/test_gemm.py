@@ -49,7 +49,8 @@ def _call(a, b, **kw):
     out = kw.pop("out", None)
     acc = kw.pop("accumulate", False)
     out = a.new_empty(m, b.shape[1]) if out is None else out
-    _ext.load().small_gemm(a.data_ptr(), m, k, a.stride(0), b.contiguous().data_ptr(), b.shape[1], out.data_ptr(),
+    b = b.contiguous()  # held by a name: a temporary's buffer would be freed before the kernel runs
+    _ext.load().small_gemm(a.data_ptr(), m, k, a.stride(0), b.data_ptr(), b.shape[1], out.data_ptr(),
                            out.stride(0), acc)
     return out
 

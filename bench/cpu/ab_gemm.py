@@ -1,6 +1,7 @@
 """The mixed op's 1x1 products: MKL (torch.mm) vs the small-product kernel, per shape and in the step.
 
     python bench/cpu/ab_gemm.py [--threads 1 2] [--width 0.25] [--batch 64] [--rounds 7] [--step-rounds 8]
+    python bench/cpu/ab_gemm.py --concat [--threads 1 2]
 
 Per shape: every product a supernet step of fbnet-cifar at this width and batch runs for its IR
 candidates (``z1 = x @ W1^T``, ``z3 = h2 @ W3^T``, ``gh2 = gz3 @ W3``, ``gx += gz1 @ W1``), each timed
@@ -9,6 +10,11 @@ alone, torch and the kernel alternating, median of ``--rounds``; the table says 
 Alone, the operands sit in cache; in the step they do not, so the second part times the whole fused
 supernet step (soft weights, all 9 candidates) with the kernel on and off (``FBNET_FAST_SMALL_GEMM``),
 alternating within one process, median of ``--step-rounds``. Run it alone on the machine.
+
+``--concat`` answers the speed issue's "fewer, bigger GEMMs": per distinct layer shape, the 8 IR
+candidates' first 1x1 products as 8 calls (as the fused op runs them) against one product over their
+concatenated weights, for the forward (``x @ [W1_1; ...; W1_8]^T``), the input gradient (``[gz1_1 ...
+gz1_8] @ [W1_1; ...]``) and the weight gradient (``[gz1_1 ...]^T x``), torch's BLAS in both, timed alone.
 """
 
 from __future__ import annotations
@@ -56,6 +62,42 @@ def step_shapes(space, batch: int, res: int = 32) -> collections.Counter:
     return shapes
 
 
+def concat_table(space, batch: int, rounds: int) -> None:
+    """8 separate first-1x1 products per layer vs one over the concatenated weights (torch.mm both)."""
+    ir = [c for c in space.candidates if c != "skip"]
+    seen, res = set(), 32
+    print(f"{'M':>6s} {'C':>4s} {'sum mid':>7s} | fwd 8 calls / 1 call | grad_in 8 / 1 | grad_w 8 / 1 (ms, median)")
+    for layer in space.layers:
+        m, c = batch * res * res, layer.c_in
+        res = (res + layer.stride - 1) // layer.stride
+        if (m, c) in seen:
+            continue
+        seen.add((m, c))
+        mids = [c * int(n.split("_e")[1].split("_")[0]) for n in ir]
+        x = torch.randn(m, c)
+        ws = [torch.randn(mid, c) for mid in mids]
+        wcat = torch.cat(ws, 0)
+        gz = [torch.randn(m, mid) for mid in mids]
+        gzcat = torch.cat(gz, 1)
+
+        def gin_sep():
+            g = torch.zeros(m, c)
+            for a, w in zip(gz, ws):
+                g.addmm_(a, w)
+
+        pairs = [(lambda: [torch.mm(x, w.t()) for w in ws], lambda: torch.mm(x, wcat.t())),
+                 (gin_sep, lambda: torch.mm(gzcat, wcat)),
+                 (lambda: [torch.mm(x.t(), a) for a in gz], lambda: torch.mm(x.t(), gzcat))]
+        cells = []
+        for sep, cat in pairs:
+            ts, tc = [], []
+            for _ in range(rounds):
+                ts.append(_median_ms(sep, 1))
+                tc.append(_median_ms(cat, 1))
+            cells.append(f"{statistics.median(ts):7.3f} / {statistics.median(tc):7.3f}")
+        print(f"{m:6d} {c:4d} {sum(mids):7d} | " + " | ".join(cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -63,11 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--step-rounds", type=int, default=8)
+    p.add_argument("--concat", action="store_true", help="separate vs concatenated first-1x1 products (torch)")
     args = p.parse_args(argv)
     space = load_space("fbnet-cifar", width_mult=args.width)
     print(f"cpu {platform.processor() or platform.machine()}, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), fused ISA {_ext.load().isa()}; fbnet-cifar width "
           f"{args.width}, batch {args.batch}")
+    if args.concat:
+        for th in args.threads:
+            torch.set_num_threads(th)
+            print(f"\n{th} thread(s), fbnet-cifar width {args.width}, batch {args.batch}")
+            concat_table(space, args.batch, args.rounds)
+        return 0
     shapes = step_shapes(space, args.batch)
     for th in args.threads:
         torch.set_num_threads(th)
@@ -78,10 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             a, b = torch.randn(m, k), torch.randn(k, n)
             rule = gemm.use_small(a, b)
             ts, tk = [], []
+
+            def kernel():  # the kernel whatever the rule says; a new output each call, as mm allocates
+                out = torch.empty(m, n)
+                _ext.load().small_gemm(a.data_ptr(), m, k, k, b.data_ptr(), n, out.data_ptr(), n, False)
+                return out
+
             for _ in range(args.rounds):
                 ts.append(_median_ms(lambda: torch.mm(a, b), 1))
-                tk.append(_median_ms(lambda: gemm.mm(a, b) if rule else _ext.load().small_gemm(
-                    a.data_ptr(), m, k, k, b.data_ptr(), n, torch.empty(m, n).data_ptr(), n, False), 1))
+                tk.append(_median_ms(kernel, 1))
             t_torch, t_small = statistics.median(ts), statistics.median(tk)
             tot["torch"] += c * t_torch
             tot["small"] += c * t_small
