@@ -14,6 +14,7 @@ from conftest import make_tiny_space
 from fbnet_fast.data import build_datasets
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.model import load_model_file
+from fbnet_fast.ops import _ext
 from fbnet_fast.space import Architecture, Stage
 from fbnet_fast.train import TrainConfig, Trainer, run_training
 
@@ -184,10 +185,12 @@ def test_train_on_cifar_batches_leaves_the_folder_unchanged(tmp_path):
 
 
 def test_evaluation_with_bn_folded_is_the_eval_mode_model(tmp_path, tiny_data):
-    """The trainer evaluates a copy with conv + BN folded: the same logits as the model in eval mode."""
+    """With eager blocks the trainer evaluates a copy with conv + BN folded; with the fused CPU kernels it
+    evaluates the model itself in eval mode (running statistics): the same logits either way."""
     space = make_tiny_space()
-    t = Trainer(TrainConfig(epochs=1, **QUIET), space, _arch(space, ["k3_e1", "k3_e1_g2", "skip", "k5_e6", "k3_e3"]), tmp_path,
-                data=tiny_data, log=lambda m: None)
+    arch = _arch(space, ["k3_e1", "k3_e1_g2", "skip", "k5_e6", "k3_e3"])
+    t = Trainer(TrainConfig(epochs=1, kernel="reference", **QUIET), space, arch, tmp_path / "ref", data=tiny_data,
+                log=lambda m: None)
     t._train_epoch()  # BN statistics away from their initial values
     folded = t._eval_net()
     assert folded is not t.model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
@@ -195,6 +198,16 @@ def test_evaluation_with_bn_folded_is_the_eval_mode_model(tmp_path, tiny_data):
     t.model.eval()
     with torch.no_grad():
         want, got = t.model(x), folded(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    if not _ext.available():
+        return
+    fused = Trainer(TrainConfig(epochs=1, **QUIET), space, arch, tmp_path / "fused", data=tiny_data,
+                    log=lambda m: None)
+    fused.model.load_state_dict(t.model.state_dict())
+    net = fused._eval_net()
+    assert net is fused.model and not net.training and net.impl in ("auto", "cpp")
+    with torch.no_grad():
+        got = net(x)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
 
 
@@ -216,8 +229,6 @@ def test_compile_reports_its_time_apart_and_trains_the_same_model(tmp_path, tiny
 def test_fused_blocks_train_the_same_model_and_save_an_eager_one(tmp_path, tiny_data):
     """--kernel auto (the default) runs the steps through the fused kernels: the same history as the
     eager blocks up to float32 reassociation; the model files are plain eager modules."""
-    from fbnet_fast.ops import _ext
-
     if not _ext.available():
         pytest.skip("fbnet_fast._C not built")
     space = make_tiny_space()
