@@ -2,6 +2,7 @@
 
     python bench/cpu/ab_gemm.py [--threads 1 2] [--width 0.25] [--batch 64] [--rounds 7] [--step-rounds 8]
     python bench/cpu/ab_gemm.py --concat [--threads 1 2]
+    python bench/cpu/ab_gemm.py --as-avx2 ...   # torch, oneDNN, MKL held to AVX2, our kernels' v3 (emulated)
 
 Per shape: every product a supernet step of fbnet-cifar at this width and batch runs for its IR
 candidates (``z1 = x @ W1^T``, ``z3 = h2 @ W3^T``, ``gh2 = gz3 @ W3``, ``gx += gz1 @ W1``), each timed
@@ -24,14 +25,22 @@ import collections
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+if __name__ == "__main__" and "--as-avx2" in sys.argv:  # before torch loads (as search_wall.py --as-avx2)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from search_wall import AVX2_ENV
 
-from fbnet_fast.ops import _ext, gemm
-from fbnet_fast.space import load_space
-from fbnet_fast.supernet import Supernet
+    os.environ.update(AVX2_ENV)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from fbnet_fast.ops import _ext, gemm  # noqa: E402
+from fbnet_fast.space import load_space  # noqa: E402
+from fbnet_fast.supernet import Supernet  # noqa: E402
 
 
 def _median_ms(f, rounds: int) -> float:
@@ -106,10 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--step-rounds", type=int, default=8)
     p.add_argument("--concat", action="store_true", help="separate vs concatenated first-1x1 products (torch)")
+    p.add_argument("--as-avx2", action="store_true", help="as an AVX2-only CPU runs it (emulated on this one)")
     args = p.parse_args(argv)
+    if args.as_avx2:
+        _ext.load().set_isa("v3")
     space = load_space("fbnet-cifar", width_mult=args.width)
     print(f"cpu {platform.processor() or platform.machine()}, torch {torch.__version__} "
-          f"({torch.backends.cpu.get_cpu_capability()}), fused ISA {_ext.load().isa()}; fbnet-cifar width "
+          f"({torch.backends.cpu.get_cpu_capability()}), fused ISA {_ext.load().isa()}"
+          f"{' (emulated AVX2)' if args.as_avx2 else ''}; fbnet-cifar width "
           f"{args.width}, batch {args.batch}")
     if args.concat:
         for th in args.threads:
