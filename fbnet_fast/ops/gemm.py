@@ -31,6 +31,9 @@ SMALL_ENV = "FBNET_FAST_SMALL_GEMM"
 # long one over a short inner dimension (K <= 32 and M * N >= 2**21, write-bound). Elsewhere MKL's blocking wins.
 NARROW_N = 48
 LONG_OUT, LONG_K = 2**21, 32
+# With 8-wide vectors (the v3 = AVX2 and base variants) the kernel won only where the output is one vector wide
+# (N <= 8: 2.3-3.8x on [M, 8..48] @ [.., 8]) and lost elsewhere (0.5-0.8x; bench/cpu/ab_gemm.py --as-avx2).
+NARROW_N_8WIDE = 8
 MAX_K = 4096  # the kernel keeps a padded copy of b ([K, N] floats)
 
 
@@ -51,7 +54,11 @@ def use_small(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     m, k = a.shape
     n = b.shape[1]
-    return k <= MAX_K and (n <= NARROW_N or (k <= LONG_K and m * n >= LONG_OUT))
+    if k > MAX_K:
+        return False
+    if cpu_ext().isa() != "v4":
+        return n <= NARROW_N_8WIDE
+    return n <= NARROW_N or (k <= LONG_K and m * n >= LONG_OUT)
 
 
 def small_mm_ref(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *,
