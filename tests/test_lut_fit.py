@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fbnet_fast.errors import ConfigError, LUTError
-from fbnet_fast.lut import LatencyTable
+from fbnet_fast.lut import LatencyEntry, LatencyTable
 from fbnet_fast.measure.fit import compare, fit_networks, fit_table, fitted_lut, predict_ms, split_heldout
 from tests.conftest import make_tiny_space
 
@@ -142,17 +142,100 @@ def test_a_network_measurement_killed_mid_way_resumes_with_what_is_missing(tmp_p
     partial = tmp_path / "fit.json.networks.partial"
     b1 = _CountingBackend(stop_after=2)
     with pytest.raises(KeyboardInterrupt):
-        validate_lut(table, space, archs, sources, b1, progress=False, partial=partial)
+        validate_lut(table, space, archs, sources, b1, progress=False, partial=partial, group_size=10)
     saved = json.loads(partial.read_text())  # complete JSON, written after each group of 10
     assert len(saved["passes"][0]) == len(set(b1.measured)) and 0 < len(b1.measured) <= 20
     b2 = _CountingBackend()
-    rep = validate_lut(table, space, archs, sources, b2, progress=False, partial=partial)
+    rep = validate_lut(table, space, archs, sources, b2, progress=False, partial=partial, group_size=10)
     assert not partial.exists()
     rest = len({"net:" + ",".join(a.blocks) for a in archs}) - len(set(b1.measured))
     assert rest > 0 and not set(b2.measured[:rest]) & set(b1.measured)  # pass 1 went on where it stopped
     assert len(b2.measured) < 2 * len(archs)  # ... and nothing of it was measured twice
     full = validate_lut(table, space, archs, sources, _CountingBackend(), progress=False)
     assert rep.measured_ms == full.measured_ms
+
+
+class _SerializingBackend:
+    """A fake back end that "exports" every job through a :class:`ModelCache` (counting the exports)
+    and records the groups it was given; ``stop_after`` exports it is killed."""
+
+    def __new__(cls, *a, **kw):
+        from fbnet_fast.measure.core import Backend, ModelCache
+
+        class Impl(Backend):
+            name = "fake-serializing"
+
+            def __init__(self, stop_after=None, **kw):
+                super().__init__(**kw)
+                self.stop_after, self.exported, self.groups = stop_after, [], []
+                self._models = ModelCache("fake v1")
+
+            def _export(self, module, shape):
+                if self.stop_after is not None and len(self.exported) == self.stop_after:
+                    raise KeyboardInterrupt
+                self.exported.append(repr(module))
+                return repr(module).encode()
+
+            def measure(self, groups, on_result):
+                for g in groups:
+                    self.groups.append(len(g))
+                    models = [self._models.get(job, self._export) for job in g]  # all prepared, then timed
+                    for job, m in zip(g, models):
+                        ms = len(m) / 1000 + (sum(map(ord, job.key)) % 13) / 100
+                        on_result(job, LatencyEntry(ms, ms * 0.9, ms * 1.2, self.repeats))
+
+        return Impl(*a, **kw)
+
+
+def test_networks_are_one_interleaved_group_their_p10_is_the_latency_and_a_killed_run_reuses_its_exports(tmp_path):
+    """By default every network is timed in one group (drift reaches all alike) and its latency is
+    the 10th percentile of its samples; a run killed while exporting (ONNX, .pte: most of a fit's
+    time) exports only the models it had not made when started again, and leaves nothing behind."""
+    from fbnet_fast.measure.additivity import validate_lut
+
+    space = make_tiny_space()
+    truth, fixed = _truth(space)
+    table = LatencyTable.from_matrix(space, torch.tensor(truth), fixed_ms=fixed)
+    archs, sources = fit_networks(space, table, 24, seed=1)
+    n, distinct = len(archs), len({a.blocks for a in archs})  # a tiny space's draws can repeat
+    partial = tmp_path / "fit.json.networks.partial"
+    b1 = _SerializingBackend(stop_after=9)
+    with pytest.raises(KeyboardInterrupt):
+        validate_lut(table, space, archs, sources, b1, progress=False, partial=partial)
+    assert b1.groups == [n] and len(b1.exported) == 9
+    assert len(list((tmp_path / "fit.json.networks.partial.models").glob("*.bin"))) == 9
+    b2 = _SerializingBackend()
+    rep = validate_lut(table, space, archs, sources, b2, progress=False, partial=partial)
+    assert len(b2.exported) == distinct - 9 and not set(b2.exported) & set(b1.exported)
+    assert not partial.exists() and not (tmp_path / "fit.json.networks.partial.models").exists()
+    b3 = _SerializingBackend()
+    med = validate_lut(table, space, archs, sources, b3, progress=False, statistic="median")
+    assert len(b3.exported) == distinct  # no folder without a partial file
+    np.testing.assert_allclose(rep.measured_ms, 0.9 * np.asarray(med.measured_ms), rtol=1e-12)
+    np.testing.assert_allclose(rep.measured_p10_ms, rep.measured_ms, rtol=1e-12)
+    assert rep.device["network_statistic"] == "p10" and med.device["network_statistic"] == "median"
+    assert rep.device["network_group_size"] == n
+    b4 = _SerializingBackend()
+    validate_lut(table, space, archs, sources, b4, progress=False, group_size=10)
+    assert b4.groups == [10, 10, n - 20] * b4.passes
+    with pytest.raises(ConfigError, match="statistic must be one of p10, median"):
+        validate_lut(table, space, archs, sources, b4, progress=False, statistic="mean")
+    with pytest.raises(ConfigError, match="groups of at least 2"):
+        validate_lut(table, space, archs, sources, b4, progress=False, group_size=1)
+
+
+def test_a_model_cache_directory_keeps_formats_apart(tmp_path):
+    """Two back ends (two tags: format, dtype, seed) caching in one folder never read each other's bytes."""
+    from fbnet_fast.measure.core import Job, ModelCache
+
+    job = Job("net:a", lambda: torch.nn.Conv2d(3, 4, 1), (1, 3, 8, 8))
+    a, b = ModelCache("onnx fp32"), ModelCache("onnx int8")
+    a.directory = b.directory = tmp_path
+    assert a.get(job, lambda m, s: b"A") == b"A" and b.get(job, lambda m, s: b"B") == b"B"
+    again = ModelCache("onnx fp32")
+    again.directory = tmp_path
+    assert again.get(job, lambda m, s: pytest.fail("made again")) == b"A"
+    assert len(list(tmp_path.glob("*.bin"))) == 2 and not list(tmp_path.glob("*.tmp*"))
 
 
 def test_layers_of_one_shape_share_their_entries_and_a_shape_tied_truth_is_recovered():

@@ -341,9 +341,17 @@ def test_backend_cli_options_come_from_the_registry():
                               "--repeats", "5"])
     b = _make_backend(args)
     assert (b.name, b.channels_last, b.repeats, b.threads) == ("torch-cpu", False, 5, 1)
-    args = parser.parse_args(["lut", "validate", "lut.json", "--passes", "1"])
-    b = _make_backend(args, {"backend": "torch-cpu", "repeats": 11, "memory_format": "contiguous", "passes": 3})
-    assert (b.repeats, b.channels_last, b.passes) == (11, False, 1)  # from the record, but --passes wins
+    args = parser.parse_args(["lut", "validate", "lut.json", "--passes", "2"])
+    record = {"backend": "torch-cpu", "repeats": 11, "memory_format": "contiguous", "passes": 3}
+    b = _make_backend(args, record)
+    assert (b.repeats, b.channels_last, b.passes) == (11, False, 2)  # from the record, but --passes wins
+    # timing whole networks: the record's block repeats and passes give way to the networks' own defaults
+    from fbnet_fast.cli.lut import NETWORK_PASSES, NETWORK_REPEATS
+
+    b = _make_backend(args, record, networks=True)
+    assert (b.repeats, b.channels_last, b.passes) == (NETWORK_REPEATS, False, 2)
+    b = _make_backend(parser.parse_args(["lut", "fit", "lut.json", "--repeats", "7"]), record, networks=True)
+    assert (b.repeats, b.passes) == (7, NETWORK_PASSES)
     args = parser.parse_args(["lut", "measure", "-o", "x.json", "--backend", "ssh", "--host", "board",
                               "--remote-runtime", "torch", "-O", "A=b"])
     from fbnet_fast.measure import SSHBackend

@@ -1,15 +1,15 @@
 """How far apart are two measurements of the same networks? The floor under any latency predictor.
 
-    python bench/lut/network_spread.py LUT.fit.report.json [--heldout-only] [--group-size 10]
+    python bench/lut/network_spread.py LUT.fit.report.json [--all] [--group-size 10] [--statistic median]
 
 re-measures the networks of a ``fbnet-fast lut fit`` report (by default its held-out ones) on the
-LUT's own back end with the fit's settings (``validate_lut``: groups of ``--group-size`` networks
-timed in interleaved rounds, as the fit measured them), then compares the new medians with the
+LUT's own back end with the fit's settings (``validate_lut``: by default all of them in one group
+timed in interleaved rounds, the statistic the fit used), then compares the new latencies with the
 report's: median and max |difference| in %, the share within +-10 %, and Kendall's tau between the
 two. No predictor can beat these figures on these networks: a held-out error is measured against
 one of two such measurements, and a tau against one of two such orders. The same figures with
-every network in one interleaved group (``--group-size 0``) show how much of the spread is drift
-between groups.
+groups of 10 (``--group-size 10``, how fits measured before the ninth session) show how much of the
+spread is drift between groups.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lut", help="the block-wise LUT the fit started from (default: the report's name without "
                    ".fit.report.json + .json)")
     p.add_argument("--all", action="store_true", help="every network of the report, not only the held-out ones")
-    p.add_argument("--group-size", type=int, default=10, help="networks per interleaved group; 0: one group")
+    p.add_argument("--group-size", type=int, default=0, help="networks per interleaved group; 0: one group (default)")
+    p.add_argument("--statistic", choices=("p10", "median"), default=None,
+                   help="a network's latency from its samples (default: the one the fit used)")
     p.add_argument("--out", help="write the per-network figures here (JSON)")
     args = p.parse_args(argv)
 
@@ -50,15 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     dev = dict(rep["fit"]["measured_on"])
     backend = backend_from_device(dev, source=args.report)  # the settings the fit measured with
     t0 = time.perf_counter()
-    if args.group_size:
-        partial = Path(args.out or "spread").with_suffix(".partial")
-        report = validate_lut(table, space, archs, ["again"] * len(archs), backend, progress=False,
-                              partial=str(partial), group_size=args.group_size)
-    else:
-        report = validate_lut(table, space, archs, ["again"] * len(archs), backend, progress=False)
+    stat = args.statistic or dev.get("network_statistic", "median")  # fits before it existed took the median
+    partial = Path(args.out or "spread").with_suffix(".partial")
+    report = validate_lut(table, space, archs, ["again"] * len(archs), backend, progress=False,
+                          partial=str(partial), group_size=args.group_size or None, statistic=stat)
     after = np.array(report.measured_ms)
     diff = np.abs(after - before) / before * 100
-    out = {"networks": len(archs), "backend": dev["backend"], "group_size": args.group_size,
+    out = {"networks": len(archs), "backend": dev["backend"], "group_size": args.group_size, "statistic": stat,
            "median_abs_pct_diff": float(np.median(diff)), "max_abs_pct_diff": float(diff.max()),
            "share_within_10pct": float((diff <= 10).mean()),
            "kendall_tau": kendall_tau(before.tolist(), after.tolist()),

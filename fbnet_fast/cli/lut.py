@@ -22,7 +22,12 @@ __all__ = ["COMMANDS", "diff_tables"]
 
 
 
-def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool) -> None:
+# Whole networks are timed as one interleaved group for many rounds, one pass (additivity.validate_lut
+# says why); the LUT's own repeats and passes are for blocks, so `lut validate` / `lut fit` use these.
+NETWORK_REPEATS, NETWORK_PASSES = 200, 1
+
+
+def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool, networks: bool = False) -> None:
     note = " (default: the LUT's)" if defaults_from_lut else ""
     from ..measure import BACKENDS
 
@@ -37,13 +42,23 @@ def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool) ->
                    + (note or " (default: fp32)"))
     g.add_argument("--threads", type=int, default=None, help="intra-op threads while measuring" +
                    (note or " (default: 1, the stable choice on a shared host)"))
-    g.add_argument("--repeats", type=int, default=None, help="timing samples per block" + (note or " (default: 30)"))
+    g.add_argument("--repeats", type=int, default=None, help=(
+        f"timing rounds over all networks, one sample of each per round (default: {NETWORK_REPEATS})" if networks
+        else "timing samples per block" + (note or " (default: 30)")))
     g.add_argument("--warmup", type=int, default=None, help="untimed calls per block first" + (note or " (default: 3)"))
     g.add_argument("--min-sample-ms", type=float, default=None,
                    help="each sample averages enough calls to last this long" + (note or " (default: 1.0)"))
-    g.add_argument("--passes", type=int, default=None,
-                   help="passes over all blocks; each entry is the pass with the lowest median" +
-                   (note or " (default: 2)"))
+    g.add_argument("--passes", type=int, default=None, help=(
+        f"passes over all networks; each network's latency is its best pass (default: {NETWORK_PASSES})"
+        if networks else "passes over all blocks; each entry is the pass with the lowest median" +
+        (note or " (default: 2)")))
+    if networks:
+        g.add_argument("--group-size", type=int, default=None,
+                       help="time the networks in groups of this many, for a device that cannot hold them all at "
+                       "once (default: all in one interleaved group, which cancels the machine's drift)")
+        g.add_argument("--statistic", choices=("p10", "median"), default="p10",
+                       help="a network's latency from its samples: p10, the machine's quiet state (other work only "
+                       "adds time), or the median (default: %(default)s)")
     g.add_argument("--clock", choices=("auto", "wall", "cpu"), default=None,
                    help="auto: process CPU time with 1 thread (robust to other work on the host), wall time with "
                    "more" + (note or " (default: auto)"))
@@ -52,9 +67,10 @@ def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool) ->
             cls.add_cli_options(p)
 
 
-def _make_backend(args: argparse.Namespace, device: dict[str, Any] | None = None) -> Any:
+def _make_backend(args: argparse.Namespace, device: dict[str, Any] | None = None, *, networks: bool = False) -> Any:
     """The back end the options name; with a LUT's ``device`` record of the same back end, every
-    option not given on the command line comes from that record (:meth:`Backend.device_kwargs`)."""
+    option not given on the command line comes from that record (:meth:`Backend.device_kwargs`),
+    except, for timing whole networks (``networks``), the repeats and passes (:data:`NETWORK_REPEATS`)."""
     from ..measure import get_backend_class
 
     device = device or {}
@@ -63,6 +79,8 @@ def _make_backend(args: argparse.Namespace, device: dict[str, Any] | None = None
     kw: dict[str, Any] = {"threads": 1, "repeats": 30, "warmup": 3, "min_sample_ms": 1.0, "passes": 2}
     if name == device.get("backend"):
         kw.update(cls.device_kwargs(device))
+    if networks:
+        kw.update(repeats=NETWORK_REPEATS, passes=NETWORK_PASSES)
     kw.update({k: getattr(args, k) for k in cls.SHARED_OPTIONS if getattr(args, k, None) is not None})
     kw.update(cls.cli_kwargs(args))
     return cls(**kw)
@@ -128,7 +146,7 @@ def _add_lut(p: argparse.ArgumentParser) -> None:
     v.add_argument("--report", default=None, help="report JSON (default: LUT path with .additivity.json)")
     v.add_argument("--no-write", dest="write", action="store_false", help="do not store the correction in the LUT")
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    _add_backend_args(v, defaults_from_lut=True)
+    _add_backend_args(v, defaults_from_lut=True, networks=True)
 
     f = sub.add_parser("fit", help="fit the table to whole networks measured on its back end",
                        description="Measure N whole networks (uniform, biased to fast and to slow blocks, and the "
@@ -151,7 +169,7 @@ def _add_lut(p: argparse.ArgumentParser) -> None:
                    "(layer shape, candidate) as the block-wise LUT measures (default: shared by shape)")
     f.add_argument("--report", default=None, help="report JSON (default: output path with .report.json)")
     f.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    _add_backend_args(f, defaults_from_lut=True)
+    _add_backend_args(f, defaults_from_lut=True, networks=True)
 
 
 def _fmt_device(dev: dict[str, Any]) -> str:
@@ -283,7 +301,7 @@ def _validate(args: argparse.Namespace) -> int:
     table.check_space(space)
     if args.num_archs < 0:
         raise ConfigError(f"--num-archs must be >= 0, got {args.num_archs}")
-    backend = _make_backend(args, table.device)
+    backend = _make_backend(args, table.device, networks=True)
     if table.device.get("backend") and table.device["backend"] != backend.name:
         raise LUTError(f"{args.lut}: the LUT was measured with back end {table.device['backend']!r}; the study "
                        f"must use the same one (got --backend {backend.name})")
@@ -303,7 +321,8 @@ def _validate(args: argparse.Namespace) -> int:
         theta_archs = sample_architectures(space, n_theta, theta=load_theta(args.theta, space), seed=args.seed + 1)
         archs += theta_archs
         sources += ["theta"] * len(theta_archs)
-    report = validate_lut(table, space, archs, sources, backend, progress=args.progress)
+    report = validate_lut(table, space, archs, sources, backend, progress=args.progress, group_size=args.group_size,
+                          statistic=args.statistic)
     s = report.summary()
     side = heldout_report(table, space, report.archs, report.measured_ms, report.sources)
     base = Path(args.lut)
@@ -364,7 +383,7 @@ def _fit(args: argparse.Namespace) -> int:
         raise LUTError(f"{args.lut} is already a fitted table; fit the block-wise LUT it came from")
     if not 0 < args.heldout < 1:
         raise ConfigError(f"--heldout must be a share in (0, 1), got {args.heldout}")
-    backend = _make_backend(args, table.device)
+    backend = _make_backend(args, table.device, networks=True)
     if table.device.get("backend") and table.device["backend"] != backend.name:
         raise LUTError(f"{args.lut}: the LUT was measured with back end {table.device['backend']!r}; the fit must "
                        f"measure the networks with the same one (got --backend {backend.name})")
@@ -374,7 +393,8 @@ def _fit(args: argparse.Namespace) -> int:
     partial = out + ".networks.partial"
     t0 = time.perf_counter()
     try:
-        report = validate_lut(table, space, archs, sources, backend, progress=args.progress, partial=partial)
+        report = validate_lut(table, space, archs, sources, backend, progress=args.progress, partial=partial,
+                              group_size=args.group_size, statistic=args.statistic)
     except KeyboardInterrupt:
         print(f"interrupted: the networks measured so far are in {partial}; the same command resumes from it")
         raise

@@ -94,17 +94,39 @@ class ModelCache:
     """Serialized models (ONNX, ``.pte``, TorchScript) made once per job and reused by later passes.
 
     Keyed by the job's key, its module's ``repr`` and its input shape: one back end instance
-    may serve two spaces whose jobs share a key (``"stem"``) but not an architecture."""
+    may serve two spaces whose jobs share a key (``"stem"``) but not an architecture.
 
-    def __init__(self) -> None:
+    With a :attr:`directory` (:meth:`Backend.cache_models`), every model made is also written there
+    (atomically, named by a hash of ``tag`` and the key) and read back instead of made again: a
+    killed ``lut fit`` that lowered 100 of its 200 networks to ``.pte`` (most of its time) starts
+    again from the 101st. ``tag`` names what the bytes depend on beyond the module (format,
+    dtype, calibration seed)."""
+
+    def __init__(self, tag: str = "") -> None:
         self._models: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+        self.tag = tag
+        self.directory: Path | None = None
 
     def get(self, job: Job, make: Callable[[nn.Module, tuple[int, ...]], bytes]) -> bytes:
         """``make(module, shape)`` of ``job``, the first time only."""
         module = job.build()
         key = (job.key, repr(module), tuple(job.shape))
         if key not in self._models:
+            path = None
+            if self.directory is not None:
+                import hashlib
+
+                digest = hashlib.sha256(repr((self.tag, *key)).encode()).hexdigest()[:32]
+                path = self.directory / f"{digest}.bin"
+                if path.is_file():
+                    self._models[key] = path.read_bytes()
+                    return self._models[key]
             self._models[key] = make(module, tuple(job.shape))
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+                tmp.write_bytes(self._models[key])
+                os.replace(tmp, path)
         return self._models[key]
 
 
@@ -231,6 +253,14 @@ class Backend:
     def close(self) -> None:
         """Release resources (remote folders, sessions)."""
 
+    def cache_models(self, directory: str | Path | None) -> None:
+        """Keep the serialized models this back end makes in ``directory`` too (or stop, with
+        ``None``), so that a run started again reads them back instead of exporting or lowering
+        them again (see :class:`ModelCache`). Back ends that serialize nothing ignore it."""
+        for v in vars(self).values():
+            if isinstance(v, ModelCache):
+                v.directory = Path(directory) if directory is not None else None
+
 
 def _partial_path(output: str | Path) -> Path:
     output = Path(output)
@@ -274,7 +304,7 @@ def load_partial(path: Path, space: SearchSpace, settings: Mapping[str, Any], ba
 def measure_jobs(backend: Backend, groups: Sequence[Sequence[Job]], *, done: Mapping[str, LatencyEntry] | None = None,
                  done_passes: Sequence[Mapping[str, LatencyEntry]] = (), progress: bool = True,
                  on_update: Callable[[list[dict[str, LatencyEntry]]], None] | None = None,
-                 desc: str = "measuring") -> dict[str, LatencyEntry]:
+                 desc: str = "measuring", best: str = "median_ms") -> dict[str, LatencyEntry]:
     """Run ``backend.passes`` passes over the jobs; returns one entry per job key.
 
     Each pass times every job (``repeats`` samples); a job's entry is the pass with the
@@ -289,7 +319,10 @@ def measure_jobs(backend: Backend, groups: Sequence[Sequence[Job]], *, done: Map
         done_passes: per-pass entries of an interrupted run (resume).
         on_update: called with the per-pass entries after each group (the driver saves
             the partial file there).
+        best: the entry field (``"median_ms"`` or ``"p10_ms"``) whose lowest value picks a job's pass.
     """
+    if best not in ("median_ms", "p10_ms"):
+        raise ValueError(f"best must be 'median_ms' or 'p10_ms', got {best!r}")
     known = dict(done or {})
     per_pass: list[dict[str, LatencyEntry]] = [dict(known) for _ in range(backend.passes)]
     for p, entries in enumerate(list(done_passes)[:backend.passes]):
@@ -325,7 +358,7 @@ def measure_jobs(backend: Backend, groups: Sequence[Sequence[Job]], *, done: Map
     finally:
         bar.close()
     keys = [j.key for g in groups for j in g]
-    return {k: min((pp[k] for pp in per_pass), key=lambda e: e.median_ms) for k in keys}
+    return {k: min((pp[k] for pp in per_pass), key=lambda e: getattr(e, best)) for k in keys}
 
 
 def get_backend_class(name: str) -> type[Backend]:

@@ -67,7 +67,8 @@ class ExecuTorchBackend(Backend):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         require_executorch("back end 'executorch'")
-        self._programs = ModelCache()  # lowered once, reused by later passes
+        # lowered once, reused by later passes
+        self._programs = ModelCache(f"pte {DELEGATE} {self.dtype} seed {self.seed} executorch {executorch_version()}")
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

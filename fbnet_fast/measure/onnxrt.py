@@ -91,7 +91,7 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime  # noqa: F401
         except ImportError as e:  # pragma: no cover - a dependency of the package
             raise ConfigError(f"back end 'onnxruntime' needs the onnxruntime package: {e}") from None
-        self._models = ModelCache()
+        self._models = ModelCache(f"onnx opset {OPSET} {self.dtype} seed {self.seed} torch {torch.__version__}")
 
     def describe(self) -> dict[str, Any]:
         import onnxruntime as ort

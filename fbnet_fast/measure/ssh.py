@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
+
 from ..errors import ConfigError, LUTError
 from ..lut import LatencyEntry
 from .core import Backend, Job, ModelCache
@@ -75,7 +77,8 @@ class SSHBackend(Backend):
         self.keep_remote, self.connect_timeout = keep_remote, connect_timeout
         self._ssh, self._scp = ssh, scp
         self._board: dict[str, Any] | None = None
-        self._exported = ModelCache()  # model bytes, reused by later passes
+        # model bytes, reused by later passes
+        self._exported = ModelCache(f"{runtime} {self.dtype} seed {self.seed} torch {torch.__version__}")
 
     _CLI = {"host": "host", "port": "port", "user": "user", "identity": "identity", "ssh_option": "ssh_options",
             "remote_python": "remote_python", "remote_runtime": "runtime"}
