@@ -59,6 +59,37 @@ def test_interleaved_rounds_with_a_fake_clock():
         time_interleaved(fns, repeats=0)
 
 
+def test_primed_shuffled_rounds_time_each_sample_warm_and_vary_the_order():
+    """``prime``: untimed calls right before each sample (a call after a cold start costs more here,
+    and the samples must not see it); ``shuffle_seed``: every round visits all callables once, in
+    an order that changes between rounds and repeats with the seed."""
+    now = [0.0]
+    order = []
+    last = [None]
+
+    def net(name, cost_s):
+        def fn():
+            order.append(name)
+            now[0] += cost_s * (3.0 if last[0] != name else 1.0)  # cold: the previous call was another net
+            last[0] = name
+        return fn
+
+    fns = [net(c, 2e-3) for c in "abcdef"]
+    cold = time_interleaved(fns, repeats=20, warmup=0, min_sample_ms=0.0, clock=lambda: now[0])
+    assert all(x == pytest.approx(6.0) for row in cold for x in row)  # every sample after another net: cold
+    order.clear()
+    warm = time_interleaved(fns, repeats=20, warmup=0, min_sample_ms=0.0, clock=lambda: now[0], prime=1,
+                            shuffle_seed=3)
+    assert all(x == pytest.approx(2.0) for row in warm for x in row)
+    rounds = [order[12 + 12 * r:24 + 12 * r:2] for r in range(20)]  # after calibration; (prime, sample) pairs
+    assert all(sorted(r) == list("abcdef") for r in rounds) and len({tuple(r) for r in rounds}) > 10
+    order.clear()
+    time_interleaved(fns, repeats=20, warmup=0, min_sample_ms=0.0, clock=lambda: now[0], prime=1, shuffle_seed=3)
+    assert [order[12 + 12 * r:24 + 12 * r:2] for r in range(20)] == rounds
+    with pytest.raises(ValueError, match="prime"):
+        time_interleaved(fns, repeats=1, prime=-1)
+
+
 def test_clock_choice():
     assert resolve_clock("auto", 1) == "cpu" and resolve_clock("auto", 2) == "wall"
     assert resolve_clock("wall", 1) == "wall"

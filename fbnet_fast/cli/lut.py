@@ -22,9 +22,9 @@ __all__ = ["COMMANDS", "diff_tables"]
 
 
 
-# Whole networks are timed as one interleaved group for many rounds, one pass (additivity.validate_lut
-# says why); the LUT's own repeats and passes are for blocks, so `lut validate` / `lut fit` use these.
-NETWORK_REPEATS, NETWORK_PASSES = 200, 1
+# Whole networks are timed as one interleaved group for many rounds, each sample warm, one pass
+# (additivity.validate_lut says why); the LUT's own repeats and passes are for blocks, so `lut validate` / `lut fit` use these.
+NETWORK_REPEATS, NETWORK_PASSES = 100, 1
 
 
 def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool, networks: bool = False) -> None:

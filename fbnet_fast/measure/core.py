@@ -172,6 +172,9 @@ class Backend:
         self.passes = passes
         self.threads = threads if threads is not None else torch.get_num_threads()
         self.repeats, self.warmup, self.min_sample_ms, self.seed = repeats, warmup, min_sample_ms, seed
+        # how whole networks are timed (set by additivity.validate_lut; blocks keep 0 / False): untimed
+        # calls before each sample, and a fresh random order of the group every round
+        self.prime, self.shuffle = 0, False
         try:
             self.clock = resolve_clock(clock, self.threads)
         except ValueError as e:
@@ -230,7 +233,8 @@ class Backend:
         from .remote_runner import CLOCKS, time_interleaved
 
         return time_interleaved(fns, repeats=self.repeats, warmup=self.warmup, min_sample_ms=self.min_sample_ms,
-                                clock=CLOCKS[self.clock])
+                                clock=CLOCKS[self.clock], prime=self.prime,
+                                shuffle_seed=self.seed if self.shuffle else None)
 
     def measure(self, groups: Sequence[Sequence[Job]], on_result: Callable[[Job, LatencyEntry], None]) -> None:
         """Time every job; call ``on_result`` for each as soon as its group is done."""

@@ -20,8 +20,12 @@ __all__ = ["CUDABackend", "time_cuda_interleaved"]
 
 
 def time_cuda_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int, min_sample_ms: float,
-                          cuda: Any, max_inner: int = 1000) -> list[list[float]]:
-    """Like :func:`fbnet_fast.measure.remote_runner.time_interleaved`, timed with CUDA events."""
+                          cuda: Any, max_inner: int = 1000, prime: int = 0,
+                          shuffle_seed: int | None = None) -> list[list[float]]:
+    """Like :func:`fbnet_fast.measure.remote_runner.time_interleaved` (``prime`` untimed calls before
+    each sample, a seeded random order each round), timed with CUDA events."""
+    import random
+
     inner = []
     for fn in fns:
         for _ in range(max(1, warmup)):
@@ -35,8 +39,15 @@ def time_cuda_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, 
         once_ms = max(start.elapsed_time(end), 1e-4)
         inner.append(max(1, min(max_inner, int(min_sample_ms / once_ms))))
     samples: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    rng = random.Random(shuffle_seed) if shuffle_seed is not None else None
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
+        if rng is not None:
+            rng.shuffle(order)
+        for i in order:
+            fn = fns[i]
+            for _ in range(prime):
+                fn()
             start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
             start.record()
             for _ in range(inner[i]):
@@ -68,4 +79,5 @@ class CUDABackend(TorchCPUBackend):
 
     def time_group(self, fns: Sequence[Callable[[], object]]) -> list[list[float]]:
         return time_cuda_interleaved(fns, repeats=self.repeats, warmup=self.warmup,
-                                     min_sample_ms=self.min_sample_ms, cuda=self.cuda)
+                                     min_sample_ms=self.min_sample_ms, cuda=self.cuda, prime=self.prime,
+                                     shuffle_seed=self.seed if self.shuffle else None)

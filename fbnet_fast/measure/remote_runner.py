@@ -16,7 +16,7 @@ Usage on the board::
 ``MANIFEST.json``::
 
     {"runtime": "onnxruntime" | "torch" | "executorch", "threads": 1, "repeats": 40, "warmup": 3,
-     "min_sample_ms": 1.0, "clock": "auto" | "wall" | "cpu", "seed": 0,
+     "min_sample_ms": 1.0, "clock": "auto" | "wall" | "cpu", "seed": 0, "prime": 0, "shuffle_seed": null,
      "groups": [[{"key": "...", "file": "blocks/0.onnx", "shape": [1, 8, 32, 32]}, ...], ...]}
 
 ``file`` is relative to the manifest's folder (ONNX for onnxruntime, TorchScript
@@ -35,6 +35,8 @@ instead of on whichever block happened to be running, so the *order* of the
 candidates (what the search uses) is stable run to run. A sample is the mean of
 ``inner`` back-to-back calls, ``inner`` chosen so a sample lasts about
 ``min_sample_ms``: single calls of ~20 us blocks are dominated by timer jitter.
+Whole networks (``lut fit`` / ``lut validate``) are timed with ``prime`` untimed calls
+before each sample and a fresh order each round (``shuffle_seed``; see :func:`time_interleaved`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import sys
 import time
 from typing import Callable, Sequence
@@ -89,7 +92,8 @@ def summarize(samples_ms: Sequence[float]) -> dict:
 def time_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 3,
                      min_sample_ms: float = 1.0, max_inner: int = 1000,
                      clock: Callable[[], float] = time.perf_counter,
-                     sync: Callable[[], object] | None = None) -> list[list[float]]:
+                     sync: Callable[[], object] | None = None, prime: int = 0,
+                     shuffle_seed: int | None = None) -> list[list[float]]:
     """Per-call times in ms: ``repeats`` samples of each of ``fns``, taken in interleaved rounds.
 
     Args:
@@ -99,12 +103,20 @@ def time_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, warmu
             per callable from the slowest of two timed calls after the warm-up.
         clock: seconds, monotonic (a fake in tests).
         sync: called before every clock read (e.g. a device synchronise).
+        prime: untimed calls right before every sample. In a round over many whole networks
+            each one's weights and activations were evicted by the others since its last
+            call; a primed sample times it warm, as a deployment that runs it repeatedly does.
+        shuffle_seed: visit the callables in a fresh seeded random order every round (else
+            always in the given order), so no callable always follows the same one (whose
+            cache footprint would bias it the same way in every round and every run).
 
     Returns:
         ``samples[i]``: ``repeats`` per-call times in ms of ``fns[i]``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if prime < 0:
+        raise ValueError(f"prime must be >= 0, got {prime}")
     sync = sync or (lambda: None)
     inner = []
     for fn in fns:
@@ -120,9 +132,15 @@ def time_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, warmu
         # + 1e-6: 1 ms / 0.1 ms must give 10 calls, not 9.999... -> 9
         inner.append(max(1, min(max_inner, int(min_sample_ms / (max(once, 1e-7) * 1e3) + 1e-6))))
     samples: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    rng = random.Random(shuffle_seed) if shuffle_seed is not None else None
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            n = inner[i]
+        if rng is not None:
+            rng.shuffle(order)
+        for i in order:
+            fn, n = fns[i], inner[i]
+            for _ in range(prime):
+                fn()
             sync()
             t0 = clock()
             for _ in range(n):
@@ -259,8 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = int(man.get("seed", 0))
     for group in man["groups"]:
         fns = [make(os.path.join(base, job["file"]), job["shape"], seed + i) for i, job in enumerate(group)]
+        shuffle = man.get("shuffle_seed")
         samples = time_interleaved(fns, repeats=int(man["repeats"]), warmup=int(man.get("warmup", 3)),
-                                   min_sample_ms=float(man.get("min_sample_ms", 1.0)), clock=CLOCKS[clock])
+                                   min_sample_ms=float(man.get("min_sample_ms", 1.0)), clock=CLOCKS[clock],
+                                   prime=int(man.get("prime", 0)), shuffle_seed=None if shuffle is None else int(shuffle))
         for job, s in zip(group, samples):
             _emit("RESULT", {"key": job["key"], **summarize(s)})
         del fns

@@ -188,7 +188,7 @@ class SSHBackend(Backend):
             man_groups.append(mg)
         manifest = {"runtime": self.runtime, "threads": self.threads, "repeats": self.repeats,
                     "warmup": self.warmup, "min_sample_ms": self.min_sample_ms, "clock": self.clock, "seed": self.seed,
-                    "groups": man_groups}
+                    "prime": self.prime, "shuffle_seed": self.seed if self.shuffle else None, "groups": man_groups}
         (folder / "manifest.json").write_text(json.dumps(manifest))
         return by_key
 
