@@ -195,6 +195,21 @@ def test_cuda_event_timing_logic_with_a_stand_in():
     s = time_cuda_interleaved([fn, fn], repeats=4, warmup=1, min_sample_ms=1.0, cuda=_FakeCuda)
     assert s == [[0.25] * 4, [0.25] * 4]
     assert _FakeEvent.syncs >= 8  # every sample waits for its end event
+    # primed and shuffled (how whole networks are timed): a call right after the other net costs 3x
+    last, seen = [None], []
+
+    def net(name):
+        def call():
+            _FakeEvent.gpu_ms += 0.25 * (3.0 if last[0] != name else 1.0)
+            last[0] = name
+            seen.append(name)
+        return call
+
+    fns = [net(c) for c in "abcd"]
+    s = time_cuda_interleaved(fns, repeats=10, warmup=1, min_sample_ms=0.0, cuda=_FakeCuda, prime=1, shuffle_seed=0)
+    assert all(x == pytest.approx(0.25) for row in s for x in row)
+    rounds = [tuple(seen[8 + 8 * r:16 + 8 * r:2]) for r in range(10)]  # after warm-up + calibration
+    assert all(sorted(r) == list("abcd") for r in rounds) and len(set(rounds)) > 3
     # the back end end to end, with the stand-in and CPU tensors
     class OnFakeGPU(CUDABackend):
         def prepare(self, job):  # the real block runs (on the CPU); the fake GPU clock charges its size
