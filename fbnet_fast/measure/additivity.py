@@ -189,6 +189,7 @@ NETWORKS_PARTIAL_SCHEMA = "fbnet-fast/networks-partial"
 
 
 STATISTICS = ("p10", "median")
+NETWORK_PRIME = 1  # untimed calls before each sample of a whole network (warm, as deployed)
 
 
 def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Architecture], sources: Sequence[str],
@@ -203,11 +204,12 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
     (so it times the network warm, as a deployment that runs it repeatedly does, not after the
     other 200 networks evicted it from the caches), and a network's latency is the ``statistic``
     of its samples, by default their 10th percentile (the machine's quiet state; other work only
-    adds time). Measured on a shared 2-core VM (ONNX Runtime, fbnet-cifar width 0.25, the same 205
-    networks measured twice): groups of 10 with the median of 30 samples (the rule before) agreed
-    at Kendall tau 0.812, and a table fitted to one of the two measurements predicted its held-out
-    networks at tau 0.907 or 0.751 depending on which; this rule agreed at tau 0.987 (median
-    |difference| 0.27 %) and the fitted tables at 0.973 and 0.963.
+    adds time). Measured on a shared 2-core VM (``bench/lut/network_protocols.py``: ONNX Runtime,
+    fbnet-cifar width 0.25, the same 205 networks measured twice by each rule): groups of 10 in a
+    fixed order with the median of 30 samples (the rule before) agreed with itself at Kendall tau
+    0.826, and tables fitted to the two measurements predicted their held-out networks at 3.9 % /
+    tau 0.827 and 8.2 % / 0.756; this rule agreed at tau 0.968, its tables at 1.4 % / 0.944 and
+    0.8 % / 0.941.
 
     ``group_size`` splits the networks into groups of that many (each timed on its own), for a
     device that cannot hold all of them at once. With ``partial`` (a path) every finished group is
@@ -237,7 +239,7 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
     groups = [jobs[i:i + size] for i in range(0, len(jobs), size)]
     ppath = Path(partial) if partial is not None else None
     mdir = ppath.with_name(ppath.name + ".models") if ppath is not None else None
-    settings = {**backend.settings(), "repeats": backend.repeats, "prime": 1, "shuffle": True}
+    settings = {**backend.settings(), "repeats": backend.repeats, "prime": NETWORK_PRIME, "shuffle": True}
     done_passes = (load_partial(ppath, space, settings, bs, NETWORKS_PARTIAL_SCHEMA)
                    if ppath is not None and ppath.exists() else [])
 
@@ -247,12 +249,13 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
                           schema=NETWORKS_PARTIAL_SCHEMA)
 
     backend.cache_models(mdir)
-    backend.prime, backend.shuffle = 1, True
+    before = backend.prime, backend.shuffle
+    backend.prime, backend.shuffle = NETWORK_PRIME, True
     try:
         res = measure_jobs(backend, groups, done_passes=done_passes, progress=progress, on_update=save,
                            desc=f"end-to-end on {backend.name}", best=f"{statistic}_ms")
     finally:
-        backend.prime, backend.shuffle = 0, False
+        backend.prime, backend.shuffle = before
         backend.cache_models(None)
         backend.close()
     if ppath is not None:
@@ -262,7 +265,8 @@ def validate_lut(table: LatencyTable, space: SearchSpace, archs: Sequence[Archit
     meas = [getattr(res[j.key], f"{statistic}_ms") for j in jobs]
     off, sc = fit_correction(raw, meas)
     device = {**backend.describe(), "batch_size": bs, "input_size": space.input_size,
-              "network_statistic": statistic, "network_group_size": size, "network_prime": 1, "network_shuffle": True}
+              "network_statistic": statistic, "network_group_size": size, "network_prime": NETWORK_PRIME,
+              "network_shuffle": True}
     return AdditivityReport(list(archs), list(sources), raw, meas, [res[j.key].p10_ms for j in jobs],
                             [res[j.key].p90_ms for j in jobs], off, sc, device)
 
