@@ -150,7 +150,8 @@ def _add_lut(p: argparse.ArgumentParser) -> None:
 
     f = sub.add_parser("fit", help="fit the table to whole networks measured on its back end",
                        description="Measure N whole networks (uniform, biased to fast and to slow blocks, and the "
-                       "presets that fit the space) end to end on the LUT's back end, fit additive entries to them "
+                       "presets that fit the space) end to end on the LUT's back end (all in one group, warm, in a "
+                       "fresh order every round, each network's 10th percentile), fit additive entries to them "
                        "(bounded least squares regularised toward the block-wise table, the weight chosen by "
                        "cross-validation) on 80 %%, and report on the other 20 %% the block-wise sum, its scale + "
                        "offset correction and the fitted table side by side. Writes a new LUT that the search "
