@@ -27,6 +27,9 @@ from fbnet_fast.measure.additivity import kendall_tau
 from fbnet_fast.measure.core import cpu_name
 from fbnet_fast.space import load_space
 
+sys.path.insert(0, str(Path(__file__).parent))
+from network_protocols import agreement  # noqa: E402  (the same rescaled comparison as for networks)
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,14 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
     rows = []
     for (rule, stat), ms in got.items():
-        taus, meds, mxs = [], [], []
-        for a, b in itertools.combinations(ms, 2):
-            d = np.abs(b / (a * np.median(b / a)) - 1) * 100
-            taus.append(np.mean([kendall_tau(a[l].tolist(), b[l].tolist()) for l in range(len(a))]))
-            meds.append(float(np.median(d)))
-            mxs.append(float(d.max()))
-        rows.append({"rule": rule, "statistic": stat.removesuffix("_ms"), "per_layer_tau": float(np.mean(taus)),
-                     "median_abs_pct": float(np.mean(meds)), "max_abs_pct": float(np.mean(mxs))})
+        pairs = [(np.mean([kendall_tau(a[l].tolist(), b[l].tolist()) for l in range(len(a))]),
+                  agreement(a.ravel(), b.ravel())) for a, b in itertools.combinations(ms, 2)]
+        rows.append({"rule": rule, "statistic": stat.removesuffix("_ms"),
+                     "per_layer_tau": float(np.mean([t for t, _ in pairs])),
+                     "median_abs_pct": float(np.mean([g["median_abs_pct"] for _, g in pairs])),
+                     "max_abs_pct": float(np.mean([g["max_abs_pct"] for _, g in pairs]))})
     print(json.dumps({"cpu": cpu_name(), "backend": args.backend, "width_mult": args.width_mult, "reps": args.reps}))
     print("| rule | statistic | per-layer Kendall τ between repetitions | median \\|diff\\| | max \\|diff\\| |")
     print("|---|---|---|---|---|")

@@ -24,7 +24,7 @@ import numpy as np
 
 from fbnet_fast.lut import LatencyTable
 from fbnet_fast.measure import backend_from_device
-from fbnet_fast.measure.additivity import kendall_tau, validate_lut
+from fbnet_fast.measure.additivity import STATISTICS, kendall_tau, validate_lut
 from fbnet_fast.space import Architecture
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                    ".fit.report.json + .json)")
     p.add_argument("--all", action="store_true", help="every network of the report, not only the held-out ones")
     p.add_argument("--group-size", type=int, default=0, help="networks per interleaved group; 0: one group (default)")
-    p.add_argument("--statistic", choices=("p10", "median"), default=None,
+    p.add_argument("--statistic", choices=STATISTICS, default=None,
                    help="a network's latency from its samples (default: the one the fit used)")
     p.add_argument("--out", help="write the per-network figures here (JSON)")
     args = p.parse_args(argv)

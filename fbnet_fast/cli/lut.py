@@ -56,7 +56,9 @@ def _add_backend_args(p: argparse.ArgumentParser, *, defaults_from_lut: bool, ne
         g.add_argument("--group-size", type=int, default=None,
                        help="time the networks in groups of this many, for a device that cannot hold them all at "
                        "once (default: all in one interleaved group, which cancels the machine's drift)")
-        g.add_argument("--statistic", choices=("p10", "median"), default="p10",
+        from ..measure.additivity import STATISTICS
+
+        g.add_argument("--statistic", choices=STATISTICS, default=STATISTICS[0],
                        help="a network's latency from its samples: p10, the machine's quiet state (other work only "
                        "adds time), or the median (default: %(default)s)")
     g.add_argument("--clock", choices=("auto", "wall", "cpu"), default=None,

@@ -24,7 +24,7 @@ def time_cuda_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, 
                           shuffle_seed: int | None = None) -> list[list[float]]:
     """Like :func:`fbnet_fast.measure.remote_runner.time_interleaved` (``prime`` untimed calls before
     each sample, a seeded random order each round), timed with CUDA events."""
-    import random
+    from .remote_runner import round_orders
 
     inner = []
     for fn in fns:
@@ -39,11 +39,7 @@ def time_cuda_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, 
         once_ms = max(start.elapsed_time(end), 1e-4)
         inner.append(max(1, min(max_inner, int(min_sample_ms / once_ms))))
     samples: list[list[float]] = [[] for _ in fns]
-    order = list(range(len(fns)))
-    rng = random.Random(shuffle_seed) if shuffle_seed is not None else None
-    for _ in range(repeats):
-        if rng is not None:
-            rng.shuffle(order)
+    for order in round_orders(len(fns), repeats, shuffle_seed):
         for i in order:
             fn = fns[i]
             for _ in range(prime):

@@ -49,7 +49,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
-__all__ = ["quantile", "summarize", "time_interleaved", "resolve_clock", "CLOCKS", "cpu_model", "main",
+__all__ = ["quantile", "summarize", "round_orders", "time_interleaved", "resolve_clock", "CLOCKS", "cpu_model", "main",
            "RUNTIMES", "MISSING_RUNTIME_EXIT"]
 
 MISSING_RUNTIME_EXIT = 3
@@ -87,6 +87,17 @@ def summarize(samples_ms: Sequence[float]) -> dict:
     xs = sorted(float(x) for x in samples_ms)
     return {"median_ms": quantile(xs, 0.5), "p10_ms": quantile(xs, 0.1), "p90_ms": quantile(xs, 0.9),
             "repeats": len(xs)}
+
+
+def round_orders(n: int, repeats: int, shuffle_seed: int | None = None):
+    """The order in which each of ``repeats`` interleaved rounds visits ``n`` callables: as given, or
+    (``shuffle_seed``) a fresh seeded random permutation every round. Shared by every timer."""
+    order = list(range(n))
+    rng = random.Random(shuffle_seed) if shuffle_seed is not None else None
+    for _ in range(repeats):
+        if rng is not None:
+            rng.shuffle(order)
+        yield order
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 3,
@@ -132,11 +143,7 @@ def time_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int, warmu
         # + 1e-6: 1 ms / 0.1 ms must give 10 calls, not 9.999... -> 9
         inner.append(max(1, min(max_inner, int(min_sample_ms / (max(once, 1e-7) * 1e3) + 1e-6))))
     samples: list[list[float]] = [[] for _ in fns]
-    order = list(range(len(fns)))
-    rng = random.Random(shuffle_seed) if shuffle_seed is not None else None
-    for _ in range(repeats):
-        if rng is not None:
-            rng.shuffle(order)
+    for order in round_orders(len(fns), repeats, shuffle_seed):
         for i in order:
             fn, n = fns[i], inner[i]
             for _ in range(prime):
