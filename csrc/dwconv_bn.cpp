@@ -155,6 +155,22 @@ int64_t bwd_row_fast(const float* const* rowp, const float* wf, int64_t C, int64
   return bwd_row_blocks<K, V8>(rowp, wf, C, c, W, orow, zrow, a, b, m, fs, fq);
 }
 
+// grad_in of one pixel, channels [c0, c0 + |V|): the sum over its nt (tap, output) pairs, in tap
+// order, then the ReLU mask and the BN1 sums (the gather path: stride 2, other k, remainders).
+template <typename V>
+inline void gather_block(const float* __restrict__ wt, const float* __restrict__ gp, const int64_t* taps,
+                         const int64_t* offs, int64_t nt, const float* __restrict__ zr, const float* __restrict__ a,
+                         const float* __restrict__ b, const float* __restrict__ m, int64_t c0,
+                         float* __restrict__ o, float* __restrict__ fs, float* __restrict__ fq) {
+  V ac = {};
+  for (int64_t t = 0; t < nt; ++t) ac += vload<V>(wt + taps[t] + c0) * vload<V>(gp + offs[t] + c0);
+  const V zero = {}, zv = vload<V>(zr + c0);
+  const V gu = vload<V>(a + c0) * zv + vload<V>(b + c0) > zero ? ac : zero;
+  vstore<V>(o + c0, gu);
+  vstore<V>(fs + c0, vload<V>(fs + c0) + gu);
+  vstore<V>(fq + c0, vload<V>(fq + c0) + gu * (zv - vload<V>(m + c0)));
+}
+
 // grad_weight[kh, kw] += sum_ow h[ow*s - p + kw] * g[ow] for every kw at once, channels [c0, c0 + L):
 // the K accumulators stay in registers and each g[ow] is loaded once for the K taps (wgrad_block
 // below reloads it per tap: 2 loads a FMA). Each tap still sums ow in increasing order and adds once
@@ -440,7 +456,9 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
         }
         std::fill(fs, fs + C, 0.0f);
         std::fill(fq, fq + C, 0.0f);
-        int64_t cfast = 0, g16 = C / kW * kW, gs = g16;
+        // Gather ranges: kW-channel blocks in [0, g16), 8-channel blocks in [g16, g8) (v4's remainder
+        // of 8 or more channels: e1 candidates have 8, e3 24), single channels in [gs, C).
+        int64_t cfast = 0, g16 = C / kW * kW, g8 = g16 + (C - g16) / 8 * 8, gs = g8;
         if (rowfast) {
           // grad_out rows ih - p .. ih + p (Ho == H), each copied once per chunk into slot oh mod k.
           for (int64_t kh = 0; kh < k; ++kh) {
@@ -458,15 +476,16 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           if (k == 3 || kW == 8) {
             cfast = k == 3 ? bwd_row_fast<3>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq)
                            : bwd_row_fast<5>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq);
-            g16 = 0;
+            g16 = g8 = 0;
             gs = cfast;
           } else {  // v4, k = 5: the 8-block only (measured: its 16-blocks gather faster)
             gs = bwd_row_blocks<5, V8>(rowp, wflip.data(), C, g16, W, gi + r * W * C, zrow, a, b, m, fs, fq);
+            g8 = g16;
           }
         }
-        // grad_in, the rest: gather every output this pixel feeds, kW-channel blocks in [0, g16)
-        // and single channels in [gs, C); accumulator in registers.
-        for (int64_t iw = 0; (g16 > 0 || gs < C) && iw < W; ++iw) {
+        // grad_in, the rest: gather every output this pixel feeds, kW- and 8-channel blocks in
+        // [0, g8) and single channels in [gs, C); accumulator in registers.
+        for (int64_t iw = 0; (g8 > 0 || gs < C) && iw < W; ++iw) {
           int64_t taps[32 * 32], offs[32 * 32], nt = 0;
           const int64_t* ckw = col_kw.data() + iw * k;
           const int64_t* cow = col_ow.data() + iw * k;
@@ -481,15 +500,8 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           const float* __restrict__ zr = zrow + iw * C;
           float* __restrict__ o = gi + (r * W + iw) * C;
           // Explicit vectors: gcc vectorised the loop above over taps (gathers) instead.
-          for (int64_t c0 = 0; c0 < g16; c0 += kW) {
-            VW ac = {};
-            for (int64_t t = 0; t < nt; ++t) ac += vload<VW>(wt + taps[t] + c0) * vload<VW>(gp + offs[t] + c0);
-            const VW zero = {}, zv = vload<VW>(zr + c0);
-            const VW gu = vload<VW>(a + c0) * zv + vload<VW>(b + c0) > zero ? ac : zero;
-            vstore<VW>(o + c0, gu);
-            vstore<VW>(fs + c0, vload<VW>(fs + c0) + gu);
-            vstore<VW>(fq + c0, vload<VW>(fq + c0) + gu * (zv - vload<VW>(m + c0)));
-          }
+          for (int64_t c0 = 0; c0 < g16; c0 += kW) gather_block<VW>(wt, gp, taps, offs, nt, zr, a, b, m, c0, o, fs, fq);
+          for (int64_t c0 = g16; c0 < g8; c0 += 8) gather_block<V8>(wt, gp, taps, offs, nt, zr, a, b, m, c0, o, fs, fq);
           for (int64_t c = gs; c < C; ++c) {
             float acc1 = 0.0f;
             for (int64_t t = 0; t < nt; ++t) acc1 += wt[taps[t] + c] * gp[offs[t] + c];

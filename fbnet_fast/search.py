@@ -436,10 +436,17 @@ class Searcher:
         # BN running statistics: averaged over ranks every step (see the module docstring).
         self._float_buffers = [b for b in self.model.buffers() if b.is_floating_point()]
 
-        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
-                                     weight_decay=cfg.w_weight_decay, nesterov=cfg.w_momentum > 0)
-        self.t_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.theta_lr,
-                                      weight_decay=cfg.theta_weight_decay)
+        # The two parameter groups, listed once (a step toggles their requires_grad and gathers their
+        # gradients; walking the ~1,800 parameters of the module tree each time cost ~1 % of a search).
+        self._w_params = list(self.model.weight_parameters())
+        self._a_params = list(self.model.arch_parameters())
+        self._grad_phase: str | None = None  # which group has requires_grad on ("w" | "theta"), None: not set yet
+        # foreach: one fused update over the parameter list, not a Python loop over ~1,800 tensors (CPU
+        # defaults to the loop); the same arithmetic, element for element.
+        self.w_opt = torch.optim.SGD(self._w_params, lr=cfg.w_lr, momentum=cfg.w_momentum,
+                                     weight_decay=cfg.w_weight_decay, nesterov=cfg.w_momentum > 0, foreach=True)
+        self.t_opt = torch.optim.Adam(self._a_params, lr=cfg.theta_lr,
+                                      weight_decay=cfg.theta_weight_decay, foreach=True)
         self.w_sched = torch.optim.lr_scheduler.LambdaLR(
             self.w_opt, RampCosine(cfg.w_lr_ramp_steps, cfg.epochs * self.w_steps))
         # position: the next step to run is (epoch, phase, step)
@@ -711,12 +718,15 @@ class Searcher:
         x, y = split.batch(self._batch_indices(split), data_gen if cfg.augment else None, self.device,
                            self.channels_last, self.shard)
         tau = tau_at(cfg, self.epoch)
-        self.model.train()
+        if not self.model.training:  # evaluate() leaves the whole model in eval mode
+            self.model.train()
         is_w = self.phase == "w"
-        for p in self.model.weight_parameters():
-            p.requires_grad_(is_w)  # theta steps skip the weight-gradient convolutions
-        for p in self.model.arch_parameters():
-            p.requires_grad_(not is_w)
+        if self._grad_phase != self.phase:
+            for p in self._w_params:
+                p.requires_grad_(is_w)  # theta steps skip the weight-gradient convolutions
+            for p in self._a_params:
+                p.requires_grad_(not is_w)
+            self._grad_phase = self.phase
         weights = self._fix(self.model.sample_weights(tau, hard=hard_at(cfg, self.epoch), generator=gumbel_gen))
         logits = fp32_logits(self.model, cfg.precision, self.device, x, weights)  # CE and latency term in fp32
         latency = self.lut.expected_latency(weights, self.lut_matrix)
@@ -745,10 +755,10 @@ class Searcher:
         extra = {}
         if is_w:
             # after the all-reduce: every rank sees (and clips) the same global gradient
-            grads = [p.grad for p in self.model.weight_parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads)
+            grads = [p.grad for p in self._w_params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
             if cfg.w_grad_clip:
-                torch.nn.utils.clip_grads_with_norm_(grads, cfg.w_grad_clip, norm)
+                torch.nn.utils.clip_grads_with_norm_(grads, cfg.w_grad_clip, norm, foreach=True)
             extra["grad_norm"] = float(norm)
         opt.step()
         if not is_w:
@@ -852,7 +862,7 @@ class Searcher:
         ranks' gradients is the gradient of the global batch's loss.
         """
         loss.backward()
-        params = self.model.weight_parameters() if is_w else self.model.arch_parameters()
+        params = self._w_params if is_w else self._a_params
         # A parameter without a gradient (a candidate hard Gumbel did not pick) has none on
         # every rank: the noise is the same everywhere.
         grads = [p.grad for p in params if p.grad is not None]

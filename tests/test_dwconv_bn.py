@@ -35,6 +35,9 @@ SHAPES = [
     (3, 5, 4, 12, 3, 1),    # an 8-block and 4 channels gathered; W = 4 = one pixel block
     (2, 6, 7, 3, 5, 1),     # below one 8-block: gathered only; W = 7: a partial pixel block
     (1, 3, 2, 40, 5, 1),    # image narrower than the kernel: most taps read padding
+    # stride-2 backward by the gather loop: 16-channel blocks, then 8-channel blocks, then single channels
+    (2, 9, 10, 8, 3, 2),    # one 8-block (the e1 candidates of a reduction layer)
+    (2, 7, 6, 28, 5, 2),    # a 16-block, an 8-block and 4 single channels
 ]
 
 
