@@ -155,11 +155,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("scale1"), py::arg("shift1"), py::arg("weight"), py::arg("k"), py::arg("stride"),
         py::arg("center1"), py::arg("grad_in"), py::arg("grad_weight"), py::arg("sum_g"), py::arg("sum_gz"));
   m.def("small_gemm",
-        &call<&Table::small_gemm, buf_t, int64_t, int64_t, int64_t, buf_t, int64_t, buf_t, int64_t, bool>, nogil,
-        py::arg("a"), py::arg("M"), py::arg("K"), py::arg("lda"), py::arg("b"), py::arg("N"), py::arg("out"),
-        py::arg("ldo"), py::arg("accumulate"));
+        &call<&Table::small_gemm, buf_t, int64_t, int64_t, int64_t, buf_t, int64_t, buf_t, int64_t, bool, buf_t,
+              buf_t, buf_t, buf_t>,
+        nogil, py::arg("a"), py::arg("M"), py::arg("K"), py::arg("lda"), py::arg("b"), py::arg("N"), py::arg("out"),
+        py::arg("ldo"), py::arg("accumulate"), py::arg("a_scale") = 0, py::arg("a_shift") = 0, py::arg("mean") = 0,
+        py::arg("var") = 0);
   m.def("small_gemm_tn",
-        &call<&Table::small_gemm_tn, buf_t, int64_t, int64_t, int64_t, buf_t, int64_t, int64_t, buf_t>, nogil,
-        py::arg("x"), py::arg("M"), py::arg("P"), py::arg("ldx"), py::arg("y"), py::arg("Q"), py::arg("ldy"),
-        py::arg("out"));
+        &call<&Table::small_gemm_tn, buf_t, int64_t, int64_t, int64_t, buf_t, int64_t, int64_t, buf_t, buf_t, buf_t,
+              bool>,
+        nogil, py::arg("x"), py::arg("M"), py::arg("P"), py::arg("ldx"), py::arg("y"), py::arg("Q"), py::arg("ldy"),
+        py::arg("out"), py::arg("scale") = 0, py::arg("shift") = 0, py::arg("on_x") = false);
 }

@@ -33,8 +33,10 @@
                           buf_t sum_gz);                                                          \
   /* small_gemm */                                                                                \
   void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, buf_t out,      \
-                  int64_t ldo, bool accumulate);                                                  \
-  void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t Q, int64_t ldy, buf_t out);
+                  int64_t ldo, bool accumulate, buf_t a_scale, buf_t a_shift, buf_t mean_out,     \
+                  buf_t var_out);                                                                 \
+  void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t Q, int64_t ldy, \
+                     buf_t out, buf_t aff_scale, buf_t aff_shift, bool aff_on_x);
 
 namespace fbnet {
 namespace FBNET_ISA {

@@ -9,8 +9,18 @@
 //
 // Summation order: k = 0 .. K-1 sequentially, float32 FMA, so a row's result does not depend
 // on the thread count or on where the row falls in a block.
+//
+// Two fusions for the mixed op (each saves a pass over an activation tensor in memory):
+// * a prologue on A: relu(scale[k] * A[m, k] + shift[k]) (a BatchNorm + ReLU folded to an affine,
+//   the input of an IR block's last 1x1 conv): 4 rows of A are transformed into an L1 buffer and
+//   the tile reads that, so the activated tensor is never written;
+// * the output's per-column batch statistics (mean, biased variance) for the BatchNorm after
+//   the conv: per 64-row work item, its mean and centred sum of squares over the rows just
+//   written (in cache; float32 over <= 64 values), combined in work-item order in float64
+//   (M2 = sum M2_b + n_b (mean_b - mean)^2), so the result does not depend on the thread count.
 #include "kernels.h"
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -77,24 +87,98 @@ inline void column_blocks(int64_t Np, Fn&& f) {
     for (; n0 + 8 <= Np; n0 += 8) f(V8{}, std::integral_constant<int, 1>{}, n0);
 }
 
-// Rows [r, r + P) of out, every column block.
+// relu(sc * src + sh) of `rows` rows of `cols` columns (row strides lds, ldd), per column sc/sh.
+inline void affine_relu_rows(const float* __restrict__ src, int64_t lds, int64_t rows, int64_t cols,
+                             const float* __restrict__ sc, const float* __restrict__ sh, float* __restrict__ dst,
+                             int64_t ldd) {
+  for (int64_t q = 0; q < rows; ++q) {
+    const float* sr = src + q * lds;
+    float* dr = dst + q * ldd;
+#pragma omp simd
+    for (int64_t k = 0; k < cols; ++k) dr[k] = std::max(sc[k] * sr[k] + sh[k], 0.0f);
+  }
+}
+
+// Rows [r, r + P) of out, every column block; with sc (the prologue) A's rows go through abuf.
 template <int P>
 inline void row_block(const float* a, int64_t lda, int64_t K, const float* bp, int64_t Np, int64_t N, float* o,
-                      int64_t ldo, bool accumulate) {
+                      int64_t ldo, bool accumulate, const float* sc, const float* sh, float* abuf) {
+  if (sc) {
+    affine_relu_rows(a, lda, P, K, sc, sh, abuf, K);
+    a = abuf;
+    lda = K;
+  }
   column_blocks(Np, [&](auto v, auto nb, int64_t n0) {
     tile<decltype(v), P, decltype(nb)::value>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
   });
 }
 
+// Mean and centred sum of squares of rows [0, R) of o (row stride ldo), columns [c0, c0 + |V|): two
+// passes down the block's columns (in cache), accumulators in registers, float32 over <= 64 rows.
+template <typename V>
+inline void column_stats(const float* __restrict__ o, int64_t ldo, int64_t R, int64_t c0, double* __restrict__ mean,
+                         double* __restrict__ m2) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  // 4 independent chains (rows r mod 4), added at the end: one chain of 64 dependent adds ran at the add's
+  // latency and cost half the product's time.
+  V s[4] = {}, q[4] = {};
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4)
+    for (int i = 0; i < 4; ++i) s[i] += vload<V>(o + (r + i) * ldo + c0);
+  for (; r < R; ++r) s[0] += vload<V>(o + r * ldo + c0);
+  const V mv = ((s[0] + s[1]) + (s[2] + s[3])) * (1.0f / static_cast<float>(R));
+  for (r = 0; r + 4 <= R; r += 4)
+    for (int i = 0; i < 4; ++i) {
+      const V d = vload<V>(o + (r + i) * ldo + c0) - mv;
+      q[i] += d * d;
+    }
+  for (; r < R; ++r) {
+    const V d = vload<V>(o + r * ldo + c0) - mv;
+    q[0] += d * d;
+  }
+  const V qs = (q[0] + q[1]) + (q[2] + q[3]);
+  for (int l = 0; l < L; ++l) {
+    mean[c0 + l] = mv[l];
+    m2[c0 + l] = qs[l];
+  }
+}
+
+// column_stats over every column: blocks of kW, then of 8, then single columns.
+inline void block_stats(const float* __restrict__ o, int64_t ldo, int64_t R, int64_t N, double* __restrict__ mean,
+                        double* __restrict__ m2) {
+  int64_t c0 = 0;
+  for (; c0 + kW <= N; c0 += kW) column_stats<VW>(o, ldo, R, c0, mean, m2);
+  for (; c0 + 8 <= N; c0 += 8) column_stats<V8>(o, ldo, R, c0, mean, m2);
+  for (; c0 < N; ++c0) {
+    float s = 0.0f, q = 0.0f;
+    for (int64_t r = 0; r < R; ++r) s += o[r * ldo + c0];
+    const float mv = s * (1.0f / static_cast<float>(R));
+    for (int64_t r = 0; r < R; ++r) {
+      const float d = o[r * ldo + c0] - mv;
+      q += d * d;
+    }
+    mean[c0] = mv;
+    m2[c0] = q;
+  }
+}
+
 }  // namespace
 
 void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, buf_t out, int64_t ldo,
-                bool accumulate) {
+                bool accumulate, buf_t a_scale, buf_t a_shift, buf_t mean_out, buf_t var_out) {
   check_buf(a, "a"); check_buf(b, "b"); check_buf(out, "out");
+  check_buf(a_scale, "a_scale", true); check_buf(a_shift, "a_shift", true);
+  check_buf(mean_out, "mean", true); check_buf(var_out, "var", true);
   check_positive(M, "a.shape[0] (rows)"); check_positive(K, "a.shape[1] (inner dimension)");
   check_positive(N, "b.shape[1] (columns)");
   check(lda >= K, "a's row stride must be >= its columns");
   check(ldo >= N, "out's row stride must be >= its columns");
+  check((a_scale != 0) == (a_shift != 0), "a_scale and a_shift must both be given or both be None");
+  const bool stats = mean_out != 0;
+  check(stats == (var_out != 0), "mean and var must both be given or both be None");
+  check(!(stats && accumulate), "statistics of an accumulated product are not supported");
+  const float* sc = CF(a_scale);
+  const float* sh = CF(a_shift);
   // B with its columns padded to a multiple of 8 (zeros): every column block is whole vectors.
   const int64_t Np = (N + 7) / 8 * 8;
   std::vector<float> bp(static_cast<size_t>(K * Np), 0.0f);
@@ -104,12 +188,46 @@ void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, 
   float* op = F(out);
   constexpr int64_t kRows = 64;  // rows per work item (a multiple of kP)
   const int64_t nblk = (M + kRows - 1) / kRows;
-#pragma omp parallel for schedule(static)
+  std::vector<double> part(stats ? static_cast<size_t>(nblk) * 2 * N : 0);
+#pragma omp parallel
+  {
+    std::vector<float> abuf(sc ? static_cast<size_t>(kP * K) : 0);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t r1 = std::min(M, (blk + 1) * kRows);
+      int64_t r = blk * kRows;
+      for (; r + kP <= r1; r += kP)
+        row_block<kP>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate, sc, sh, abuf.data());
+      for (; r < r1; ++r)
+        row_block<1>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate, sc, sh, abuf.data());
+      if (stats)
+        block_stats(op + blk * kRows * ldo, ldo, r1 - blk * kRows, N, part.data() + blk * 2 * N,
+                    part.data() + blk * 2 * N + N);
+    }
+  }
+  if (!stats) return;
+  float* mo = F(mean_out);
+  float* vo = F(var_out);
+  // Work items hold (mean_b, M2_b) of n_b = kRows rows each (the last maybe fewer). In float64, items in
+  // order: mean = sum n_b mean_b / M, then M2 = sum M2_b + n_b (mean_b - mean)^2 (the exact decomposition).
+  std::vector<double> mean(N, 0.0), m2(N, 0.0);
   for (int64_t blk = 0; blk < nblk; ++blk) {
-    const int64_t r1 = std::min(M, (blk + 1) * kRows);
-    int64_t r = blk * kRows;
-    for (; r + kP <= r1; r += kP) row_block<kP>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate);
-    for (; r < r1; ++r) row_block<1>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate);
+    const double nb = static_cast<double>(std::min(M, (blk + 1) * kRows) - blk * kRows);
+    const double* pm = part.data() + blk * 2 * N;
+    for (int64_t j = 0; j < N; ++j) mean[j] += nb * pm[j];
+  }
+  for (int64_t j = 0; j < N; ++j) mean[j] /= static_cast<double>(M);
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const double nb = static_cast<double>(std::min(M, (blk + 1) * kRows) - blk * kRows);
+    const double* pm = part.data() + blk * 2 * N;
+    for (int64_t j = 0; j < N; ++j) {
+      const double d = pm[j] - mean[j];
+      m2[j] += pm[N + j] + nb * d * d;
+    }
+  }
+  for (int64_t j = 0; j < N; ++j) {
+    mo[j] = static_cast<float>(mean[j]);
+    vo[j] = static_cast<float>(m2[j] / static_cast<double>(M));
   }
 }
 
@@ -150,14 +268,21 @@ inline void tn_rows(const float* x, int64_t ldx, const float* y, int64_t ldy, in
 
 }  // namespace
 
-void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t Q, int64_t ldy, buf_t out) {
+void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t Q, int64_t ldy, buf_t out,
+                   buf_t aff_scale, buf_t aff_shift, bool aff_on_x) {
   check_buf(x, "x"); check_buf(y, "y"); check_buf(out, "out");
+  check_buf(aff_scale, "scale", true); check_buf(aff_shift, "shift", true);
   check_positive(M, "x.shape[0] (rows)"); check_positive(P, "x.shape[1] (columns)");
   check_positive(Q, "y.shape[1] (columns)");
   check(ldx >= P, "x's row stride must be >= its columns");
   check(ldy >= Q, "y's row stride must be >= its columns");
+  check((aff_scale != 0) == (aff_shift != 0), "scale and shift must both be given or both be None");
+  // The prologue relu(scale * v + shift) on x's or y's columns, applied to each chunk's copy.
+  const float* sc = CF(aff_scale);
+  const float* sh = CF(aff_shift);
+  const bool aff_x = sc && aff_on_x, aff_y = sc && !aff_on_x;
   const int64_t Qp = (Q + 7) / 8 * 8;
-  const bool pad = Qp != Q;  // a chunk of Y is copied into whole vectors, zero-padded
+  const bool pad = Qp != Q || aff_y;  // a chunk of Y is copied into whole vectors, zero-padded (and activated)
   const int64_t nch = (M + kTnRows - 1) / kTnRows;
   std::vector<float> part(static_cast<size_t>(nch * P * Qp));
   const float* xp = CF(x);
@@ -165,22 +290,33 @@ void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t 
 #pragma omp parallel
   {
     std::vector<float> ybuf(pad ? static_cast<size_t>(kTnRows * Qp) : 0, 0.0f);
+    std::vector<float> xbuf(aff_x ? static_cast<size_t>(kTnRows * P) : 0);
 #pragma omp for schedule(static)
     for (int64_t ch = 0; ch < nch; ++ch) {
       const int64_t r0 = ch * kTnRows;
       const int64_t R = std::min(M, r0 + kTnRows) - r0;
       const float* yc = yp + r0 * ldy;
       int64_t ly = ldy;
-      if (pad) {
+      if (aff_y) {
+        affine_relu_rows(yc, ldy, R, Q, sc, sh, ybuf.data(), Qp);  // padding columns stay 0
+        yc = ybuf.data();
+        ly = Qp;
+      } else if (pad) {
         for (int64_t r = 0; r < R; ++r) std::memcpy(ybuf.data() + r * Qp, yc + r * ldy, sizeof(float) * Q);
         yc = ybuf.data();
         ly = Qp;
       }
       const float* xc = xp + r0 * ldx;
+      int64_t lx = ldx;
+      if (aff_x) {
+        affine_relu_rows(xc, ldx, R, P, sc, sh, xbuf.data(), P);
+        xc = xbuf.data();
+        lx = P;
+      }
       float* pc = part.data() + ch * P * Qp;
       int64_t p0 = 0;
-      for (; p0 + kP <= P; p0 += kP) tn_rows<kP>(xc + p0, ldx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
-      for (; p0 < P; ++p0) tn_rows<1>(xc + p0, ldx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
+      for (; p0 + kP <= P; p0 += kP) tn_rows<kP>(xc + p0, lx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
+      for (; p0 < P; ++p0) tn_rows<1>(xc + p0, lx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
     }
   }
   // chunk order, float64: the same bits for any thread count

@@ -166,3 +166,114 @@ def test_mm_tn_routes_by_shape_and_agrees_with_torch(m, p, q, monkeypatch):
     assert not gemm.use_small_tn(x, y)
     with pytest.raises(ConfigError, match=r"must be \[M, P\] and \[M, Q\]"):
         gemm.mm_tn(x, y[:-1])
+
+
+# ---- the fusions: a prologue relu(scale * a + shift) on a's columns, and the output's batch statistics.
+# Prologue, derived: fl(scale * a + shift) is off by at most 2u (|scale a| + |shift|) (two roundings, or one
+# with FMA), ReLU is 1-Lipschitz, so with the K-term sum the error is <= 1.01 (K + 2) u (|scale a| + |shift|) @ |b|.
+def _prologue_inputs(m, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, k, generator=g) * 2
+    scale, shift = torch.rand(k, generator=g) + 0.5, torch.randn(k, generator=g)
+    return g, a, scale, shift
+
+
+def _activated64(a, scale, shift):
+    return torch.relu(scale.double() * a.double() + shift.double())
+
+
+def _prologue_size(a, scale, shift):
+    return (scale.double() * a.double()).abs() + shift.double().abs()
+
+
+# Statistics, derived: a block's float32 mean of <= 64 outputs is off by eps <= gamma_65 max|o| (E = 2 of
+# those bounds two block means apart); its centred sum of squares by gamma_67 relative plus R eps^2; Chan's merge
+# of the blocks in float64 turns eps into at most 2 E sqrt(var) + 2 E^2 of the variance; one float32 rounding
+# of each result. A missed block, row or column is off by O(1).
+def _stats_ok(out, mean, var):
+    o = out.double()
+    m64, v64 = o.mean(0), o.var(0, unbiased=False)
+    e = 2 * 65 * U * o.abs().max(0).values
+    mean_tol = 1.01 * (65 * U * o.abs().max(0).values + U * m64.abs()) + 1e-30
+    var_tol = 1.01 * (68 * U * v64 + 2 * e * v64.sqrt() + 2 * e * e) + 1e-30
+    return bool(((mean.double() - m64).abs() <= mean_tol).all() and ((var.double() - v64).abs() <= var_tol).all())
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_small_gemm_prologue_and_statistics(m, k, n, isa):
+    g, a, scale, shift = _prologue_inputs(m, k, m + 3 * k + 7 * n)
+    b = torch.randn(k, n, generator=g)
+    out, mean, var = torch.empty(m, n), torch.empty(n), torch.empty(n)
+    _ext.load().small_gemm(a.data_ptr(), m, k, k, b.data_ptr(), n, out.data_ptr(), n, False, scale.data_ptr(),
+                           shift.data_ptr(), mean.data_ptr(), var.data_ptr())
+    bound = 1.01 * (k + 2) * U * (_prologue_size(a, scale, shift) @ b.double().abs()) + 1e-30
+    assert ((out.double() - _activated64(a, scale, shift) @ b.double()).abs() <= bound).all()
+    assert _stats_ok(out, mean, var)
+    # statistics alone, of the plain product (the 1x1 conv in front of BN1)
+    _ext.load().small_gemm(a.data_ptr(), m, k, k, b.data_ptr(), n, out.data_ptr(), n, False, 0, 0, mean.data_ptr(),
+                           var.data_ptr())
+    assert ((out.double() - a.double() @ b.double()).abs() <= _bound(a, b)).all()
+    assert _stats_ok(out, mean, var)
+
+
+def test_small_gemm_statistics_keep_their_precision_off_centre(isa):
+    """Outputs with |mean| >> std (a BN input after a few epochs): E[z^2] - E[z]^2 in float32 would lose the
+    variance; block-centred sums keep it to the derived bound."""
+    g = torch.Generator().manual_seed(9)
+    a = torch.randn(5000, 8, generator=g) * 1e-3 + 1.0
+    b = torch.randn(8, 24, generator=g)
+    got = gemm.mm_stats(a, b)
+    assert _stats_ok(got.out, got.mean, got.var)
+    assert (got.var > 0).all()
+
+
+def test_small_gemm_prologue_and_statistics_same_bits_for_any_thread_count(isa):
+    g, a, scale, shift = _prologue_inputs(9000, 24, 6)
+    b = torch.randn(24, 40, generator=g)
+    one, two = _at_1_and_2_threads(lambda: gemm.mm_stats(a, b, a_scale=scale, a_shift=shift))
+    assert all(torch.equal(x, y) for x, y in zip(one, two))
+
+
+@pytest.mark.parametrize("m,k,n", [(4096, 48, 8), (1024, 48, 288), (65536, 8, 48), (8, 3, 5)])
+def test_mm_prologue_and_stats_route_by_shape(m, k, n, monkeypatch, isa):
+    """The kernel where the rule says; elsewhere torch after an activation pass and bn_stats: the same results."""
+    g, a, scale, shift = _prologue_inputs(m, k, 11)
+    b = torch.randn(k, n, generator=g)
+    exact = _activated64(a, scale, shift) @ b.double()
+    bound = 1.01 * (k + 2) * U * (_prologue_size(a, scale, shift) @ b.double().abs()) + 1e-30
+    got = gemm.mm(a, b, a_scale=scale, a_shift=shift)
+    assert ((got.double() - exact).abs() <= bound).all()
+    st = gemm.mm_stats(a, b, a_scale=scale, a_shift=shift)
+    assert ((st.out.double() - exact).abs() <= bound).all()
+    assert _stats_ok(st.out, st.mean, st.var) or not gemm.use_small(a, b)  # bn_stats: its own (tested) bound
+    monkeypatch.setenv(gemm.SMALL_ENV, "0")
+    from fbnet_fast.ops.bn_act import affine_act, bn_stats
+
+    h = affine_act(a, scale, shift, relu=True)
+    assert torch.equal(gemm.mm(a, b, a_scale=scale, a_shift=shift), torch.mm(h, b))
+    st = gemm.mm_stats(a, b, a_scale=scale, a_shift=shift)
+    ref = bn_stats(torch.mm(h, b))
+    assert torch.equal(st.mean, ref.mean) and torch.equal(st.var, ref.var)
+
+
+@pytest.mark.parametrize("m,p,q", [(1000, 8, 48), (1000, 48, 8), (4099, 13, 61), (257, 8, 16), (70000, 8, 24)])
+def test_mm_tn_prologue_on_either_operand(m, p, q, isa):
+    """x^T relu(s y + t): the kernel activates y whether y is its vector side (p <= q) or its broadcast side."""
+    g = torch.Generator().manual_seed(m + p + q)
+    x = torch.randn(m, p, generator=g)
+    _, y, scale, shift = _prologue_inputs(m, q, m * 3 + q)
+    assert gemm.use_small_tn(x, y)
+    got = gemm.mm_tn(x, y, y_scale=scale, y_shift=shift)
+    exact = x.double().t() @ _activated64(y, scale, shift)
+    bound = 1.01 * (min(256, m) + 2) * U * (x.double().abs().t() @ _prologue_size(y, scale, shift)) + 1e-30
+    assert ((got.double() - exact).abs() <= bound).all()
+
+
+def test_prologue_bad_input_one_clear_error():
+    a, b = torch.randn(10, 4), torch.randn(4, 3)
+    with pytest.raises(ConfigError, match="scale and shift must both be given"):
+        gemm.mm(a, b, a_scale=torch.ones(4))
+    with pytest.raises(ConfigError, match="scale"):
+        gemm.mm(a, b, a_scale=torch.ones(5), a_shift=torch.zeros(5))
+    with pytest.raises(ConfigError, match="scale and shift must both be given"):
+        gemm.mm_tn(a, torch.randn(10, 3), y_shift=torch.ones(3))

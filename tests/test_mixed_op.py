@@ -76,12 +76,28 @@ def _run(op, x, theta, hard, fn, go, seed=7):
 @pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", SHAPES)
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_mixed_op_matches_reference(n, c_in, c_out, stride, h, w, cl, hard, isa, keep):
+    _compare_case(n, c_in, c_out, stride, h, w, cl, hard)
+
+
+def _compare_case(n, c_in, c_out, stride, h, w, cl, hard):
     op = make_mixed_op(c_in, c_out, stride, h)
     x = torch.randn(n, c_in, h, w, generator=torch.Generator().manual_seed(1))
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
     theta = torch.randn(len(FBNET_CANDIDATES), generator=torch.Generator().manual_seed(2))
     compare_mixed_op(op, x, theta, hard, mixed_op_fused)
+
+
+@needs_ext
+@pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", [SHAPES[1], SHAPES[3], SHAPES[15], SHAPES[20]])
+def test_mixed_op_matches_reference_with_torch_products(n, c_in, c_out, stride, h, w, cl, isa, keep, monkeypatch):
+    """Every product in torch (``FBNET_FAST_SMALL_GEMM=0``): BN2 + ReLU then written as h2 (by bn_act, or by the
+    dwconv pass in the recomputation) and the statistics by bn_stats, instead of the small kernel's prologue and
+    statistics; the same results to the reference."""
+    from fbnet_fast.ops import gemm
+
+    monkeypatch.setenv(gemm.SMALL_ENV, "0")
+    _compare_case(n, c_in, c_out, stride, h, w, cl, False)
 
 
 @needs_ext

@@ -12,18 +12,28 @@ columns, one pass over ``a``, one write of ``out``); the rest, and every CUDA pr
 
 The kernel sums over ``k`` in order in float32 (FMA): a result differs from torch's by float32
 rounding of a ``K``-term dot product, never by the thread count.
+
+Two fusions save the mixed op a pass over an activation tensor each, where the kernel runs (the
+same results otherwise, computed in separate passes): a prologue ``relu(scale * a + shift)`` on
+``a``'s columns (``a_scale``/``a_shift`` of :func:`mm`; ``y_scale``/``y_shift`` of :func:`mm_tn`),
+the BN2 + ReLU in front of an IR block's last 1x1 conv, so ``h2`` is never written; and the
+output's per-column batch statistics (:func:`mm_stats`) for the BN after the conv, taken over
+each 64-row block while it is in cache.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
 from ..errors import ConfigError
-from ._launch import cpu_ext
+from ._launch import check_vec, cpu_ext
+from .bn_act import affine_act, bn_stats
 
-__all__ = ["SMALL_ENV", "enabled", "mm", "mm_tn", "small_mm_ref", "use_small", "use_small_tn"]
+__all__ = ["MMStats", "SMALL_ENV", "enabled", "mm", "mm_stats", "mm_tn", "small_mm_ref", "small_rule",
+           "small_tn_rule", "use_small", "use_small_tn"]
 
 SMALL_ENV = "FBNET_FAST_SMALL_GEMM"
 # Where the small kernel beat MKL on the mixed op's products (bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 and 2
@@ -50,10 +60,15 @@ def enabled() -> bool:
 
 def use_small(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether :func:`mm` sends ``a [M, K] @ b [K, N]`` to the small kernel."""
-    if a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32 or not enabled():
+    if a.dtype != torch.float32 or b.dtype != torch.float32:
         return False
-    m, k = a.shape
-    n = b.shape[1]
+    return small_rule(a.device, a.shape[0], a.shape[1], b.shape[1])
+
+
+def small_rule(device: torch.device, m: int, k: int, n: int) -> bool:
+    """:func:`use_small` for a float32 ``[m, k] @ [k, n]`` on ``device``, by shape alone."""
+    if device.type != "cpu" or not enabled():
+        return False
     if k > MAX_K:
         return False
     if cpu_ext().isa() != "v4":
@@ -71,19 +86,53 @@ def small_mm_ref(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = No
     return torch.mm(a, b, out=out)
 
 
-def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *,
-       accumulate: bool = False) -> torch.Tensor:
+def _check_prologue(scale: torch.Tensor | None, shift: torch.Tensor | None, cols: int, device, what: str) -> bool:
+    if (scale is None) != (shift is None):
+        raise ConfigError(f"{what}: scale and shift must both be given or both be None")
+    if scale is None:
+        return False
+    check_vec(scale, "scale", cols, device)
+    check_vec(shift, "shift", cols, device)
+    return True
+
+
+class MMStats(NamedTuple):
+    out: torch.Tensor  # [M, N]
+    mean: torch.Tensor  # [N] per-column mean of out
+    var: torch.Tensor  # [N] per-column biased variance of out
+
+
+def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *, accumulate: bool = False,
+       a_scale: torch.Tensor | None = None, a_shift: torch.Tensor | None = None) -> torch.Tensor:
     """``a [M, K] @ b [K, N]`` into a new ``[M, N]`` tensor, or into ``out`` (``out += a @ b`` with ``accumulate``).
 
     ``a`` may be any row-major view (row stride >= K, unit column stride); ``b`` any tensor
-    (copied contiguous if it is not, it is small); ``out`` contiguous rows.
+    (copied contiguous if it is not, it is small); ``out`` contiguous rows. With ``a_scale, a_shift``
+    (``[K]``) the product is ``relu(a_scale * a + a_shift) @ b``: fused into the kernel, or applied
+    in a pass of its own where torch multiplies.
     """
+    return _mm(a, b, out, accumulate, a_scale, a_shift, False).out
+
+
+def mm_stats(a: torch.Tensor, b: torch.Tensor, *, a_scale: torch.Tensor | None = None,
+             a_shift: torch.Tensor | None = None) -> MMStats:
+    """:func:`mm` into a new tensor, with the output's per-column mean and biased variance (a BatchNorm's
+    batch statistics, as :func:`~fbnet_fast.ops.bn_act.bn_stats` of the output: float32 per block, float64
+    across blocks)."""
+    return _mm(a, b, None, False, a_scale, a_shift, True)
+
+
+def _mm(a, b, out, accumulate, a_scale, a_shift, stats) -> MMStats:
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ConfigError(f"mm: a {list(a.shape)} and b {list(b.shape)} do not multiply")
     if accumulate and out is None:
         raise ConfigError("mm: accumulate needs out")
+    prologue = _check_prologue(a_scale, a_shift, a.shape[1], a.device, "mm")
     if not use_small(a, b) or a.shape[0] == 0:
-        return small_mm_ref(a, b, out, accumulate=accumulate)
+        if prologue:
+            a = affine_act(a.contiguous(), a_scale, a_shift, relu=True)
+        r = small_mm_ref(a, b, out, accumulate=accumulate)
+        return MMStats(r, *bn_stats(r)) if stats else MMStats(r, None, None)
     m, k = a.shape
     n = b.shape[1]
     if a.stride(1) != 1 or a.stride(0) < k:
@@ -94,8 +143,12 @@ def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *,
     elif out.shape != (m, n) or out.dtype != torch.float32 or not out.is_contiguous() or out.device != a.device:
         raise ConfigError(f"mm: out must be a contiguous float32 [{m}, {n}] tensor on {a.device}, got "
                           f"{out.dtype} {list(out.shape)} strides {out.stride()}")
-    cpu_ext().small_gemm(a.data_ptr(), m, k, a.stride(0), b.data_ptr(), n, out.data_ptr(), n, bool(accumulate))
-    return out
+    mean = out.new_empty(n) if stats else None
+    var = out.new_empty(n) if stats else None
+    cpu_ext().small_gemm(a.data_ptr(), m, k, a.stride(0), b.data_ptr(), n, out.data_ptr(), n, bool(accumulate),
+                         a_scale.data_ptr() if prologue else 0, a_shift.data_ptr() if prologue else 0,
+                         mean.data_ptr() if stats else 0, var.data_ptr() if stats else 0)
+    return MMStats(out, mean, var)
 
 
 # x^T y for a 1x1 conv's weight gradient: the kernel where the narrower side has at most 16 columns (1.1-3.7x
@@ -106,14 +159,25 @@ TN_MAX_WIDE, TN_MAX_NARROW = 512, 16
 
 def use_small_tn(x: torch.Tensor, y: torch.Tensor) -> bool:
     """Whether :func:`mm_tn` sends ``x^T y`` to the kernel (``small_gemm_tn``)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or y.dtype != torch.float32 or not enabled():
+    if x.dtype != torch.float32 or y.dtype != torch.float32:
         return False
-    narrow, wide = sorted((x.shape[1], y.shape[1]))
+    return small_tn_rule(x.device, x.shape[1], y.shape[1])
+
+
+def small_tn_rule(device: torch.device, p: int, q: int) -> bool:
+    """:func:`use_small_tn` for float32 ``[M, p]^T [M, q]`` on ``device``, by shape alone."""
+    if device.type != "cpu" or not enabled():
+        return False
+    narrow, wide = sorted((p, q))
     return wide <= TN_MAX_WIDE and narrow <= TN_MAX_NARROW
 
 
-def mm_tn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def mm_tn(x: torch.Tensor, y: torch.Tensor, *, y_scale: torch.Tensor | None = None,
+          y_shift: torch.Tensor | None = None) -> torch.Tensor:
     """``x [M, P]^T @ y [M, Q] -> [P, Q]``: a 1x1 conv's weight gradient (``grad_out^T input``).
+
+    With ``y_scale, y_shift`` (``[Q]``): ``x^T relu(y_scale * y + y_shift)`` (fused into the kernel, each
+    chunk of ``y`` activated in its copy; a pass of its own where torch multiplies).
 
     The kernel keeps register tiles over the wider operand's row and broadcasts the narrower one's,
     in fixed chunks of 256 rows (float32 within a chunk, float64 across, chunk order: the same bits
@@ -124,7 +188,10 @@ def mm_tn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
         raise ConfigError(f"mm_tn: x {list(x.shape)} and y {list(y.shape)} must be [M, P] and [M, Q]")
     p, q = x.shape[1], y.shape[1]
+    prologue = _check_prologue(y_scale, y_shift, q, y.device, "mm_tn")
     if not use_small_tn(x, y) or x.shape[0] == 0:
+        if prologue:
+            y = affine_act(y.contiguous(), y_scale, y_shift, relu=True)
         if p > q:
             return torch.mm(y.t(), x).t().contiguous()
         return torch.mm(x.t(), y)
@@ -134,5 +201,6 @@ def mm_tn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     vy = vy if vy.stride(1) == 1 else vy.contiguous()
     out = bx.new_empty(bx.shape[1], vy.shape[1])
     cpu_ext().small_gemm_tn(bx.data_ptr(), bx.shape[0], bx.shape[1], bx.stride(0), vy.data_ptr(), vy.shape[1],
-                            vy.stride(0), out.data_ptr())
+                            vy.stride(0), out.data_ptr(), y_scale.data_ptr() if prologue else 0,
+                            y_shift.data_ptr() if prologue else 0, bool(swap))
     return out.t().contiguous() if swap else out

@@ -7,13 +7,16 @@ table); :class:`MixedOpFunction` keeps the layer input and a few ``[C]`` vectors
 
 Per IR candidate ``i`` (internally channels-last ``[M, C]`` rows, ``M = N*H*W``)::
 
-    z1 = x @ W1^T                         GEMM (gemm.mm: small_gemm or torch); g=2 as block-diagonal
-    bn_stats(z1); bn_fold                 bn_act        (channel shuffle folded into W1's rows)
+    z1 = x @ W1^T; bn_stats(z1)           GEMM (gemm.mm_stats: small_gemm, statistics from its
+                                          output blocks in cache; or torch + bn_act); g=2 as
+                                          block-diagonal; channel shuffle folded into W1's rows
     z2 = dwconv(relu(bn1(z1)))            dwconv_bn     (+ BN2 statistics, h1 never stored)
-    h2 = relu(bn2(z2))                    bn_act        (in place over z2; in the recomputation
-                                                         the dwconv pass writes h2 beside z2)
-    z3 = h2 @ W3^T; bn_stats(z3)          GEMM, bn_act
+    z3 = relu(bn2(z2)) @ W3^T; stats(z3)  GEMM with BN2 + ReLU as its prologue (h2 never stored
+                                          where small_gemm runs; else written by bn_act, or
+                                          beside z2 by the dwconv pass in the recomputation)
     out += w_i * bn3(z3)                  bn_act        (weighted sum in place)
+
+The backward's weight gradient of W3 reads h2 the same way (``mm_tn`` with the prologue).
 
 Each BatchNorm's per-channel finish is one launcher call (``bn_fold`` forward, ``bn_grad_fold``
 backward: scale/shift/invstd, running statistics, k1..k3, gamma/beta grads, the Gumbel dot).
@@ -44,7 +47,7 @@ from ..errors import ConfigError
 from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_fold, bn_grad_fold,
                      bn_stats)
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
-from .gemm import mm, mm_tn
+from .gemm import mm, mm_stats, mm_tn, small_rule, small_tn_rule
 from .mixed_op_ref import active_candidates
 
 __all__ = ["FUSED_KINDS", "KEEP_ENV", "MixedOpFunction", "keep_budget_bytes", "kept_bytes", "mixed_op_fused",
@@ -214,20 +217,35 @@ def _ir_weights(c: _Cand, ps) -> _IRWeights:
     return _IRWeights(w1d, wd.reshape(b.mid, -1).t().contiguous(), _dense_1x1(w3, b.groups))
 
 
+class _MMBN(NamedTuple):
+    out: torch.Tensor
+    stats: tuple[torch.Tensor, torch.Tensor] | None  # (mean, var) of out when bn normalises with batch statistics
+
+
+def _mm_bn(bn: nn.BatchNorm2d, a, b, a_scale=None, a_shift=None) -> _MMBN:
+    """``a @ b`` (with the prologue) for the BatchNorm ``bn`` after it: its batch statistics from the same pass."""
+    if _uses_batch_stats(bn):
+        r = mm_stats(a, b, a_scale=a_scale, a_shift=a_shift)
+        return _MMBN(r.out, (r.mean, r.var))
+    return _MMBN(mm(a, b, a_scale=a_scale, a_shift=a_shift), None)
+
+
 def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool):
     """Adds ``alpha * block(x)`` into ``out2``; returns the BN statistics and, with ``keep``, ``[z1, z2, z3]``."""
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, _ = shape
-    z1 = mm(x2, wts.w1.t())
-    bn1 = _bn_fold(b.bn1, g1, b1, z1, None, c.perm)
+    r1 = _mm_bn(b.bn1, x2, wts.w1.t())
+    bn1 = _bn_fold(b.bn1, g1, b1, r1.out, r1.stats, c.perm)
+    z1 = r1.out
     batch2 = _uses_batch_stats(b.bn2)
     fw = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wts.wt, b.stride, stats=batch2)
     z2 = fw.out.view(-1, b.mid)
     bn2 = _bn_fold(b.bn2, g2, b2, z2, (fw.mean, fw.var) if batch2 else None, None)
-    h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True, out=None if keep else z2)
-    z3 = mm(h2, wts.w3.t())
-    bn3 = _bn_fold(b.bn3, g3, b3, z3, None, None)
+    # h2 = relu(bn2(z2)) as the product's prologue: never written where the small kernel runs
+    r3 = _mm_bn(b.bn3, z2, wts.w3.t(), bn2.scale, bn2.shift)
+    z3 = r3.out
+    bn3 = _bn_fold(b.bn3, g3, b3, z3, r3.stats, None)
     affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha)
     return ([bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch],
             [z1, z2, z3] if keep else [])
@@ -241,27 +259,35 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
     bn1 = _bn_refold(b.bn1, g1, b1, m1, v1, batch[0], c.perm)
     bn2 = _bn_refold(b.bn2, g2, b2, m2, v2, batch[1], None)
     bn3 = _bn_refold(b.bn3, g3, b3, m3, v3, batch[2], None)
+    # h2 = relu(bn2(z2)) feeds W3's product (recomputed z3) and its weight gradient: read from z2 through the
+    # kernels' prologue where the small kernels run both (h2 None), else written once.
+    m_out = n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
+    prologue = (small_rule(x2.device, m_out, b.mid, wts.w3.shape[0]) or bool(kept)) and (
+        not needs[6] or small_tn_rule(x2.device, wts.w3.shape[0], b.mid))
     if kept:
-        # Kept by the forward (the layer fit the keep budget): only h2 is rebuilt, one elementwise pass.
+        # Kept by the forward (the layer fit the keep budget).
         z1, z2, z3 = kept
         z1_4 = z1.view(n, h, w, b.mid)
-        h2 = affine_act(z2, bn2.scale, bn2.shift, relu=True)
+        h2 = None if prologue else affine_act(z2, bn2.scale, bn2.shift, relu=True)
     else:
         # Recompute this candidate's intermediates (the only ones alive at a time).
         z1 = mm(x2, wts.w1.t())
         z1_4 = z1.view(n, h, w, b.mid)
-        # BN2 is known here, so h2 = relu(bn2(z2)) comes out of the conv pass too (no extra read of z2).
-        fw = dwconv_bn_forward(z1_4, bn1.scale, bn1.shift, wts.wt, b.stride, stats=False, scale2=bn2.scale,
-                               shift2=bn2.shift)
-        z2, h2 = fw.out.view(-1, b.mid), fw.act.view(-1, b.mid)
+        # Without the prologue, BN2 is known here, so h2 comes out of the conv pass too (no extra read of z2).
+        act = {} if prologue else dict(scale2=bn2.scale, shift2=bn2.shift)
+        fw = dwconv_bn_forward(z1_4, bn1.scale, bn1.shift, wts.wt, b.stride, stats=False, **act)
+        z2 = fw.out.view(-1, b.mid)
+        h2 = None if prologue else fw.act.view(-1, b.mid)
         del fw
-        z3 = mm(h2, wts.w3.t())
+        z3 = mm(z2, wts.w3.t(), a_scale=bn2.scale, a_shift=bn2.shift) if prologue else mm(h2, wts.w3.t())
     # In place over a recomputed z3; a kept one stays intact (a second backward with retain_graph).
     r3 = _bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=None if kept else z3)
     gz3 = r3.grad_z
     # Frozen weights (a theta step of the search): their GEMMs and the depthwise weight
     # gradient are skipped, as eager autograd skips them.
-    gw3 = mm_tn(gz3, h2) if needs[6] else None
+    gw3 = None
+    if needs[6]:
+        gw3 = mm_tn(gz3, z2, y_scale=bn2.scale, y_shift=bn2.shift) if prologue else mm_tn(gz3, h2)
     gh2 = mm(gz3, wts.w3)
     del h2, z3, gz3
     r2 = _bn_backward(bn2, g2, b2, gh2, z2, relu=True, out=gh2)
@@ -363,7 +389,8 @@ class MixedOpFunction(torch.autograd.Function):
     autograd record, each IR candidate's weights in kernel layout (parameter-sized).
     Recomputed: every intermediate (z1, z2, h2, z3, one candidate at a time in backward), unless
     the layer's z1, z2 and z3 together fit the keep budget (:func:`keep_budget_bytes`): then
-    they are saved too and the backward rebuilds only h2 (one elementwise pass).
+    they are saved too and the backward reads h2 from z2 through the products' prologue (or rebuilds it
+    in one elementwise pass where torch multiplies).
     """
 
     @staticmethod
