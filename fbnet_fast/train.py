@@ -190,7 +190,8 @@ class Trainer:
             (decay if p.dim() > 1 else no_decay).append(p)
         self.opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                                     {"params": no_decay, "weight_decay": 0.0}],
-                                   lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+                                   lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                   foreach=True)  # one fused update, not a loop over the tensors
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, RampCosine(cfg.lr_ramp_steps, cfg.epochs * self.steps_per_epoch))
         self.epoch = 0  # epochs completed

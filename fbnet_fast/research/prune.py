@@ -237,7 +237,7 @@ def _train(model: nn.Module, data: _Data, cfg: PruneConfig, masks: dict[str, tor
     decay = [p for p in model.parameters() if p.dim() > 1]
     other = [p for p in model.parameters() if p.dim() <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
     if masks is not None:
         apply_masks(model, masks)
