@@ -36,7 +36,7 @@ from torch import nn
 
 from .blocks import build_block, build_head, build_stem
 from .errors import CheckpointError, SpaceError
-from .ops import block_op, check_impl
+from .ops import block_op, check_impl, head_op
 from .space import Architecture, SearchSpace
 
 __all__ = [
@@ -87,6 +87,7 @@ class FBNetModel(nn.Module):
         else:
             for block in self.blocks:
                 x = block_op(x, block, impl=self.impl)
+            return head_op(x, self.head, impl=self.impl)
         return self.head(x)
 
     def extra_repr(self) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .blocks import build_block, build_head, build_stem
 from .errors import ConfigError
-from .ops import check_impl
+from .ops import check_impl, head_op
 from .space import Architecture, LayerSpec, SearchSpace
 
 __all__ = ["MixedOp", "Supernet", "gumbel_weights"]
@@ -144,4 +144,5 @@ class Supernet(nn.Module):
         x = self.stem(x)
         for op, w in zip(self.layers, weights):
             x = op(x, w)
-        return self.head(x)
+        impl = self.layers[0].impl if len(self.layers) else "reference"
+        return self.head(x) if impl == "reference" else head_op(x, self.head, impl=impl)

@@ -357,3 +357,50 @@ def test_block_op_dispatch():
         block_op(x, nn.Conv2d(8, 8, 1), impl="cpp")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(block_op(x, ir, impl="auto"), ir(x), rtol=0, atol=0)  # the eager block
+
+
+# ---- the head's conv + BN + ReLU + pool as one Function (fbnet_fast.ops.head_fused, used by head_op on CPU)
+@needs_ext
+@pytest.mark.parametrize("n,c_in,c_head,hw", [(2, 16, 64, 4), (3, 24, 40, 3), (4, 88, 1504, 4), (2, 8, 24, 1)])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_fused_head_matches_reference(n, c_in, c_head, hw, train):
+    """Output, every parameter's gradient and the BN running statistics of the fused head vs the eager head and
+    fp64, under the rule of the network steps (1x1 maps included: BN over N values a channel)."""
+    from fbnet_fast.blocks import Head
+    from fbnet_fast.ops import head_op
+
+    torch.manual_seed(0)
+    ref = Head(c_in=c_in, c_head=c_head, num_classes=10).train(train)
+    with torch.no_grad():
+        ref.bn.weight.normal_(1.0, 0.3)
+        ref.bn.bias.normal_(0.0, 0.3)
+        ref.bn.running_mean.normal_(0.0, 0.5)
+        ref.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(n, c_in, hw, hw, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(2))
+
+    def forward(kind, net, xx):
+        return head_op(xx, net, impl="cpp") if kind == "fused" else net(xx)
+
+    compare_net_step(ref, x, y, forward)
+
+
+@needs_ext
+def test_fused_head_dispatch():
+    """head_op runs the fused Function only where it applies; elsewhere the head's own forward, same result."""
+    from fbnet_fast.blocks import Head
+    from fbnet_fast.ops import head_fused, head_op
+
+    head = Head(c_in=8, c_head=16, num_classes=10).eval()
+    x = torch.randn(2, 8, 3, 3)
+    assert not head_fused.supports(x, head)  # NCHW input
+    xc = x.contiguous(memory_format=torch.channels_last)
+    assert head_fused.supports(xc, head)
+    torch.testing.assert_close(head_op(x, head, impl="cpp"), head(x))
+    torch.testing.assert_close(head_op(xc, head, impl="cpp"), head(xc))
+    folded = copy.deepcopy(head)
+    folded.bn = nn.Identity()  # BN folded away for deployment: not the fused head's structure
+    assert not head_fused.supports(xc, folded)
+    with pytest.raises(ValueError, match="unsupported head"):
+        head_fused.head_fused(x, head)

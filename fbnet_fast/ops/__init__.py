@@ -19,7 +19,7 @@ import torch
 from ..errors import ConfigError
 from .mixed_op_ref import active_candidates, mixed_op_ref
 
-__all__ = ["IMPLS", "KERNEL_CHOICES", "block_op", "mixed_op", "mixed_op_ref", "active_candidates", "resolve_impl", "check_impl"]
+__all__ = ["IMPLS", "KERNEL_CHOICES", "block_op", "head_op", "mixed_op", "mixed_op_ref", "active_candidates", "resolve_impl", "check_impl"]
 
 # The one list of mixed-op implementations: "reference" (eager, the oracle), "cpp" (fused CPU
 # kernels), "triton" (fused GPU kernels), "auto" (the fused kernels of the tensor's device when
@@ -103,6 +103,18 @@ def block_op(x: torch.Tensor, block: torch.nn.Module, *, impl: str = "auto") -> 
     if one is None:
         one = _ONE[x.device] = torch.ones(1, device=x.device)
     return _mixed(x, one, [block], impl, single=True)
+
+
+def head_op(x: torch.Tensor, head: torch.nn.Module, *, impl: str = "auto") -> torch.Tensor:
+    """``head(x)``; on CPU with the fused kernels (``impl`` "auto" or "cpp"), the head's conv + BN + ReLU +
+    pool as one Function (:mod:`.head_fused`) where it applies (float32 channels_last input, a plain
+    head, no autocast), the head's own forward otherwise."""
+    impl = resolve_impl(check_impl(impl, what="head implementation"), x.device)
+    if impl != "cpp" or torch.is_autocast_enabled(x.device.type):
+        return head(x)
+    from .head_fused import head_fused, supports
+
+    return head_fused(x, head) if supports(x, head) else head(x)
 
 
 # the weight of a one-candidate "mixed op", per device (a constant: no gradient is asked of it)
