@@ -118,9 +118,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("z"), py::arg("M"), py::arg("C"), py::arg("scale"), py::arg("shift"), py::arg("relu"),
         py::arg("out"));
   m.def("affine_act_accumulate",
-        &call<&Table::affine_act_accumulate, buf_t, int64_t, int64_t, buf_t, buf_t, bool, float, buf_t>, nogil,
-        py::arg("z"), py::arg("M"), py::arg("C"), py::arg("scale"), py::arg("shift"), py::arg("relu"),
-        py::arg("alpha"), py::arg("out"));
+        &call<&Table::affine_act_accumulate, buf_t, int64_t, int64_t, buf_t, buf_t, bool, float, buf_t, bool>,
+        nogil, py::arg("z"), py::arg("M"), py::arg("C"), py::arg("scale"), py::arg("shift"), py::arg("relu"),
+        py::arg("alpha"), py::arg("out"), py::arg("assign") = false);
   m.def("act_grad_sums",
         &call<&Table::act_grad_sums, buf_t, buf_t, int64_t, int64_t, buf_t, buf_t, bool, buf_t, buf_t, buf_t>,
         nogil, py::arg("grad"), py::arg("z"), py::arg("M"), py::arg("C"), py::arg("scale"), py::arg("shift"),

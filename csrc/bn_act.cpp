@@ -69,8 +69,9 @@ void affine_act(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool re
   }
 }
 
+// assign: out = alpha * act(...) (out's old values unread: the first term of a sum, no zero-fill pass)
 void affine_act_accumulate(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
-                           float alpha, buf_t out) {
+                           float alpha, buf_t out, bool assign) {
   check_buf(z, "z"); check_buf(scale, "scale"); check_buf(shift, "shift"); check_buf(out, "out");
   const float* __restrict__ a = CF(scale);
   const float* __restrict__ b = CF(shift);
@@ -80,7 +81,13 @@ void affine_act_accumulate(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shi
   for (int64_t r = 0; r < M; ++r) {
     const float* __restrict__ zr = zp + r * C;
     float* __restrict__ o = op + r * C;
-    if (relu) {
+    if (assign && relu) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = alpha * std::max(a[c] * zr[c] + b[c], 0.0f);
+    } else if (assign) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = alpha * (a[c] * zr[c] + b[c]);
+    } else if (relu) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) o[c] += alpha * std::max(a[c] * zr[c] + b[c], 0.0f);
     } else {

@@ -11,7 +11,7 @@
   void bn_stats(buf_t z, int64_t M, int64_t C, buf_t mean_out, buf_t var_out);                    \
   void affine_act(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu, buf_t out); \
   void affine_act_accumulate(buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,  \
-                             float alpha, buf_t out);                                             \
+                             float alpha, buf_t out, bool assign);                                             \
   void act_grad_sums(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu, \
                      buf_t center, buf_t sum_g, buf_t sum_gz);                                    \
   void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift,           \

@@ -91,6 +91,7 @@ class Supernet(nn.Module):
         self.space = space
         self.stem = build_stem(space)
         self.layers = nn.ModuleList(MixedOp(l, space.candidates, impl=impl) for l in space.layers)
+        self.impl = impl  # the layers' implementation, also the head's (ops.head_op)
         self.head = build_head(space, dropout=dropout)
 
     # ---- parameter groups ---------------------------------------------------------------
@@ -110,6 +111,7 @@ class Supernet(nn.Module):
 
     def set_impl(self, impl: str) -> None:
         impl = check_impl(impl)
+        self.impl = impl
         for op in self.layers:
             op.impl = impl
 
@@ -144,5 +146,4 @@ class Supernet(nn.Module):
         x = self.stem(x)
         for op, w in zip(self.layers, weights):
             x = op(x, w)
-        impl = self.layers[0].impl if len(self.layers) else "reference"
-        return self.head(x) if impl == "reference" else head_op(x, self.head, impl=impl)
+        return self.head(x) if self.impl == "reference" else head_op(x, self.head, impl=self.impl)

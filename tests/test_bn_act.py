@@ -54,6 +54,12 @@ def test_affine_act_and_accumulate(m, c, relu):
     out32 = torch.ones(m, c)
     bn_act_ref.affine_act_accumulate_ref(out32, z, a, b, relu=relu, alpha=0.37)
     assert_close_to_ref("accumulate", out, out32, 1 + 0.37 * ref)
+    # assign: the first term of a sum, out's old values (NaN here) never read; the same bits as adding to zeros
+    out = torch.full((m, c), float("nan"))
+    bn_act.affine_act_accumulate_(out, z, a, b, relu=relu, alpha=0.37, assign=True)
+    zeros = torch.zeros(m, c)
+    bn_act.affine_act_accumulate_(zeros, z, a, b, relu=relu, alpha=0.37)
+    assert torch.equal(out, zeros)
     # In place over z (the forward reuses z2's buffer for h2).
     zz = z.clone()
     bn_act.affine_act(zz, a, b, relu=relu, out=zz)

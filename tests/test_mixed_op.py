@@ -163,11 +163,12 @@ def test_keep_budget_decides_per_layer_what_is_saved(stride, monkeypatch):
         _, acts = _saved(op, x, w)
         big = sum(t.numel() * 4 for t in acts if t.dim() > 1)
         assert big == (need if keeps else 0), (mib, big, need)
-    # No backward can follow (evaluation under no_grad): nothing is kept, h2 is written in place.
+    # No backward can follow (evaluation under no_grad): nothing is kept.
     monkeypatch.setenv(KEEP_ENV, "inf")
     calls = []
     real = mixed_op_fused_mod._ir_forward
-    monkeypatch.setattr(mixed_op_fused_mod, "_ir_forward", lambda *a: calls.append(a[-1]) or real(*a))
+    # _ir_forward(c, ps, wts, x2, shape, out2, alpha, keep, first): record keep
+    monkeypatch.setattr(mixed_op_fused_mod, "_ir_forward", lambda *a: calls.append(a[-2]) or real(*a))
     with torch.no_grad():
         mixed_op_fused(x, w, op.candidates)
     assert calls and not any(calls)

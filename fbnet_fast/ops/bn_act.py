@@ -121,16 +121,19 @@ def affine_act(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *, rel
 
 
 def affine_act_accumulate_(out: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *,
-                           relu: bool, alpha: float) -> None:
-    """``out [M, C] += alpha * act(scale * z + shift)`` in place."""
+                           relu: bool, alpha: float, assign: bool = False) -> None:
+    """``out [M, C] += alpha * act(scale * z + shift)`` in place; with ``assign``, ``out = alpha * act(...)``
+    (the first term of a sum: ``out``'s old values are not read, so it need not be zero-filled first)."""
     _check_affine(z, scale, shift)
     check_act(out, "out", 2)
     if out.shape != z.shape:
         raise ValueError(f"out {list(out.shape)} and z {list(z.shape)} must have the same shape")
     if (tk := backend(z, FAMILY)) is not None:
+        if assign:
+            out.zero_()
         return tk.affine_act_accumulate_(out, z, scale, shift, relu=relu, alpha=alpha)
     cpu_ext().affine_act_accumulate(z.data_ptr(), z.shape[0], z.shape[1], scale.data_ptr(), shift.data_ptr(),
-                                    bool(relu), float(alpha), out.data_ptr())
+                                    bool(relu), float(alpha), out.data_ptr(), bool(assign))
 
 
 def act_grad_sums(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,

@@ -230,8 +230,9 @@ def _mm_bn(bn: nn.BatchNorm2d, a, b, a_scale=None, a_shift=None) -> _MMBN:
     return _MMBN(mm(a, b, a_scale=a_scale, a_shift=a_shift), None)
 
 
-def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool):
-    """Adds ``alpha * block(x)`` into ``out2``; returns the BN statistics and, with ``keep``, ``[z1, z2, z3]``."""
+def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool, first: bool):
+    """Adds ``alpha * block(x)`` into ``out2`` (writes it, ``first``); returns the BN statistics and, with
+    ``keep``, ``[z1, z2, z3]``."""
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, _ = shape
@@ -246,12 +247,12 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
     r3 = _mm_bn(b.bn3, z2, wts.w3.t(), bn2.scale, bn2.shift)
     z3 = r3.out
     bn3 = _bn_fold(b.bn3, g3, b3, z3, r3.stats, None)
-    affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha)
+    affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha, assign=first)
     return ([bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch],
             [z1, z2, z3] if keep else [])
 
 
-def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, shape, go2, alpha, needs):
+def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, shape, go2, alpha, needs, first):
     b = c.block
     w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
     n, h, w, _ = shape
@@ -307,7 +308,7 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
         if c.inv_perm is not None:
             gw1d = gw1d[c.inv_perm]
         gw1 = _undense_1x1(gw1d, b.groups, w1.shape)
-    mm(gz1, wts.w1, gx2, accumulate=True)
+    mm(gz1, wts.w1, gx2, accumulate=not first)  # first: gx2 is written, not read (no zero fill)
     grads = [gw1, gf1.grad_gamma, gf1.grad_beta, bw.grad_weight.t().reshape(wd.shape) if needs[3] else None,
              r2.grad_gamma, r2.grad_beta, _undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None,
              r3.grad_gamma, r3.grad_beta]
@@ -320,15 +321,15 @@ def _skip_input(c: _Cand, x4):
     return xs.reshape(-1, x4.shape[3])
 
 
-def _skip_forward(c: _Cand, ps, x4, out2, alpha):
+def _skip_forward(c: _Cand, ps, x4, out2, alpha, first: bool):
     wc, g, bb = ps
     z = mm(_skip_input(c, x4), wc.reshape(wc.shape[0], -1).t())
     bn = _bn_fold(c.block.bn, g, bb, z, None, None)
-    affine_act_accumulate_(out2, z, bn.scale, bn.shift, relu=True, alpha=alpha)
+    affine_act_accumulate_(out2, z, bn.scale, bn.shift, relu=True, alpha=alpha, assign=first)
     return [bn.mean, bn.var], [bn.batch]
 
 
-def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs):
+def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs, first):
     wc, g, bb = ps
     s = c.block.stride
     w2 = wc.reshape(wc.shape[0], -1)
@@ -338,8 +339,13 @@ def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs):
     r = _bn_backward(bn, g, bb, go2, z, relu=True, alpha=alpha, out=z)
     gxs = mm(r.grad_z, w2)
     if s == 1:
-        gx4.view(-1, gx4.shape[3]).add_(gxs)
+        if first:
+            gx4.view(-1, gx4.shape[3]).copy_(gxs)
+        else:
+            gx4.view(-1, gx4.shape[3]).add_(gxs)
     else:
+        if first:
+            gx4.zero_()  # only every s-th pixel gets a gradient here
         gx4[:, ::s, ::s, :] += gxs.view(gx4.shape[0], -1, gx4[:, ::s, ::s, :].shape[2], gx4.shape[3])
     gwc = mm_tn(r.grad_z, xs).reshape(wc.shape) if needs[0] else None
     return [gwc, r.grad_gamma if needs[1] else None, r.grad_beta if needs[2] else None], r.weight_dot
@@ -401,27 +407,31 @@ class MixedOpFunction(torch.autograd.Function):
         c_out = cands[0].block.c_out
         stride = cands[0].block.stride
         ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
-        out4 = x4.new_zeros(n, ho, wo, c_out)
+        out4 = x4.new_empty(n, ho, wo, c_out)  # written by the first candidate that adds to it
         out2, x2 = out4.view(-1, c_out), x4.view(-1, cin)
         # ``grad``: a backward can follow (grad mode on and an input requiring grad), known only to the caller:
         # under no_grad, ctx.needs_input_grad still says True.
         keep = grad and kept_bytes(cands, n * h * w, n * ho * wo) <= keep_budget_bytes()
-        saved, batch, wts, kept, residual, k = [], [], [], [], 0.0, 0
+        saved, batch, wts, kept, residual, k, first = [], [], [], [], 0.0, 0, True
         for c in cands:
             ps, k = params[k:k + c.nparams], k + c.nparams
             alpha = wl[c.index]
             wts.append(_ir_weights(c, ps) if c.kind == "ir" else None)
             if c.kind == "ir":
-                s, bt, kp = _ir_forward(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep)
+                s, bt, kp = _ir_forward(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep, first)
                 kept += kp
                 residual += alpha if c.block.residual else 0.0
+                first = False
             elif c.kind == "skip_conv":
-                s, bt = _skip_forward(c, ps, x4, out2, alpha)
+                s, bt = _skip_forward(c, ps, x4, out2, alpha, first)
+                first = False
             else:
                 s, bt = [], []
                 residual += alpha
             saved += s
             batch.append(bt)
+        if first:  # identity skips only
+            out2.zero_()
         if residual:
             out2.add_(x2, alpha=residual)
         ctx.cands, ctx.batch, ctx.nparams, ctx.wts, ctx.keep = cands, batch, len(params), wts, keep
@@ -439,9 +449,9 @@ class MixedOpFunction(torch.autograd.Function):
         n, h, w, cin = x4.shape
         go4 = _nhwc(grad)
         go2, x2 = go4.view(-1, go4.shape[3]), x4.view(-1, cin)
-        gx4 = torch.zeros_like(x4)
+        gx4 = torch.empty_like(x4)  # written by the first candidate's input gradient
         gx2 = gx4.view(-1, cin)
-        dots, grads, residual, x_dot, k, j, i_ir = [], [], 0.0, None, 0, 0, 0
+        dots, grads, residual, x_dot, k, j, i_ir, first = [], [], 0.0, None, 0, 0, 0, True
         for c, bt, wts in zip(ctx.cands, ctx.batch, ctx.wts):
             ps, k = params[k:k + c.nparams], k + c.nparams
             sv, j = saved[j:j + 2 * len(bt)], j + 2 * len(bt)
@@ -451,11 +461,11 @@ class MixedOpFunction(torch.autograd.Function):
             if c.kind == "ir":
                 kp = kept[3 * i_ir:3 * i_ir + 3] if ctx.keep else None
                 i_ir += 1
-                g, dot = _ir_backward(c, ps, wts, sv, bt, kp, x2, gx2, x4.shape, go2, alpha, needs)
-                is_res = c.block.residual
+                g, dot = _ir_backward(c, ps, wts, sv, bt, kp, x2, gx2, x4.shape, go2, alpha, needs, first)
+                is_res, first = c.block.residual, False
             elif c.kind == "skip_conv":
-                g, dot = _skip_backward(c, ps, sv, bt, x4, gx4, go2, alpha, needs)
-                is_res = False
+                g, dot = _skip_backward(c, ps, sv, bt, x4, gx4, go2, alpha, needs, first)
+                is_res, first = False, False
             else:
                 g, is_res = [], True
             if is_res:
@@ -465,6 +475,8 @@ class MixedOpFunction(torch.autograd.Function):
                 dot = x_dot if dot is None else dot + x_dot
             dots.append(dot.reshape(()))
             grads += g
+        if first:  # identity skips only
+            gx2.zero_()
         if residual:
             gx2.add_(go2, alpha=residual)
         index = torch.tensor([c.index for c in ctx.cands], device=weights.device)
