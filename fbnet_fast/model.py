@@ -36,7 +36,7 @@ from torch import nn
 
 from .blocks import build_block, build_head, build_stem
 from .errors import CheckpointError, SpaceError
-from .ops import block_op, check_impl, head_op
+from .ops import block_op, check_impl, head_op, stem_op
 from .space import Architecture, SearchSpace
 
 __all__ = [
@@ -81,10 +81,10 @@ class FBNetModel(nn.Module):
         self.head = build_head(space, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
         if self.impl == "reference":
-            x = self.blocks(x)
+            x = self.blocks(self.stem(x))
         else:
+            x = stem_op(x, self.stem, impl=self.impl)
             for block in self.blocks:
                 x = block_op(x, block, impl=self.impl)
             return head_op(x, self.head, impl=self.impl)

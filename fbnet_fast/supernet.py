@@ -20,7 +20,7 @@ from torch import nn
 
 from .blocks import build_block, build_head, build_stem
 from .errors import ConfigError
-from .ops import check_impl, head_op
+from .ops import check_impl, head_op, stem_op
 from .space import Architecture, LayerSpec, SearchSpace
 
 __all__ = ["MixedOp", "Supernet", "gumbel_weights"]
@@ -143,7 +143,7 @@ class Supernet(nn.Module):
             raise ConfigError(
                 f"supernet weights must be [{len(self.layers)}, {len(self.space.candidates)}], got {list(weights.shape)}"
             )
-        x = self.stem(x)
+        x = self.stem(x) if self.impl == "reference" else stem_op(x, self.stem, impl=self.impl)
         for op, w in zip(self.layers, weights):
             x = op(x, w)
         return self.head(x) if self.impl == "reference" else head_op(x, self.head, impl=self.impl)

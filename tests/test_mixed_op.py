@@ -405,3 +405,31 @@ def test_fused_head_dispatch():
     assert not head_fused.supports(xc, folded)
     with pytest.raises(ValueError, match="unsupported head"):
         head_fused.head_fused(x, head)
+
+
+@needs_ext
+@pytest.mark.parametrize("n,c_out,hw,cl", [(2, 8, 16, True), (3, 16, 7, False), (2, 32, 1, True)])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_fused_stem_matches_reference(n, c_out, hw, cl, train):
+    """The stem (torch's conv, then BN + ReLU as one Function) vs the eager stem and fp64: output (pooled into
+    logits), every parameter's gradient, the BN running statistics."""
+    from fbnet_fast.blocks import Stem
+    from fbnet_fast.ops import stem_op
+
+    torch.manual_seed(0)
+    ref = Stem(c_in=3, c_out=c_out, stride=1).train(train)
+    with torch.no_grad():
+        ref.bn.weight.normal_(1.0, 0.3)
+        ref.bn.bias.normal_(0.0, 0.3)
+        ref.bn.running_mean.normal_(0.0, 0.5)
+        ref.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(n, 3, hw, hw, generator=torch.Generator().manual_seed(1))
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, c_out, (n,), generator=torch.Generator().manual_seed(2))
+
+    def forward(kind, net, xx):
+        out = stem_op(xx, net, impl="cpp") if kind == "fused" else net(xx)
+        return out.mean((2, 3))
+
+    compare_net_step(ref, x, y, forward)

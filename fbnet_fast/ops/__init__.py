@@ -19,7 +19,7 @@ import torch
 from ..errors import ConfigError
 from .mixed_op_ref import active_candidates, mixed_op_ref
 
-__all__ = ["IMPLS", "KERNEL_CHOICES", "block_op", "head_op", "mixed_op", "mixed_op_ref", "active_candidates", "resolve_impl", "check_impl"]
+__all__ = ["IMPLS", "KERNEL_CHOICES", "block_op", "head_op", "mixed_op", "stem_op", "mixed_op_ref", "active_candidates", "resolve_impl", "check_impl"]
 
 # The one list of mixed-op implementations: "reference" (eager, the oracle), "cpp" (fused CPU
 # kernels), "triton" (fused GPU kernels), "auto" (the fused kernels of the tensor's device when
@@ -115,6 +115,17 @@ def head_op(x: torch.Tensor, head: torch.nn.Module, *, impl: str = "auto") -> to
     from .head_fused import head_fused, supports
 
     return head_fused(x, head) if supports(x, head) else head(x)
+
+
+def stem_op(x: torch.Tensor, stem: torch.nn.Module, *, impl: str = "auto") -> torch.Tensor:
+    """``stem(x)``; on CPU with the fused kernels, torch's conv and then BN + ReLU as one Function
+    (:func:`.head_fused.stem_fused`) where it applies, the stem's own forward otherwise."""
+    impl = resolve_impl(check_impl(impl, what="stem implementation"), x.device)
+    if impl != "cpp" or torch.is_autocast_enabled(x.device.type):
+        return stem(x)
+    from .head_fused import stem_fused, supports_stem
+
+    return stem_fused(x, stem) if supports_stem(x, stem) else stem(x)
 
 
 # the weight of a one-candidate "mixed op", per device (a constant: no gradient is asked of it)
