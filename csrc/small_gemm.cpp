@@ -16,8 +16,8 @@
 //   the tile reads that, so the activated tensor is never written;
 // * the output's per-column batch statistics (mean, biased variance) for the BatchNorm after
 //   the conv: per 64-row work item, its mean and centred sum of squares over the rows just
-//   written (in cache; float32 over <= 64 values), combined in work-item order in float64
-//   (M2 = sum M2_b + n_b (mean_b - mean)^2), so the result does not depend on the thread count.
+//   written (in cache; float32 over <= 64 values), merged in order in float64 (Chan's formula),
+//   so the result does not depend on the thread count.
 #include "kernels.h"
 
 #include <algorithm>
@@ -186,44 +186,60 @@ void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, 
   for (int64_t k = 0; k < K; ++k) std::memcpy(bp.data() + k * Np, bsrc + k * N, sizeof(float) * N);
   const float* ap = CF(a);
   float* op = F(out);
-  constexpr int64_t kRows = 64;  // rows per work item (a multiple of kP)
+  constexpr int64_t kRows = 64;  // rows per block (a multiple of kP)
   const int64_t nblk = (M + kRows - 1) / kRows;
-  std::vector<double> part(stats ? static_cast<size_t>(nblk) * 2 * N : 0);
+  // Work items: one block; with statistics 16 blocks (1,024 rows) whose block statistics are merged in order
+  // in the item, so the partials stay small (a per-block array of M / 64 x 2N doubles was ~0.8 MB a call:
+  // mmap'ed and page-faulted anew by glibc on many calls, which made whole training steps bimodal).
+  const int64_t per_item = stats ? 16 : 1;
+  const int64_t nitem = (nblk + per_item - 1) / per_item;
+  std::vector<double> part(stats ? static_cast<size_t>(nitem) * 2 * N : 0);
 #pragma omp parallel
   {
     std::vector<float> abuf(sc ? static_cast<size_t>(kP * K) : 0);
+    std::vector<double> bst(stats ? static_cast<size_t>(2 * N) : 0);
 #pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t r1 = std::min(M, (blk + 1) * kRows);
-      int64_t r = blk * kRows;
-      for (; r + kP <= r1; r += kP)
-        row_block<kP>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate, sc, sh, abuf.data());
-      for (; r < r1; ++r)
-        row_block<1>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate, sc, sh, abuf.data());
-      if (stats)
-        block_stats(op + blk * kRows * ldo, ldo, r1 - blk * kRows, N, part.data() + blk * 2 * N,
-                    part.data() + blk * 2 * N + N);
+    for (int64_t item = 0; item < nitem; ++item) {
+      const int64_t b1 = std::min(nblk, (item + 1) * per_item);
+      double n = 0.0;
+      for (int64_t blk = item * per_item; blk < b1; ++blk) {
+        const int64_t r1 = std::min(M, (blk + 1) * kRows);
+        int64_t r = blk * kRows;
+        for (; r + kP <= r1; r += kP)
+          row_block<kP>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate, sc, sh, abuf.data());
+        for (; r < r1; ++r)
+          row_block<1>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate, sc, sh, abuf.data());
+        if (!stats) continue;
+        const int64_t rows = r1 - blk * kRows;
+        double* __restrict__ pm = part.data() + item * 2 * N;
+        block_stats(op + blk * kRows * ldo, ldo, rows, N, bst.data(), bst.data() + N);
+        // Chan's merge of the block (nb rows) into the item's running (mean, M2) over n rows
+        const double nb = static_cast<double>(rows), f = nb / (n + nb), g = n * f;
+        for (int64_t j = 0; j < N; ++j) {
+          const double delta = bst[j] - (n > 0 ? pm[j] : 0.0);
+          pm[j] = n > 0 ? pm[j] + delta * f : bst[j];
+          pm[N + j] = (n > 0 ? pm[N + j] : 0.0) + bst[N + j] + delta * delta * g;
+        }
+        n += nb;
+      }
     }
   }
   if (!stats) return;
   float* mo = F(mean_out);
   float* vo = F(var_out);
-  // Work items hold (mean_b, M2_b) of n_b = kRows rows each (the last maybe fewer). In float64, items in
-  // order: mean = sum n_b mean_b / M, then M2 = sum M2_b + n_b (mean_b - mean)^2 (the exact decomposition).
+  // Items merged in order in float64 (Chan's formula), so the result does not depend on the thread count.
   std::vector<double> mean(N, 0.0), m2(N, 0.0);
-  for (int64_t blk = 0; blk < nblk; ++blk) {
-    const double nb = static_cast<double>(std::min(M, (blk + 1) * kRows) - blk * kRows);
-    const double* pm = part.data() + blk * 2 * N;
-    for (int64_t j = 0; j < N; ++j) mean[j] += nb * pm[j];
-  }
-  for (int64_t j = 0; j < N; ++j) mean[j] /= static_cast<double>(M);
-  for (int64_t blk = 0; blk < nblk; ++blk) {
-    const double nb = static_cast<double>(std::min(M, (blk + 1) * kRows) - blk * kRows);
-    const double* pm = part.data() + blk * 2 * N;
+  double n = 0.0;
+  for (int64_t item = 0; item < nitem; ++item) {
+    const double ni = static_cast<double>(std::min(M, (item + 1) * per_item * kRows) - item * per_item * kRows);
+    const double f = ni / (n + ni), g = n * f;
+    const double* pm = part.data() + item * 2 * N;
     for (int64_t j = 0; j < N; ++j) {
-      const double d = pm[j] - mean[j];
-      m2[j] += pm[N + j] + nb * d * d;
+      const double delta = pm[j] - mean[j];
+      mean[j] += delta * f;
+      m2[j] += pm[N + j] + delta * delta * g;
     }
+    n += ni;
   }
   for (int64_t j = 0; j < N; ++j) {
     mo[j] = static_cast<float>(mean[j]);

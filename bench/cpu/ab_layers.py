@@ -12,14 +12,11 @@ stem and the 22 mixed ops once to get each layer's input, then times each layer'
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
+from checkout_ab import alternate, medians  # noqa: E402
 
 CHILD = r"""
 import sys, time, json, torch
@@ -57,19 +54,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    roots = {"baseline": args.baseline.resolve(), "this": ROOT}
-    out: dict[str, list[dict]] = {k: [] for k in roots}
-    for _ in range(args.rounds):
-        for name, root in roots.items():
-            env = dict(os.environ, PYTHONPATH=str(root))
-            r = subprocess.run([sys.executable, "-c", CHILD, str(args.threads)], cwd=root, env=env, check=True,
-                               capture_output=True, text=True)
-            out[name].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    out = alternate(args.baseline, CHILD, [str(args.threads)], args.rounds)
     print(f"default supernet, per layer fwd+bwd, {args.threads} thread(s), median of {args.rounds} rounds (ms)")
     tb = tn = 0.0
     for layer in out["this"][0]:
-        b = statistics.median(o[layer] for o in out["baseline"])
-        n = statistics.median(o[layer] for o in out["this"])
+        b, n = medians(out, layer)
         tb, tn = tb + b, tn + n
         print(f"  L{int(layer):02d} baseline {b:8.2f}  this {n:8.2f}  ({b / n:.2f}x)")
     print(f"  sum baseline {tb:.1f}  this {tn:.1f}  ({tb / tn:.2f}x)")

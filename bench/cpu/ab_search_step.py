@@ -7,7 +7,8 @@ The step: fbnet-cifar at width 0.25 (the default search's supernet), batch 64, s
 measurement is a fresh process (so one provider's allocator state or thread pool cannot favour the
 next) that runs 6 steps and reports the mean of the middle two of the last four; rounds alternate the
 providers (``fused``, ``reference``, and ``baseline`` = the fused path of the checkout at ``--baseline``,
-with its own build of ``fbnet_fast._C``, e.g. a ``git worktree`` of an older commit). Prints the
+with its own build of ``fbnet_fast._C``, e.g. a ``git worktree`` of an older commit). Each process tunes
+malloc as the ``fbnet-fast`` commands do (``fbnet_fast.malloc``), where its checkout has that. Prints the
 medians over rounds and each one's speed-up over ``reference``.
 
 ``--as-avx2`` runs every process as an AVX2-only CPU would (torch, oneDNN and MKL held to AVX2, our
@@ -33,6 +34,11 @@ CHILD = r"""
 import json, sys, time, torch
 threads, impl, isa = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 torch.set_num_threads(threads)
+try:  # as the fbnet-fast commands run (fbnet_fast/malloc.py); a checkout from before it has none
+    from fbnet_fast.malloc import tune_malloc
+    tune_malloc()
+except ImportError:
+    pass
 from fbnet_fast.ops import _ext
 if isa != "-":
     _ext.load().set_isa(isa)

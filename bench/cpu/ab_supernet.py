@@ -35,6 +35,9 @@ PROVIDERS = ("eager_cl", "fused")
 
 def main(threads: int, rounds: int) -> None:
     torch.set_num_threads(threads)
+    from fbnet_fast.malloc import tune_malloc
+
+    tune_malloc()  # as the fbnet-fast commands run (both providers)
     nets = {p: b._supernet(*b.SUPERNET_PROVIDERS[p]) for p in PROVIDERS}
 
     def step(p):

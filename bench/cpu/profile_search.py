@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                    "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 in the environment "
                    "this profiles an AVX2-only CPU's instruction mix (as bench/cpu/search_wall.py --as-avx2)")
     args = p.parse_args(argv)
+    from fbnet_fast.malloc import tune_malloc
+
+    tune_malloc()  # as the fbnet-fast commands run
     if args.isa:
         from fbnet_fast.ops import _ext
 

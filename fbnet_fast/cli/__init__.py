@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _, _, run = _all_commands()[args.command]
+    from ..malloc import tune_malloc
+
+    tune_malloc()  # the training steps' tensors reused from the heap, not mapped anew (fbnet_fast/malloc.py)
     try:
         return int(run(args) or 0)
     except FBNetError as e:

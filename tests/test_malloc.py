@@ -1,0 +1,38 @@
+"""fbnet_fast.malloc: glibc's thresholds held for the process, unless the user chose otherwise."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+CODE = "from fbnet_fast.malloc import tune_malloc; print(tune_malloc(), tune_malloc())"
+
+
+def _run(env_extra: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "FBNET_FAST_MALLOC")}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-c", CODE], env=env, check=True, capture_output=True,
+                          text=True).stdout.split()
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_tunes_glibc_once_and_respects_the_environment():
+    assert _run({}) == ["True", "True"]  # set once, the answer cached
+    assert _run({"FBNET_FAST_MALLOC": "0"}) == ["False", "False"]
+    assert _run({"MALLOC_MMAP_THRESHOLD_": "131072"}) == ["False", "False"]  # the user's own choice wins
+    assert _run({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}) == ["False", "False"]
+
+
+def test_cli_calls_it(monkeypatch):
+    import fbnet_fast.malloc as m
+    from fbnet_fast.cli import main
+
+    calls = []
+    monkeypatch.setattr(m, "tune_malloc", lambda: calls.append(1) or True)
+    assert main(["space", "fbnet-cifar"]) == 0
+    assert calls == [1]
