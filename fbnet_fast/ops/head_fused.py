@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .bn_act import affine_act
-from .mixed_op_fused import _bn_backward, _bn_fold, _bn_refold
+from .mixed_op_fused import fold_module_bn, module_bn_backward, refold_module_bn
 
 __all__ = ["BNReLUFunction", "HeadFunction", "bn_relu_fused", "head_fused", "stem_fused", "supports",
            "supports_stem"]
@@ -52,7 +52,7 @@ class HeadFunction(torch.autograd.Function):
         x2 = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in)  # a view for channels_last
         w2 = weight.reshape(c, c_in)
         z = torch.mm(x2, w2.t())
-        fold = _bn_fold(bn, gamma, beta, z, None, None)  # batch statistics (and the running update) or running
+        fold = fold_module_bn(bn, gamma, beta, z, None, None)  # batch statistics (and the running update) or running
         act = affine_act(z, fold.scale, fold.shift, relu=True)
         pooled = act.view(n, h * w, c).mean(1)
         ctx.bn, ctx.batch, ctx.hw = bn, fold.batch, h * w
@@ -64,10 +64,10 @@ class HeadFunction(torch.autograd.Function):
         x, weight, gamma, beta, z, mean, var = ctx.saved_tensors
         n, c_in, h, w = x.shape
         c = weight.shape[0]
-        bn = _bn_refold(ctx.bn, gamma, beta, mean, var, ctx.batch, None)
+        bn = refold_module_bn(ctx.bn, gamma, beta, mean, var, ctx.batch, None)
         # the pool's gradient, grad / (H W) at every pixel, written once as the BN backward's input
         g = (grad / ctx.hw).unsqueeze(1).expand(n, ctx.hw, c).reshape(n * ctx.hw, c)
-        r = _bn_backward(bn, gamma, beta, g, z, relu=True, out=g)
+        r = module_bn_backward(bn, gamma, beta, g, z, relu=True, out=g)
         gz = r.grad_z
         x2 = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in)
         w2 = weight.reshape(c, c_in)
@@ -103,7 +103,7 @@ class BNReLUFunction(torch.autograd.Function):
     def forward(ctx, z, gamma, beta, bn):
         n, c, h, w = z.shape
         z2 = z.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view for channels_last
-        fold = _bn_fold(bn, gamma, beta, z2, None, None)
+        fold = fold_module_bn(bn, gamma, beta, z2, None, None)
         out = affine_act(z2, fold.scale, fold.shift, relu=True)
         ctx.bn, ctx.batch = bn, fold.batch
         ctx.save_for_backward(z, gamma, beta, fold.mean, fold.var)
@@ -115,8 +115,8 @@ class BNReLUFunction(torch.autograd.Function):
         n, c, h, w = z.shape
         z2 = z.permute(0, 2, 3, 1).reshape(n * h * w, c)
         g2 = grad.permute(0, 2, 3, 1).contiguous().view(n * h * w, c)
-        bn = _bn_refold(ctx.bn, gamma, beta, mean, var, ctx.batch, None)
-        r = _bn_backward(bn, gamma, beta, g2, z2, relu=True)
+        bn = refold_module_bn(ctx.bn, gamma, beta, mean, var, ctx.batch, None)
+        r = module_bn_backward(bn, gamma, beta, g2, z2, relu=True)
         return r.grad_z.view(n, h, w, c).permute(0, 3, 1, 2), r.grad_gamma, r.grad_beta, None
 
 

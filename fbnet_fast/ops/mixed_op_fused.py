@@ -50,8 +50,8 @@ from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
 from .gemm import mm, mm_stats, mm_tn, small_rule, small_tn_rule
 from .mixed_op_ref import active_candidates
 
-__all__ = ["FUSED_KINDS", "KEEP_ENV", "MixedOpFunction", "keep_budget_bytes", "kept_bytes", "mixed_op_fused",
-           "supports"]
+__all__ = ["FUSED_KINDS", "KEEP_ENV", "MixedOpFunction", "fold_module_bn", "keep_budget_bytes", "kept_bytes",
+           "mixed_op_fused", "module_bn_backward", "refold_module_bn", "supports"]
 
 # The block classes the fused kernels implement, by kind: exact classes, not subclasses and
 # not look-alikes (a block with a depthwise conv plus, say, squeeze-excite is not an IR
@@ -91,7 +91,7 @@ def _uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
     return bn.training or (bn.running_mean is None and bn.running_var is None)
 
 
-def _bn_fold(bn: nn.BatchNorm2d, gamma, beta, z2d: torch.Tensor, stats, perm) -> _BN:
+def fold_module_bn(bn: nn.BatchNorm2d, gamma, beta, z2d: torch.Tensor, stats, perm) -> _BN:
     """Fold ``bn`` into scale/shift; with batch statistics, update running stats as nn.BatchNorm2d does.
 
     ``stats`` is ``(mean, var)`` already computed (by a fused kernel) or ``None`` to
@@ -119,7 +119,7 @@ def _bn_fold(bn: nn.BatchNorm2d, gamma, beta, z2d: torch.Tensor, stats, perm) ->
     return _BN(fold.scale, fold.shift, mean, var, fold.invstd, False)
 
 
-def _bn_refold(bn: nn.BatchNorm2d, gamma, beta, mean, var, batch, perm) -> _BN:
+def refold_module_bn(bn: nn.BatchNorm2d, gamma, beta, mean, var, batch, perm) -> _BN:
     """The forward's fold, rebuilt in backward from the saved ``mean, var`` (same bits)."""
     fold = bn_fold(mean, var, gamma, beta, eps=bn.eps, perm=perm)
     return _BN(fold.scale, fold.shift, mean, var, fold.invstd, batch)
@@ -132,7 +132,7 @@ class _BNGrad(NamedTuple):
     weight_dot: torch.Tensor  # scalar: sum(grad_y * y), the Gumbel weight's gradient
 
 
-def _bn_backward(bn: _BN, gamma, beta, grad_y, z, *, relu: bool, alpha: float = 1.0,
+def module_bn_backward(bn: _BN, gamma, beta, grad_y, z, *, relu: bool, alpha: float = 1.0,
                  out: torch.Tensor | None = None) -> _BNGrad:
     """Backward of ``y = act(bn(z))`` scaled by ``alpha``; ``gamma, beta`` module order (no perm)."""
     s_g, s_gz = act_grad_sums(grad_y, z, bn.scale, bn.shift, bn.mean, relu=relu)
@@ -237,16 +237,16 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, _ = shape
     r1 = _mm_bn(b.bn1, x2, wts.w1.t())
-    bn1 = _bn_fold(b.bn1, g1, b1, r1.out, r1.stats, c.perm)
+    bn1 = fold_module_bn(b.bn1, g1, b1, r1.out, r1.stats, c.perm)
     z1 = r1.out
     batch2 = _uses_batch_stats(b.bn2)
     fw = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wts.wt, b.stride, stats=batch2)
     z2 = fw.out.view(-1, b.mid)
-    bn2 = _bn_fold(b.bn2, g2, b2, z2, (fw.mean, fw.var) if batch2 else None, None)
+    bn2 = fold_module_bn(b.bn2, g2, b2, z2, (fw.mean, fw.var) if batch2 else None, None)
     # h2 = relu(bn2(z2)) as the product's prologue: never written where the small kernel runs
     r3 = _mm_bn(b.bn3, z2, wts.w3.t(), bn2.scale, bn2.shift)
     z3 = r3.out
-    bn3 = _bn_fold(b.bn3, g3, b3, z3, r3.stats, None)
+    bn3 = fold_module_bn(b.bn3, g3, b3, z3, r3.stats, None)
     affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha, assign=first)
     return ([bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch],
             [z1, z2, z3] if keep else [])
@@ -257,9 +257,9 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
     w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
     n, h, w, _ = shape
     m1, v1, m2, v2, m3, v3 = saved
-    bn1 = _bn_refold(b.bn1, g1, b1, m1, v1, batch[0], c.perm)
-    bn2 = _bn_refold(b.bn2, g2, b2, m2, v2, batch[1], None)
-    bn3 = _bn_refold(b.bn3, g3, b3, m3, v3, batch[2], None)
+    bn1 = refold_module_bn(b.bn1, g1, b1, m1, v1, batch[0], c.perm)
+    bn2 = refold_module_bn(b.bn2, g2, b2, m2, v2, batch[1], None)
+    bn3 = refold_module_bn(b.bn3, g3, b3, m3, v3, batch[2], None)
     # h2 = relu(bn2(z2)) feeds W3's product (recomputed z3) and its weight gradient: read from z2 through the
     # kernels' prologue where the small kernels run both (h2 None), else written once.
     m_out = n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
@@ -282,7 +282,7 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
         del fw
         z3 = mm(z2, wts.w3.t(), a_scale=bn2.scale, a_shift=bn2.shift) if prologue else mm(h2, wts.w3.t())
     # In place over a recomputed z3; a kept one stays intact (a second backward with retain_graph).
-    r3 = _bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=None if kept else z3)
+    r3 = module_bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=None if kept else z3)
     gz3 = r3.grad_z
     # Frozen weights (a theta step of the search): their GEMMs and the depthwise weight
     # gradient are skipped, as eager autograd skips them.
@@ -291,7 +291,7 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
         gw3 = mm_tn(gz3, z2, y_scale=bn2.scale, y_shift=bn2.shift) if prologue else mm_tn(gz3, h2)
     gh2 = mm(gz3, wts.w3)
     del h2, z3, gz3
-    r2 = _bn_backward(bn2, g2, b2, gh2, z2, relu=True, out=gh2)
+    r2 = module_bn_backward(bn2, g2, b2, gh2, z2, relu=True, out=gh2)
     del z2
     ho, wo = conv_out_size(h, b.stride), conv_out_size(w, b.stride)
     bw = dwconv_bn_backward(r2.grad_z.view(n, ho, wo, b.mid), z1_4, bn1.scale, bn1.shift, wts.wt, b.stride,
@@ -324,7 +324,7 @@ def _skip_input(c: _Cand, x4):
 def _skip_forward(c: _Cand, ps, x4, out2, alpha, first: bool):
     wc, g, bb = ps
     z = mm(_skip_input(c, x4), wc.reshape(wc.shape[0], -1).t())
-    bn = _bn_fold(c.block.bn, g, bb, z, None, None)
+    bn = fold_module_bn(c.block.bn, g, bb, z, None, None)
     affine_act_accumulate_(out2, z, bn.scale, bn.shift, relu=True, alpha=alpha, assign=first)
     return [bn.mean, bn.var], [bn.batch]
 
@@ -335,8 +335,8 @@ def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs, first
     w2 = wc.reshape(wc.shape[0], -1)
     xs = _skip_input(c, x4)
     z = mm(xs, w2.t())
-    bn = _bn_refold(c.block.bn, g, bb, saved[0], saved[1], batch[0], None)
-    r = _bn_backward(bn, g, bb, go2, z, relu=True, alpha=alpha, out=z)
+    bn = refold_module_bn(c.block.bn, g, bb, saved[0], saved[1], batch[0], None)
+    r = module_bn_backward(bn, g, bb, go2, z, relu=True, alpha=alpha, out=z)
     gxs = mm(r.grad_z, w2)
     if s == 1:
         if first:
