@@ -10,13 +10,12 @@ median); prints the medians over rounds and the ratio baseline / this checkout. 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checkout_ab import alternate, medians  # noqa: E402
+from checkout_ab import alternate, medians, parser  # noqa: E402
 SHAPES = [(64, 32, 32, 8, 3, 2), (64, 32, 32, 8, 5, 2), (64, 32, 32, 24, 3, 2), (64, 32, 32, 24, 5, 2),
           (64, 32, 32, 48, 5, 2), (64, 16, 16, 24, 3, 2), (64, 8, 8, 96, 5, 2), (64, 32, 32, 48, 3, 1)]
 
@@ -45,10 +44,7 @@ print(json.dumps(res))
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--baseline", type=Path, required=True)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
+    p = parser(__doc__)
     p.add_argument("--no-weight-grad", action="store_true", help="backward without the weight gradient (a theta step)")
     args = p.parse_args()
     out = alternate(args.baseline, CHILD, [str(args.threads), "0" if args.no_weight_grad else "1", json.dumps(SHAPES)],

@@ -11,12 +11,11 @@ stem and the 22 mixed ops once to get each layer's input, then times each layer'
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checkout_ab import alternate, medians  # noqa: E402
+from checkout_ab import alternate, medians, parser  # noqa: E402
 
 CHILD = r"""
 import sys, time, json, torch
@@ -49,10 +48,7 @@ print(json.dumps(res))
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--baseline", type=Path, required=True)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
+    p = parser(__doc__)
     args = p.parse_args()
     out = alternate(args.baseline, CHILD, [str(args.threads)], args.rounds)
     print(f"default supernet, per layer fwd+bwd, {args.threads} thread(s), median of {args.rounds} rounds (ms)")

@@ -3,6 +3,7 @@ alternating between checkouts, and the per-key medians over the rounds."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -30,3 +31,12 @@ def alternate(baseline: Path, child: str, child_args: list[str], rounds: int) ->
 def medians(out: dict[str, list[dict]], key: str) -> tuple[float, float]:
     """(baseline, this) medians of one key over the rounds."""
     return (statistics.median(o[key] for o in out["baseline"]), statistics.median(o[key] for o in out["this"]))
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every checkout A/B takes: ``--baseline DIR`` (required), ``--threads``, ``--rounds``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--baseline", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
+    return p

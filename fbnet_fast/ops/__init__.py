@@ -109,23 +109,25 @@ def head_op(x: torch.Tensor, head: torch.nn.Module, *, impl: str = "auto") -> to
     """``head(x)``; on CPU with the fused kernels (``impl`` "auto" or "cpp"), the head's conv + BN + ReLU +
     pool as one Function (:mod:`.head_fused`) where it applies (float32 channels_last input, a plain
     head, no autocast), the head's own forward otherwise."""
-    impl = resolve_impl(check_impl(impl, what="head implementation"), x.device)
-    if impl != "cpp" or torch.is_autocast_enabled(x.device.type):
-        return head(x)
-    from .head_fused import head_fused, supports
-
-    return head_fused(x, head) if supports(x, head) else head(x)
+    return _fixed_part(x, head, impl, "head")
 
 
 def stem_op(x: torch.Tensor, stem: torch.nn.Module, *, impl: str = "auto") -> torch.Tensor:
     """``stem(x)``; on CPU with the fused kernels, torch's conv and then BN + ReLU as one Function
     (:func:`.head_fused.stem_fused`) where it applies, the stem's own forward otherwise."""
-    impl = resolve_impl(check_impl(impl, what="stem implementation"), x.device)
-    if impl != "cpp" or torch.is_autocast_enabled(x.device.type):
-        return stem(x)
-    from .head_fused import stem_fused, supports_stem
+    return _fixed_part(x, stem, impl, "stem")
 
-    return stem_fused(x, stem) if supports_stem(x, stem) else stem(x)
+
+def _fixed_part(x: torch.Tensor, module: torch.nn.Module, impl: str, part: str) -> torch.Tensor:
+    # the stem or the head: fused where head_fused supports it, the module's own forward elsewhere
+    impl = resolve_impl(check_impl(impl, what=f"{part} implementation"), x.device)
+    if impl != "cpp" or torch.is_autocast_enabled(x.device.type):
+        return module(x)
+    from . import head_fused
+
+    if part == "head":
+        return head_fused.head_fused(x, module) if head_fused.supports(x, module) else module(x)
+    return head_fused.stem_fused(x, module) if head_fused.supports_stem(x, module) else module(x)
 
 
 # the weight of a one-candidate "mixed op", per device (a constant: no gradient is asked of it)
