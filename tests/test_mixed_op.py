@@ -433,3 +433,79 @@ def test_fused_stem_matches_reference(n, c_out, hw, cl, train):
         return out.mean((2, 3))
 
     compare_net_step(ref, x, y, forward)
+
+
+def _with_running_stats(op, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in op.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 1.5 + 0.5)
+    return op.eval()
+
+
+@needs_ext
+@pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", SHAPES)
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_eval_without_grad_matches_reference(n, c_in, c_out, stride, h, w, cl, hard, isa):
+    """No autograd and BN with running statistics: the evaluation path (BN3 and the Gumbel weight folded into the
+    last product, which adds into the output) against the eager ensemble and fp64, under the same rule."""
+    from fbnet_fast.ops.testing import assert_close_to_ref, eager_variants
+
+    op = _with_running_stats(make_mixed_op(c_in, c_out, stride, h))
+    x = torch.randn(n, c_in, h, w, generator=torch.Generator().manual_seed(1))
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    theta = torch.randn(len(FBNET_CANDIDATES), generator=torch.Generator().manual_seed(2))
+    wts = gumbel_weights(theta, 1.0, hard=hard, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        fused = mixed_op_fused(x, wts, op.candidates)
+        f64 = copy.deepcopy(op).double()
+        ref64 = mixed_op_ref(x.double(), wts.double(), f64.candidates)
+        eagers = [mixed_op_ref(xx, ww, m.candidates) for _, m, (xx, ww) in eager_variants(op, [x, wts])]
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    assert_close_to_ref("output", fused, eagers, ref64)
+
+
+@needs_ext
+@pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", [SHAPES[1], SHAPES[3], SHAPES[15], SHAPES[20]])
+def test_eval_without_grad_with_torch_products(n, c_in, c_out, stride, h, w, cl, isa, monkeypatch):
+    """The evaluation path with every product in torch (its prologue as a pass of its own, accumulate by addmm)."""
+    from fbnet_fast.ops import gemm
+
+    monkeypatch.setenv(gemm.SMALL_ENV, "0")
+    test_eval_without_grad_matches_reference(n, c_in, c_out, stride, h, w, cl, False, isa)
+
+
+@needs_ext
+@pytest.mark.parametrize("stride,c_out", [(1, 8), (2, 16), (1, 16)])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "weights-grad"])
+def test_input_without_grad_gives_the_same_gradients(stride, c_out, train, frozen, isa, keep):
+    """x wanting no gradient (the first layer of a theta step, its stem frozen): the backward skips the input
+    gradient, and with frozen weights stops at BN3; theta's gradient, every parameter gradient asked for and the
+    BN running statistics are bit for bit those of the full backward (which the tests above hold to the
+    reference), and no parameter gradient appears where none was asked."""
+    base = make_mixed_op(8, c_out, stride, 7).train(train)
+    x = torch.randn(3, 8, 7, 7, generator=torch.Generator().manual_seed(1))
+    theta0 = torch.randn(len(FBNET_CANDIDATES), generator=torch.Generator().manual_seed(2))
+    go = torch.randn(3, c_out, (7 - 1) // stride + 1, (7 - 1) // stride + 1,
+                     generator=torch.Generator().manual_seed(3))
+    runs = []
+    for x_grad in (True, False):
+        op = copy.deepcopy(base)
+        for p in op.candidates.parameters():
+            p.requires_grad_(not frozen)
+        xx = x.clone().requires_grad_(x_grad)
+        theta = theta0.clone().requires_grad_(True)
+        w = gumbel_weights(theta, 1.0, generator=torch.Generator().manual_seed(7))
+        mixed_op_fused(xx, w, op.candidates).backward(go)
+        assert (xx.grad is not None) == x_grad
+        runs.append((theta.grad, [p.grad for p in op.candidates.parameters()], [b.clone() for b in op.buffers()]))
+    (t_full, g_full, b_full), (t_part, g_part, b_part) = runs
+    assert torch.equal(t_full, t_part)
+    for a, b in zip(g_full, g_part):
+        assert (a is None) == (b is None) == frozen
+        assert b is None or torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(b_full, b_part))

@@ -133,10 +133,15 @@ class _BNGrad(NamedTuple):
 
 
 def module_bn_backward(bn: _BN, gamma, beta, grad_y, z, *, relu: bool, alpha: float = 1.0,
-                 out: torch.Tensor | None = None) -> _BNGrad:
-    """Backward of ``y = act(bn(z))`` scaled by ``alpha``; ``gamma, beta`` module order (no perm)."""
+                 out: torch.Tensor | None = None, grad_z: bool = True) -> _BNGrad:
+    """Backward of ``y = act(bn(z))`` scaled by ``alpha``; ``gamma, beta`` module order (no perm).
+
+    ``grad_z=False``: only the ``[C]`` results (nothing below this BN wants a gradient), ``grad_z`` is None
+    and its elementwise pass is skipped."""
     s_g, s_gz = act_grad_sums(grad_y, z, bn.scale, bn.shift, bn.mean, relu=relu)
     gf = bn_grad_fold(s_g, s_gz, gamma, beta, bn.invstd, count=z.shape[0], batch=bn.batch, alpha=alpha)
+    if not grad_z:
+        return _BNGrad(None, gf.grad_gamma, gf.grad_beta, gf.weight_dot)
     grad_z = act_grad_apply(grad_y, z, bn.scale, bn.shift, bn.mean, gf.k1, gf.k2, gf.k3, relu=relu, out=out)
     return _BNGrad(grad_z, gf.grad_gamma, gf.grad_beta, gf.weight_dot)
 
@@ -253,7 +258,10 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
 
 
 def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, shape, go2, alpha, needs, first):
+    """``gx2`` None: x wants no gradient. With neither it nor a parameter below W3 wanting one (a theta step's
+    first layer), the backward stops at BN3: its sums give the Gumbel weight's gradient."""
     b = c.block
+    deep = gx2 is not None or any(needs[:6])
     w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
     n, h, w, _ = shape
     m1, v1, m2, v2, m3, v3 = saved
@@ -282,13 +290,18 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
         del fw
         z3 = mm(z2, wts.w3.t(), a_scale=bn2.scale, a_shift=bn2.shift) if prologue else mm(h2, wts.w3.t())
     # In place over a recomputed z3; a kept one stays intact (a second backward with retain_graph).
-    r3 = module_bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=None if kept else z3)
+    r3 = module_bn_backward(bn3, g3, b3, go2, z3, relu=False, alpha=alpha, out=None if kept else z3,
+                            grad_z=deep or needs[6])
     gz3 = r3.grad_z
     # Frozen weights (a theta step of the search): their GEMMs and the depthwise weight
     # gradient are skipped, as eager autograd skips them.
     gw3 = None
     if needs[6]:
         gw3 = mm_tn(gz3, z2, y_scale=bn2.scale, y_shift=bn2.shift) if prologue else mm_tn(gz3, h2)
+    if not deep:
+        grads = [None] * 6 + [_undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None, r3.grad_gamma,
+                              r3.grad_beta]
+        return [g if need else None for g, need in zip(grads, needs)], r3.weight_dot
     gh2 = mm(gz3, wts.w3)
     del h2, z3, gz3
     r2 = module_bn_backward(bn2, g2, b2, gh2, z2, relu=True, out=gh2)
@@ -308,7 +321,8 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, sha
         if c.inv_perm is not None:
             gw1d = gw1d[c.inv_perm]
         gw1 = _undense_1x1(gw1d, b.groups, w1.shape)
-    mm(gz1, wts.w1, gx2, accumulate=not first)  # first: gx2 is written, not read (no zero fill)
+    if gx2 is not None:
+        mm(gz1, wts.w1, gx2, accumulate=not first)  # first: gx2 is written, not read (no zero fill)
     grads = [gw1, gf1.grad_gamma, gf1.grad_beta, bw.grad_weight.t().reshape(wd.shape) if needs[3] else None,
              r2.grad_gamma, r2.grad_beta, _undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None,
              r3.grad_gamma, r3.grad_beta]
@@ -336,17 +350,18 @@ def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs, first
     xs = _skip_input(c, x4)
     z = mm(xs, w2.t())
     bn = refold_module_bn(c.block.bn, g, bb, saved[0], saved[1], batch[0], None)
-    r = module_bn_backward(bn, g, bb, go2, z, relu=True, alpha=alpha, out=z)
-    gxs = mm(r.grad_z, w2)
-    if s == 1:
-        if first:
-            gx4.view(-1, gx4.shape[3]).copy_(gxs)
+    r = module_bn_backward(bn, g, bb, go2, z, relu=True, alpha=alpha, out=z, grad_z=gx4 is not None or needs[0])
+    if gx4 is not None:  # x wants a gradient
+        gxs = mm(r.grad_z, w2)
+        if s == 1:
+            if first:
+                gx4.view(-1, gx4.shape[3]).copy_(gxs)
+            else:
+                gx4.view(-1, gx4.shape[3]).add_(gxs)
         else:
-            gx4.view(-1, gx4.shape[3]).add_(gxs)
-    else:
-        if first:
-            gx4.zero_()  # only every s-th pixel gets a gradient here
-        gx4[:, ::s, ::s, :] += gxs.view(gx4.shape[0], -1, gx4[:, ::s, ::s, :].shape[2], gx4.shape[3])
+            if first:
+                gx4.zero_()  # only every s-th pixel gets a gradient here
+            gx4[:, ::s, ::s, :] += gxs.view(gx4.shape[0], -1, gx4[:, ::s, ::s, :].shape[2], gx4.shape[3])
     gwc = mm_tn(r.grad_z, xs).reshape(wc.shape) if needs[0] else None
     return [gwc, r.grad_gamma if needs[1] else None, r.grad_beta if needs[2] else None], r.weight_dot
 
@@ -449,8 +464,9 @@ class MixedOpFunction(torch.autograd.Function):
         n, h, w, cin = x4.shape
         go4 = _nhwc(grad)
         go2, x2 = go4.view(-1, go4.shape[3]), x4.view(-1, cin)
-        gx4 = torch.empty_like(x4)  # written by the first candidate's input gradient
-        gx2 = gx4.view(-1, cin)
+        # written by the first candidate's input gradient; None when x wants none (a theta step's first layer)
+        gx4 = torch.empty_like(x4) if ctx.needs_input_grad[0] else None
+        gx2 = gx4.view(-1, cin) if gx4 is not None else None
         dots, grads, residual, x_dot, k, j, i_ir, first = [], [], 0.0, None, 0, 0, 0, True
         for c, bt, wts in zip(ctx.cands, ctx.batch, ctx.wts):
             ps, k = params[k:k + c.nparams], k + c.nparams
@@ -475,13 +491,13 @@ class MixedOpFunction(torch.autograd.Function):
                 dot = x_dot if dot is None else dot + x_dot
             dots.append(dot.reshape(()))
             grads += g
-        if first:  # identity skips only
+        if gx2 is not None and first:  # identity skips only
             gx2.zero_()
-        if residual:
+        if gx2 is not None and residual:
             gx2.add_(go2, alpha=residual)
         index = torch.tensor([c.index for c in ctx.cands], device=weights.device)
         gweights = torch.zeros_like(weights).index_copy_(0, index, torch.stack(dots))
-        return (gx4.permute(0, 3, 1, 2), gweights, None, None, *grads)
+        return (gx4.permute(0, 3, 1, 2) if gx4 is not None else None, gweights, None, None, *grads)
 
 
 def supports(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]) -> str | None:
@@ -505,6 +521,65 @@ def supports(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]
     return None
 
 
+# ------------------------------------------------------------------------- evaluation
+def _frozen(cands: Sequence[_Cand]) -> bool:
+    """Every BatchNorm of the active candidates normalises with its running statistics (eval mode)."""
+    for c in cands:
+        b = c.block
+        bns = (b.bn1, b.bn2, b.bn3) if c.kind == "ir" else (b.bn,) if c.kind == "skip_conv" else ()
+        if any(_uses_batch_stats(bn) for bn in bns):
+            return False
+    return True
+
+
+def _eval_forward(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand], params) -> torch.Tensor:
+    """The mixed op's value without autograd, every BN with running statistics (evaluation, BN recalibrated or
+    not): an affine BN3 and the Gumbel weight go into W3's rows, ``w_i * bn3(h2 @ W3^T) = h2 @ (w_i * scale3 *
+    W3)^T + w_i * shift3``, so each IR candidate's last product adds straight into the output (no z3 written,
+    no weighted-sum pass), after one pass that starts it at ``residual * x + sum_i w_i * shift3_i``.
+    The same function as :class:`MixedOpFunction`'s forward; float32 rounding differs (W3 scaled first).
+    """
+    wl = weights.detach().tolist()
+    x4 = _nhwc(x)
+    n, h, w, cin = x4.shape
+    c_out, stride = cands[0].block.c_out, cands[0].block.stride
+    ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
+    x2 = x4.view(-1, cin)
+    out4 = x4.new_empty(n, ho, wo, c_out)
+    out2 = out4.view(-1, c_out)
+    bias = x4.new_zeros(c_out)
+    residual, k, irs, skips = 0.0, 0, [], []
+    for c in cands:  # the per-channel folds first: they make the output's starting value
+        ps, k = params[k:k + c.nparams], k + c.nparams
+        alpha = wl[c.index]
+        if c.kind == "ir":
+            b = c.block
+            _, g1, b1, _, g2, b2, _, g3, b3 = ps
+            wts = _ir_weights(c, ps)
+            bn1 = fold_module_bn(b.bn1, g1, b1, x2, None, c.perm)
+            bn2 = fold_module_bn(b.bn2, g2, b2, x2, None, None)
+            bn3 = fold_module_bn(b.bn3, g3, b3, x2, None, None)
+            bias.add_(bn3.shift, alpha=alpha)
+            irs.append((b, wts, bn1, bn2, (bn3.scale * alpha).unsqueeze(1) * wts.w3))
+            residual += alpha if b.residual else 0.0
+        elif c.kind == "skip_conv":
+            skips.append((c, ps, alpha))
+        else:
+            residual += alpha
+    if residual:
+        torch.add(bias, x2, alpha=residual, out=out2)
+    else:
+        out2.copy_(bias.expand_as(out2))
+    for b, wts, bn1, bn2, w3 in irs:
+        z1 = mm(x2, wts.w1.t())
+        z2 = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wts.wt, b.stride, stats=False).out
+        del z1
+        mm(z2.view(-1, b.mid), w3.t(), out2, accumulate=True, a_scale=bn2.scale, a_shift=bn2.shift)
+    for c, ps, alpha in skips:
+        _skip_forward(c, ps, x4, out2, alpha, False)
+    return out4.permute(0, 3, 1, 2)
+
+
 def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]) -> torch.Tensor:
     """Fused :func:`~fbnet_fast.ops.mixed_op_ref.mixed_op_ref`.
 
@@ -521,4 +596,6 @@ def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.M
         raise ConfigError(f"fused mixed op: {why}")
     cands, params = _plan(weights, blocks)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weights, *params))
+    if not grad and _frozen(cands):
+        return _eval_forward(x, weights, cands, params)
     return MixedOpFunction.apply(x, weights, cands, grad, *params)
