@@ -196,6 +196,55 @@ inline void wgrad_row_taps(const float* __restrict__ hrow, const float* __restri
   for (int kw = 0; kw < K; ++kw) vstore<V>(d + kw * C + c0, vload<V>(d + kw * C + c0) + ac[kw]);
 }
 
+// wgrad_row_taps for stride 1 with a sliding window: the K inputs h[ow - p .. ow - p + K - 1] stay in
+// registers and each step loads one new input (ow advancing by 1 shifts the window by 1), so a FMA needs
+// 2 / K loads instead of (K + 1) / K (the loop above was load-bound: 512-bit loads issue at one a cycle on
+// Zen 4, as do 512-bit FMAs). The window is unrolled by K so every slot index is a constant (registers, not
+// memory). Each tap still sums ow in increasing order (edges, interior, edges) and adds once to d: the same
+// sums as wgrad_row_taps. Measured (AMD EPYC Zen 4, v4, 1 and 2 threads): the backward with the weight
+// gradient 1.03-1.12x at k = 5 on the 16x16 and 32x32 layers' shapes, 0.97-1.04x at k = 3.
+template <int K, typename V>
+inline void wgrad_row_taps_s1(const float* __restrict__ hrow, const float* __restrict__ grow, int64_t C, int64_t c0,
+                              int64_t W, float* __restrict__ d) {
+  constexpr int64_t p = K / 2;
+  V ac[K];
+  const V zero = {};
+  for (int kw = 0; kw < K; ++kw) ac[kw] = zero;
+  // interior: ow - p >= 0 and ow - p + K <= W; stride 1 so Wo == W
+  const int64_t lo = std::min<int64_t>(p, W);
+  const int64_t hi = std::max<int64_t>(lo, W - K + p + 1);
+  auto edge = [&](int64_t ow) {
+    const V g = vload<V>(grow + ow * C + c0);
+    for (int kw = 0; kw < K; ++kw) {
+      const int64_t iw = ow - p + kw;
+      if (iw >= 0 && iw < W) ac[kw] += vload<V>(hrow + iw * C + c0) * g;
+    }
+  };
+  for (int64_t ow = 0; ow < lo; ++ow) edge(ow);
+  int64_t ow = lo;
+  if (ow + K <= hi) {
+    V hv[K];
+#pragma GCC unroll 8
+    for (int t = 0; t < K - 1; ++t) hv[t] = vload<V>(hrow + (ow - p + t) * C + c0);
+    for (; ow + K <= hi; ow += K) {
+      // slot t % K holds h at ow - p + t (t = 0 .. 2K - 2 over the K steps)
+#pragma GCC unroll 8
+      for (int j = 0; j < K; ++j) {
+        hv[(j + K - 1) % K] = vload<V>(hrow + (ow - p + j + K - 1) * C + c0);
+        const V g = vload<V>(grow + (ow + j) * C + c0);
+#pragma GCC unroll 8
+        for (int kw = 0; kw < K; ++kw) ac[kw] += hv[(j + kw) % K] * g;
+      }
+    }
+  }
+  for (; ow < hi; ++ow) {
+    const V g = vload<V>(grow + ow * C + c0);
+    for (int kw = 0; kw < K; ++kw) ac[kw] += vload<V>(hrow + (ow - p + kw) * C + c0) * g;
+  }
+  for (ow = hi; ow < W; ++ow) edge(ow);
+  for (int kw = 0; kw < K; ++kw) vstore<V>(d + kw * C + c0, vload<V>(d + kw * C + c0) + ac[kw]);
+}
+
 // grad_weight[tap] += sum_ow h[ow*s - p + kw] * g[ow] over channels [c0, c0 + L): registers over ow.
 template <typename V>
 inline void wgrad_block(const float* __restrict__ hrow, const float* __restrict__ grow, int64_t C, int64_t c0,
@@ -521,7 +570,15 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           const float* __restrict__ grow = gp + (n * Ho + ohs[kh]) * Wo * C;
           int64_t cw = 0;  // k in {3, 5}: whole channel blocks with all k taps in registers, then the rest below
           float* __restrict__ dk = dw.data() + kh * k * C;
-          if (k == 3) {
+          if (stride == 1 && (k == 3 || k == 5)) {  // the sliding window
+            if (k == 3) {
+              for (; cw + kW <= C; cw += kW) wgrad_row_taps_s1<3, VW>(hrow, grow, C, cw, W, dk);
+              for (; cw + 8 <= C; cw += 8) wgrad_row_taps_s1<3, V8>(hrow, grow, C, cw, W, dk);
+            } else {
+              for (; cw + kW <= C; cw += kW) wgrad_row_taps_s1<5, VW>(hrow, grow, C, cw, W, dk);
+              for (; cw + 8 <= C; cw += 8) wgrad_row_taps_s1<5, V8>(hrow, grow, C, cw, W, dk);
+            }
+          } else if (k == 3) {
             for (; cw + kW <= C; cw += kW) wgrad_row_taps<3, VW>(hrow, grow, C, cw, W, Wo, stride, dk);
             for (; cw + 8 <= C; cw += 8) wgrad_row_taps<3, V8>(hrow, grow, C, cw, W, Wo, stride, dk);
           } else if (k == 5) {

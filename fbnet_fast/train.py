@@ -47,7 +47,8 @@ from .data import random_crop_flip
 from .ops import KERNEL_CHOICES, check_impl
 from .model import FBNetModel, build_model, inherit_from_supernet, load_run_supernet, model_stats, save_model_file
 from .precision import PRECISIONS, autocast, check_precision, fp32_logits
-from .runs import OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, prepare_run_dir, step_seed
+from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, fused_or_foreach, prepare_run_dir,
+                   step_seed)
 from .space import Architecture, SearchSpace
 
 __all__ = ["TrainConfig", "Trainer", "run_training", "atomic_torch_save", "TRAIN_CHECKPOINT_FORMAT"]
@@ -191,7 +192,7 @@ class Trainer:
         self.opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                                     {"params": no_decay, "weight_decay": 0.0}],
                                    lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                                   foreach=True)  # one fused update, not a loop over the tensors
+                                   **fused_or_foreach(self.device))  # one update, not a loop over the tensors
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, RampCosine(cfg.lr_ramp_steps, cfg.epochs * self.steps_per_epoch))
         self.epoch = 0  # epochs completed

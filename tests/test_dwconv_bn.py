@@ -35,6 +35,9 @@ SHAPES = [
     (3, 5, 4, 12, 3, 1),    # an 8-block and 4 channels gathered; W = 4 = one pixel block
     (2, 6, 7, 3, 5, 1),     # below one 8-block: gathered only; W = 7: a partial pixel block
     (1, 3, 2, 40, 5, 1),    # image narrower than the kernel: most taps read padding
+    (2, 4, 2, 72, 3, 1),    # weight gradient, two blocks at once (k3), image narrower than the kernel
+    (2, 6, 11, 96, 3, 1),   # weight gradient's sliding window: W not a multiple of k (its tail loop)
+    (2, 5, 12, 24, 5, 1),   # ... and at k5, a 16-block and an 8-block
     # stride-2 backward by the gather loop: 16-channel blocks, then 8-channel blocks, then single channels
     (2, 9, 10, 8, 3, 2),    # one 8-block (the e1 candidates of a reduction layer)
     (2, 7, 6, 28, 5, 2),    # a 16-block, an 8-block and 4 single channels

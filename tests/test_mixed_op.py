@@ -509,3 +509,17 @@ def test_input_without_grad_gives_the_same_gradients(stride, c_out, train, froze
         assert (a is None) == (b is None) == frozen
         assert b is None or torch.equal(a, b)
     assert all(torch.equal(a, b) for a, b in zip(b_full, b_part))
+
+
+@needs_ext
+def test_parameter_changed_between_forward_and_backward_is_refused():
+    """The backward reuses the forward's BN folds: a parameter changed in place in between must not give
+    gradients of a function that was never computed. Autograd refuses, as it does for eager."""
+    op = make_mixed_op(8, 8, 1, 6)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    w = torch.softmax(torch.randn(len(FBNET_CANDIDATES)), 0).requires_grad_(True)
+    y = mixed_op_fused(x, w, op.candidates)
+    with torch.no_grad():
+        op.candidates[2].bn2.weight.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

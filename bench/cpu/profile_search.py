@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from fbnet_fast.lut import LatencyTable
+from fbnet_fast.ops import head_op, stem_op
 from fbnet_fast.search import SearchConfig, Searcher, tau_at
 from fbnet_fast.space import load_space
 
@@ -66,8 +67,12 @@ def _staged_weight_step(s: Searcher) -> dict[str, float]:
     t0 = clock()
     w = m.sample_weights(tau_at(cfg, s.epoch), generator=gumbel_gen)
     t["sample"] = clock() - t0
-    parts = [("stem", m.stem)] + [("mixed ops", (lambda op, wi: lambda v: op(v, wi))(op, w[i]))
-                                  for i, op in enumerate(m.layers)] + [("head", m.head)]
+    # the stem and head as Supernet.forward runs them (the fused Functions unless the kernel is the reference)
+    fused = m.impl != "reference"
+    stem = (lambda v: stem_op(v, m.stem, impl=m.impl)) if fused else m.stem
+    head = (lambda v: head_op(v, m.head, impl=m.impl)) if fused else m.head
+    parts = [("stem", stem)] + [("mixed ops", (lambda op, wi: lambda v: op(v, wi))(op, w[i]))
+                                for i, op in enumerate(m.layers)] + [("head", head)]
     ins, outs = [], []
     cur = x
     for name, f in parts:
@@ -89,8 +94,8 @@ def _staged_weight_step(s: Searcher) -> dict[str, float]:
         grad = inp.grad
     t0 = clock()
     grads = [p.grad for p in m.weight_parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads)
-    torch.nn.utils.clip_grads_with_norm_(grads, cfg.w_grad_clip, norm)
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    torch.nn.utils.clip_grads_with_norm_(grads, cfg.w_grad_clip, norm, foreach=True)
     s.w_opt.step()
     t["optimiser"] = clock() - t0
     return t

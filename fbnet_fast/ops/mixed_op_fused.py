@@ -21,7 +21,13 @@ The backward's weight gradient of W3 reads h2 the same way (``mm_tn`` with the p
 Each BatchNorm's per-channel finish is one launcher call (``bn_fold`` forward, ``bn_grad_fold``
 backward: scale/shift/invstd, running statistics, k1..k3, gamma/beta grads, the Gumbel dot).
 
-plus ``out += (sum of w_i over residual candidates) * x`` once. ``skip`` is the
+plus ``out += (sum of w_i over residual candidates) * x`` once.
+
+Without autograd and with every BN on its running statistics (evaluation), BN3 is an affine known
+before the product: ``w_i * bn3(z3) = h2 @ (w_i * scale3 * W3)^T + w_i * shift3``, so each IR
+candidate's last product adds straight into the output (``_eval_forward``: no z3, no weighted-sum
+pass). A backward whose input wants no gradient skips it, and stops at BN3 when no weight below
+it wants one either (the first layer of a theta step: only the Gumbel weight's gradient is left). ``skip`` is the
 identity or 1x1 conv (+stride) + BN + ReLU. Candidates with ``w_i == 0`` (hard
 Gumbel) are skipped in forward and backward; their weight gradient is 0, as in the
 reference, where they are not in the graph.
@@ -236,8 +242,8 @@ def _mm_bn(bn: nn.BatchNorm2d, a, b, a_scale=None, a_shift=None) -> _MMBN:
 
 
 def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool, first: bool):
-    """Adds ``alpha * block(x)`` into ``out2`` (writes it, ``first``); returns the BN statistics and, with
-    ``keep``, ``[z1, z2, z3]``."""
+    """Adds ``alpha * block(x)`` into ``out2`` (writes it, ``first``); returns the three BN folds (for the backward)
+    and, with ``keep``, ``[z1, z2, z3]``."""
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, _ = shape
@@ -253,21 +259,17 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
     z3 = r3.out
     bn3 = fold_module_bn(b.bn3, g3, b3, z3, r3.stats, None)
     affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha, assign=first)
-    return ([bn1.mean, bn1.var, bn2.mean, bn2.var, bn3.mean, bn3.var], [bn1.batch, bn2.batch, bn3.batch],
-            [z1, z2, z3] if keep else [])
+    return [bn1, bn2, bn3], [z1, z2, z3] if keep else []
 
 
-def _ir_backward(c: _Cand, ps, wts: _IRWeights, saved, batch, kept, x2, gx2, shape, go2, alpha, needs, first):
+def _ir_backward(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first):
     """``gx2`` None: x wants no gradient. With neither it nor a parameter below W3 wanting one (a theta step's
     first layer), the backward stops at BN3: its sums give the Gumbel weight's gradient."""
     b = c.block
     deep = gx2 is not None or any(needs[:6])
     w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
     n, h, w, _ = shape
-    m1, v1, m2, v2, m3, v3 = saved
-    bn1 = refold_module_bn(b.bn1, g1, b1, m1, v1, batch[0], c.perm)
-    bn2 = refold_module_bn(b.bn2, g2, b2, m2, v2, batch[1], None)
-    bn3 = refold_module_bn(b.bn3, g3, b3, m3, v3, batch[2], None)
+    bn1, bn2, bn3 = folds  # the forward's (its parameters are saved tensors: changed in place, backward refuses)
     # h2 = relu(bn2(z2)) feeds W3's product (recomputed z3) and its weight gradient: read from z2 through the
     # kernels' prologue where the small kernels run both (h2 None), else written once.
     m_out = n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
@@ -340,16 +342,16 @@ def _skip_forward(c: _Cand, ps, x4, out2, alpha, first: bool):
     z = mm(_skip_input(c, x4), wc.reshape(wc.shape[0], -1).t())
     bn = fold_module_bn(c.block.bn, g, bb, z, None, None)
     affine_act_accumulate_(out2, z, bn.scale, bn.shift, relu=True, alpha=alpha, assign=first)
-    return [bn.mean, bn.var], [bn.batch]
+    return [bn]
 
 
-def _skip_backward(c: _Cand, ps, saved, batch, x4, gx4, go2, alpha, needs, first):
+def _skip_backward(c: _Cand, ps, folds, x4, gx4, go2, alpha, needs, first):
     wc, g, bb = ps
     s = c.block.stride
     w2 = wc.reshape(wc.shape[0], -1)
     xs = _skip_input(c, x4)
     z = mm(xs, w2.t())
-    bn = refold_module_bn(c.block.bn, g, bb, saved[0], saved[1], batch[0], None)
+    bn = folds[0]
     r = module_bn_backward(bn, g, bb, go2, z, relu=True, alpha=alpha, out=z, grad_z=gx4 is not None or needs[0])
     if gx4 is not None:  # x wants a gradient
         gxs = mm(r.grad_z, w2)
@@ -405,9 +407,11 @@ def kept_bytes(cands: Sequence[_Cand], m_in: int, m_out: int) -> int:
 class MixedOpFunction(torch.autograd.Function):
     """``sum_i w_i * block_i(x)`` over the active candidates, recomputing in backward.
 
-    Saved: x ``[N, C_in, H, W]``, weights ``[K]``, the active candidates' parameters, and
-    per BatchNorm its mean and variance ``[C]`` (3 per IR candidate, 1 per skip conv); off the
-    autograd record, each IR candidate's weights in kernel layout (parameter-sized).
+    Saved: x ``[N, C_in, H, W]``, weights ``[K]``, the active candidates' parameters; off the
+    autograd record, per BatchNorm the forward's fold (scale, shift, mean, variance, invstd ``[C]``: 3 per
+    IR candidate, 1 per skip conv; the backward reuses it, and a parameter changed in place in between makes
+    autograd refuse the backward, as the parameters are saved) and each IR candidate's weights in kernel
+    layout (parameter-sized).
     Recomputed: every intermediate (z1, z2, h2, z3, one candidate at a time in backward), unless
     the layer's z1, z2 and z3 together fit the keep budget (:func:`keep_budget_bytes`): then
     they are saved too and the backward reads h2 from z2 through the products' prologue (or rebuilds it
@@ -427,38 +431,35 @@ class MixedOpFunction(torch.autograd.Function):
         # ``grad``: a backward can follow (grad mode on and an input requiring grad), known only to the caller:
         # under no_grad, ctx.needs_input_grad still says True.
         keep = grad and kept_bytes(cands, n * h * w, n * ho * wo) <= keep_budget_bytes()
-        saved, batch, wts, kept, residual, k, first = [], [], [], [], 0.0, 0, True
+        folds, wts, kept, residual, k, first = [], [], [], 0.0, 0, True
         for c in cands:
             ps, k = params[k:k + c.nparams], k + c.nparams
             alpha = wl[c.index]
             wts.append(_ir_weights(c, ps) if c.kind == "ir" else None)
             if c.kind == "ir":
-                s, bt, kp = _ir_forward(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep, first)
+                f, kp = _ir_forward(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep, first)
                 kept += kp
                 residual += alpha if c.block.residual else 0.0
                 first = False
             elif c.kind == "skip_conv":
-                s, bt = _skip_forward(c, ps, x4, out2, alpha, first)
+                f = _skip_forward(c, ps, x4, out2, alpha, first)
                 first = False
             else:
-                s, bt = [], []
+                f = []
                 residual += alpha
-            saved += s
-            batch.append(bt)
+            folds.append(f)
         if first:  # identity skips only
             out2.zero_()
         if residual:
             out2.add_(x2, alpha=residual)
-        ctx.cands, ctx.batch, ctx.nparams, ctx.wts, ctx.keep = cands, batch, len(params), wts, keep
-        ctx.save_for_backward(x, weights, *params, *saved, *kept)
+        ctx.cands, ctx.folds, ctx.nparams, ctx.wts, ctx.keep = cands, folds, len(params), wts, keep
+        ctx.save_for_backward(x, weights, *params, *kept)
         return out4.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
         x, weights, *rest = ctx.saved_tensors
-        nstats = 2 * sum(len(bt) for bt in ctx.batch)
-        params, saved = rest[:ctx.nparams], rest[ctx.nparams:ctx.nparams + nstats]
-        kept = rest[ctx.nparams + nstats:]  # z1, z2, z3 of each IR candidate in order, if ctx.keep
+        params, kept = rest[:ctx.nparams], rest[ctx.nparams:]  # kept: z1, z2, z3 of each IR candidate, if ctx.keep
         wl = weights.tolist()
         x4 = _nhwc(x)
         n, h, w, cin = x4.shape
@@ -467,20 +468,19 @@ class MixedOpFunction(torch.autograd.Function):
         # written by the first candidate's input gradient; None when x wants none (a theta step's first layer)
         gx4 = torch.empty_like(x4) if ctx.needs_input_grad[0] else None
         gx2 = gx4.view(-1, cin) if gx4 is not None else None
-        dots, grads, residual, x_dot, k, j, i_ir, first = [], [], 0.0, None, 0, 0, 0, True
-        for c, bt, wts in zip(ctx.cands, ctx.batch, ctx.wts):
+        dots, grads, residual, x_dot, k, i_ir, first = [], [], 0.0, None, 0, 0, True
+        for c, fo, wts in zip(ctx.cands, ctx.folds, ctx.wts):
             ps, k = params[k:k + c.nparams], k + c.nparams
-            sv, j = saved[j:j + 2 * len(bt)], j + 2 * len(bt)
             alpha = wl[c.index]
             dot = None
             needs = ctx.needs_input_grad[4 + k - c.nparams:4 + k]
             if c.kind == "ir":
                 kp = kept[3 * i_ir:3 * i_ir + 3] if ctx.keep else None
                 i_ir += 1
-                g, dot = _ir_backward(c, ps, wts, sv, bt, kp, x2, gx2, x4.shape, go2, alpha, needs, first)
+                g, dot = _ir_backward(c, ps, wts, fo, kp, x2, gx2, x4.shape, go2, alpha, needs, first)
                 is_res, first = c.block.residual, False
             elif c.kind == "skip_conv":
-                g, dot = _skip_backward(c, ps, sv, bt, x4, gx4, go2, alpha, needs, first)
+                g, dot = _skip_backward(c, ps, fo, x4, gx4, go2, alpha, needs, first)
                 is_res, first = False, False
             else:
                 g, is_res = [], True
