@@ -156,6 +156,7 @@ def _mixed(x: torch.Tensor, weights: torch.Tensor, candidates, impl: str, *, sin
         from . import _ext
 
         _ext.load()  # ExtensionError naming the build command
-    if requested == "auto" and supports(x, weights, candidates) is not None:
+    checked = requested == "auto"
+    if checked and supports(x, weights, candidates) is not None:
         return candidates[0](x) if single else mixed_op_ref(x, weights, candidates)
-    return mixed_op_fused(x, weights, candidates)
+    return mixed_op_fused(x, weights, candidates, checked=checked)
