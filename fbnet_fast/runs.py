@@ -112,6 +112,26 @@ def fused_or_foreach(device: torch.device | str) -> dict[str, bool]:
     return {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {"foreach": True}
 
 
+def prime_momentum(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Give every parameter of a momentum SGD a zero momentum buffer now; returns ``opt``.
+
+    torch's fused SGD step takes every parameter with a gradient in one call and wants all their buffers
+    present or all absent: a parameter whose first gradient comes after others have stepped (an unselected
+    candidate of a one-path search, a layer unfrozen later) made it fail. A zero buffer is the same arithmetic
+    as torch's first step (with dampening 0, ``buf = momentum * 0 + grad`` is ``grad`` exactly, as its
+    ``clone(grad)``). Call it after creating the optimiser and after loading a state (a checkpoint written
+    before every buffer existed).
+    """
+    for group in opt.param_groups:
+        if not group.get("momentum") or group.get("dampening", 0):
+            continue
+        for p in group["params"]:
+            st = opt.state[p]
+            if st.get("momentum_buffer") is None:
+                st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return opt
+
+
 class RampCosine:
     """LR factor of weight step ``t``: linear ramp over ``ramp`` steps, cosine decay to 0 at ``total``.
 

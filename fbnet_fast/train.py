@@ -48,7 +48,7 @@ from .ops import KERNEL_CHOICES, check_impl
 from .model import FBNetModel, build_model, inherit_from_supernet, load_run_supernet, model_stats, save_model_file
 from .precision import PRECISIONS, autocast, check_precision, fp32_logits
 from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, fused_or_foreach, prepare_run_dir,
-                   step_seed)
+                   prime_momentum, step_seed)
 from .space import Architecture, SearchSpace
 
 __all__ = ["TrainConfig", "Trainer", "run_training", "atomic_torch_save", "TRAIN_CHECKPOINT_FORMAT"]
@@ -193,6 +193,7 @@ class Trainer:
                                     {"params": no_decay, "weight_decay": 0.0}],
                                    lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                                    **fused_or_foreach(self.device))  # one update, not a loop over the tensors
+        prime_momentum(self.opt)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, RampCosine(cfg.lr_ramp_steps, cfg.epochs * self.steps_per_epoch))
         self.epoch = 0  # epochs completed
@@ -233,6 +234,7 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
+            prime_momentum(self.opt)
             self.sched.load_state_dict(state["sched"])
             self.epoch = int(state["epoch"])
             self.history = list(state["history"])

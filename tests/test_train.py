@@ -253,3 +253,28 @@ def test_kernel_option_errors():
     with pytest.raises(ConfigError, match="--compile traces the eager blocks"):
         TrainConfig(kernel="cpp", compile=True).validate()
     TrainConfig(kernel="fused", compile=True).validate()  # auto: the eager blocks are compiled
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_fused_sgd_takes_a_parameter_whose_first_gradient_comes_late(nesterov):
+    """The search's, train's and prune's SGD (runs.fused_or_foreach + runs.prime_momentum): a parameter that
+    gets its first gradient after others have stepped (an unselected candidate of a one-path search) must not
+    break torch's fused step, and the update is bit for bit foreach SGD's (a zero momentum buffer is the
+    arithmetic of torch's first step)."""
+    from fbnet_fast.runs import fused_or_foreach, prime_momentum
+
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]
+    grads = [[torch.randn(5, 3, generator=gen), None], [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)],
+             [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]]
+    results = []
+    for kw in (fused_or_foreach("cpu"), {"foreach": True}):
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = prime_momentum(torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=nesterov, **kw))
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = None if g is None else g.clone()
+            opt.step()
+        results.append([p.detach().clone() for p in ps])
+    assert fused_or_foreach("cpu") == {"fused": True}
+    assert all(torch.equal(a, b) for a, b in zip(*results))

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..blocks import IRBlock
 from ..errors import ConfigError
-from ..runs import atomic_write_text, fused_or_foreach
+from ..runs import atomic_write_text, fused_or_foreach, prime_momentum
 from ..model import build_model, count_flops
 from ..space import Architecture, SearchSpace
 
@@ -239,6 +239,7 @@ def _train(model: nn.Module, data: _Data, cfg: PruneConfig, masks: dict[str, tor
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
                           lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                           **fused_or_foreach(next(model.parameters()).device))
+    prime_momentum(opt)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
     if masks is not None:
         apply_masks(model, masks)
