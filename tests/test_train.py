@@ -265,8 +265,8 @@ def test_fused_sgd_takes_a_parameter_whose_first_gradient_comes_late(nesterov):
 
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]
-    grads = [[torch.randn(5, 3, generator=gen), None], [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)],
-             [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]]
+    grads = [[torch.randn(5, 3, generator=gen), None]]
+    grads += [[torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)] for _ in range(2)]
     results = []
     for kw in (fused_or_foreach("cpu"), {"foreach": True}):
         ps = [torch.nn.Parameter(t.clone()) for t in init]

@@ -27,8 +27,9 @@ Without autograd and with every BN on its running statistics (evaluation), BN3 i
 before the product: ``w_i * bn3(z3) = h2 @ (w_i * scale3 * W3)^T + w_i * shift3``, so each IR
 candidate's last product adds straight into the output (``_eval_forward``: no z3, no weighted-sum
 pass). A backward whose input wants no gradient skips it, and stops at BN3 when no weight below
-it wants one either (the first layer of a theta step: only the Gumbel weight's gradient is left). ``skip`` is the
-identity or 1x1 conv (+stride) + BN + ReLU. Candidates with ``w_i == 0`` (hard
+it wants one either (the first layer of a theta step: only the Gumbel weight's gradient is left).
+
+``skip`` is the identity or 1x1 conv (+stride) + BN + ReLU. Candidates with ``w_i == 0`` (hard
 Gumbel) are skipped in forward and backward; their weight gradient is 0, as in the
 reference, where they are not in the graph.
 
