@@ -259,22 +259,49 @@ def test_kernel_option_errors():
 def test_fused_sgd_takes_a_parameter_whose_first_gradient_comes_late(nesterov):
     """The search's, train's and prune's SGD (runs.fused_or_foreach + runs.prime_momentum): a parameter that
     gets its first gradient after others have stepped (an unselected candidate of a one-path search) must not
-    break torch's fused step, and the update is bit for bit foreach SGD's (a zero momentum buffer is the
-    arithmetic of torch's first step)."""
+    break torch's fused step (it raised without the priming), and the updates are foreach SGD's, which handles
+    that case itself, to float32 rounding (the fused kernel contracts differently)."""
     from fbnet_fast.runs import fused_or_foreach, prime_momentum
 
+    assert fused_or_foreach("cpu") == {"fused": True}
     gen = torch.Generator().manual_seed(0)
-    init = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]
-    grads = [[torch.randn(5, 3, generator=gen), None]]
-    grads += [[torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)] for _ in range(2)]
+    init = [torch.randn(300, 7, generator=gen), torch.randn(40, generator=gen)]
+    grads = [[torch.randn(300, 7, generator=gen), None]]
+    grads += [[torch.randn(300, 7, generator=gen), torch.randn(40, generator=gen)] for _ in range(3)]
     results = []
-    for kw in (fused_or_foreach("cpu"), {"foreach": True}):
+    for fused in (True, False):
         ps = [torch.nn.Parameter(t.clone()) for t in init]
-        opt = prime_momentum(torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=nesterov, **kw))
+        opt = torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=nesterov,
+                              **({"fused": True} if fused else {"foreach": True}))
+        if fused:
+            prime_momentum(opt)
         for gs in grads:
             for p, g in zip(ps, gs):
                 p.grad = None if g is None else g.clone()
             opt.step()
         results.append([p.detach().clone() for p in ps])
-    assert fused_or_foreach("cpu") == {"fused": True}
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_priming_the_momentum_changes_no_bit(nesterov):
+    """A zero momentum buffer is torch's first step exactly (``momentum * 0 + grad == grad``): the fused step
+    primed and unprimed give the same parameters, bit for bit, when every gradient is there from the start."""
+    from fbnet_fast.runs import prime_momentum
+
+    gen = torch.Generator().manual_seed(1)
+    init = [torch.randn(300, 7, generator=gen), torch.randn(40, generator=gen)]
+    grads = [[torch.randn(300, 7, generator=gen), torch.randn(40, generator=gen)] for _ in range(4)]
+    results = []
+    for primed in (True, False):
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-4, nesterov=nesterov, fused=True)
+        if primed:
+            prime_momentum(opt)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach().clone() for p in ps])
     assert all(torch.equal(a, b) for a, b in zip(*results))
