@@ -81,7 +81,7 @@ from .errors import CheckpointError, ConfigError, FBNetError, RunDirError, Train
 from .loss import LatencyLoss, resolve_unit
 from .lut import LatencyTable
 from .multitarget import COMBINE_MODES, load_latency_model
-from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, check_run_dir, fused_or_foreach,
+from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, check_run_dir, momentum_sgd,
                    prepare_run_dir, prime_momentum, read_run_config, step_seed)
 from .space import Architecture, SearchSpace, load_space
 from .ops import KERNEL_CHOICES, check_impl
@@ -444,9 +444,8 @@ class Searcher:
         # fused: torch's one-kernel update over the ~1,600 weight tensors (CPU and CUDA), not a Python loop (CPU
         # defaults to it) nor foreach (one dispatch per tensor and op: 24 vs 8 ms a step at width 0.25, AMD EPYC
         # Zen 4); the same arithmetic up to float32 rounding.
-        self.w_opt = prime_momentum(torch.optim.SGD(self._w_params, lr=cfg.w_lr, momentum=cfg.w_momentum,
-                                                    weight_decay=cfg.w_weight_decay, nesterov=cfg.w_momentum > 0,
-                                                    **fused_or_foreach(self.device)))
+        self.w_opt = momentum_sgd(self._w_params, lr=cfg.w_lr, momentum=cfg.w_momentum,
+                                  weight_decay=cfg.w_weight_decay, device=self.device)
         self.t_opt = torch.optim.Adam(self._a_params, lr=cfg.theta_lr,
                                       weight_decay=cfg.theta_weight_decay, foreach=True)
         self.w_sched = torch.optim.lr_scheduler.LambdaLR(

@@ -47,7 +47,7 @@ from .data import random_crop_flip
 from .ops import KERNEL_CHOICES, check_impl
 from .model import FBNetModel, build_model, inherit_from_supernet, load_run_supernet, model_stats, save_model_file
 from .precision import PRECISIONS, autocast, check_precision, fp32_logits
-from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, fused_or_foreach, prepare_run_dir,
+from .runs import (OptionsDict, RampCosine, atomic_torch_save, atomic_write_text, momentum_sgd, prepare_run_dir,
                    prime_momentum, step_seed)
 from .space import Architecture, SearchSpace
 
@@ -189,11 +189,9 @@ class Trainer:
         decay, no_decay = [], []
         for p in model.parameters():
             (decay if p.dim() > 1 else no_decay).append(p)
-        self.opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                                    {"params": no_decay, "weight_decay": 0.0}],
-                                   lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                                   **fused_or_foreach(self.device))  # one update, not a loop over the tensors
-        prime_momentum(self.opt)
+        self.opt = momentum_sgd([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg.lr, momentum=cfg.momentum, device=self.device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, RampCosine(cfg.lr_ramp_steps, cfg.epochs * self.steps_per_epoch))
         self.epoch = 0  # epochs completed

@@ -255,15 +255,13 @@ def test_kernel_option_errors():
     TrainConfig(kernel="fused", compile=True).validate()  # auto: the eager blocks are compiled
 
 
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_fused_sgd_takes_a_parameter_whose_first_gradient_comes_late(nesterov):
-    """The search's, train's and prune's SGD (runs.fused_or_foreach + runs.prime_momentum): a parameter that
-    gets its first gradient after others have stepped (an unselected candidate of a one-path search) must not
-    break torch's fused step (it raised without the priming), and the updates are foreach SGD's, which handles
-    that case itself, to float32 rounding (the fused kernel contracts differently)."""
-    from fbnet_fast.runs import fused_or_foreach, prime_momentum
+def test_fused_sgd_takes_a_parameter_whose_first_gradient_comes_late():
+    """The search's, train's and prune's SGD (runs.momentum_sgd: fused on CPU, momentum buffers primed): a
+    parameter that gets its first gradient after others have stepped (an unselected candidate of a one-path
+    search) must not break torch's fused step (it raised without the priming), and the updates are foreach
+    SGD's, which handles that case itself, to float32 rounding (the fused kernel contracts differently)."""
+    from fbnet_fast.runs import momentum_sgd
 
-    assert fused_or_foreach("cpu") == {"fused": True}
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(300, 7, generator=gen), torch.randn(40, generator=gen)]
     grads = [[torch.randn(300, 7, generator=gen), None]]
@@ -271,10 +269,11 @@ def test_fused_sgd_takes_a_parameter_whose_first_gradient_comes_late(nesterov):
     results = []
     for fused in (True, False):
         ps = [torch.nn.Parameter(t.clone()) for t in init]
-        opt = torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=nesterov,
-                              **({"fused": True} if fused else {"foreach": True}))
         if fused:
-            prime_momentum(opt)
+            opt = momentum_sgd(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, device="cpu")
+            assert opt.defaults["fused"] and opt.defaults["nesterov"]
+        else:
+            opt = torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True, foreach=True)
         for gs in grads:
             for p, g in zip(ps, gs):
                 p.grad = None if g is None else g.clone()

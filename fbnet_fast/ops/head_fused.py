@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .bn_act import affine_act
-from .mixed_op_fused import fold_module_bn, module_bn_backward, refold_module_bn
+from .mixed_op_fused import fold_module_bn, module_bn_backward
 
 __all__ = ["BNReLUFunction", "HeadFunction", "bn_relu_fused", "head_fused", "stem_fused", "supports",
            "supports_stem"]
@@ -55,16 +55,17 @@ class HeadFunction(torch.autograd.Function):
         fold = fold_module_bn(bn, gamma, beta, z, None, None)  # batch statistics (and the running update) or running
         act = affine_act(z, fold.scale, fold.shift, relu=True)
         pooled = act.view(n, h * w, c).mean(1)
-        ctx.bn, ctx.batch, ctx.hw = bn, fold.batch, h * w
-        ctx.save_for_backward(x, weight, gamma, beta, z, fold.mean, fold.var)
+        # the fold is reused by the backward, as the mixed op's are (gamma, beta saved: changed in place, refused)
+        ctx.fold, ctx.hw = fold, h * w
+        ctx.save_for_backward(x, weight, gamma, beta, z)
         return pooled
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, gamma, beta, z, mean, var = ctx.saved_tensors
+        x, weight, gamma, beta, z = ctx.saved_tensors
         n, c_in, h, w = x.shape
         c = weight.shape[0]
-        bn = refold_module_bn(ctx.bn, gamma, beta, mean, var, ctx.batch, None)
+        bn = ctx.fold
         # the pool's gradient, grad / (H W) at every pixel, written once as the BN backward's input
         g = (grad / ctx.hw).unsqueeze(1).expand(n, ctx.hw, c).reshape(n * ctx.hw, c)
         r = module_bn_backward(bn, gamma, beta, g, z, relu=True, out=g)
@@ -105,18 +106,17 @@ class BNReLUFunction(torch.autograd.Function):
         z2 = z.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view for channels_last
         fold = fold_module_bn(bn, gamma, beta, z2, None, None)
         out = affine_act(z2, fold.scale, fold.shift, relu=True)
-        ctx.bn, ctx.batch = bn, fold.batch
-        ctx.save_for_backward(z, gamma, beta, fold.mean, fold.var)
+        ctx.fold = fold  # reused by the backward (gamma, beta saved: changed in place, refused)
+        ctx.save_for_backward(z, gamma, beta)
         return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
-        z, gamma, beta, mean, var = ctx.saved_tensors
+        z, gamma, beta = ctx.saved_tensors
         n, c, h, w = z.shape
         z2 = z.permute(0, 2, 3, 1).reshape(n * h * w, c)
         g2 = grad.permute(0, 2, 3, 1).contiguous().view(n * h * w, c)
-        bn = refold_module_bn(ctx.bn, gamma, beta, mean, var, ctx.batch, None)
-        r = module_bn_backward(bn, gamma, beta, g2, z2, relu=True)
+        r = module_bn_backward(ctx.fold, gamma, beta, g2, z2, relu=True)
         return r.grad_z.view(n, h, w, c).permute(0, 3, 1, 2), r.grad_gamma, r.grad_beta, None
 
 

@@ -58,7 +58,7 @@ from .gemm import mm, mm_stats, mm_tn, small_rule, small_tn_rule
 from .mixed_op_ref import active_candidates
 
 __all__ = ["FUSED_KINDS", "KEEP_ENV", "MixedOpFunction", "fold_module_bn", "keep_budget_bytes", "kept_bytes",
-           "mixed_op_fused", "module_bn_backward", "refold_module_bn", "supports"]
+           "mixed_op_fused", "module_bn_backward", "supports"]
 
 # The block classes the fused kernels implement, by kind: exact classes, not subclasses and
 # not look-alikes (a block with a depthwise conv plus, say, squeeze-excite is not an IR
@@ -124,12 +124,6 @@ def fold_module_bn(bn: nn.BatchNorm2d, gamma, beta, z2d: torch.Tensor, stats, pe
         mean, var = mean.clone(), var.clone()
     fold = bn_fold(mean, var, gamma, beta, eps=bn.eps, perm=perm)
     return _BN(fold.scale, fold.shift, mean, var, fold.invstd, False)
-
-
-def refold_module_bn(bn: nn.BatchNorm2d, gamma, beta, mean, var, batch, perm) -> _BN:
-    """The forward's fold, rebuilt in backward from the saved ``mean, var`` (same bits)."""
-    fold = bn_fold(mean, var, gamma, beta, eps=bn.eps, perm=perm)
-    return _BN(fold.scale, fold.shift, mean, var, fold.invstd, batch)
 
 
 class _BNGrad(NamedTuple):
@@ -504,6 +498,12 @@ class MixedOpFunction(torch.autograd.Function):
 _BN_SLOTS = {"ir": ("bn1", "bn2", "bn3"), "skip": ("bn",)}  # an identity skip has none
 
 
+def _block_bns(b: nn.Module) -> list[nn.Module]:
+    """A fused-kind block's BN modules, read from ``_modules`` (``hasattr`` on a module raises inside: ~1/3 of
+    :func:`supports`' time, and it runs on every call)."""
+    return [m for m in map(b._modules.get, _BN_SLOTS[b.kind]) if m is not None]
+
+
 def supports(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]) -> str | None:
     """``None`` if the fused op handles this call, else the reason (for ``impl="auto"``)."""
     if x.dtype != torch.float32:
@@ -515,9 +515,7 @@ def supports(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]
         if FUSED_KINDS.get(kind) is not type(b):
             return (f"candidate {i} is a {type(b).__name__} (kind {kind!r}); the fused kernels implement only "
                     + ", ".join(f"{c.__name__} ({k!r})" for k, c in FUSED_KINDS.items()))
-        # the exact classes' own BN slots, read from _modules (hasattr on a module raises inside: ~1/3 of this
-        # check's time, and it runs on every call)
-        bns = [m for m in map(b._modules.get, _BN_SLOTS[kind]) if m is not None]
+        bns = _block_bns(b)
         if any(not isinstance(bn, nn.BatchNorm2d) for bn in bns):
             return "a candidate's batch norm is not an nn.BatchNorm2d (folded into its conv?)"
         if any(not bn.affine for bn in bns):
@@ -530,12 +528,7 @@ def supports(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module]
 # ------------------------------------------------------------------------- evaluation
 def _frozen(cands: Sequence[_Cand]) -> bool:
     """Every BatchNorm of the active candidates normalises with its running statistics (eval mode)."""
-    for c in cands:
-        b = c.block
-        bns = (b.bn1, b.bn2, b.bn3) if c.kind == "ir" else (b.bn,) if c.kind == "skip_conv" else ()
-        if any(_uses_batch_stats(bn) for bn in bns):
-            return False
-    return True
+    return not any(_uses_batch_stats(bn) for c in cands for bn in _block_bns(c.block))
 
 
 def _eval_forward(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand], params) -> torch.Tensor:

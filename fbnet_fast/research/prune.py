@@ -43,7 +43,7 @@ from torch import nn
 
 from ..blocks import IRBlock
 from ..errors import ConfigError
-from ..runs import atomic_write_text, fused_or_foreach, prime_momentum
+from ..runs import atomic_write_text, momentum_sgd
 from ..model import build_model, count_flops
 from ..space import Architecture, SearchSpace
 
@@ -236,10 +236,8 @@ def _train(model: nn.Module, data: _Data, cfg: PruneConfig, masks: dict[str, tor
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(labels)} images)")
     decay = [p for p in model.parameters() if p.dim() > 1]
     other = [p for p in model.parameters() if p.dim() <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                          **fused_or_foreach(next(model.parameters()).device))
-    prime_momentum(opt)
+    opt = momentum_sgd([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                       lr=cfg.lr, momentum=cfg.momentum, device=next(model.parameters()).device)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
     if masks is not None:
         apply_masks(model, masks)
