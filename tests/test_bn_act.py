@@ -196,3 +196,39 @@ def test_isa_variants_agree():
     for isa, got in results.items():
         for i, name in enumerate(("mean", "var", "sum_g", "sum_gz")):
             assert_close_to_ref(f"{isa} {name}", got[i], ref32[i], ref64[i])
+
+
+def test_launches_unchecked_skips_argument_checks_in_this_thread_only_and_restores_them():
+    import threading
+
+    from fbnet_fast.errors import ConfigError
+    from fbnet_fast.ops._launch import check_act, check_vec, launches_unchecked
+
+    bad = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(ConfigError, match="float32"):
+        check_vec(bad, "v", 3, bad.device)
+    seen = []
+    with launches_unchecked():
+        check_vec(bad, "v", 3, bad.device)  # skipped
+        check_act(bad, "a", 2)
+        with launches_unchecked():
+            pass
+        check_vec(bad, "v", 3, bad.device)  # still skipped after the nested exit
+
+        def other():
+            try:
+                check_vec(bad, "v", 3, bad.device)
+            except ConfigError:
+                seen.append("raised")
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert seen == ["raised"]  # another thread keeps its checks
+    with pytest.raises(ConfigError, match="float32"):
+        check_vec(bad, "v", 3, bad.device)  # restored on exit
+    with pytest.raises(RuntimeError):
+        with launches_unchecked():
+            raise RuntimeError("boom")
+    with pytest.raises(ConfigError):
+        check_act(bad, "a", 2)  # restored after an exception too

@@ -54,6 +54,7 @@ from ..errors import ConfigError
 from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_fold, bn_grad_fold,
                      bn_stats)
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
+from ._launch import launches_unchecked
 from .gemm import mm, mm_stats, mm_tn, small_rule, small_tn_rule
 from .mixed_op_ref import active_candidates
 
@@ -453,6 +454,11 @@ class MixedOpFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        with launches_unchecked():  # every launcher argument below is built here from checked inputs
+            return MixedOpFunction._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         x, weights, *rest = ctx.saved_tensors
         params, kept = rest[:ctx.nparams], rest[ctx.nparams:]  # kept: z1, z2, z3 of each IR candidate, if ctx.keep
         wl = weights.tolist()
@@ -597,6 +603,7 @@ def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.M
         raise ConfigError(f"fused mixed op: {why}")
     cands, params = _plan(weights, blocks)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weights, *params))
-    if not grad and _frozen(cands):
-        return _eval_forward(x, weights, cands, params)
-    return MixedOpFunction.apply(x, weights, cands, grad, *params)
+    with launches_unchecked():  # supports() has checked x and the blocks; the op builds every other argument
+        if not grad and _frozen(cands):
+            return _eval_forward(x, weights, cands, params)
+        return MixedOpFunction.apply(x, weights, cands, grad, *params)
