@@ -484,7 +484,8 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   // Stride 1 with k in {3, 5}: grad_in by the forward-style row kernel (bwd_row_fast) over a
   // ring of k zero-padded grad_out rows, with the kernel flipped: every 16- and 8-channel block
   // (in v4 at k = 5 the 16-blocks gathered faster until the row kernel loaded each input once a
-  // tap row: now the row kernel is 1.15-1.45x the gather there, AMD EPYC Zen 4, 1 thread); the
+  // tap row: now the row kernel is 1.15-1.45x the gather on 16x16 and 32x32 images, but 0.77-0.93x on
+  // 8x8 and 4x4 ones, where v4 keeps gathering its 16-blocks; AMD EPYC Zen 4, 1 and 2 threads); the
   // gather loop below does the remaining channels. Other k and stride 2 gather.
   const bool rowfast = stride == 1 && (k == 3 || k == 5);
   const int64_t Wp = W + 2 * p;
@@ -542,10 +543,15 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
             if (pad) std::fill(dst, dst + W * C, 0.0f);
             else std::memcpy(dst, gp + (n * Ho + oh) * Wo * C, W * C * sizeof(float));
           }
-          cfast = k == 3 ? bwd_row_fast<3>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq)
-                         : bwd_row_fast<5>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq);
-          g16 = g8 = 0;
-          gs = cfast;
+          if (k == 3 || kW == 8 || W >= 16) {
+            cfast = k == 3 ? bwd_row_fast<3>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq)
+                           : bwd_row_fast<5>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq);
+            g16 = g8 = 0;
+            gs = cfast;
+          } else {  // v4, k = 5, images narrower than 16: the 8-block only, the 16-blocks gather (faster there)
+            gs = bwd_row_blocks<5, V8>(rowp, wflip.data(), C, g16, W, gi + r * W * C, zrow, a, b, m, fs, fq);
+            g8 = g16;
+          }
         }
         // grad_in, the rest: gather every output this pixel feeds, kW- and 8-channel blocks in
         // [0, g8) and single channels in [gs, C); accumulator in registers.
