@@ -27,8 +27,8 @@ void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int6
 
 #include "vec.h"  // V16, V8, VW, kW, vload, vstore (this variant's)
 
-// Output pixels a row kernel computes at once (its P): with AVX-512's 32 vector registers, 8 accumulators
-// and the (P - 1) * S + K inputs of a tap row fit (at most 28 at k = 5, stride 2); with 16 (v3, base) 4.
+// Output pixels a row kernel computes at once (its P), in every variant: 8 would fit v4's 32 vector registers
+// (8 accumulators and the (P - 1) * S + K inputs of a tap row) but measured 0.56-1.2x (AMD EPYC Zen 4, v4).
 constexpr int kRowPixels = 4;
 
 // ac[q] = sum over the K x K taps of wt[tap] * row[(o + q) * S + kw] for the np <= P output pixels
@@ -39,7 +39,15 @@ inline void taps_accumulate(const float* const* r, const float* __restrict__ wt,
                             int np, V* ac) {
   const V zero = {};
   for (int q = 0; q < P; ++q) ac[q] = zero;
-  if (np == P && K >= 5) {
+  if (np < P) {  // the row's last pixels
+    for (int q = 0; q < np; ++q)
+      for (int kh = 0; kh < K; ++kh) {
+        const float* row = r[kh] + (o + q) * S * C + c0;
+        for (int kw = 0; kw < K; ++kw) ac[q] += vload<V>(wt + (kh * K + kw) * C + c0) * vload<V>(row + kw * C);
+      }
+    return;
+  }
+  if constexpr (K >= 5) {
     // The (P - 1) * S + K input pixels of a tap row are loaded once into registers, walking the row
     // with one pointer: indexed by the P * K (pixel, tap) pairs, the compiler kept P * S + K runtime
     // offsets (C is not a constant), ran out of general registers, spilled them to vector ones and
@@ -55,7 +63,7 @@ inline void taps_accumulate(const float* const* r, const float* __restrict__ wt,
         for (int q = 0; q < P; ++q) ac[q] += w * x[q * S + kw];
       }
     }
-  } else if (np == P) {  // k = 3: indexed loads measured faster (0.87x the other way at 64x32x32x48, 1 thread)
+  } else {  // k = 3: indexed loads measured faster (the load-once path: 0.71-1.33x, worse on 8 of 12)
     for (int kh = 0; kh < K; ++kh) {
       const float* row = r[kh] + o * S * C + c0;
       for (int kw = 0; kw < K; ++kw) {
@@ -63,12 +71,6 @@ inline void taps_accumulate(const float* const* r, const float* __restrict__ wt,
         for (int q = 0; q < P; ++q) ac[q] += w * vload<V>(row + (q * S + kw) * C);
       }
     }
-  } else {
-    for (int q = 0; q < np; ++q)
-      for (int kh = 0; kh < K; ++kh) {
-        const float* row = r[kh] + (o + q) * S * C + c0;
-        for (int kw = 0; kw < K; ++kw) ac[q] += vload<V>(wt + (kh * K + kw) * C + c0) * vload<V>(row + kw * C);
-      }
   }
 }
 

@@ -1,11 +1,12 @@
 """The depthwise conv kernels (``dwconv_bn_forward`` / ``_backward``), this checkout vs another, A/B.
 
-    python bench/cpu/ab_dwconv.py --baseline DIR [--threads 1] [--rounds 3] [--no-weight-grad]
+    python bench/cpu/ab_dwconv.py --baseline DIR [--threads 1] [--rounds 3] [--no-weight-grad] [--shapes JSON]
 
 Shapes of the default search (fbnet-cifar at width 0.25, batch 64): the reduction layers' stride-2 candidates
 (8, 24 and 48 channels at 32x32, k 3 and 5), a 16x16 and an 8x8 one, and a stride-1 layer for contrast. Each
 measurement is a fresh process per checkout (rounds alternate them) timing each kernel call 5 x 5 times (the
-median); prints the medians over rounds and the ratio baseline / this checkout. Run it alone on the machine.
+median); prints the medians over rounds and the ratio baseline / this checkout. ``--shapes`` replaces the
+shape list (``'[[n, h, w, c, k, stride], ...]'``). Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ print(json.dumps(res))
 def main() -> int:
     p = parser(__doc__)
     p.add_argument("--no-weight-grad", action="store_true", help="backward without the weight gradient (a theta step)")
+    p.add_argument("--shapes", type=json.loads, default=SHAPES, help="JSON list of [n, h, w, c, k, stride]")
     args = p.parse_args()
-    out = alternate(args.baseline, CHILD, [str(args.threads), "0" if args.no_weight_grad else "1", json.dumps(SHAPES)],
-                    args.rounds)
+    out = alternate(args.baseline, CHILD, [str(args.threads), "0" if args.no_weight_grad else "1",
+                                           json.dumps(args.shapes)], args.rounds)
     print(f"dwconv_bn kernels, {args.threads} thread(s), median of {args.rounds} rounds (ms)"
           + (", backward without weight gradient" if args.no_weight_grad else ""))
     for key in out["this"][0]:
