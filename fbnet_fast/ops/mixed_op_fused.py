@@ -54,7 +54,7 @@ from ..errors import ConfigError
 from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_fold, bn_grad_fold,
                      bn_stats)
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
-from ._launch import launches_unchecked
+from ._launch import cpu_ext, launches_unchecked
 from .gemm import mm, mm_stats, mm_tn, small_rule, small_tn_rule
 from .mixed_op_ref import active_candidates
 
@@ -96,7 +96,23 @@ def _nhwc(t: torch.Tensor) -> torch.Tensor:
 
 
 def _uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
-    return bn.training or (bn.running_mean is None and bn.running_var is None)
+    buf = bn._buffers  # not Module.__getattr__: ~0.7 us a read, several reads a candidate and step
+    return bn.training or (buf.get("running_mean") is None and buf.get("running_var") is None)
+
+
+def _running_update(bn: nn.BatchNorm2d, count: int) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+    """``(running_mean, running_var, momentum)`` for a fold with batch statistics over ``count`` values per
+    channel: ``nn.BatchNorm2d``'s update in training (``num_batches_tracked`` counted here, momentum ``None``:
+    the cumulative average), ``(None, None, 0.0)`` when the module keeps no running statistics or is in eval."""
+    if not (bn.training and bn.track_running_stats):
+        return None, None, 0.0
+    if count < 2:
+        raise ConfigError(f"BatchNorm in training needs more than 1 value per channel, got {count}")
+    buf = bn._buffers
+    nbt = buf["num_batches_tracked"]
+    nbt.add_(1)
+    f = bn.momentum if bn.momentum is not None else 1.0 / float(nbt)
+    return buf["running_mean"], buf["running_var"], f
 
 
 def fold_module_bn(bn: nn.BatchNorm2d, gamma, beta, z2d: torch.Tensor, stats, perm) -> _BN:
@@ -109,13 +125,8 @@ def fold_module_bn(bn: nn.BatchNorm2d, gamma, beta, z2d: torch.Tensor, stats, pe
     if _uses_batch_stats(bn):
         mean, var = stats if stats is not None else bn_stats(z2d)
         count = z2d.shape[0]
-        run = {}
-        if bn.training and bn.track_running_stats:
-            if count < 2:
-                raise ConfigError(f"BatchNorm in training needs more than 1 value per channel, got {count}")
-            bn.num_batches_tracked.add_(1)
-            f = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            run = dict(running_mean=bn.running_mean, running_var=bn.running_var, momentum=f, count=count)
+        rm, rv, f = _running_update(bn, count)
+        run = {} if rm is None else dict(running_mean=rm, running_var=rv, momentum=f, count=count)
         fold = bn_fold(mean, var, gamma, beta, eps=bn.eps, perm=perm, **run)
         return _BN(fold.scale, fold.shift, mean, var, fold.invstd, True)
     mean, var = bn.running_mean, bn.running_var
@@ -256,6 +267,47 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
     bn3 = fold_module_bn(b.bn3, g3, b3, z3, r3.stats, None)
     affine_act_accumulate_(out2, z3, bn3.scale, bn3.shift, relu=False, alpha=alpha, assign=first)
     return [bn1, bn2, bn3], [z1, z2, z3] if keep else []
+
+
+def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool, first: bool):
+    """:func:`_ir_forward` as one C++ call (``_C.ir_forward``: the same kernels in the same order, so the same
+    bits), where it applies (:func:`_ir_cpp_applies`): the Python around the seven launches was ~170 us a
+    candidate (AMD EPYC Zen 4), the kernels of a width-0.25 candidate 0.1-3 ms."""
+    b = c.block
+    _, g1, b1, _, g2, b2, _, g3, b3 = ps
+    n, h, w, cin = shape
+    mid, cout = b.mid, b.c_out
+    m, mo = n * h * w, n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
+    z1, z2, z3 = x2.new_empty(m, mid), x2.new_empty(mo, mid), x2.new_empty(mo, cout)
+    folds = x2.new_empty(10 * mid + 5 * cout)
+    bn1, bn2, bn3 = b.bn1, b.bn2, b.bn3
+    rm1, rv1, f1 = _running_update(bn1, m)
+    rm2, rv2, f2 = _running_update(bn2, mo)
+    rm3, rv3, f3 = _running_update(bn3, mo)
+    w1t, w3t = wts.w1.t().contiguous(), wts.w3.t().contiguous()
+    p = _ptr
+    cpu_ext().ir_forward(x2.data_ptr(), n, h, w, cin, w1t.data_ptr(), mid, wts.wt.data_ptr(), b.kernel, b.stride,
+                         w3t.data_ptr(), cout, g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(), b2.data_ptr(),
+                         g3.data_ptr(), b3.data_ptr(), p(rm1), p(rv1), p(rm2), p(rv2), p(rm3), p(rv3),
+                         float(bn1.eps), float(bn2.eps), float(bn3.eps), float(f1), float(f2), float(f3),
+                         z1.data_ptr(), z2.data_ptr(), z3.data_ptr(), folds.data_ptr(), out2.data_ptr(),
+                         float(alpha), bool(first))
+    v = folds.split_with_sizes([mid] * 10 + [cout] * 5)  # per BN: scale, shift, mean, var, invstd
+    folded = [_BN(*v[i:i + 5], True) for i in (0, 5, 10)]
+    return folded, [z1, z2, z3] if keep else []
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _ir_cpp_applies(c: _Cand, x2: torch.Tensor, m: int, mo: int) -> bool:
+    """Whether :func:`_ir_forward_cpp` runs this candidate: a CPU tensor, every BN on batch statistics (training,
+    or no running statistics kept) and both products on the small-product kernel (torch runs the others)."""
+    b = c.block
+    return (x2.device.type == "cpu" and _uses_batch_stats(b.bn1) and _uses_batch_stats(b.bn2)
+            and _uses_batch_stats(b.bn3) and small_rule(x2.device, m, x2.shape[1], b.mid)
+            and small_rule(x2.device, mo, b.mid, b.c_out))
 
 
 def _ir_backward(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first):
@@ -433,7 +485,8 @@ class MixedOpFunction(torch.autograd.Function):
             alpha = wl[c.index]
             wts.append(_ir_weights(c, ps) if c.kind == "ir" else None)
             if c.kind == "ir":
-                f, kp = _ir_forward(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep, first)
+                run = _ir_forward_cpp if _ir_cpp_applies(c, x2, n * h * w, n * ho * wo) else _ir_forward
+                f, kp = run(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep, first)
                 kept += kp
                 residual += alpha if c.block.residual else 0.0
                 first = False
