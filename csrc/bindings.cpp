@@ -37,13 +37,14 @@ struct Table {
   decltype(&base::small_gemm) small_gemm;
   decltype(&base::small_gemm_tn) small_gemm_tn;
   decltype(&base::ir_forward) ir_forward;
+  decltype(&base::ir_backward) ir_backward;
 };
 
 #define FBNET_TABLE(ns)                                                                         \
   Table {                                                                                       \
     #ns, &ns::bn_stats, &ns::affine_act, &ns::affine_act_accumulate, &ns::act_grad_sums,        \
         &ns::act_grad_apply, &ns::bn_fold, &ns::bn_grad_fold, &ns::dwconv_bn_forward,           \
-        &ns::dwconv_bn_backward, &ns::small_gemm, &ns::small_gemm_tn, &ns::ir_forward \
+        &ns::dwconv_bn_backward, &ns::small_gemm, &ns::small_gemm_tn, &ns::ir_forward, &ns::ir_backward \
   }
 
 const Table kBase = FBNET_TABLE(base);
@@ -166,11 +167,17 @@ PYBIND11_MODULE(_C, m) {
               bool>,
         nogil, py::arg("x"), py::arg("M"), py::arg("P"), py::arg("ldx"), py::arg("y"), py::arg("Q"), py::arg("ldy"),
         py::arg("out"), py::arg("scale") = 0, py::arg("shift") = 0, py::arg("on_x") = false);
-  // positional only: called once per candidate from fbnet_fast/ops/mixed_op_fused.py (_ir_forward_cpp)
+  // positional only: called once per candidate from fbnet_fast/ops/mixed_op_fused.py (_ir_*_cpp)
   m.def("ir_forward",
         &call<&Table::ir_forward, buf_t, int64_t, int64_t, int64_t, int64_t, buf_t, int64_t, buf_t, int64_t,
               int64_t, buf_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t,
               buf_t, buf_t, double, double, double, double, double, double, buf_t, buf_t, buf_t, buf_t, buf_t,
               float, bool>,
+        nogil);
+  m.def("ir_backward",
+        &call<&Table::ir_backward, buf_t, buf_t, buf_t, buf_t, buf_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+              int64_t, int64_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t,
+              buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, bool, bool, bool, double,
+              buf_t, buf_t, buf_t, buf_t, buf_t, bool>,
         nogil);
 }

@@ -7,6 +7,9 @@
 // which still runs where this one does not apply (eval-mode BNs, products torch runs, GPU).
 #include "kernels.h"
 
+#include <memory>
+#include <vector>
+
 FBNET_ISA_BEGIN
 namespace fbnet {
 namespace FBNET_ISA {
@@ -39,6 +42,75 @@ void ir_forward(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1t
   bn_fold(v(s3 + 2 * Cout), v(s3 + 3 * Cout), gamma3, beta3, 0, Cout, eps3, run_mean3, run_var3, momentum3, Mo,
           v(s3), v(s3 + Cout), v(s3 + 4 * Cout));
   affine_act_accumulate(z3, Mo, Cout, v(s3), v(s3 + Cout), false, alpha, out, assign);
+}
+
+namespace {
+
+std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[n]); }  // not zeroed
+
+buf_t B(const float* p) { return reinterpret_cast<buf_t>(p); }
+
+// out [P, Q] = x [M, P]^T y [M, Q] (prologue relu(scale * y + shift) on y's columns when scale != 0), as
+// fbnet_fast.ops.gemm.mm_tn runs it: the wider operand on the kernel's vector side, transposed after.
+void mm_tn(buf_t x, int64_t M, int64_t P, buf_t y, int64_t Q, buf_t scale, buf_t shift, float* out) {
+  if (P <= Q) {
+    small_gemm_tn(x, M, P, P, y, Q, Q, B(out), scale, shift, false);
+    return;
+  }
+  auto t = scratch(Q * P);  // [Q, P]
+  small_gemm_tn(y, M, Q, Q, x, P, P, B(t.get()), scale, shift, true);
+  for (int64_t i = 0; i < Q; ++i)
+    for (int64_t j = 0; j < P; ++j) out[j * Q + i] = t[i * P + j];
+}
+
+}  // namespace
+
+// The backward of ir_forward from kept z1, z2, z3 (mixed_op_fused._ir_backward's kept path with the products'
+// prologue, x wanting a gradient or a weight below W3 wanting one): the same launches in the same order.
+// fold: the forward's per-BN vectors [scale, shift, mean, invstd] x 3 as 12 pointers (bn1, bn2, bn3).
+// grads: [grad_gamma1, grad_beta1, grad_gamma2, grad_beta2, grad_gamma3, grad_beta3, weight_dot] (module order,
+// 2 mid + 2 mid + 2 Cout + 1 floats). gw1 [mid, Cin] (rows in internal order), gwt [k*k, mid], gw3 [Cout, mid]:
+// 0 when not wanted; gx [M, Cin]: 0 when x wants no gradient, else written (accumulate_gx: added to).
+void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin,
+                 int64_t mid, int64_t Cout, int64_t k, int64_t stride, buf_t w1, buf_t wt, buf_t w3, buf_t gamma1,
+                 buf_t beta1, buf_t perm1, buf_t gamma2, buf_t beta2, buf_t gamma3, buf_t beta3, buf_t scale1,
+                 buf_t shift1, buf_t mean1, buf_t invstd1, buf_t scale2, buf_t shift2, buf_t mean2, buf_t invstd2,
+                 buf_t scale3, buf_t shift3, buf_t mean3, buf_t invstd3, bool batch1, bool batch2, bool batch3,
+                 double alpha, buf_t grads, buf_t gw1, buf_t gwt, buf_t gw3, buf_t gx, bool accumulate_gx) {
+  check_positive(N, "N"); check_positive(H, "H"); check_positive(W, "W");
+  check_positive(Cin, "Cin"); check_positive(mid, "mid"); check_positive(Cout, "Cout");
+  check_buf(grads, "grads");
+  check(stride == 1 || stride == 2, "stride must be 1 or 2");
+  const int64_t M = N * H * W;
+  const int64_t Mo = N * ((H - 1) / stride + 1) * ((W - 1) / stride + 1);
+  float* g = F(grads);
+  const int64_t C3 = std::max(mid, Cout);
+  std::vector<float> sg(C3), sgz(C3), k1(C3), k2(C3), k3(C3);
+  const buf_t psg = B(sg.data()), psgz = B(sgz.data()), pk1 = B(k1.data()), pk2 = B(k2.data()), pk3 = B(k3.data());
+  // BN3 (y = alpha * bn3(z3)), its gradient gz3 [Mo, Cout]
+  auto gz3 = scratch(Mo * Cout);
+  act_grad_sums(go, z3, Mo, Cout, scale3, shift3, false, mean3, psg, psgz);
+  bn_grad_fold(psg, psgz, gamma3, beta3, invstd3, 0, Cout, alpha, Mo, batch3, pk1, pk2, pk3, B(g + 4 * mid),
+               B(g + 4 * mid + Cout), B(g + 4 * mid + 2 * Cout));
+  act_grad_apply(go, z3, Mo, Cout, scale3, shift3, false, mean3, pk1, pk2, pk3, B(gz3.get()));
+  if (gw3) mm_tn(B(gz3.get()), Mo, Cout, z2, mid, scale2, shift2, F(gw3));
+  // h2's gradient, then BN2 + ReLU's (in place)
+  auto gh2 = scratch(Mo * mid);
+  small_gemm(B(gz3.get()), Mo, Cout, Cout, w3, mid, B(gh2.get()), mid, false, 0, 0, 0, 0);
+  gz3.reset();
+  act_grad_sums(B(gh2.get()), z2, Mo, mid, scale2, shift2, true, mean2, psg, psgz);
+  bn_grad_fold(psg, psgz, gamma2, beta2, invstd2, 0, mid, 1.0, Mo, batch2, pk1, pk2, pk3, B(g + 2 * mid),
+               B(g + 3 * mid), 0);
+  act_grad_apply(B(gh2.get()), z2, Mo, mid, scale2, shift2, true, mean2, pk1, pk2, pk3, B(gh2.get()));
+  // the depthwise conv (BN1's sums from the same pass), then BN1's gradient (in place)
+  auto gu1 = scratch(M * mid);
+  dwconv_bn_backward(B(gh2.get()), z1, N, H, W, mid, scale1, shift1, wt, k, stride, mean1, B(gu1.get()), gwt, psg,
+                     psgz);
+  gh2.reset();
+  bn_grad_fold(psg, psgz, gamma1, beta1, invstd1, perm1, mid, 1.0, M, batch1, pk1, pk2, pk3, B(g), B(g + mid), 0);
+  act_grad_apply(B(gu1.get()), z1, M, mid, scale1, shift1, false, mean1, pk1, pk2, pk3, B(gu1.get()));
+  if (gw1) mm_tn(B(gu1.get()), M, mid, x, Cin, 0, 0, F(gw1));
+  if (gx) small_gemm(B(gu1.get()), M, mid, mid, w1, Cin, gx, Cin, accumulate_gx, 0, 0, 0, 0);
 }
 
 }  // namespace FBNET_ISA

@@ -310,6 +310,52 @@ def _ir_cpp_applies(c: _Cand, x2: torch.Tensor, m: int, mo: int) -> bool:
             and small_rule(x2.device, mo, b.mid, b.c_out))
 
 
+def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first):
+    """:func:`_ir_backward`'s kept path with the products' prologue as one C++ call (``_C.ir_backward``: the same
+    launches in the same order, so the same bits), where :func:`_ir_bwd_cpp_applies` says so."""
+    b = c.block
+    w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
+    n, h, w, cin = shape
+    mid, cout = b.mid, b.c_out
+    bn1, bn2, bn3 = folds
+    z1, z2, z3 = kept
+    gvec = x2.new_empty(4 * mid + 2 * cout + 1)
+    gw1d = x2.new_empty(mid, cin) if needs[0] else None
+    gwt = torch.empty_like(wts.wt) if needs[3] else None
+    gw3 = x2.new_empty(cout, mid) if needs[6] else None
+    p = _ptr
+    cpu_ext().ir_backward(go2.data_ptr(), z1.data_ptr(), z2.data_ptr(), z3.data_ptr(), x2.data_ptr(), n, h, w, cin,
+                          mid, cout, b.kernel, b.stride, wts.w1.data_ptr(), wts.wt.data_ptr(), wts.w3.data_ptr(),
+                          g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(), b2.data_ptr(), g3.data_ptr(),
+                          b3.data_ptr(), bn1.scale.data_ptr(), bn1.shift.data_ptr(), bn1.mean.data_ptr(),
+                          bn1.invstd.data_ptr(), bn2.scale.data_ptr(), bn2.shift.data_ptr(), bn2.mean.data_ptr(),
+                          bn2.invstd.data_ptr(), bn3.scale.data_ptr(), bn3.shift.data_ptr(), bn3.mean.data_ptr(),
+                          bn3.invstd.data_ptr(), bn1.batch, bn2.batch, bn3.batch, float(alpha), gvec.data_ptr(),
+                          p(gw1d), p(gwt), p(gw3), p(gx2), not first)
+    gg1, gb1, gg2, gb2, gg3, gb3, dot = gvec.split_with_sizes([mid] * 4 + [cout] * 2 + [1])
+    gw1 = None
+    if needs[0]:
+        if c.inv_perm is not None:
+            gw1d = gw1d[c.inv_perm]
+        gw1 = _undense_1x1(gw1d, b.groups, w1.shape)
+    grads = [gw1, gg1, gb1, gwt.t().reshape(wd.shape) if needs[3] else None, gg2, gb2,
+             _undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None, gg3, gb3]
+    return [g if need else None for g, need in zip(grads, needs)], dot
+
+
+def _ir_bwd_cpp_applies(c: _Cand, kept, x2, gx2, needs, m: int, mo: int) -> bool:
+    """Whether :func:`_ir_backward_cpp` runs this candidate: CPU, z1..z3 kept, a gradient below BN3 wanted, and
+    every product of the backward on the small kernels (torch runs the others, in :func:`_ir_backward`)."""
+    b = c.block
+    mid, cout, cin = b.mid, b.c_out, x2.shape[1]
+    dev = x2.device
+    return (bool(kept) and dev.type == "cpu" and (gx2 is not None or any(needs[:6]))
+            and small_rule(dev, mo, cout, mid)
+            and (not needs[6] or small_tn_rule(dev, cout, mid))
+            and (not needs[0] or small_tn_rule(dev, mid, cin))
+            and (gx2 is None or small_rule(dev, m, mid, cin)))
+
+
 def _ir_backward(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first):
     """``gx2`` None: x wants no gradient. With neither it nor a parameter below W3 wanting one (a theta step's
     first layer), the backward stops at BN3: its sums give the Gumbel weight's gradient."""
@@ -531,7 +577,10 @@ class MixedOpFunction(torch.autograd.Function):
             if c.kind == "ir":
                 kp = kept[3 * i_ir:3 * i_ir + 3] if ctx.keep else None
                 i_ir += 1
-                g, dot = _ir_backward(c, ps, wts, fo, kp, x2, gx2, x4.shape, go2, alpha, needs, first)
+                ho, wo = conv_out_size(h, c.block.stride), conv_out_size(w, c.block.stride)
+                run = _ir_backward_cpp if _ir_bwd_cpp_applies(c, kp, x2, gx2, needs, n * h * w, n * ho * wo) \
+                    else _ir_backward
+                g, dot = run(c, ps, wts, fo, kp, x2, gx2, x4.shape, go2, alpha, needs, first)
                 is_res, first = c.block.residual, False
             elif c.kind == "skip_conv":
                 g, dot = _skip_backward(c, ps, fo, x4, gx4, go2, alpha, needs, first)
