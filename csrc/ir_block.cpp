@@ -8,11 +8,25 @@
 #include "kernels.h"
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 FBNET_ISA_BEGIN
 namespace fbnet {
 namespace FBNET_ISA {
+
+namespace {
+
+// The candidate's input and output rows (M = N*H*W, Mo after the stride), its sizes checked.
+std::pair<int64_t, int64_t> rows(int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t mid, int64_t Cout,
+                                 int64_t stride) {
+  check_positive(N, "N"); check_positive(H, "H"); check_positive(W, "W");
+  check_positive(Cin, "Cin"); check_positive(mid, "mid"); check_positive(Cout, "Cout");
+  check(stride == 1 || stride == 2, "stride must be 1 or 2");
+  return {N * H * W, N * ((H - 1) / stride + 1) * ((W - 1) / stride + 1)};
+}
+
+}  // namespace
 
 // folds: 5 vectors per BN (scale, shift, mean, var, invstd), BN1 and BN2 of `mid` channels,
 // BN3 of `Cout`: [scale1, shift1, mean1, var1, invstd1, scale2, ..., invstd3].
@@ -22,12 +36,8 @@ void ir_forward(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1t
                 buf_t run_mean2, buf_t run_var2, buf_t run_mean3, buf_t run_var3, double eps1, double eps2,
                 double eps3, double momentum1, double momentum2, double momentum3, buf_t z1, buf_t z2, buf_t z3,
                 buf_t folds, buf_t out, float alpha, bool assign) {
-  check_positive(N, "N"); check_positive(H, "H"); check_positive(W, "W");
-  check_positive(Cin, "Cin"); check_positive(mid, "mid"); check_positive(Cout, "Cout");
   check_buf(folds, "folds");
-  check(stride == 1 || stride == 2, "stride must be 1 or 2");
-  const int64_t M = N * H * W;
-  const int64_t Mo = N * ((H - 1) / stride + 1) * ((W - 1) / stride + 1);
+  const auto [M, Mo] = rows(N, H, W, Cin, mid, Cout, stride);
   float* f = F(folds);
   const auto v = [&](int64_t off) { return reinterpret_cast<buf_t>(f + off); };
   const int64_t s1 = 0, s2 = 5 * mid, s3 = 10 * mid;  // each BN's five vectors
@@ -77,12 +87,8 @@ void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int
                  buf_t shift1, buf_t mean1, buf_t invstd1, buf_t scale2, buf_t shift2, buf_t mean2, buf_t invstd2,
                  buf_t scale3, buf_t shift3, buf_t mean3, buf_t invstd3, bool batch1, bool batch2, bool batch3,
                  double alpha, buf_t grads, buf_t gw1, buf_t gwt, buf_t gw3, buf_t gx, bool accumulate_gx) {
-  check_positive(N, "N"); check_positive(H, "H"); check_positive(W, "W");
-  check_positive(Cin, "Cin"); check_positive(mid, "mid"); check_positive(Cout, "Cout");
   check_buf(grads, "grads");
-  check(stride == 1 || stride == 2, "stride must be 1 or 2");
-  const int64_t M = N * H * W;
-  const int64_t Mo = N * ((H - 1) / stride + 1) * ((W - 1) / stride + 1);
+  const auto [M, Mo] = rows(N, H, W, Cin, mid, Cout, stride);
   float* g = F(grads);
   const int64_t C3 = std::max(mid, Cout);
   std::vector<float> sg(C3), sgz(C3), k1(C3), k2(C3), k3(C3);
