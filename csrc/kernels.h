@@ -38,8 +38,8 @@
   void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t Q, int64_t ldy, \
                      buf_t out, buf_t aff_scale, buf_t aff_shift, bool aff_on_x);                   \
   /* ir_block: one IR candidate's training forward (the launches above, composed) */               \
-  void ir_forward(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1t, int64_t mid,     \
-                  buf_t wt, int64_t k, int64_t stride, buf_t w3t, int64_t Cout, buf_t gamma1,        \
+  void ir_forward(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1, int64_t mid,      \
+                  buf_t wt, int64_t k, int64_t stride, buf_t w3, int64_t Cout, buf_t gamma1,         \
                   buf_t beta1, buf_t perm1, buf_t gamma2, buf_t beta2, buf_t gamma3, buf_t beta3,    \
                   buf_t run_mean1, buf_t run_var1, buf_t run_mean2, buf_t run_var2,                  \
                   buf_t run_mean3, buf_t run_var3, double eps1, double eps2, double eps3,            \
