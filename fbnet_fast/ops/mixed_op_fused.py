@@ -29,6 +29,12 @@ candidate's last product adds straight into the output (``_eval_forward``: no z3
 pass). A backward whose input wants no gradient skips it, and stops at BN3 when no weight below
 it wants one either (the first layer of a theta step: only the Gumbel weight's gradient is left).
 
+On CPU, an IR candidate whose BNs all normalise with batch statistics and whose products all run on the
+small kernel (:func:`.gemm.small_rule`) runs its forward as one C++ call (``_C.ir_forward``) and, from the
+kept intermediates, its backward as another (``_C.ir_backward``, csrc/ir_block.cpp): the same kernels in the
+same order as the launches above, so the same bits, without the Python and the thread fork/join around each
+of the 7 + 11 launches (:func:`_ir_cpp_applies`, :func:`_ir_bwd_cpp_applies`).
+
 ``skip`` is the identity or 1x1 conv (+stride) + BN + ReLU. Candidates with ``w_i == 0`` (hard
 Gumbel) are skipped in forward and backward; their weight gradient is 0, as in the
 reference, where they are not in the graph.
