@@ -283,8 +283,8 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
 
 def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool, first: bool):
     """:func:`_ir_forward` as one C++ call (``_C.ir_forward``: the same kernels in the same order, so the same
-    bits), where it applies (:func:`_ir_cpp_applies`): the Python around the seven launches was ~170 us a
-    candidate (AMD EPYC Zen 4), the kernels of a width-0.25 candidate 0.1-3 ms."""
+    bits), where it applies (:func:`_ir_cpp_applies`). With :func:`_ir_backward_cpp`: the default search's weight
+    step 594 -> 512 ms at 2 threads (AMD EPYC Zen 4, AVX-512, fresh processes; BENCHMARKS.md)."""
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, cin = shape
