@@ -22,11 +22,15 @@ std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(ne
 
 buf_t B(const float* p) { return reinterpret_cast<buf_t>(p); }
 
-// a [R, C] -> a^T [C, R]
-std::unique_ptr<float[]> transposed(const float* a, int64_t R, int64_t C) {
-  auto t = scratch(R * C);
+// t = a^T: a [R, C] -> t [C, R]
+void transpose(const float* a, int64_t R, int64_t C, float* t) {
   for (int64_t i = 0; i < R; ++i)
     for (int64_t j = 0; j < C; ++j) t[j * R + i] = a[i * C + j];
+}
+
+std::unique_ptr<float[]> transposed(const float* a, int64_t R, int64_t C) {
+  auto t = scratch(R * C);
+  transpose(a, R, C, t.get());
   return t;
 }
 
@@ -81,8 +85,7 @@ void mm_tn(buf_t x, int64_t M, int64_t P, buf_t y, int64_t Q, buf_t scale, buf_t
   }
   auto t = scratch(Q * P);  // [Q, P]
   small_gemm_tn(y, M, Q, Q, x, P, P, B(t.get()), scale, shift, true);
-  for (int64_t i = 0; i < Q; ++i)
-    for (int64_t j = 0; j < P; ++j) out[j * Q + i] = t[i * P + j];
+  transpose(t.get(), Q, P, out);
 }
 
 }  // namespace

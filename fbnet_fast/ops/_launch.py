@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["check_act", "check_vec", "cpu_ext", "launches_unchecked", "triton_family"]
+__all__ = ["check_act", "check_vec", "cpu_ext", "launches_unchecked", "ptr", "triton_family"]
 
 
 class _Unchecked(threading.local):
@@ -68,6 +68,11 @@ def check_vec(t: torch.Tensor, name: str, c: int, device: torch.device) -> None:
         raise ConfigError(f"{name} must be a contiguous float32 [{c}] tensor, got {got}")
     if t.device != device:
         raise ConfigError(f"{name} is on {t.device} but the activations are on {device}")
+
+
+def ptr(t: torch.Tensor | None) -> int:
+    """A kernel's optional buffer argument: ``t.data_ptr()``, or 0 for None (the C++ side's "not given")."""
+    return 0 if t is None else t.data_ptr()
 
 
 _cpu_module: ModuleType | None = None

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import ConfigError
-from ._launch import backend, check_act, check_vec, cpu_ext
+from ._launch import backend, check_act, check_vec, cpu_ext, ptr
 
 __all__ = ["BNStats", "ActGradSums", "BNFold", "BNGradFold", "bn_stats", "affine_act", "affine_act_accumulate_",
            "act_grad_sums", "act_grad_apply", "bn_fold", "bn_grad_fold"]
@@ -83,10 +83,6 @@ def _check_perm(perm, c, device):
             or not perm.is_contiguous() or perm.device != device:
         got = f"{perm.dtype} {list(perm.shape)} on {perm.device}" if isinstance(perm, torch.Tensor) else type(perm)
         raise ConfigError(f"perm must be a contiguous int64 [{c}] tensor on {device}, got {got}")
-
-
-def _ptr(t):
-    return 0 if t is None else t.data_ptr()
 
 
 def _check_affine(z, scale, shift, name="z"):
@@ -193,8 +189,8 @@ def bn_fold(mean: torch.Tensor, var: torch.Tensor, gamma: torch.Tensor, beta: to
         return tk.bn_fold(mean, var, gamma, beta, eps=eps, perm=perm, running_mean=running_mean,
                           running_var=running_var, momentum=momentum, count=count)
     scale, shift, invstd = mean.new_empty(c), mean.new_empty(c), mean.new_empty(c)
-    cpu_ext().bn_fold(mean.data_ptr(), var.data_ptr(), gamma.data_ptr(), beta.data_ptr(), _ptr(perm), c, float(eps),
-                      _ptr(running_mean), _ptr(running_var), float(momentum), int(count), scale.data_ptr(),
+    cpu_ext().bn_fold(mean.data_ptr(), var.data_ptr(), gamma.data_ptr(), beta.data_ptr(), ptr(perm), c, float(eps),
+                      ptr(running_mean), ptr(running_var), float(momentum), int(count), scale.data_ptr(),
                       shift.data_ptr(), invstd.data_ptr())
     return BNFold(scale, shift, invstd)
 
@@ -218,6 +214,6 @@ def bn_grad_fold(sum_g: torch.Tensor, sum_gz: torch.Tensor, gamma: torch.Tensor,
     k1, k2, k3, gg, gb = (sum_g.new_empty(c) for _ in range(5))
     dot = sum_g.new_empty(())
     cpu_ext().bn_grad_fold(sum_g.data_ptr(), sum_gz.data_ptr(), gamma.data_ptr(), beta.data_ptr(), invstd.data_ptr(),
-                           _ptr(perm), c, float(alpha), int(count), bool(batch), k1.data_ptr(), k2.data_ptr(),
+                           ptr(perm), c, float(alpha), int(count), bool(batch), k1.data_ptr(), k2.data_ptr(),
                            k3.data_ptr(), gg.data_ptr(), gb.data_ptr(), dot.data_ptr())
     return BNGradFold(k1, k2, k3, gg, gb, dot)

@@ -60,7 +60,7 @@ from ..errors import ConfigError
 from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accumulate_, bn_fold, bn_grad_fold,
                      bn_stats)
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
-from ._launch import cpu_ext, launches_unchecked
+from ._launch import cpu_ext, launches_unchecked, ptr
 from .gemm import mm, mm_stats, mm_tn, small_rule, small_tn_rule
 from .mixed_op_ref import active_candidates
 
@@ -296,7 +296,7 @@ def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep:
     rm1, rv1, f1 = _running_update(bn1, m)
     rm2, rv2, f2 = _running_update(bn2, mo)
     rm3, rv3, f3 = _running_update(bn3, mo)
-    p = _ptr
+    p = ptr
     cpu_ext().ir_forward(x2.data_ptr(), n, h, w, cin, wts.w1.data_ptr(), mid, wts.wt.data_ptr(), b.kernel, b.stride,
                          wts.w3.data_ptr(), cout, g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(), b2.data_ptr(),
                          g3.data_ptr(), b3.data_ptr(), p(rm1), p(rv1), p(rm2), p(rv2), p(rm3), p(rv3),
@@ -306,10 +306,6 @@ def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep:
     v = folds.split_with_sizes([mid] * 10 + [cout] * 5)  # per BN: scale, shift, mean, var, invstd
     folded = [_BN(*v[i:i + 5], True) for i in (0, 5, 10)]
     return folded, [z1, z2, z3] if keep else []
-
-
-def _ptr(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
 
 
 def _ir_cpp_applies(c: _Cand, x2: torch.Tensor, m: int, mo: int) -> bool:
@@ -325,7 +321,7 @@ def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape,
     """:func:`_ir_backward`'s kept path with the products' prologue as one C++ call (``_C.ir_backward``: the same
     launches in the same order, so the same bits), where :func:`_ir_bwd_cpp_applies` says so."""
     b = c.block
-    w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
+    _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, cin = shape
     mid, cout = b.mid, b.c_out
     bn1, bn2, bn3 = folds
@@ -334,7 +330,7 @@ def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape,
     gw1d = x2.new_empty(mid, cin) if needs[0] else None
     gwt = torch.empty_like(wts.wt) if needs[3] else None
     gw3 = x2.new_empty(cout, mid) if needs[6] else None
-    p = _ptr
+    p = ptr
     cpu_ext().ir_backward(go2.data_ptr(), z1.data_ptr(), z2.data_ptr(), z3.data_ptr(), x2.data_ptr(), n, h, w, cin,
                           mid, cout, b.kernel, b.stride, wts.w1.data_ptr(), wts.wt.data_ptr(), wts.w3.data_ptr(),
                           g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(), b2.data_ptr(), g3.data_ptr(),
@@ -344,14 +340,7 @@ def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape,
                           bn3.invstd.data_ptr(), bn1.batch, bn2.batch, bn3.batch, float(alpha), gvec.data_ptr(),
                           p(gw1d), p(gwt), p(gw3), p(gx2), not first)
     gg1, gb1, gg2, gb2, gg3, gb3, dot = gvec.split_with_sizes([mid] * 4 + [cout] * 2 + [1])
-    gw1 = None
-    if needs[0]:
-        if c.inv_perm is not None:
-            gw1d = gw1d[c.inv_perm]
-        gw1 = _undense_1x1(gw1d, b.groups, w1.shape)
-    grads = [gw1, gg1, gb1, gwt.t().reshape(wd.shape) if needs[3] else None, gg2, gb2,
-             _undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None, gg3, gb3]
-    return [g if need else None for g, need in zip(grads, needs)], dot
+    return _ir_grads(c, ps, needs, gw1d, gg1, gb1, gwt, gg2, gb2, gw3, gg3, gb3), dot
 
 
 def _ir_bwd_cpp_applies(c: _Cand, kept, x2, gx2, needs, m: int, mo: int) -> bool:
@@ -422,18 +411,26 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2
     gf1 = bn_grad_fold(bw.sum_g, bw.sum_gz, g1, b1, bn1.invstd, count=gu1.shape[0], batch=bn1.batch, perm=c.perm)
     gz1 = act_grad_apply(gu1, z1, bn1.scale, bn1.shift, bn1.mean, gf1.k1, gf1.k2, gf1.k3, relu=False, out=gu1)
     del z1
+    gw1d = mm_tn(gz1, x2) if needs[0] else None
+    if gx2 is not None:
+        mm(gz1, wts.w1, gx2, accumulate=not first)  # first: gx2 is written, not read (no zero fill)
+    return _ir_grads(c, ps, needs, gw1d, gf1.grad_gamma, gf1.grad_beta, bw.grad_weight, r2.grad_gamma,
+                     r2.grad_beta, gw3, r3.grad_gamma, r3.grad_beta), r3.weight_dot
+
+
+def _ir_grads(c: _Cand, ps, needs, gw1d, gg1, gb1, gwt, gg2, gb2, gw3, gg3, gb3) -> list[torch.Tensor | None]:
+    """The IR candidate's parameter gradients in module layout (None where not wanted) from the kernels': ``gw1d``
+    ``[mid, C_in]`` dense with rows in internal (shuffled) order, ``gwt`` ``[k*k, mid]``, ``gw3`` dense."""
+    b = c.block
+    w1, wd, w3 = ps[0], ps[3], ps[6]
     gw1 = None
     if needs[0]:
-        gw1d = mm_tn(gz1, x2)
         if c.inv_perm is not None:
             gw1d = gw1d[c.inv_perm]
         gw1 = _undense_1x1(gw1d, b.groups, w1.shape)
-    if gx2 is not None:
-        mm(gz1, wts.w1, gx2, accumulate=not first)  # first: gx2 is written, not read (no zero fill)
-    grads = [gw1, gf1.grad_gamma, gf1.grad_beta, bw.grad_weight.t().reshape(wd.shape) if needs[3] else None,
-             r2.grad_gamma, r2.grad_beta, _undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None,
-             r3.grad_gamma, r3.grad_beta]
-    return [g if need else None for g, need in zip(grads, needs)], r3.weight_dot
+    grads = [gw1, gg1, gb1, gwt.t().reshape(wd.shape) if needs[3] else None, gg2, gb2,
+             _undense_1x1(gw3, b.groups, w3.shape) if needs[6] else None, gg3, gb3]
+    return [g if need else None for g, need in zip(grads, needs)]
 
 
 def _skip_input(c: _Cand, x4):
@@ -579,6 +576,8 @@ class MixedOpFunction(torch.autograd.Function):
         # written by the first candidate's input gradient; None when x wants none (a theta step's first layer)
         gx4 = torch.empty_like(x4) if ctx.needs_input_grad[0] else None
         gx2 = gx4.view(-1, cin) if gx4 is not None else None
+        stride = ctx.cands[0].block.stride  # one per layer, as in forward
+        m, mo = n * h * w, n * conv_out_size(h, stride) * conv_out_size(w, stride)
         dots, grads, residual, x_dot, k, i_ir, first = [], [], 0.0, None, 0, 0, True
         for c, fo, wts in zip(ctx.cands, ctx.folds, ctx.wts):
             ps, k = params[k:k + c.nparams], k + c.nparams
@@ -588,9 +587,7 @@ class MixedOpFunction(torch.autograd.Function):
             if c.kind == "ir":
                 kp = kept[3 * i_ir:3 * i_ir + 3] if ctx.keep else None
                 i_ir += 1
-                ho, wo = conv_out_size(h, c.block.stride), conv_out_size(w, c.block.stride)
-                run = _ir_backward_cpp if _ir_bwd_cpp_applies(c, kp, x2, gx2, needs, n * h * w, n * ho * wo) \
-                    else _ir_backward
+                run = _ir_backward_cpp if _ir_bwd_cpp_applies(c, kp, x2, gx2, needs, m, mo) else _ir_backward
                 g, dot = run(c, ps, wts, fo, kp, x2, gx2, x4.shape, go2, alpha, needs, first)
                 is_res, first = c.block.residual, False
             elif c.kind == "skip_conv":
