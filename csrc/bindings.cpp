@@ -38,13 +38,15 @@ struct Table {
   decltype(&base::small_gemm_tn) small_gemm_tn;
   decltype(&base::ir_forward) ir_forward;
   decltype(&base::ir_backward) ir_backward;
+  decltype(&base::ir_eval) ir_eval;
 };
 
 #define FBNET_TABLE(ns)                                                                         \
   Table {                                                                                       \
     #ns, &ns::bn_stats, &ns::affine_act, &ns::affine_act_accumulate, &ns::act_grad_sums,        \
         &ns::act_grad_apply, &ns::bn_fold, &ns::bn_grad_fold, &ns::dwconv_bn_forward,           \
-        &ns::dwconv_bn_backward, &ns::small_gemm, &ns::small_gemm_tn, &ns::ir_forward, &ns::ir_backward \
+        &ns::dwconv_bn_backward, &ns::small_gemm, &ns::small_gemm_tn, &ns::ir_forward, &ns::ir_backward, \
+        &ns::ir_eval \
   }
 
 const Table kBase = FBNET_TABLE(base);
@@ -179,5 +181,9 @@ PYBIND11_MODULE(_C, m) {
               int64_t, int64_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t,
               buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, bool, bool, bool, double,
               buf_t, buf_t, buf_t, buf_t, buf_t, bool>,
+        nogil);
+  m.def("ir_eval",
+        &call<&Table::ir_eval, buf_t, int64_t, int64_t, int64_t, int64_t, buf_t, int64_t, buf_t, int64_t, int64_t,
+              buf_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t>,
         nogil);
 }

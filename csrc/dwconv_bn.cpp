@@ -278,6 +278,69 @@ inline void wgrad_block(const float* __restrict__ hrow, const float* __restrict_
 
 }  // namespace
 
+// h1 = relu(scale1 * z1 + shift1) of one row of W pixels x C channels (the forward's activated input row).
+void activate_row(const float* __restrict__ src, int64_t W, int64_t C, const float* __restrict__ a,
+                  const float* __restrict__ b, float* __restrict__ dst) {
+  for (int64_t iw = 0; iw < W; ++iw) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) dst[iw * C + c] = std::max(a[c] * src[iw * C + c] + b[c], 0.0f);
+  }
+}
+
+// One output row of the depthwise conv from the k activated input rows rowp[kh] (zero-padded by k / 2 columns):
+// orow [Wo, C] written, its per-channel sum added to fs [C], and with hrow relu(a2 * orow + b2) written there too.
+// acc: C floats of scratch. k in {3, 5}: register-resident taps for whole channel blocks (conv_row_dispatch);
+// the generic loop does the rest (other k, and the last C % 8 channels).
+void conv_row(const float* const* rowp, const float* __restrict__ wt, int64_t k, int64_t stride, int64_t C,
+              int64_t Wo, float* __restrict__ orow, float* __restrict__ fs, const float* __restrict__ a2,
+              const float* __restrict__ b2, float* __restrict__ hrow, float* __restrict__ acc) {
+  const bool act2 = hrow != nullptr;
+  const int64_t cfast = conv_row_dispatch(k, stride, rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
+  for (int64_t ow = 0; cfast < C && ow < Wo; ++ow) {
+    float* __restrict__ o = orow + ow * C;
+    float* __restrict__ hv = act2 ? hrow + ow * C : nullptr;
+    const int64_t aoff = ow * stride * C;
+    // Channel blocks of kV accumulate in registers over the k*k taps; the
+    // generic per-channel loop kept the accumulator in memory and ran ~3x slower.
+    int64_t c0 = cfast;
+    for (; c0 + kV <= C; c0 += kV) {
+      float ac[kV] = {};
+      for (int64_t kh = 0; kh < k; ++kh) {
+        const float* __restrict__ arow = rowp[kh] + aoff + c0;
+        const float* __restrict__ wrow = wt + kh * k * C + c0;
+        for (int64_t kw = 0; kw < k; ++kw) {
+#pragma omp simd
+          for (int j = 0; j < kV; ++j) ac[j] += wrow[kw * C + j] * arow[kw * C + j];
+        }
+      }
+#pragma omp simd
+      for (int j = 0; j < kV; ++j) {
+        o[c0 + j] = ac[j];
+        fs[c0 + j] += ac[j];
+      }
+      if (act2) {
+#pragma omp simd
+        for (int j = 0; j < kV; ++j) hv[c0 + j] = std::max(a2[c0 + j] * ac[j] + b2[c0 + j], 0.0f);
+      }
+    }
+    if (c0 < C) {
+      float* __restrict__ ac = acc;
+      std::fill(ac + c0, ac + C, 0.0f);
+      for (int64_t kh = 0; kh < k; ++kh)
+        for (int64_t kw = 0; kw < k; ++kw) {
+          const float* __restrict__ x = rowp[kh] + aoff + kw * C;
+          const float* __restrict__ w = wt + (kh * k + kw) * C;
+          for (int64_t c = c0; c < C; ++c) ac[c] += w[c] * x[c];
+        }
+      for (int64_t c = c0; c < C; ++c) {
+        o[c] = ac[c];
+        fs[c] += ac[c];
+        if (act2) hv[c] = std::max(a2[c] * ac[c] + b2[c], 0.0f);
+      }
+    }
+  }
+}
+
 void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf_t scale1,
                        buf_t shift1, buf_t weight, int64_t k, int64_t stride, buf_t out,
                        buf_t mean_out, buf_t var_out, buf_t scale2, buf_t shift2, buf_t act_out) {
@@ -339,65 +402,14 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
             std::fill(dst, dst + W * C, 0.0f);
             continue;
           }
-          const float* __restrict__ src = zp + ((n * H + ih) * W) * C;
-          for (int64_t iw = 0; iw < W; ++iw) {
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c)
-              dst[iw * C + c] = std::max(a[c] * src[iw * C + c] + b[c], 0.0f);
-          }
+          activate_row(zp + ((n * H + ih) * W) * C, W, C, a, b, dst);
         }
         float* __restrict__ orow = op + r * Wo * C;
         // Statistics in float over one output row (<= a few hundred pixels), in
         // double across rows: vectorises, and keeps the error at eager's level.
         std::fill(fs, fs + C, 0.0f);
         std::fill(fq, fq + C, 0.0f);
-        // k in {3, 5}: register-resident taps for whole channel blocks; the generic loop
-        // below does the rest (other k, and the last C % 8 channels).
-        const int64_t cfast = conv_row_dispatch(k, stride, rowp, wt, C, Wo, orow, fs, a2, b2,
-                                                act2 ? hp + r * Wo * C : nullptr);
-        for (int64_t ow = 0; cfast < C && ow < Wo; ++ow) {
-          float* __restrict__ o = orow + ow * C;
-          float* __restrict__ hv = act2 ? hp + (r * Wo + ow) * C : nullptr;
-          const int64_t aoff = ow * stride * C;
-          // Channel blocks of kV accumulate in registers over the k*k taps; the
-          // generic per-channel loop kept the accumulator in memory and ran ~3x slower.
-          int64_t c0 = cfast;
-          for (; c0 + kV <= C; c0 += kV) {
-            float ac[kV] = {};
-            for (int64_t kh = 0; kh < k; ++kh) {
-              const float* __restrict__ arow = rowp[kh] + aoff + c0;
-              const float* __restrict__ wrow = wt + kh * k * C + c0;
-              for (int64_t kw = 0; kw < k; ++kw) {
-#pragma omp simd
-                for (int j = 0; j < kV; ++j) ac[j] += wrow[kw * C + j] * arow[kw * C + j];
-              }
-            }
-#pragma omp simd
-            for (int j = 0; j < kV; ++j) {
-              o[c0 + j] = ac[j];
-              fs[c0 + j] += ac[j];
-            }
-            if (act2) {
-#pragma omp simd
-              for (int j = 0; j < kV; ++j) hv[c0 + j] = std::max(a2[c0 + j] * ac[j] + b2[c0 + j], 0.0f);
-            }
-          }
-          if (c0 < C) {
-            float* __restrict__ ac = acc.data();
-            std::fill(ac + c0, ac + C, 0.0f);
-            for (int64_t kh = 0; kh < k; ++kh)
-              for (int64_t kw = 0; kw < k; ++kw) {
-                const float* __restrict__ x = rowp[kh] + aoff + kw * C;
-                const float* __restrict__ w = wt + (kh * k + kw) * C;
-                for (int64_t c = c0; c < C; ++c) ac[c] += w[c] * x[c];
-              }
-            for (int64_t c = c0; c < C; ++c) {
-              o[c] = ac[c];
-              fs[c] += ac[c];
-              if (act2) hv[c] = std::max(a2[c] * ac[c] + b2[c], 0.0f);
-            }
-          }
-        }
+        conv_row(rowp, wt, k, stride, C, Wo, orow, fs, a2, b2, act2 ? hp + r * Wo * C : nullptr, acc.data());
         if (stats) {
           // Row mean and centred sum of squares (second pass over the row, in cache),
           // merged into the chunk's running (mean, M2) with Chan's formula: with few

@@ -134,6 +134,78 @@ void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int
   if (gx) small_gemm(B(gu1.get()), M, mid, mid, w1, Cin, gx, Cin, accumulate_gx, 0, 0, 0, 0);
 }
 
+// An IR candidate's evaluation (every BN folded to an affine: running statistics), accumulated into out:
+// out [Mo, Cout] += relu(scale2 * dw(relu(scale1 * (x W1^T) + shift1)) + shift2) @ W3^T, where the caller has
+// folded BN3 and the candidate's weight into W3's rows and its shift into out's starting value
+// (mixed_op_fused._eval_forward). w1 [mid, Cin] (rows in internal order), wt [k*k, mid], w3 [Cout, mid].
+// The launches ran z1 = x W1^T over the whole batch into memory, the depthwise pass from it into z2, and the
+// last product from z2: two [M, mid] tensors written and read again (at the default search's evaluation batch,
+// 256 x 32 x 32 x 48 floats: 50 MB each). Here each work item (an image, or a band of its output rows) makes its
+// activated input rows as the output rows need them (a ring of k rows: each made once per item), then each
+// output row's depthwise row and its product, all in cache; per element the same sums in the same order as the
+// launches (gemm_rows, activate_row, conv_row), so the same bits.
+void ir_eval(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1, int64_t mid, buf_t wt, int64_t k,
+             int64_t stride, buf_t w3, int64_t Cout, buf_t scale1, buf_t shift1, buf_t scale2, buf_t shift2,
+             buf_t out) {
+  check_buf(x, "x"); check_buf(w1, "w1"); check_buf(wt, "wt"); check_buf(w3, "w3"); check_buf(out, "out");
+  check_buf(scale1, "scale1"); check_buf(shift1, "shift1"); check_buf(scale2, "scale2"); check_buf(shift2, "shift2");
+  rows(N, H, W, Cin, mid, Cout, stride);
+  check(k > 0 && k % 2 == 1 && k <= 31, "depthwise kernel size must be odd and <= 31");
+  const int64_t p = k / 2, Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1, Wp = W + 2 * p;
+  // the products' right-hand sides [K, N], columns padded as gemm_rows reads them
+  const std::vector<float> b1 = padded_columns(transposed(CF(w1), mid, Cin).get(), Cin, mid);
+  const std::vector<float> b3 = padded_columns(transposed(CF(w3), Cout, mid).get(), mid, Cout);
+  const float* xp = CF(x);
+  const float* a1 = CF(scale1);
+  const float* s1 = CF(shift1);
+  const float* a2 = CF(scale2);
+  const float* s2 = CF(shift2);
+  const float* wk = CF(wt);
+  float* op = F(out);
+  // Work items: whole images when there are enough to share; else bands of output rows (a band recomputes
+  // the k - stride input rows it shares with the band before it).
+  const int64_t bands = std::min<int64_t>(Ho, std::max<int64_t>(1, (16 + N - 1) / N));
+  const int64_t per_band = (Ho + bands - 1) / bands;
+  const int64_t items = N * bands;
+#pragma omp parallel
+  {
+    std::vector<float> ring(static_cast<size_t>(k * Wp * mid), 0.0f);  // k activated rows, padded by p columns
+    std::vector<float> z1row(static_cast<size_t>(W * mid)), z2row(static_cast<size_t>(Wo * mid));
+    std::vector<float> gs(static_cast<size_t>(std::max(gemm_rows_scratch(Cin, mid), gemm_rows_scratch(mid, Cout))));
+    std::vector<float> fs(static_cast<size_t>(mid)), acc(static_cast<size_t>(mid));
+    int64_t held[32];
+    const float* rowp[32];
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / bands, oh0 = (item % bands) * per_band, oh1 = std::min(Ho, oh0 + per_band);
+      for (int64_t i = 0; i < k; ++i) held[i] = -1;
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        for (int64_t kh = 0; kh < k; ++kh) {
+          const int64_t ih = oh * stride - p + kh;
+          const int64_t slot = ((ih % k) + k) % k;
+          const bool pad = ih < 0 || ih >= H;
+          const int64_t tag = pad ? -2 : ih;
+          float* row = ring.data() + slot * Wp * mid;
+          rowp[kh] = row;
+          if (held[slot] == tag) continue;
+          held[slot] = tag;
+          if (pad) {
+            std::fill(row + p * mid, row + (p + W) * mid, 0.0f);
+            continue;
+          }
+          gemm_rows(xp + (n * H + ih) * W * Cin, Cin, W, Cin, b1.data(), mid, z1row.data(), mid, false, nullptr,
+                    nullptr, gs.data());
+          activate_row(z1row.data(), W, mid, a1, s1, row + p * mid);
+        }
+        std::fill(fs.begin(), fs.end(), 0.0f);  // the row's channel sums (conv_row adds them; not needed here)
+        conv_row(rowp, wk, k, stride, mid, Wo, z2row.data(), fs.data(), nullptr, nullptr, nullptr, acc.data());
+        gemm_rows(z2row.data(), mid, Wo, mid, b3.data(), Cout, op + (n * Ho + oh) * Wo * Cout, Cout, true, a2, s2,
+                  gs.data());
+      }
+    }
+  }
+}
+
 }  // namespace FBNET_ISA
 }  // namespace fbnet
 FBNET_ISA_END

@@ -4,6 +4,8 @@
 // One copy of the declarations per ISA namespace (fbnet::base / v3 / v4, see common.h).
 #pragma once
 
+#include <vector>
+
 #include "common.h"
 
 #define FBNET_KERNEL_DECLS                                                                        \
@@ -52,10 +54,26 @@
                    buf_t invstd1, buf_t scale2, buf_t shift2, buf_t mean2, buf_t invstd2,            \
                    buf_t scale3, buf_t shift3, buf_t mean3, buf_t invstd3, bool batch1, bool batch2, \
                    bool batch3, double alpha, buf_t grads, buf_t gw1, buf_t gwt, buf_t gw3, buf_t gx, \
-                   bool accumulate_gx);
+                   bool accumulate_gx);                                                            \
+  void ir_eval(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1, int64_t mid, buf_t wt,        \
+               int64_t k, int64_t stride, buf_t w3, int64_t Cout, buf_t scale1, buf_t shift1, buf_t scale2,     \
+               buf_t shift2, buf_t out);
 
 namespace fbnet {
 namespace FBNET_ISA {
 FBNET_KERNEL_DECLS
+
+// Single-threaded row routines the kernels share (ir_block.cpp composes them; not bound to Python).
+// small_gemm.cpp: b [K, N] with its columns zero-padded to a multiple of 8 (the layout gemm_rows reads), and
+// o[rows, N] (+)= A[rows, K] @ b for `rows` rows, with the prologue relu(sc * A + sh) when sc is given (scratch:
+// gemm_rows_scratch(K, N) floats); per element the same sum, in the same order, as small_gemm.
+std::vector<float> padded_columns(const float* b, int64_t K, int64_t N);
+int64_t gemm_rows_scratch(int64_t K, int64_t N);
+void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float* bp, int64_t N, float* o,
+               int64_t ldo, bool accumulate, const float* sc, const float* sh, float* scratch);
+// dwconv_bn.cpp: one activated input row, and one output row of the depthwise conv (see there).
+void activate_row(const float* src, int64_t W, int64_t C, const float* a, const float* b, float* dst);
+void conv_row(const float* const* rowp, const float* wt, int64_t k, int64_t stride, int64_t C, int64_t Wo,
+              float* orow, float* fs, const float* a2, const float* b2, float* hrow, float* acc);
 }  // namespace FBNET_ISA
 }  // namespace fbnet

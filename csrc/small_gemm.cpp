@@ -8,7 +8,7 @@
 // Reference: torch.mm (fbnet_fast/ops/gemm.py, small_mm_ref).
 //
 // Summation order: k = 0 .. K-1 sequentially, float32 FMA, so a row's result does not depend
-// on the thread count or on where the row falls in a block.
+// on the thread count or on where the row falls in a block (the last M % 4 rows too: see gemm_rows).
 //
 // Two fusions for the mixed op (each saves a pass over an activation tensor in memory):
 // * a prologue on A: relu(scale[k] * A[m, k] + shift[k]) (a BatchNorm + ReLU folded to an affine,
@@ -164,6 +164,43 @@ inline void block_stats(const float* __restrict__ o, int64_t ldo, int64_t R, int
 
 }  // namespace
 
+std::vector<float> padded_columns(const float* b, int64_t K, int64_t N) {
+  const int64_t Np = (N + 7) / 8 * 8;
+  std::vector<float> bp(static_cast<size_t>(K * Np), 0.0f);
+  for (int64_t k = 0; k < K; ++k) std::memcpy(bp.data() + k * Np, b + k * N, sizeof(float) * N);
+  return bp;
+}
+
+int64_t gemm_rows_scratch(int64_t K, int64_t N) { return kP * K + kP * ((N + 7) / 8 * 8); }
+
+void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float* bp, int64_t N, float* o,
+               int64_t ldo, bool accumulate, const float* sc, const float* sh, float* scratch) {
+  const int64_t Np = (N + 7) / 8 * 8;
+  int64_t r = 0;
+  for (; r + kP <= rows; r += kP)
+    row_block<kP>(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
+  if (r == rows) return;
+  // The last rows % 4 rows also go through the 4-row tile, zero rows padding A and a scratch tile holding out's
+  // rows: GCC contracted `c += s * b` to a FMA in the 4-row tile but not in a 1-row one (a multiply and an add:
+  // measured, most elements of an [8, 8] product differed in the last bit), so a row's bits depended on whether
+  // it fell in the last M % 4 rows of a product (and ir_eval's per-image rows would not have been small_gemm's).
+  const int64_t tail = rows - r;
+  float* at = scratch;       // [4, K]
+  float* ot = at + kP * K;  // [4, Np]
+  std::fill(at, at + kP * K, 0.0f);
+  if (sc) {
+    affine_relu_rows(a + r * lda, lda, tail, K, sc, sh, at, K);
+  } else {
+    for (int64_t q = 0; q < tail; ++q) std::memcpy(at + q * K, a + (r + q) * lda, sizeof(float) * K);
+  }
+  if (accumulate)
+    for (int64_t q = 0; q < tail; ++q) std::memcpy(ot + q * Np, o + (r + q) * ldo, sizeof(float) * N);
+  column_blocks(Np, [&](auto v, auto nb, int64_t n0) {
+    tile<decltype(v), kP, decltype(nb)::value>(at, K, K, bp + n0, Np, ot + n0, Np, N - n0, accumulate);
+  });
+  for (int64_t q = 0; q < tail; ++q) std::memcpy(o + (r + q) * ldo, ot + q * Np, sizeof(float) * N);
+}
+
 void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, buf_t out, int64_t ldo,
                 bool accumulate, buf_t a_scale, buf_t a_shift, buf_t mean_out, buf_t var_out) {
   check_buf(a, "a"); check_buf(b, "b"); check_buf(out, "out");
@@ -180,10 +217,7 @@ void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, 
   const float* sc = CF(a_scale);
   const float* sh = CF(a_shift);
   // B with its columns padded to a multiple of 8 (zeros): every column block is whole vectors.
-  const int64_t Np = (N + 7) / 8 * 8;
-  std::vector<float> bp(static_cast<size_t>(K * Np), 0.0f);
-  const float* bsrc = CF(b);
-  for (int64_t k = 0; k < K; ++k) std::memcpy(bp.data() + k * Np, bsrc + k * N, sizeof(float) * N);
+  const std::vector<float> bp = padded_columns(CF(b), K, N);
   const float* ap = CF(a);
   float* op = F(out);
   constexpr int64_t kRows = 64;  // rows per block (a multiple of kP)
@@ -196,21 +230,16 @@ void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, 
   std::vector<double> part(stats ? static_cast<size_t>(nitem) * 2 * N : 0);
 #pragma omp parallel
   {
-    std::vector<float> abuf(sc ? static_cast<size_t>(kP * K) : 0);
+    std::vector<float> abuf(static_cast<size_t>(gemm_rows_scratch(K, N)));
     std::vector<double> bst(stats ? static_cast<size_t>(2 * N) : 0);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < nitem; ++item) {
       const int64_t b1 = std::min(nblk, (item + 1) * per_item);
       double n = 0.0;
       for (int64_t blk = item * per_item; blk < b1; ++blk) {
-        const int64_t r1 = std::min(M, (blk + 1) * kRows);
-        int64_t r = blk * kRows;
-        for (; r + kP <= r1; r += kP)
-          row_block<kP>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate, sc, sh, abuf.data());
-        for (; r < r1; ++r)
-          row_block<1>(ap + r * lda, lda, K, bp.data(), Np, N, op + r * ldo, ldo, accumulate, sc, sh, abuf.data());
+        const int64_t r0 = blk * kRows, rows = std::min(M, r0 + kRows) - r0;
+        gemm_rows(ap + r0 * lda, lda, rows, K, bp.data(), N, op + r0 * ldo, ldo, accumulate, sc, sh, abuf.data());
         if (!stats) continue;
-        const int64_t rows = r1 - blk * kRows;
         double* __restrict__ pm = part.data() + item * 2 * N;
         block_stats(op + blk * kRows * ldo, ldo, rows, N, bst.data(), bst.data() + N);
         // Chan's merge of the block (nb rows) into the item's running (mean, M2) over n rows

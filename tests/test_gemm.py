@@ -87,6 +87,31 @@ def test_small_gemm_same_bits_for_any_thread_count(isa):
     assert torch.equal(one, two)
 
 
+@pytest.mark.parametrize("k,n", [(8, 8), (3, 61), (48, 24), (17, 40)])
+@pytest.mark.parametrize("mode", ["plain", "prologue", "accumulate"])
+def test_small_gemm_row_bits_do_not_depend_on_its_place(k, n, mode, isa):
+    """A row's result is the same bits wherever it falls: inside a 4-row tile or among the last M % 4 rows
+    (those go through the 4-row tile too: GCC left a 1-row tile's multiply-add unfused), computed alone or
+    with the whole matrix (ir_eval computes an image row at a time and must give small_gemm's bits)."""
+    gen = torch.Generator().manual_seed(k * 100 + n)
+    a, b = torch.randn(7, k, generator=gen), torch.randn(k, n, generator=gen)
+    sc, sh = torch.rand(k, generator=gen) + 0.5, torch.randn(k, generator=gen)
+    pro = (sc.data_ptr(), sh.data_ptr()) if mode == "prologue" else (0, 0)
+    acc = mode == "accumulate"
+    start = torch.randn(7, n, generator=gen)
+
+    def kernel(rows, out):  # the kernel itself: the shape rule may send a case to torch
+        _ext.load().small_gemm(rows.data_ptr(), rows.shape[0], k, k, b.data_ptr(), n, out.data_ptr(), n, acc, *pro)
+        return out
+
+    whole = kernel(a, start.clone())
+    for r in range(7):
+        for rows in (a[r:r + 1], a[r:]):  # alone (a 1-row matrix), and first of a shorter one
+            got = kernel(rows, start[r:r + rows.shape[0]].clone())
+            assert torch.equal(got[0], whole[r]), f"row {r} of 7, computed with {rows.shape[0]} row(s)"
+
+
+
 @pytest.mark.parametrize("m,k,n", [(65536, 8, 48), (4096, 48, 8), (1024, 48, 288), (32768, 16, 96), (8, 3, 5)])
 def test_mm_routes_by_shape_and_agrees_with_torch(m, k, n, monkeypatch, isa):
     """gemm.mm: the kernel where the rule says, torch elsewhere; both the same product to the bound."""

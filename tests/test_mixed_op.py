@@ -582,3 +582,52 @@ def test_candidate_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h,
     for u, v in zip(grads_a, grads_b):
         assert (u is None and v is None) or torch.equal(u, v)
     assert len(bufs_a) == len(bufs_b) and all(torch.equal(u, v) for u, v in zip(bufs_a, bufs_b))
+
+
+# Evaluation shapes for the one-call path: the grid's edge cases, channels that are not whole vectors (the
+# depthwise pass's generic loop), a batch of 1 on a full plane (work split into bands of output rows, each
+# recomputing the input rows it shares with the band before) and a batch larger than the work items' split.
+_EVAL_ONE_CALL = [SHAPES[0], SHAPES[3], SHAPES[5], SHAPES[6], SHAPES[12], SHAPES[16], SHAPES[20], SHAPES[21],
+                  (2, 12, 12, 1, 9, 9, True), (3, 6, 12, 2, 8, 8, False), (1, 8, 8, 1, 32, 32, True),
+                  (1, 8, 16, 2, 31, 17, False), (20, 8, 8, 1, 6, 6, True)]
+# Beyond the FBNet table: k = 7 and k = 1 (the depthwise pass's generic loop for every channel), a fractional
+# expansion (12 x 1.5 = 18 channels: two whole 8-blocks and 2 left over).
+_OTHER_CANDIDATES = ["k7_e3", "k1_e2", "k3_e1.5", "k5_e6_g2", "skip"]
+
+
+@needs_ext
+@pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", _EVAL_ONE_CALL)
+@pytest.mark.parametrize("cands", ["fbnet", "other"])
+def test_evaluation_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h, w, cl, cands, isa, monkeypatch):
+    """``_C.ir_eval`` (an IR candidate's evaluation in one C++ call, image by image in cache) gives the same bits
+    as the three launches it replaces (z1 = x W1^T, the depthwise pass, the last product added into the output),
+    soft and one-hot weights."""
+    from fbnet_fast.space import LayerSpec
+    from fbnet_fast.supernet import MixedOp
+
+    names = FBNET_CANDIDATES if cands == "fbnet" else _OTHER_CANDIDATES
+    torch.manual_seed(0)
+    op = _with_running_stats(MixedOp(LayerSpec(0, 0, c_in, c_out, stride, h, (h - 1) // stride + 1), names))
+    x = torch.randn(n, c_in, h, w, generator=torch.Generator().manual_seed(1))
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    theta = torch.randn(len(names), generator=torch.Generator().manual_seed(2))
+    applies = mixed_op_fused_mod._ir_eval_cpp_applies
+    ran = []
+
+    def counted(*a):
+        ran.append(applies(*a))
+        return ran[-1]
+
+    for hard in (False, True):
+        wts = gumbel_weights(theta, 1.0, hard=hard, generator=torch.Generator().manual_seed(7))
+        outs = []
+        for one_call in (counted, lambda *a: False):
+            monkeypatch.setattr(mixed_op_fused_mod, "_ir_eval_cpp_applies", one_call)
+            with torch.no_grad():
+                outs.append(mixed_op_fused(x, wts, op.candidates))
+        assert torch.equal(outs[0], outs[1])
+    # where it runs: both products on the small kernel (8-wide variants: outputs of at most 8 channels, so only
+    # the FBNet table's expansion-1 candidates of an 8-channel layer)
+    if isa == "v4" or (cands == "fbnet" and c_in <= 8 and c_out <= 8):
+        assert sum(ran) >= 2, f"the one-call path ran for {sum(ran)} of {len(ran)} candidates"

@@ -33,7 +33,9 @@ On CPU, an IR candidate whose BNs all normalise with batch statistics and whose 
 small kernel (:func:`.gemm.small_rule`) runs its forward as one C++ call (``_C.ir_forward``) and, from the
 kept intermediates, its backward as another (``_C.ir_backward``, csrc/ir_block.cpp): the same kernels in the
 same order as the launches above, so the same bits, without the Python and the thread fork/join around each
-of the 7 + 11 launches (:func:`_ir_cpp_applies`, :func:`_ir_bwd_cpp_applies`).
+of the 7 + 11 launches (:func:`_ir_cpp_applies`, :func:`_ir_bwd_cpp_applies`). In evaluation the same holds
+for the three launches of an IR candidate (``_C.ir_eval``, :func:`_ir_eval_cpp`), which also runs them image
+by image in cache instead of writing z1 and z2 to memory.
 
 ``skip`` is the identity or 1x1 conv (+stride) + BN + ReLU. Candidates with ``w_i == 0`` (hard
 Gumbel) are skipped in forward and backward; their weight gradient is 0, as in the
@@ -685,7 +687,11 @@ def _eval_forward(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand]
         torch.add(bias, x2, alpha=residual, out=out2)
     else:
         out2.copy_(bias.expand_as(out2))
+    m, mo = n * h * w, n * ho * wo
     for b, wts, bn1, bn2, w3 in irs:
+        if _ir_eval_cpp_applies(b, x2, m, mo):
+            _ir_eval_cpp(b, wts, bn1, bn2, w3, x2, x4.shape, out2)
+            continue
         z1 = mm(x2, wts.w1.t())
         z2 = dwconv_bn_forward(z1.view(n, h, w, b.mid), bn1.scale, bn1.shift, wts.wt, b.stride, stats=False).out
         del z1
@@ -693,6 +699,26 @@ def _eval_forward(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand]
     for c, ps, alpha in skips:
         _skip_forward(c, ps, x4, out2, alpha, False)
     return out4.permute(0, 3, 1, 2)
+
+
+def _ir_eval_cpp_applies(b: nn.Module, x2: torch.Tensor, m: int, mo: int) -> bool:
+    """Whether :func:`_eval_forward` runs this IR candidate as one C++ call (:func:`_ir_eval_cpp`): a CPU tensor
+    and both products on the small-product kernel (torch runs the others, in the launches)."""
+    return (x2.device.type == "cpu" and small_rule(x2.device, m, x2.shape[1], b.mid)
+            and small_rule(x2.device, mo, b.mid, b.c_out))
+
+
+def _ir_eval_cpp(b: nn.Module, wts: _IRWeights, bn1: _BN, bn2: _BN, w3: torch.Tensor, x2, shape, out2) -> None:
+    """:func:`_eval_forward`'s three launches for one IR candidate (z1 = x W1^T, the depthwise pass, the last
+    product added into ``out2``) as one C++ call (``_C.ir_eval``, csrc/ir_block.cpp): each image's rows go
+    through all three while in cache, instead of two ``[M, mid]`` tensors written to memory and read back; the
+    same sums in the same order, so the same bits."""
+    n, h, w, cin = shape
+    w1 = wts.w1.contiguous()
+    w3 = w3.contiguous()
+    cpu_ext().ir_eval(x2.data_ptr(), n, h, w, cin, w1.data_ptr(), b.mid, wts.wt.data_ptr(), b.kernel, b.stride,
+                      w3.data_ptr(), b.c_out, bn1.scale.data_ptr(), bn1.shift.data_ptr(), bn2.scale.data_ptr(),
+                      bn2.shift.data_ptr(), out2.data_ptr())
 
 
 def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module], *,
