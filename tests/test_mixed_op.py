@@ -631,3 +631,26 @@ def test_evaluation_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h
     # the FBNet table's expansion-1 candidates of an 8-channel layer)
     if isa == "v4" or (cands == "fbnet" and c_in <= 8 and c_out <= 8):
         assert sum(ran) >= 2, f"the one-call path ran for {sum(ran)} of {len(ran)} candidates"
+
+
+@needs_ext
+@pytest.mark.parametrize("weight", [1.0, 0.375])
+def test_identity_skip_alone(weight, isa):
+    """A layer whose only active candidate is the identity skip (a one-hot skip layer of a single-path step, or
+    the decided skip of a search): the output is weight * x, x's gradient weight * grad, the weight's gradient
+    <grad, x>, exactly, in training and in evaluation."""
+    op = make_mixed_op(8, 8, 1, 6)
+    skip = FBNET_CANDIDATES.index("skip")
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last).requires_grad_(True)
+    go = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(2))
+    w = torch.zeros(len(FBNET_CANDIDATES))
+    w[skip] = weight
+    w.requires_grad_(True)
+    y = mixed_op_fused(x, w, op.candidates)
+    y.backward(go)
+    assert torch.equal(y, weight * x.detach())
+    assert torch.equal(x.grad, weight * go)
+    assert torch.allclose(w.grad[skip], (go * x.detach()).sum(), rtol=1e-5) and w.grad.count_nonzero() <= 1
+    with torch.no_grad():
+        assert torch.equal(mixed_op_fused(x, w, op.eval().candidates), weight * x.detach())

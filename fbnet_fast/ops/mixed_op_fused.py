@@ -553,9 +553,9 @@ class MixedOpFunction(torch.autograd.Function):
                 f = []
                 residual += alpha
             folds.append(f)
-        if first:  # identity skips only
-            out2.zero_()
-        if residual:
+        if first:  # identity skips only: one pass (a one-hot skip layer of a single-path step)
+            torch.mul(x2, residual, out=out2)
+        elif residual:
             out2.add_(x2, alpha=residual)
         ctx.cands, ctx.folds, ctx.nparams, ctx.wts, ctx.keep = cands, folds, len(params), wts, keep
         ctx.save_for_backward(x, weights, *params, *kept)
@@ -604,9 +604,9 @@ class MixedOpFunction(torch.autograd.Function):
                 dot = x_dot if dot is None else dot + x_dot
             dots.append(dot.reshape(()))
             grads += g
-        if gx2 is not None and first:  # identity skips only
-            gx2.zero_()
-        if gx2 is not None and residual:
+        if gx2 is not None and first:  # identity skips only: one pass
+            torch.mul(go2, residual, out=gx2)
+        elif gx2 is not None and residual:
             gx2.add_(go2, alpha=residual)
         index = torch.tensor([c.index for c in ctx.cands], device=weights.device)
         gweights = torch.zeros_like(weights).index_copy_(0, index, torch.stack(dots))
