@@ -147,6 +147,37 @@ def test_warmup_leaves_theta_untouched_then_search_moves_it(tmp_path, tiny_space
     assert s.history[1]["phase"] == "search" and s.history[1]["theta_loss"] is not None
 
 
+@pytest.mark.parametrize("peaked", [True, False], ids=["decided", "spread"])
+def test_samples_drawn_twice_are_evaluated_once(tmp_path, tiny_space, tiny_lut, tiny_data, peaked):
+    """sample_and_evaluate evaluates each distinct architecture once; a repeat gets the record its first draw
+    got, which is what evaluating it again gives (the evaluation is deterministic)."""
+    s = Searcher(cfg(), tmp_path, space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
+    s._run_epoch()
+    with torch.no_grad():  # every layer decided (all draws the argmax), or theta spread (distinct draws)
+        for l, op in enumerate(s.model.layers):
+            op.theta.copy_(torch.randn(op.theta.shape, generator=torch.Generator().manual_seed(l)))
+            if peaked:
+                op.theta[l % op.theta.numel()] = 30.0
+    calls = []
+    evaluate = s.evaluate
+
+    def counted(weights=None, **kw):
+        calls.append(weights.argmax(1).tolist())
+        return evaluate(weights, **kw)
+
+    s.evaluate = counted
+    recs = s.sample_and_evaluate(6)
+    archs = [r["arch"] for r in recs]
+    assert len(calls) == len(set(archs)) and len({tuple(c) for c in calls}) == len(calls)
+    assert (len(set(archs)) == 1) == peaked
+    s.evaluate = evaluate
+    for r in recs:  # each record is what a fresh evaluation of its architecture gives
+        idx = [tiny_space.candidates.index(b) for b in r["arch"].split()]
+        onehot = torch.zeros(tiny_space.num_layers, len(tiny_space.candidates))
+        onehot[torch.arange(len(idx)), torch.tensor(idx)] = 1.0
+        assert s.evaluate(onehot) == {k: r[k] for k in ("val_acc", "val_ce")}
+
+
 def test_end_to_end_writes_every_artefact(tmp_path, tiny_space, tiny_lut, tiny_data):
     out = tmp_path / "run"
     res = run_search(cfg(), out, space=tiny_space, lut=tiny_lut, data=tiny_data, log=lambda m: None)
