@@ -68,9 +68,11 @@ def long_lived_frozen():
     the fused path allocates more small Python objects a step, so its collections came more often). Frozen, a
     collection scans only what the steps allocate.
     """
+    outer = gc.get_freeze_count() > 0  # inside another such block, or the caller froze: theirs to unfreeze
     gc.collect()  # what is garbage already is freed, not frozen
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not outer:
+            gc.unfreeze()

@@ -53,3 +53,8 @@ def test_long_lived_frozen_freezes_within_the_block_only():
         with long_lived_frozen():
             raise RuntimeError("stop")
     assert gc.get_freeze_count() == 0
+    with long_lived_frozen():  # nested: the outer block unfreezes
+        with long_lived_frozen():
+            pass
+        assert gc.get_freeze_count() > 1000
+    assert gc.get_freeze_count() == 0
