@@ -164,18 +164,21 @@ inline void block_stats(const float* __restrict__ o, int64_t ldo, int64_t R, int
 
 }  // namespace
 
+// A width padded to whole vectors of 8 (the column blocks' layout).
+inline int64_t padded_width(int64_t N) { return (N + 7) / 8 * 8; }
+
 std::vector<float> padded_columns(const float* b, int64_t K, int64_t N) {
-  const int64_t Np = (N + 7) / 8 * 8;
+  const int64_t Np = padded_width(N);
   std::vector<float> bp(static_cast<size_t>(K * Np), 0.0f);
   for (int64_t k = 0; k < K; ++k) std::memcpy(bp.data() + k * Np, b + k * N, sizeof(float) * N);
   return bp;
 }
 
-int64_t gemm_rows_scratch(int64_t K, int64_t N) { return kP * K + kP * ((N + 7) / 8 * 8); }
+int64_t gemm_rows_scratch(int64_t K, int64_t N) { return kP * K + kP * padded_width(N); }
 
 void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float* bp, int64_t N, float* o,
                int64_t ldo, bool accumulate, const float* sc, const float* sh, float* scratch) {
-  const int64_t Np = (N + 7) / 8 * 8;
+  const int64_t Np = padded_width(N);
   int64_t r = 0;
   for (; r + kP <= rows; r += kP)
     row_block<kP>(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
@@ -326,7 +329,7 @@ void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t 
   const float* sc = CF(aff_scale);
   const float* sh = CF(aff_shift);
   const bool aff_x = sc && aff_on_x, aff_y = sc && !aff_on_x;
-  const int64_t Qp = (Q + 7) / 8 * 8;
+  const int64_t Qp = padded_width(Q);
   const bool pad = Qp != Q || aff_y;  // a chunk of Y is copied into whole vectors, zero-padded (and activated)
   const int64_t nch = (M + kTnRows - 1) / kTnRows;
   std::vector<float> part(static_cast<size_t>(nch * P * Qp));

@@ -314,9 +314,8 @@ def _ir_cpp_applies(c: _Cand, x2: torch.Tensor, m: int, mo: int) -> bool:
     """Whether :func:`_ir_forward_cpp` runs this candidate: a CPU tensor, every BN on batch statistics (training,
     or no running statistics kept) and both products on the small-product kernel (torch runs the others)."""
     b = c.block
-    return (x2.device.type == "cpu" and _uses_batch_stats(b.bn1) and _uses_batch_stats(b.bn2)
-            and _uses_batch_stats(b.bn3) and small_rule(x2.device, m, x2.shape[1], b.mid)
-            and small_rule(x2.device, mo, b.mid, b.c_out))
+    return (_uses_batch_stats(b.bn1) and _uses_batch_stats(b.bn2) and _uses_batch_stats(b.bn3)
+            and _ir_products_small(b, x2, m, mo))
 
 
 def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first):
@@ -701,11 +700,16 @@ def _eval_forward(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand]
     return out4.permute(0, 3, 1, 2)
 
 
-def _ir_eval_cpp_applies(b: nn.Module, x2: torch.Tensor, m: int, mo: int) -> bool:
-    """Whether :func:`_eval_forward` runs this IR candidate as one C++ call (:func:`_ir_eval_cpp`): a CPU tensor
-    and both products on the small-product kernel (torch runs the others, in the launches)."""
+def _ir_products_small(b: nn.Module, x2: torch.Tensor, m: int, mo: int) -> bool:
+    """Both of the IR candidate ``b``'s forward products (``x W1^T``, ``h2 W3^T``) run on the small-product kernel
+    (a CPU tensor; torch runs the others): what its one-call forwards need."""
     return (x2.device.type == "cpu" and small_rule(x2.device, m, x2.shape[1], b.mid)
             and small_rule(x2.device, mo, b.mid, b.c_out))
+
+
+def _ir_eval_cpp_applies(b: nn.Module, x2: torch.Tensor, m: int, mo: int) -> bool:
+    """Whether :func:`_eval_forward` runs this IR candidate as one C++ call (:func:`_ir_eval_cpp`)."""
+    return _ir_products_small(b, x2, m, mo)
 
 
 def _ir_eval_cpp(b: nn.Module, wts: _IRWeights, bn1: _BN, bn2: _BN, w3: torch.Tensor, x2, shape, out2) -> None:
@@ -713,10 +717,8 @@ def _ir_eval_cpp(b: nn.Module, wts: _IRWeights, bn1: _BN, bn2: _BN, w3: torch.Te
     product added into ``out2``) as one C++ call (``_C.ir_eval``, csrc/ir_block.cpp): each image's rows go
     through all three while in cache, instead of two ``[M, mid]`` tensors written to memory and read back; the
     same sums in the same order, so the same bits."""
-    n, h, w, cin = shape
-    w1 = wts.w1.contiguous()
-    w3 = w3.contiguous()
-    cpu_ext().ir_eval(x2.data_ptr(), n, h, w, cin, w1.data_ptr(), b.mid, wts.wt.data_ptr(), b.kernel, b.stride,
+    n, h, w, cin = shape  # wts.w1 and w3 are contiguous: built by _ir_weights and by _eval_forward's product
+    cpu_ext().ir_eval(x2.data_ptr(), n, h, w, cin, wts.w1.data_ptr(), b.mid, wts.wt.data_ptr(), b.kernel, b.stride,
                       w3.data_ptr(), b.c_out, bn1.scale.data_ptr(), bn1.shift.data_ptr(), bn2.scale.data_ptr(),
                       bn2.shift.data_ptr(), out2.data_ptr())
 
