@@ -14,7 +14,7 @@ void bn_stats(buf_t z, int64_t M, int64_t C, buf_t mean_out, buf_t var_out) {
   check_buf(z, "z"); check_buf(mean_out, "mean"); check_buf(var_out, "var");
   check_positive(M, "z.shape[0] (rows)"); check_positive(C, "z.shape[1] (channels)");
   const float* __restrict__ zp = CF(z);
-  const int64_t R = rows_per_chunk(C);
+  const int64_t R = rows_per_chunk(C, M);
   const int64_t nch = (M + R - 1) / R;
   std::vector<double> part(static_cast<size_t>(nch) * 2 * C);
   // Shift by the first row: sums of (z - z[0]) avoid the cancellation of
@@ -134,7 +134,7 @@ void act_grad_sums(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t sh
                    buf_t center, buf_t sum_g, buf_t sum_gz) {
   check_buf(g, "grad"); check_buf(z, "z"); check_buf(scale, "scale"); check_buf(shift, "shift");
   check_buf(center, "center"); check_buf(sum_g, "sum_g"); check_buf(sum_gz, "sum_gz");
-  const int64_t R = rows_per_chunk(C);
+  const int64_t R = rows_per_chunk(C, M);
   const int64_t nch = (M + R - 1) / R;
   std::vector<double> part(static_cast<size_t>(nch) * 2 * C);
 #pragma omp parallel

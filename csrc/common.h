@@ -11,7 +11,7 @@ namespace fbnet {
 
 // Bumped whenever a kernel's signature or semantics change; fbnet_fast/_ext.py refuses
 // a module built from other sources (a stale in-place build) and says how to rebuild.
-constexpr int kAbiVersion = 8;
+constexpr int kAbiVersion = 9;
 
 using buf_t = std::uintptr_t;  // a tensor's data_ptr(), passed from Python
 
@@ -38,12 +38,18 @@ inline void check_positive(int64_t v, const char* name) {
   if (v <= 0) throw std::invalid_argument(std::string(name) + " must be > 0, got " + std::to_string(v));
 }
 
-// Rows per work chunk so that a chunk holds about `target` elements. The partition
-// depends on the shape only, never on the thread count: each chunk writes its own
-// partial sums and the partials are added in chunk order, so a reduction gives the
-// same bits for any OMP_NUM_THREADS (no float atomics).
-inline int64_t rows_per_chunk(int64_t row_elems, int64_t target = 1 << 16) {
-  return std::max<int64_t>(1, (target + row_elems - 1) / std::max<int64_t>(1, row_elems));
+// Rows per work chunk of a reduction over `rows` rows of `row_elems` floats: about `target` elements a chunk
+// (float32 sums stay short within a chunk), and at least kMinChunks chunks where there are that many rows, so
+// that a small tensor still splits across the threads. Without that floor the default search's 4x4 and 8x8
+// layers (1,024-4,096 rows of 16-48 channels) were one chunk: one thread did the whole pass while the other
+// waited. The partition depends on the shape only, never on the thread count: each chunk writes its own
+// partial sums and the partials are added in chunk order, so a reduction gives the same bits for any
+// OMP_NUM_THREADS (no float atomics).
+constexpr int64_t kMinChunks = 16;
+inline int64_t rows_per_chunk(int64_t row_elems, int64_t rows, int64_t target = 1 << 16) {
+  const int64_t by_size = (target + row_elems - 1) / std::max<int64_t>(1, row_elems);
+  const int64_t by_count = (rows + kMinChunks - 1) / kMinChunks;
+  return std::max<int64_t>(1, std::min(by_size, by_count));
 }
 
 }  // namespace fbnet

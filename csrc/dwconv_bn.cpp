@@ -365,7 +365,7 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
   const float* __restrict__ wt = CF(weight);  // [k*k, C]
   float* __restrict__ op = F(out);
   const int64_t rows = N * Ho;
-  const int64_t R = rows_per_chunk(Wo * C);
+  const int64_t R = rows_per_chunk(Wo * C, rows);
   const int64_t nch = (rows + R - 1) / R;
   std::vector<double> part(stats ? static_cast<size_t>(nch) * 2 * C : 0);
 #pragma omp parallel
@@ -478,7 +478,7 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   const float* __restrict__ wt = CF(weight);
   float* __restrict__ gi = F(grad_in);
   const int64_t rows = N * H;
-  const int64_t R = rows_per_chunk(W * C);
+  const int64_t R = rows_per_chunk(W * C, rows);
   const int64_t nch = (rows + R - 1) / R;
   const int64_t stride_part = (KK + 2) * C;
   std::vector<double> part(static_cast<size_t>(nch) * stride_part);

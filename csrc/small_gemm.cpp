@@ -225,10 +225,11 @@ void small_gemm(buf_t a, int64_t M, int64_t K, int64_t lda, buf_t b, int64_t N, 
   float* op = F(out);
   constexpr int64_t kRows = 64;  // rows per block (a multiple of kP)
   const int64_t nblk = (M + kRows - 1) / kRows;
-  // Work items: one block; with statistics 16 blocks (1,024 rows) whose block statistics are merged in order
-  // in the item, so the partials stay small (a per-block array of M / 64 x 2N doubles was ~0.8 MB a call:
-  // mmap'ed and page-faulted anew by glibc on many calls, which made whole training steps bimodal).
-  const int64_t per_item = stats ? 16 : 1;
+  // Work items: one block; with statistics up to 16 blocks (1,024 rows) whose block statistics are merged in
+  // order in the item, so the partials stay small (a per-block array of M / 64 x 2N doubles was ~0.8 MB a call:
+  // mmap'ed and page-faulted anew by glibc on many calls, which made whole training steps bimodal), and at
+  // least kMinChunks items where there are that many blocks (a product of 1,024 rows was one item: one thread).
+  const int64_t per_item = stats ? std::clamp<int64_t>(nblk / kMinChunks, 1, 16) : 1;
   const int64_t nitem = (nblk + per_item - 1) / per_item;
   std::vector<double> part(stats ? static_cast<size_t>(nitem) * 2 * N : 0);
 #pragma omp parallel

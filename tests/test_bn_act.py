@@ -82,18 +82,20 @@ def test_act_grad_sums_and_apply(m, c, relu):
     assert_close_to_ref("act_grad_apply", got, bn_act_ref.act_grad_apply_ref(g, z, a, b, ctr, *ks, relu=relu), ref64)
 
 
-def test_reductions_are_thread_count_invariant():
-    z, g, (a, b, ctr, *_) = _inputs(5003, 72, seed=3)
+@pytest.mark.parametrize("m,c", [(5003, 72), (1024, 48)])  # 6 chunks by size; 16 of 64 rows (the chunk floor)
+def test_reductions_are_thread_count_invariant(m, c):
+    z, g, (a, b, ctr, *_) = _inputs(m, c, seed=3)
     old = torch.get_num_threads()
     try:
         res = []
-        for t in (1, 2):
+        for t in (1, 2, 3):
             torch.set_num_threads(t)
             res.append((*bn_act.bn_stats(z), *bn_act.act_grad_sums(g, z, a, b, ctr, relu=True)))
     finally:
         torch.set_num_threads(old)
-    for x, y in zip(*res):
-        assert torch.equal(x, y)
+    for run in res[1:]:
+        for x, y in zip(res[0], run):
+            assert torch.equal(x, y)
 
 
 def test_launcher_errors_name_the_tensor():
