@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 FBNET_ISA_BEGIN
@@ -481,7 +482,9 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   const int64_t R = rows_per_chunk(W * C, rows);
   const int64_t nch = (rows + R - 1) / R;
   const int64_t stride_part = (KK + 2) * C;
-  std::vector<double> part(static_cast<size_t>(nch) * stride_part);
+  // Not zeroed here: each chunk writes its own (a serial zero fill of nch x (k*k + 2) x C doubles was ~10 % of
+  // the call at width 1.0's 8x8 layers: 2.9 MB for 20 chunks of 672 channels).
+  std::unique_ptr<double[]> part(new double[static_cast<size_t>(nch * stride_part)]);
   // Per input column iw, the (kw, ow) taps it feeds, computed once: built per pixel
   // with two integer divisions a tap, they cost more than the k=5 FMAs they fed.
   std::vector<int64_t> col_n(W), col_kw(static_cast<size_t>(W) * k), col_ow(static_cast<size_t>(W) * k);
@@ -517,8 +520,9 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
       // Weight-grad partials in float within a chunk (<= 64K elements), in double
       // across chunks, added in chunk order.
       std::fill(dw.begin(), dw.end(), 0.0f);
-      double* __restrict__ s = part.data() + ch * stride_part + KK * C;
+      double* __restrict__ s = part.get() + ch * stride_part + KK * C;
       double* __restrict__ q = s + C;
+      std::fill(s, s + 2 * C, 0.0);  // the rows' sums are added in
       const int64_t r1 = std::min(rows, (ch + 1) * R);
       float* __restrict__ fs = rs.data();
       float* __restrict__ fq = rq.data();
@@ -637,22 +641,29 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           }
         }
       }
-      double* __restrict__ pd = part.data() + ch * stride_part;
+      double* __restrict__ pd = part.get() + ch * stride_part;
       for (int64_t i = 0; i < KK * C; ++i) pd[i] = dw[i];
     }
   }
   float* gw = F(grad_weight);
   float* so = F(sum_g);
   float* qo = F(sum_gz);
-  // Chunk-major: the same per-element order (chunks ascending) as a per-element loop over
-  // chunks, but sequential reads; that strided loop (a (k*k+2)*C*8-byte stride per add)
-  // was the largest single cost of the k=5 backward in a profile.
-  std::vector<double> tot(part.begin(), part.begin() + stride_part);
-  for (int64_t ch = 1; ch < nch; ++ch) {
-    const double* __restrict__ pc = part.data() + ch * stride_part;
+  // Chunk-major within a block of elements: the same per-element order (chunks ascending) as a per-element loop
+  // over chunks, but sequential reads; that strided loop (a (k*k+2)*C*8-byte stride per add) was the largest
+  // single cost of the k=5 backward in a profile. Blocks of elements across the threads (the sum was serial:
+  // nch x (k*k + 2) x C adds, ~10 % of the call at width 1.0's 8x8 layers).
+  std::vector<double> tot(static_cast<size_t>(stride_part));
+  constexpr int64_t kSumBlock = 512;
+#pragma omp parallel for schedule(static)
+  for (int64_t i0 = 0; i0 < stride_part; i0 += kSumBlock) {
+    const int64_t i1 = std::min(stride_part, i0 + kSumBlock);
     double* __restrict__ t = tot.data();
+    for (int64_t i = i0; i < i1; ++i) t[i] = part[i];
+    for (int64_t ch = 1; ch < nch; ++ch) {
+      const double* __restrict__ pc = part.get() + ch * stride_part;
 #pragma omp simd
-    for (int64_t i = 0; i < stride_part; ++i) t[i] += pc[i];
+      for (int64_t i = i0; i < i1; ++i) t[i] += pc[i];
+    }
   }
   for (int64_t i = 0; i < stride_part; ++i) {
     const double acc = tot[i];
