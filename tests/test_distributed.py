@@ -62,8 +62,10 @@ def _args(tmp: Path) -> list[str]:
             "--num-train", "160", "--num-val", "32", "--batch-size", "16", "--w-fraction", "0.75", "--epochs", "3",
             "--warmup-epochs", "1", "--no-progress", "--checkpoint-every", "3", "--theta-lr", "0.05",
             "--w-lr", "1e-6", "--no-augment",
-            # the conditions the tolerances were measured under: the alpha loss, the paper's tau
-            "--no-budget", "--tau-schedule", "paper"]
+            # the conditions the tolerances were measured under: the alpha loss, the paper's tau, theta soft to the
+            # end (a layer decided on a near-tie turns a rounding difference into a 30-logit one: with the
+            # fifteenth session's reduction chunks, one of the 5 layers broke its tie differently in the two runs)
+            "--no-budget", "--tau-schedule", "paper", "--no-decide", "--no-commit"]
 
 
 def _popen(cmd):
