@@ -11,7 +11,7 @@ from fbnet_fast.ops import _ext
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.ops import bn_act, bn_act_ref
 
-from fbnet_fast.ops.testing import assert_close_to_ref, runnable_isas
+from fbnet_fast.ops.testing import assert_close_to_ref, at_thread_counts, runnable_isas
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 
@@ -85,14 +85,8 @@ def test_act_grad_sums_and_apply(m, c, relu):
 @pytest.mark.parametrize("m,c", [(5003, 72), (1024, 48)])  # 6 chunks by size; 16 of 64 rows (the chunk floor)
 def test_reductions_are_thread_count_invariant(m, c):
     z, g, (a, b, ctr, *_) = _inputs(m, c, seed=3)
-    old = torch.get_num_threads()
-    try:
-        res = []
-        for t in (1, 2, 3):
-            torch.set_num_threads(t)
-            res.append((*bn_act.bn_stats(z), *bn_act.act_grad_sums(g, z, a, b, ctr, relu=True)))
-    finally:
-        torch.set_num_threads(old)
+    res = at_thread_counts(lambda: (*bn_act.bn_stats(z), *bn_act.act_grad_sums(g, z, a, b, ctr, relu=True)),
+                           (1, 2, 3))
     for run in res[1:]:
         for x, y in zip(res[0], run):
             assert torch.equal(x, y)
@@ -179,19 +173,13 @@ def test_isa_variants_agree():
     if not hasattr(ext, "set_isa"):
         pytest.skip("single-variant build")
     z, g, (a, b, ctr, *_) = _inputs(3001, 40, seed=5)
-    threads = torch.get_num_threads()
     results = {}
-    try:
-        with closing(runnable_isas(ext)) as isas:  # closing: the ISA is restored even when an assert fails
-            for isa in isas:
-                runs = []
-                for t in (1, 2):
-                    torch.set_num_threads(t)
-                    runs.append((*bn_act.bn_stats(z), *bn_act.act_grad_sums(g, z, a, b, ctr, relu=True)))
-                assert all(torch.equal(x, y) for x, y in zip(*runs)), isa
-                results[isa] = runs[0]
-    finally:
-        torch.set_num_threads(threads)
+    with closing(runnable_isas(ext)) as isas:  # closing: the ISA is restored even when an assert fails
+        for isa in isas:
+            runs = at_thread_counts(
+                lambda: (*bn_act.bn_stats(z), *bn_act.act_grad_sums(g, z, a, b, ctr, relu=True)), (1, 2))
+            assert all(torch.equal(x, y) for x, y in zip(*runs)), isa
+            results[isa] = runs[0]
     ref64 = (*bn_act_ref.bn_stats_ref(z.double()),
              *bn_act_ref.act_grad_sums_ref(g.double(), z.double(), a.double(), b.double(), ctr.double(), relu=True))
     ref32 = (*bn_act_ref.bn_stats_ref(z), *bn_act_ref.act_grad_sums_ref(g, z, a, b, ctr, relu=True))

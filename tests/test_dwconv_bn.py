@@ -11,7 +11,7 @@ from fbnet_fast.ops import _ext
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.ops import dwconv_bn, dwconv_bn_ref
 
-from fbnet_fast.ops.testing import assert_close_to_ref, runnable_isas
+from fbnet_fast.ops.testing import assert_close_to_ref, at_thread_counts, runnable_isas
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 
@@ -91,14 +91,8 @@ def test_backward_is_thread_count_invariant(stride, isa):
     z1, a, b, wt, ctr = _inputs(4, 15, 15, 40, 5, seed=2)
     ho = dwconv_bn.conv_out_size(15, stride)
     g = torch.randn(4, ho, ho, 40)
-    old = torch.get_num_threads()
-    try:
-        res = []
-        for t in (1, 2, 3):  # 60 input rows: 15 chunks of 4 (the chunk floor), split unevenly by 2 and 3
-            torch.set_num_threads(t)
-            res.append(dwconv_bn.dwconv_bn_backward(g, z1, a, b, wt, stride, ctr))
-    finally:
-        torch.set_num_threads(old)
+    # 60 input rows: 15 chunks of 4 (the chunk floor), split unevenly by 2 and 3
+    res = at_thread_counts(lambda: dwconv_bn.dwconv_bn_backward(g, z1, a, b, wt, stride, ctr), (1, 2, 3))
     for run in res[1:]:
         for x, y in zip(res[0], run):
             assert torch.equal(x, y)

@@ -15,6 +15,7 @@ import torch
 
 from fbnet_fast.errors import ConfigError
 from fbnet_fast.ops import _ext, gemm
+from fbnet_fast.ops.testing import at_thread_counts
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason="fbnet_fast._C not built (pip install -e .)")
 
@@ -30,22 +31,6 @@ SHAPES = [(1, 1, 1), (3, 5, 7), (67, 8, 24), (130, 17, 8), (257, 3, 61), (65, 64
 def _bound(a, b, extra=0.0):
     k = a.shape[1]
     return 1.01 * k * U * (a.double().abs() @ b.double().abs()) + extra + 1e-30
-
-
-def _at_thread_counts(f, counts):
-    n0 = torch.get_num_threads()
-    try:
-        runs = []
-        for t in counts:
-            torch.set_num_threads(t)
-            runs.append(f())
-        return runs
-    finally:
-        torch.set_num_threads(n0)
-
-
-def _at_1_and_2_threads(f):
-    return tuple(_at_thread_counts(f, (1, 2)))
 
 
 def _call(a, b, **kw):
@@ -88,7 +73,7 @@ def test_small_gemm_reads_row_strided_a(m, k, n, isa):
 def test_small_gemm_same_bits_for_any_thread_count(isa):
     g = torch.Generator().manual_seed(2)
     a, b = torch.randn(4099, 24, generator=g), torch.randn(24, 40, generator=g)
-    one, two = _at_1_and_2_threads(lambda: _call(a, b))
+    one, two = at_thread_counts(lambda: _call(a, b), (1, 2))
     assert torch.equal(one, two)
 
 
@@ -178,7 +163,7 @@ def test_small_gemm_tn_matches_exact_product(m, p, q, isa):
 def test_small_gemm_tn_same_bits_for_any_thread_count(isa):
     g = torch.Generator().manual_seed(4)
     x, y = torch.randn(9000, 8, generator=g), torch.randn(9000, 40, generator=g)
-    one, two = _at_1_and_2_threads(lambda: gemm.mm_tn(x, y))
+    one, two = at_thread_counts(lambda: gemm.mm_tn(x, y), (1, 2))
     assert torch.equal(one, two)
 
 
@@ -268,7 +253,7 @@ def test_small_gemm_prologue_and_statistics_same_bits_for_any_thread_count(m, is
                                scale.data_ptr(), shift.data_ptr(), mean.data_ptr(), var.data_ptr())
         return out, mean, var
 
-    runs = _at_thread_counts(kernel, (1, 2, 3))
+    runs = at_thread_counts(kernel, (1, 2, 3))
     assert all(torch.equal(x, y) for run in runs[1:] for x, y in zip(runs[0], run))
 
 

@@ -103,7 +103,7 @@ from ..space import FBNET_CANDIDATES, LayerSpec
 from ..supernet import MixedOp, Supernet, gumbel_weights
 from .mixed_op_ref import mixed_op_ref
 
-__all__ = ["runnable_isas", "assert_close_to_ref", "RADIUS", "ReluRecorder", "relu_flip_slack", "make_mixed_op",
+__all__ = ["runnable_isas", "at_thread_counts", "assert_close_to_ref", "RADIUS", "ReluRecorder", "relu_flip_slack", "make_mixed_op",
            "eager_variants", "compare_mixed_op", "compare_supernet_step", "compare_net_step", "EAGER_VARIANTS"]
 
 
@@ -118,6 +118,20 @@ def use_isa(ext: Any, isa: str) -> Iterator[str]:
         yield isa
     finally:
         ext.set_isa(start)
+
+
+def at_thread_counts(f: Callable[[], Any], counts: Sequence[int]) -> list[Any]:
+    """``f()`` once at each torch intra-op thread count in ``counts`` (the kernels' OpenMP teams follow it), in
+    order; the thread count in use before comes back afterwards (also when ``f`` raises)."""
+    start = torch.get_num_threads()
+    try:
+        runs = []
+        for t in counts:
+            torch.set_num_threads(t)
+            runs.append(f())
+        return runs
+    finally:
+        torch.set_num_threads(start)
 
 
 def runnable_isas(ext: Any) -> Iterator[str]:
