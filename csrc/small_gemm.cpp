@@ -364,19 +364,31 @@ void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t 
       }
       float* pc = part.data() + ch * P * Qp;
       int64_t p0 = 0;
+      if (P % 6 == 0)  // 6 x NB tiles: 1.5x fewer passes over the chunk of Y than 4-row ones (same sums)
+        for (; p0 + 6 <= P; p0 += 6) tn_rows<6>(xc + p0, lx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
       for (; p0 + kP <= P; p0 += kP) tn_rows<kP>(xc + p0, lx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
       for (; p0 < P; ++p0) tn_rows<1>(xc + p0, lx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
     }
   }
   // chunk order, float64: the same bits for any thread count
   float* op = F(out);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < P; ++i)
-    for (int64_t j = 0; j < Q; ++j) {
-      double acc = 0.0;
-      for (int64_t ch = 0; ch < nch; ++ch) acc += part[(ch * P + i) * Qp + j];
-      op[i * Q + j] = static_cast<float>(acc);
+#pragma omp parallel
+  {
+    std::vector<double> acc(static_cast<size_t>(Q));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < P; ++i) {
+      // each element's sum still runs over the chunks in order; the chunk loop is outside so that the
+      // inner loop reads a partial row contiguously (vectorised) instead of one float every P * Qp
+      std::fill(acc.begin(), acc.end(), 0.0);
+      double* __restrict__ a = acc.data();
+      for (int64_t ch = 0; ch < nch; ++ch) {
+        const float* __restrict__ pr = part.data() + (ch * P + i) * Qp;
+#pragma omp simd
+        for (int64_t j = 0; j < Q; ++j) a[j] += pr[j];
+      }
+      for (int64_t j = 0; j < Q; ++j) op[i * Q + j] = static_cast<float>(a[j]);
     }
+  }
 }
 
 }  // namespace FBNET_ISA

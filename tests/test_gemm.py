@@ -139,7 +139,7 @@ def test_mm_bad_input_one_clear_error(monkeypatch):
 # float32 (error <= gamma_256 * sum |x y| over the chunk), across chunks in float64 (exact enough to ignore),
 # so the bound is 1.01 * 256 u (|x|^T |y|) against a float64 product.
 TN_SHAPES = [(1, 1, 1), (3, 5, 7), (255, 16, 8), (257, 8, 16), (1000, 48, 8), (1000, 8, 48), (4099, 13, 61),
-             (70000, 24, 8), (513, 3, 512)]
+             (70000, 24, 8), (513, 3, 512), (5000, 24, 144), (2049, 32, 40)]
 
 
 def _tn_bound(x, y):
@@ -160,19 +160,28 @@ def test_small_gemm_tn_matches_exact_product(m, p, q, isa):
     assert ((out.double() - xs.double().t() @ ys.double()).abs() <= _tn_bound(xs, ys)).all()
 
 
-def test_small_gemm_tn_same_bits_for_any_thread_count(isa):
+@pytest.mark.parametrize("p,q", [(8, 40), (24, 144)])
+def test_small_gemm_tn_same_bits_for_any_thread_count(p, q, isa):
     g = torch.Generator().manual_seed(4)
-    x, y = torch.randn(9000, 8, generator=g), torch.randn(9000, 40, generator=g)
-    one, two = at_thread_counts(lambda: gemm.mm_tn(x, y), (1, 2))
-    assert torch.equal(one, two)
+    x, y = torch.randn(9000, p, generator=g), torch.randn(9000, q, generator=g)
+    out = torch.empty(p, q)
+
+    def run():
+        _ext.load().small_gemm_tn(x.data_ptr(), 9000, p, p, y.data_ptr(), q, q, out.data_ptr())
+        return out.clone()
+
+    one, two, three = at_thread_counts(run, (1, 2, 3))
+    assert torch.equal(one, two) and torch.equal(one, three)
 
 
-@pytest.mark.parametrize("m,p,q", [(65536, 48, 8), (4096, 8, 96), (1024, 48, 288), (100, 600, 4)])
+@pytest.mark.parametrize("m,p,q", [(65536, 48, 8), (4096, 8, 96), (1024, 48, 288), (100, 600, 4), (8192, 24, 144),
+                                   (2048, 112, 40)])
 def test_mm_tn_routes_by_shape_and_agrees_with_torch(m, p, q, monkeypatch):
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(m, p, generator=g), torch.randn(m, q, generator=g)
     narrow, wide = sorted((p, q))
-    assert gemm.use_small_tn(x, y) == (narrow <= gemm.TN_MAX_NARROW and wide <= gemm.TN_MAX_WIDE)
+    limit = gemm.TN_MAX_NARROW_V4 if _ext.load().isa() == "v4" else gemm.TN_MAX_NARROW
+    assert gemm.use_small_tn(x, y) == (narrow <= limit and wide <= gemm.TN_MAX_WIDE)
     got = gemm.mm_tn(x, y)
     assert got.shape == (p, q) and got.is_contiguous()
     bound = _tn_bound(x, y) if gemm.use_small_tn(x, y) else 1.01 * m * U * (x.double().abs().t() @ y.double().abs())
@@ -280,8 +289,10 @@ def test_mm_prologue_and_stats_route_by_shape(m, k, n, monkeypatch, isa):
 
 
 @pytest.mark.parametrize("m,p,q", [(1000, 8, 48), (1000, 48, 8), (4099, 13, 61), (257, 8, 16), (70000, 8, 24)])
-def test_mm_tn_prologue_on_either_operand(m, p, q, isa):
+def test_mm_tn_prologue_on_either_operand(m, p, q, isa, monkeypatch):
     """x^T relu(s y + t): the kernel activates y whether y is its vector side (p <= q) or its broadcast side."""
+    # every ISA variant's kernel, whatever the routing rule gives it (8-wide ISAs route only narrow <= 8)
+    monkeypatch.setattr(gemm, "TN_MAX_NARROW", 16)
     g = torch.Generator().manual_seed(m + p + q)
     x = torch.randn(m, p, generator=g)
     _, y, scale, shift = _prologue_inputs(m, q, m * 3 + q)

@@ -151,10 +151,15 @@ def _mm(a, b, out, accumulate, a_scale, a_shift, stats) -> MMStats:
     return MMStats(out, mean, var)
 
 
-# x^T y for a 1x1 conv's weight gradient: the kernel where the narrower side has at most 16 columns (1.1-3.7x
-# MKL on the mixed op's shapes, bench/cpu/ab_gemm.py); with both sides wider MKL's blocking wins. The wider side
-# is capped so that the per-chunk partial sums stay small (M / 256 x 16 x 512 floats).
-TN_MAX_WIDE, TN_MAX_NARROW = 512, 16
+# x^T y for a 1x1 conv's weight gradient: the kernel where the narrower side is narrow, MKL's blocking where both
+# sides are wider (bench/cpu/ab_tn.py: every weight-gradient shape of an fbnet-cifar supernet step, torch and
+# the kernel alternating; AMD EPYC Zen 4). With 16-wide vectors (v4): narrow <= 32 columns, 0.98-2.0x MKL at 1 and
+# 2 threads on the width-1.0 and width-0.25 shapes (the width-1.0 [32768, 24]^T [32768, 24..144], where MKL ran
+# at 50-110 GFLOP/s and gained only 1.2-1.9x from its second thread, 1.2-1.5x); at 48-64 columns 0.94-1.3x,
+# at 112 and more 0.7-0.96x. With 8-wide vectors (v3 = AVX2, base; emulated on that CPU with --as-avx2): narrow
+# <= 8 columns (1.0-3.7x); at 16 columns 0.8-1.2x, at 24-32 0.6-0.96x. The wider side is capped so that the
+# per-chunk partial sums stay small (M / 256 x 32 x 512 floats).
+TN_MAX_WIDE, TN_MAX_NARROW, TN_MAX_NARROW_V4 = 512, 8, 32
 
 
 def use_small_tn(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -169,7 +174,9 @@ def small_tn_rule(device: torch.device, p: int, q: int) -> bool:
     if device.type != "cpu" or not enabled():
         return False
     narrow, wide = sorted((p, q))
-    return wide <= TN_MAX_WIDE and narrow <= TN_MAX_NARROW
+    if wide > TN_MAX_WIDE:
+        return False
+    return narrow <= (TN_MAX_NARROW_V4 if cpu_ext().isa() == "v4" else TN_MAX_NARROW)
 
 
 def mm_tn(x: torch.Tensor, y: torch.Tensor, *, y_scale: torch.Tensor | None = None,
