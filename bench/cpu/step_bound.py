@@ -1,0 +1,176 @@
+"""Where the supernet step's time goes, layer by layer, against what its matrix products alone must cost.
+
+    python bench/cpu/step_bound.py [--threads 2] [--rounds 5] [--width 1.0] [--batch 32]
+
+One soft supernet training step (fbnet-cifar, every candidate of every layer active: the speed issue's
+"supernet step" case at width 1.0, batch 32), eager channels_last and fused, rounds alternating after one
+untimed warm-up step each. Each layer's forward and backward are timed in place in the whole step (forward
+pre/post hooks; backward from the hook on the layer's output gradient to the one on its input gradient), so
+each row is that layer as the step runs it, caches and all.
+
+The bound: a layer's 1x1 convolutions are matrix products whatever runs them. Forward ``2 M K N / g`` per
+product (``g`` groups), backward twice that (input and weight gradients); every other op of a layer
+(depthwise convolutions, BatchNorms, activations, the weighted sum) is left out, as if it were free. At the fp32
+GEMM rate of the same machine timed in the same rounds (``torch.mm`` of two 1024x1024 matrices, as
+ab_supernet.py), those products alone take ``bound`` ms: no implementation that runs them at that rate can take
+less, so ``eager / bound`` is the most any such implementation can gain on that layer over eager. (A kernel can
+beat the square GEMM's rate only where MKL's blocking is poor for the shape, and the fused path does no fewer
+products: it keeps, not recomputes, every layer of this case.)
+
+Prints a table per layer and per resolution, the totals, and writes ``bench/results/step_bound.json``. Run it
+alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from fbnet_fast.blocks import IRBlock, SkipBlock
+from fbnet_fast.malloc import tune_malloc
+from fbnet_fast.space import load_space
+from fbnet_fast.supernet import Supernet
+
+OUT = Path(__file__).parents[1] / "results" / "step_bound.json"
+PROVIDERS = {"eager_cl": "reference", "fused": "cpp"}
+
+
+def product_flop(layer, m_in: int, m_out: int) -> float:
+    """Forward FLOPs of the 1x1 convolutions of every candidate of ``layer`` (a MixedOp)."""
+    total = 0.0
+    for b in layer.candidates:
+        if isinstance(b, IRBlock):
+            total += 2.0 * m_in * b.c_in * b.mid / b.groups + 2.0 * m_out * b.mid * b.c_out / b.groups
+        elif isinstance(b, SkipBlock) and not b.identity:
+            total += 2.0 * m_out * b.c_in * b.c_out
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=32)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tune_malloc()  # as the fbnet-fast commands run
+    space = load_space("fbnet-cifar", width_mult=args.width)
+    times: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in PROVIDERS}
+    shapes: dict[int, tuple[int, int, int, int]] = {}
+    nets = {}
+    for prov, impl in PROVIDERS.items():
+        torch.manual_seed(0)
+        net = Supernet(space, impl=impl).to(memory_format=torch.channels_last)
+        x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (args.batch,))
+        nets[prov] = (net, x, y)
+        for i, layer in enumerate(net.layers):
+            def pre(mod, inp, i=i, prov=prov):
+                mod._bound_t0 = time.perf_counter()
+
+            def post(mod, inp, out, i=i, prov=prov):
+                times[prov][f"L{i:02d} fwd"].append(time.perf_counter() - mod._bound_t0)
+                shapes[i] = (inp[0].shape[2], inp[0].shape[3], out.shape[2], out.shape[3])
+                if not out.requires_grad:
+                    return
+                start: dict[str, float] = {}
+
+                def out_grad(g, start=start):
+                    start["t"] = time.perf_counter()
+
+                def in_grad(g, i=i, prov=prov, start=start):
+                    if "t" in start:
+                        times[prov][f"L{i:02d} bwd"].append(time.perf_counter() - start["t"])
+
+                out.register_hook(out_grad)
+                if inp[0].requires_grad:
+                    inp[0].register_hook(in_grad)
+
+            layer.register_forward_pre_hook(pre)
+            layer.register_forward_hook(post)
+
+    def step(prov: str) -> float:
+        net, x, y = nets[prov]
+        t = time.perf_counter()
+        net.zero_grad(set_to_none=True)
+        w = net.sample_weights(5.0, generator=torch.Generator().manual_seed(0))
+        torch.nn.functional.cross_entropy(net(x, w), y).backward()
+        return time.perf_counter() - t
+
+    a, bm = torch.randn(1024, 1024), torch.randn(1024, 1024)
+
+    def gemm_rate() -> float:
+        t = time.perf_counter()
+        for _ in range(10):
+            torch.mm(a, bm)
+        return 10 * 2 * 1024 ** 3 / (time.perf_counter() - t)
+
+    for prov in PROVIDERS:
+        step(prov)
+    for prov in PROVIDERS:
+        times[prov].clear()
+    gemm_rate()
+    steps: dict[str, list[float]] = {p: [] for p in PROVIDERS}
+    rates = []
+    for _ in range(args.rounds):
+        rates.append(gemm_rate())
+        for prov in PROVIDERS:
+            steps[prov].append(step(prov))
+    rate = statistics.median(rates)
+    med = {p: {k: statistics.median(v) for k, v in times[p].items()} for p in PROVIDERS}
+    step_med = {p: statistics.median(v) for p, v in steps.items()}
+
+    net = nets["fused"][0]
+    rows = []
+    for i, layer in enumerate(net.layers):
+        h, w, ho, wo = shapes[i]
+        fwd = product_flop(layer, args.batch * h * w, args.batch * ho * wo)
+        for phase, flop in (("fwd", fwd), ("bwd", 2 * fwd)):
+            key = f"L{i:02d} {phase}"
+            e, f = med["eager_cl"].get(key), med["fused"].get(key)
+            if e is None or f is None:
+                continue
+            rows.append(dict(layer=i, phase=phase, res=f"{h}x{w}", eager_ms=1e3 * e, fused_ms=1e3 * f,
+                             product_gflop=flop / 1e9, bound_ms=1e3 * flop / rate))
+    print(f"cpu {platform.processor() or platform.machine()}, torch {torch.__version__} "
+          f"({torch.backends.cpu.get_cpu_capability()}), threads {args.threads}; fbnet-cifar width {args.width}, "
+          f"batch {args.batch}, soft (every candidate active); median of {args.rounds} alternating rounds")
+    print(f"fp32 GEMM rate {rate / 1e9:.1f} GFLOP/s; whole step: eager_cl {step_med['eager_cl']:.3f} s, fused "
+          f"{step_med['fused']:.3f} s ({step_med['eager_cl'] / step_med['fused']:.2f}x)\n")
+    print("| layer | res | eager ms | fused ms | eager/fused | products GFLOP | bound ms | eager/bound | fused/bound |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| L{r['layer']:02d} {r['phase']} | {r['res']} | {r['eager_ms']:.1f} | {r['fused_ms']:.1f} | "
+              f"{r['eager_ms'] / r['fused_ms']:.2f}x | {r['product_gflop']:.2f} | {r['bound_ms']:.1f} | "
+              f"{r['eager_ms'] / r['bound_ms']:.2f}x | {r['fused_ms'] / r['bound_ms']:.2f}x |")
+    groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for r in rows:
+        g = groups[r["res"]]
+        g[0] += r["eager_ms"]; g[1] += r["fused_ms"]; g[2] += r["bound_ms"]
+    tot = [sum(g[k] for g in groups.values()) for k in range(3)]
+    groups["all layers"] = tot
+    print("\n| input resolution | eager ms | fused ms | eager/fused | bound ms | eager/bound | fused/bound |")
+    print("|---|---|---|---|---|---|---|")
+    for res, (e, f, b) in groups.items():
+        print(f"| {res} | {e:.0f} | {f:.0f} | {e / f:.2f}x | {b:.0f} | {e / b:.2f}x | {f / b:.2f}x |")
+    rest = {p: 1e3 * step_med[p] - (tot[0] if p == "eager_cl" else tot[1]) for p in PROVIDERS}
+    print(f"\noutside the layers (stem, head, loss, sampling, zero_grad, autograd engine): eager {rest['eager_cl']:.0f} ms, "
+          f"fused {rest['fused']:.0f} ms")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(dict(cpu=platform.processor(), torch=torch.__version__, threads=args.threads,
+                                   width=args.width, batch=args.batch, rounds=args.rounds,
+                                   gemm_gflops=rate / 1e9, step_s=step_med, layers=rows,
+                                   groups={k: dict(eager_ms=v[0], fused_ms=v[1], bound_ms=v[2]) for k, v in groups.items()},
+                                   timestamp=time.time()), indent=1))
+
+
+if __name__ == "__main__":
+    main()
