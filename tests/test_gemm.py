@@ -291,7 +291,7 @@ def test_mm_prologue_and_stats_route_by_shape(m, k, n, monkeypatch, isa):
 @pytest.mark.parametrize("m,p,q", [(1000, 8, 48), (1000, 48, 8), (4099, 13, 61), (257, 8, 16), (70000, 8, 24)])
 def test_mm_tn_prologue_on_either_operand(m, p, q, isa, monkeypatch):
     """x^T relu(s y + t): the kernel activates y whether y is its vector side (p <= q) or its broadcast side."""
-    # every ISA variant's kernel, whatever the routing rule gives it (8-wide ISAs route only narrow <= 8)
+    # every ISA variant's kernel, whatever the routing rule gives it
     monkeypatch.setattr(gemm, "TN_MAX_NARROW", 16)
     g = torch.Generator().manual_seed(m + p + q)
     x = torch.randn(m, p, generator=g)
