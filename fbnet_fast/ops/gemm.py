@@ -153,9 +153,9 @@ def _mm(a, b, out, accumulate, a_scale, a_shift, stats) -> MMStats:
 
 # x^T y for a 1x1 conv's weight gradient: the kernel where the narrower side is narrow, MKL's blocking where both
 # sides are wider (bench/cpu/ab_tn.py: every weight-gradient shape of an fbnet-cifar supernet step, torch and
-# the kernel alternating; AMD EPYC Zen 4). With 16-wide vectors (v4): narrow <= 32 columns, 0.98-2.0x MKL at 1 and
+# the kernel alternating; AMD EPYC Zen 4). With 16-wide vectors (v4): narrow <= 32 columns, 0.96-4.1x MKL at 1 and
 # 2 threads on the width-1.0 and width-0.25 shapes (the width-1.0 [32768, 24]^T [32768, 24..144], where MKL ran
-# at 50-110 GFLOP/s and gained only 1.2-1.9x from its second thread, 1.2-1.5x); at 48-64 columns 0.94-1.3x,
+# at 50-110 GFLOP/s and gained only 1.2-1.9x from its second thread, 1.2-1.7x); at 48-64 columns 0.94-1.3x,
 # at 112 and more 0.7-0.96x. With 8-wide vectors (v3 = AVX2, base): narrow <= 16. Alone, as an AVX2 CPU runs it
 # (emulated on that CPU with --as-avx2), the kernel won 1.0-3.7x at 8 columns but only 0.8-1.2x at 16; in the
 # default-search step a limit of 8 was still 2-3 % slower than 16 (bench/cpu/ab_search_step.py --as-avx2): the
