@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'small' if rule else 'torch'}")
         print(f"step's products, alone: torch {tot['torch']:.1f} ms, small everywhere {tot['small']:.1f} ms, "
               f"as routed {tot['rule']:.1f} ms")
+        if args.step_rounds < 1:  # --step-rounds 0: the products alone, no whole step
+            continue
 
         torch.manual_seed(0)
         net = Supernet(space, impl="cpp").to(memory_format=torch.channels_last)
