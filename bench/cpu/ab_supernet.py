@@ -33,6 +33,19 @@ OUT = Path(__file__).parents[1] / "results" / "ab_supernet.json"
 PROVIDERS = ("eager_cl", "fused")
 
 
+def gemm_rate_timer():
+    """A function timing 10 ``torch.mm`` of two 1024x1024 fp32 matrices at the current thread count: FLOP/s."""
+    a, bm = torch.randn(1024, 1024), torch.randn(1024, 1024)
+
+    def gemm() -> float:
+        t = time.perf_counter()
+        for _ in range(10):
+            torch.mm(a, bm)
+        return 10 * 2 * 1024 ** 3 / (time.perf_counter() - t)
+
+    return gemm
+
+
 def main(threads: int, rounds: int) -> None:
     torch.set_num_threads(threads)
     from fbnet_fast.malloc import tune_malloc
@@ -54,13 +67,7 @@ def main(threads: int, rounds: int) -> None:
     with FlopCounterMode(display=False) as fc:
         net(x, net.sample_weights(5.0, generator=torch.Generator().manual_seed(0)))
     flops = 3 * fc.get_total_flops()
-    a, bm = torch.randn(1024, 1024), torch.randn(1024, 1024)
-
-    def gemm() -> float:
-        t = time.perf_counter()
-        for _ in range(10):
-            torch.mm(a, bm)
-        return 10 * 2 * 1024 ** 3 / (time.perf_counter() - t)
+    gemm = gemm_rate_timer()
 
     gemm()
     ts = {p: [] for p in PROVIDERS}

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ab_supernet import gemm_rate_timer  # noqa: E402  (bench/cpu is on sys.path when run as a script)
 from fbnet_fast.blocks import IRBlock, SkipBlock
 from fbnet_fast.malloc import tune_malloc
 from fbnet_fast.space import load_space
@@ -105,13 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.nn.functional.cross_entropy(net(x, w), y).backward()
         return time.perf_counter() - t
 
-    a, bm = torch.randn(1024, 1024), torch.randn(1024, 1024)
-
-    def gemm_rate() -> float:
-        t = time.perf_counter()
-        for _ in range(10):
-            torch.mm(a, bm)
-        return 10 * 2 * 1024 ** 3 / (time.perf_counter() - t)
+    gemm_rate = gemm_rate_timer()  # ab_supernet.py's, so both state the same rate
 
     for prov in PROVIDERS:
         step(prov)
