@@ -17,6 +17,12 @@ less, so ``eager / bound`` is the most any such implementation can gain on that 
 beat the square GEMM's rate only where MKL's blocking is poor for the shape, and the fused path does no fewer
 products: it keeps, not recomputes, every layer of this case.)
 
+The MKL column: the same layer's products as ``torch.mm`` calls of their exact shapes (a grouped conv's
+as one product per group, as eager runs it), timed one by one in the same rounds. It is what the products
+cost where they run in MKL (the fused path runs the 8x8 and 4x4 layers' there, and the narrow ones in its own
+kernel), so ``eager / MKL`` is the most any implementation that leaves its products to MKL can gain on the layer
+over eager: where it is below 2, a 2x step needs products faster than MKL runs them, not less work around them.
+
 Prints a table per layer and per resolution, the totals, and writes ``bench/results/step_bound.json``. Run it
 alone on the machine.
 """
@@ -52,6 +58,47 @@ def product_flop(layer, m_in: int, m_out: int) -> float:
         elif isinstance(b, SkipBlock) and not b.identity:
             total += 2.0 * m_out * b.c_in * b.c_out
     return total
+
+
+def layer_products(layer, m_in: int, m_out: int) -> dict[str, list[tuple[int, int, int, bool]]]:
+    """``phase -> [(M, K, N, transposed_a)]``: the products of every candidate of ``layer`` (a MixedOp) as eager
+    autograd runs them, one per group. Forward ``x W1^T``, ``h2 W3^T``; backward the input gradients ``gz W``
+    and the weight gradients ``gz^T x`` (``transposed_a``: ``a`` is read transposed, ``[M, K]^T``)."""
+    out: dict[str, list[tuple[int, int, int, bool]]] = {"fwd": [], "bwd": []}
+    for b in layer.candidates:
+        if isinstance(b, IRBlock):
+            g = b.groups
+            for m, k, n in ((m_in, b.c_in // g, b.mid // g), (m_out, b.mid // g, b.c_out // g)):
+                out["fwd"] += [(m, k, n, False)] * g
+                out["bwd"] += [(m, n, k, False), (n, m, k, True)] * g  # input gradient, weight gradient
+        elif isinstance(b, SkipBlock) and not b.identity:
+            out["fwd"].append((m_out, b.c_in, b.c_out, False))
+            out["bwd"] += [(m_out, b.c_out, b.c_in, False), (b.c_out, m_out, b.c_in, True)]
+    return out
+
+
+def products_timer(net, batch: int, shapes: dict[int, tuple[int, int, int, int]]):
+    """A function timing each layer's products in MKL (torch.mm, new output per call as eager allocates):
+    returns ``{"Lii fwd": seconds, ...}`` for one pass over every layer."""
+    ops = {}
+    for i, layer in enumerate(net.layers):
+        h, w, ho, wo = shapes[i]
+        for phase, prods in layer_products(layer, batch * h * w, batch * ho * wo).items():
+            mats = []
+            for m, k, n, ta in prods:
+                a = torch.randn(k, m).t() if ta else torch.randn(m, k)  # [m, k], transposed storage for gz^T
+                mats.append((a, torch.randn(k, n)))
+            ops[f"L{i:02d} {phase}"] = mats
+
+    def run() -> dict[str, float]:
+        t = {}
+        for key, mats in ops.items():
+            t0 = time.perf_counter()
+            for a, b in mats:
+                torch.mm(a, b)
+            t[key] = time.perf_counter() - t0
+        return t
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,14 +160,20 @@ def main(argv: list[str] | None = None) -> None:
     for prov in PROVIDERS:
         times[prov].clear()
     gemm_rate()
+    mkl = products_timer(nets["fused"][0], args.batch, shapes)
+    mkl()
+    mkl_times: dict[str, list[float]] = defaultdict(list)
     steps: dict[str, list[float]] = {p: [] for p in PROVIDERS}
     rates = []
     for _ in range(args.rounds):
         rates.append(gemm_rate())
+        for k, v in mkl().items():
+            mkl_times[k].append(v)
         for prov in PROVIDERS:
             steps[prov].append(step(prov))
     rate = statistics.median(rates)
     med = {p: {k: statistics.median(v) for k, v in times[p].items()} for p in PROVIDERS}
+    mkl_med = {k: statistics.median(v) for k, v in mkl_times.items()}
     step_med = {p: statistics.median(v) for p, v in steps.items()}
 
     net = nets["fused"][0]
@@ -134,28 +187,32 @@ def main(argv: list[str] | None = None) -> None:
             if e is None or f is None:
                 continue
             rows.append(dict(layer=i, phase=phase, res=f"{h}x{w}", eager_ms=1e3 * e, fused_ms=1e3 * f,
-                             product_gflop=flop / 1e9, bound_ms=1e3 * flop / rate))
+                             product_gflop=flop / 1e9, bound_ms=1e3 * flop / rate, mkl_ms=1e3 * mkl_med[key]))
     print(f"cpu {platform.processor() or platform.machine()}, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), threads {args.threads}; fbnet-cifar width {args.width}, "
           f"batch {args.batch}, soft (every candidate active); median of {args.rounds} alternating rounds")
     print(f"fp32 GEMM rate {rate / 1e9:.1f} GFLOP/s; whole step: eager_cl {step_med['eager_cl']:.3f} s, fused "
           f"{step_med['fused']:.3f} s ({step_med['eager_cl'] / step_med['fused']:.2f}x)\n")
-    print("| layer | res | eager ms | fused ms | eager/fused | products GFLOP | bound ms | eager/bound | fused/bound |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| layer | res | eager ms | fused ms | eager/fused | products GFLOP | bound ms | eager/bound | fused/bound "
+          "| MKL ms | eager/MKL |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| L{r['layer']:02d} {r['phase']} | {r['res']} | {r['eager_ms']:.1f} | {r['fused_ms']:.1f} | "
               f"{r['eager_ms'] / r['fused_ms']:.2f}x | {r['product_gflop']:.2f} | {r['bound_ms']:.1f} | "
-              f"{r['eager_ms'] / r['bound_ms']:.2f}x | {r['fused_ms'] / r['bound_ms']:.2f}x |")
-    groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+              f"{r['eager_ms'] / r['bound_ms']:.2f}x | {r['fused_ms'] / r['bound_ms']:.2f}x | {r['mkl_ms']:.1f} | "
+              f"{r['eager_ms'] / r['mkl_ms']:.2f}x |")
+    groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
     for r in rows:
         g = groups[r["res"]]
-        g[0] += r["eager_ms"]; g[1] += r["fused_ms"]; g[2] += r["bound_ms"]
-    tot = [sum(g[k] for g in groups.values()) for k in range(3)]
+        g[0] += r["eager_ms"]; g[1] += r["fused_ms"]; g[2] += r["bound_ms"]; g[3] += r["mkl_ms"]
+    tot = [sum(g[k] for g in groups.values()) for k in range(4)]
     groups["all layers"] = tot
-    print("\n| input resolution | eager ms | fused ms | eager/fused | bound ms | eager/bound | fused/bound |")
-    print("|---|---|---|---|---|---|---|")
-    for res, (e, f, b) in groups.items():
-        print(f"| {res} | {e:.0f} | {f:.0f} | {e / f:.2f}x | {b:.0f} | {e / b:.2f}x | {f / b:.2f}x |")
+    print("\n| input resolution | eager ms | fused ms | eager/fused | bound ms | eager/bound | fused/bound | MKL ms "
+          "| eager/MKL | fused/MKL |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for res, (e, f, b, mk) in groups.items():
+        print(f"| {res} | {e:.0f} | {f:.0f} | {e / f:.2f}x | {b:.0f} | {e / b:.2f}x | {f / b:.2f}x | {mk:.0f} | "
+              f"{e / mk:.2f}x | {f / mk:.2f}x |")
     rest = {p: 1e3 * step_med[p] - (tot[0] if p == "eager_cl" else tot[1]) for p in PROVIDERS}
     print(f"\noutside the layers (stem, head, loss, sampling, zero_grad, autograd engine): eager {rest['eager_cl']:.0f} ms, "
           f"fused {rest['fused']:.0f} ms")
@@ -163,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     OUT.write_text(json.dumps(dict(cpu=platform.processor(), torch=torch.__version__, threads=args.threads,
                                    width=args.width, batch=args.batch, rounds=args.rounds,
                                    gemm_gflops=rate / 1e9, step_s=step_med, layers=rows,
-                                   groups={k: dict(eager_ms=v[0], fused_ms=v[1], bound_ms=v[2]) for k, v in groups.items()},
+                                   groups={k: dict(eager_ms=v[0], fused_ms=v[1], bound_ms=v[2], mkl_ms=v[3])
+                                           for k, v in groups.items()},
                                    timestamp=time.time()), indent=1))
 
 
