@@ -180,8 +180,7 @@ def test_mm_tn_routes_by_shape_and_agrees_with_torch(m, p, q, monkeypatch):
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(m, p, generator=g), torch.randn(m, q, generator=g)
     narrow, wide = sorted((p, q))
-    limit = gemm.TN_MAX_NARROW_V4 if _ext.load().isa() == "v4" else gemm.TN_MAX_NARROW
-    assert gemm.use_small_tn(x, y) == (narrow <= limit and wide <= gemm.TN_MAX_WIDE)
+    assert gemm.use_small_tn(x, y) == (narrow <= gemm.TN_MAX_NARROW and wide <= gemm.TN_MAX_WIDE)
     got = gemm.mm_tn(x, y)
     assert got.shape == (p, q) and got.is_contiguous()
     bound = _tn_bound(x, y) if gemm.use_small_tn(x, y) else 1.01 * m * U * (x.double().abs().t() @ y.double().abs())

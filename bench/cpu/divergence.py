@@ -37,6 +37,16 @@ def _flat(s) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in s._w_params])
 
 
+def perturb_weights(searcher, seed: int = 12345) -> None:
+    """Move every weight of ``searcher`` (a ``Searcher``) by one float32 ulp, half up and half down (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for prm in searcher._w_params:
+            up = torch.rand(prm.shape, generator=gen) < 0.5
+            prm.copy_(torch.where(up, torch.nextafter(prm, torch.full_like(prm, float("inf"))),
+                                  torch.nextafter(prm, torch.full_like(prm, float("-inf")))))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=100)
@@ -59,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, kernel in (("fused", "auto"), ("reference", "reference"), ("perturbed", "reference")):
         cfg = SearchConfig(kernel=kernel, seed=args.seed, progress=False, plots=False)
         runs[name] = Searcher(cfg, tmp / name, space=space, lut=lut, log=lambda msg: None)
-    gen = torch.Generator().manual_seed(12345)
-    with torch.no_grad():
-        for prm in runs["perturbed"]._w_params:
-            up = torch.rand(prm.shape, generator=gen) < 0.5
-            prm.copy_(torch.where(up, torch.nextafter(prm, torch.full_like(prm, float("inf"))),
-                                  torch.nextafter(prm, torch.full_like(prm, float("-inf")))))
+    perturb_weights(runs["perturbed"])
     ref0 = _flat(runs["reference"])
     if not torch.equal(_flat(runs["fused"]), ref0):
         raise SystemExit("the fused and reference copies do not start from the same weights")

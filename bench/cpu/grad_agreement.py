@@ -38,18 +38,8 @@ from pathlib import Path
 
 import torch
 
-
-def _cpu() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
-
-
-def gemm_limit() -> int:
-    from fbnet_fast.ops import gemm
-
-    return gemm.TN_MAX_NARROW_V4
+from divergence import perturb_weights  # noqa: E402  (bench/cpu is on sys.path when run as a script)
+from fbnet_fast.measure.core import cpu_name
 
 
 def _searchers(run_dir: Path, tmp: Path):
@@ -75,15 +65,6 @@ def _to_float64(s) -> None:
             x, y = batch(*a, **k)
             return x.double(), y
         split.batch = batch64
-
-
-def _perturb(s, seed: int = 12345) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in s._w_params:
-            up = torch.rand(p.shape, generator=gen) < 0.5
-            p.copy_(torch.where(up, torch.nextafter(p, torch.full_like(p, float("inf"))),
-                                torch.nextafter(p, torch.full_like(p, float("-inf")))))
 
 
 def _freeze_updates(s) -> None:
@@ -115,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoints", nargs="*", default=None, help="file names in RUN_DIR/checkpoints "
                    "(default: warmup.pt and the newest ckpt-*.pt)")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--tn-narrow-v4", type=int, default=None, help="override fbnet_fast.ops.gemm.TN_MAX_NARROW_V4 "
-                   "(the v4 weight-gradient routing) for the fused copy, e.g. 32 as the sixteenth session ran it")
+    p.add_argument("--tn-narrow", type=int, default=None, help="override fbnet_fast.ops.gemm.TN_MAX_NARROW (the "
+                   "weight-gradient routing) for the fused copy, e.g. 32 as the sixteenth session ran it on v4")
     args = p.parse_args(argv)
-    if args.tn_narrow_v4 is not None:
-        from fbnet_fast.ops import gemm
+    from fbnet_fast.ops import gemm
 
-        gemm.TN_MAX_NARROW_V4 = args.tn_narrow_v4
+    if args.tn_narrow is not None:
+        gemm.TN_MAX_NARROW = args.tn_narrow
     torch.set_num_threads(args.threads)
     from fbnet_fast.malloc import tune_malloc
 
@@ -144,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in runs.values():
             s.load_state_dict(state, source=name)
             _freeze_updates(s)
-        _perturb(runs["perturbed"])
+        perturb_weights(runs["perturbed"])
         _to_float64(runs["float64"])
         epoch = runs["reference"].epoch
         for phase in ("w", "theta"):
@@ -175,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                       + f" | {cell}", flush=True)
     from fbnet_fast.ops import _ext
 
-    info = {"run_dir": str(args.run_dir), "threads": args.threads, "tn_narrow_v4": gemm_limit(), "torch": torch.__version__,
-            "capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu(),
+    info = {"run_dir": str(args.run_dir), "threads": args.threads, "tn_narrow": gemm.TN_MAX_NARROW, "torch": torch.__version__,
+            "capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_name(),
             "isa": _ext.load().isa() if _ext.available() else None}
     print(json.dumps(info))
     if args.out is not None:

@@ -49,17 +49,6 @@ OUT = Path(__file__).parents[1] / "results" / "step_bound.json"
 PROVIDERS = {"eager_cl": "reference", "fused": "cpp"}
 
 
-def product_flop(layer, m_in: int, m_out: int) -> float:
-    """Forward FLOPs of the 1x1 convolutions of every candidate of ``layer`` (a MixedOp)."""
-    total = 0.0
-    for b in layer.candidates:
-        if isinstance(b, IRBlock):
-            total += 2.0 * m_in * b.c_in * b.mid / b.groups + 2.0 * m_out * b.mid * b.c_out / b.groups
-        elif isinstance(b, SkipBlock) and not b.identity:
-            total += 2.0 * m_out * b.c_in * b.c_out
-    return total
-
-
 def layer_products(layer, m_in: int, m_out: int) -> dict[str, list[tuple[int, int, int, bool]]]:
     """``phase -> [(M, K, N, transposed_a)]``: the products of every candidate of ``layer`` (a MixedOp) as eager
     autograd runs them, one per group. Forward ``x W1^T``, ``h2 W3^T``; backward the input gradients ``gz W``
@@ -75,6 +64,12 @@ def layer_products(layer, m_in: int, m_out: int) -> dict[str, list[tuple[int, in
             out["fwd"].append((m_out, b.c_in, b.c_out, False))
             out["bwd"] += [(m_out, b.c_out, b.c_in, False), (b.c_out, m_out, b.c_in, True)]
     return out
+
+
+def product_flop(layer, m_in: int, m_out: int) -> float:
+    """Forward FLOPs of the 1x1 convolutions of every candidate of ``layer`` (a MixedOp): ``2 M K N`` over
+    :func:`layer_products`' forward products (a grouped conv's ``g`` products of ``1 / g**2`` the size each)."""
+    return sum(2.0 * m * k * n for m, k, n, _ in layer_products(layer, m_in, m_out)["fwd"])
 
 
 def products_timer(net, batch: int, shapes: dict[int, tuple[int, int, int, int]]):

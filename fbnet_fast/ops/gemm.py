@@ -151,23 +151,18 @@ def _mm(a, b, out, accumulate, a_scale, a_shift, stats) -> MMStats:
     return MMStats(out, mean, var)
 
 
-# x^T y for a 1x1 conv's weight gradient: the kernel where the narrower side is narrow, MKL's blocking where both
-# sides are wider (bench/cpu/ab_tn.py: every weight-gradient shape of an fbnet-cifar supernet step, torch and
-# the kernel alternating; AMD EPYC Zen 4). With 16-wide vectors (v4): narrow <= 32 columns, 0.96-4.1x MKL at 1 and
-# 2 threads on the width-1.0 and width-0.25 shapes (the width-1.0 [32768, 24]^T [32768, 24..144], where MKL ran
-# at 50-110 GFLOP/s and gained only 1.2-1.9x from its second thread, 1.2-1.7x); at 48-64 columns 0.94-1.3x,
-# at 112 and more 0.7-0.96x. With 8-wide vectors (v3 = AVX2, base): narrow <= 16. Alone, as an AVX2 CPU runs it
-# (emulated on that CPU with --as-avx2), the kernel won 1.0-3.7x at 8 columns but only 0.8-1.2x at 16; in the
-# default-search step a limit of 8 was still 2-3 % slower than 16 (bench/cpu/ab_search_step.py --as-avx2): the
-# 16-channel candidates then lose the one-call C++ backward, which needs every product on the kernels. At 24-32
-# columns the 8-wide kernel lost alone (0.6-0.96x). The wider side is capped so that the per-chunk partial sums
-# stay small (M / 256 x 32 x 512 floats).
-# Held at 16 on v4 too: with 32 (faster, above; ~6 % of the width-1.0 supernet step) one 12-seed default search
-# ended 7.3 points below the reference on the mean, with 16 (these bits) 18 seeds end 1.7 below (BENCHMARKS.md,
-# seventeenth session). The gradients of both settings are equally close to float64's, and closer than the eager
-# reference's (bench/cpu/grad_agreement.py: the weight gradients differ in the 7th digit), so that draw was the
-# search's chaos, not a bias; 16 stays because it is the setting whose whole-search accuracy is measured.
-TN_MAX_WIDE, TN_MAX_NARROW, TN_MAX_NARROW_V4 = 512, 16, 16
+# x^T y for a 1x1 conv's weight gradient: the kernel where the narrower side has at most TN_MAX_NARROW columns, MKL's
+# blocking elsewhere (bench/cpu/ab_tn.py: every weight-gradient shape of an fbnet-cifar supernet step, torch and the
+# kernel alternating; AMD EPYC Zen 4). One limit for every ISA. With 8-wide vectors (v3 = AVX2, base; emulated on
+# that CPU with --as-avx2) the kernel alone won 1.0-3.7x at 8 columns, 0.8-1.2x at 16, lost at 24-32 (0.6-0.96x);
+# yet a limit of 8 made the default-search step 2-3 % slower than 16 (bench/cpu/ab_search_step.py --as-avx2): the
+# 16-channel candidates then lose the one-call C++ backward, which needs every product on the kernels. With 16-wide
+# vectors (v4) up to 32 columns measured 0.96-4.1x MKL (the width-1.0 [32768, 24]^T [32768, 24..144] 1.2-1.7x;
+# ~6 % of the width-1.0 supernet step) and is as accurate (bench/cpu/grad_agreement.py: the gradients differ in the
+# 7th digit); it stays at 16 because 16 is the setting whose whole-search held-out accuracy is measured (18 seeds,
+# 1.7 points below the reference on the mean; one 12-seed run with 32 drew 7.3 below; BENCHMARKS.md, seventeenth
+# session). The wider side is capped so that the per-chunk partial sums stay small (M / 256 x 16 x 512 floats).
+TN_MAX_WIDE, TN_MAX_NARROW = 512, 16
 
 
 def use_small_tn(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -184,7 +179,7 @@ def small_tn_rule(device: torch.device, p: int, q: int) -> bool:
     narrow, wide = sorted((p, q))
     if wide > TN_MAX_WIDE:
         return False
-    return narrow <= (TN_MAX_NARROW_V4 if cpu_ext().isa() == "v4" else TN_MAX_NARROW)
+    return narrow <= TN_MAX_NARROW
 
 
 def mm_tn(x: torch.Tensor, y: torch.Tensor, *, y_scale: torch.Tensor | None = None,
