@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import os
-import platform
 from collections import defaultdict
 from pathlib import Path
 
@@ -40,15 +39,9 @@ def pytest_collect_file(file_path, parent):
 
 
 def _device() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} x{os.cpu_count()}"
+    from fbnet_fast.measure.core import cpu_name
+
+    return f"{cpu_name()} x{os.cpu_count()}"
 
 
 @pytest.fixture(scope="session")

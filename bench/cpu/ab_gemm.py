@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ if __name__ == "__main__" and "--as-avx2" in sys.argv:  # before torch loads (as
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from fbnet_fast.measure.core import cpu_name  # noqa: E402
 from fbnet_fast.ops import _ext, gemm  # noqa: E402
 from fbnet_fast.space import load_space  # noqa: E402
 from fbnet_fast.supernet import Supernet  # noqa: E402
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.as_avx2:
         _ext.load().set_isa("v3")
     space = load_space("fbnet-cifar", width_mult=args.width)
-    print(f"cpu {platform.processor() or platform.machine()}, torch {torch.__version__} "
+    print(f"cpu {cpu_name()}, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), fused ISA {_ext.load().isa()}"
           f"{' (emulated AVX2)' if args.as_avx2 else ''}; fbnet-cifar width "
           f"{args.width}, batch {args.batch}")

@@ -1,11 +1,14 @@
 """Interleaved A/B of one whole-supernet training step: eager channels_last vs fused.
 
-``python bench/cpu/ab_supernet.py [threads] [rounds]``: fbnet-cifar at width 1.0, batch 32 (the
+``python bench/cpu/ab_supernet.py [threads] [rounds] [--as-avx2]``: fbnet-cifar at width 1.0, batch 32 (the
 pytest-benchmark supernet case, ``bench_mixed_op._supernet``), soft Gumbel weights (all 9
 candidates of all 22 layers active), forward + cross-entropy + backward. Rounds alternate
 (eager, fused, eager, fused, ...) after one untimed warm-up step each, so a shared machine's
 load falls on both alike; eager NCHW is left out (slower than channels_last on this CPU in
-every run so far). Prints the medians and writes ``bench/results/ab_supernet.json``.
+every run so far). Prints the medians and writes ``bench/results/ab_supernet.json``
+(``ab_supernet_avx2.json`` with ``--as-avx2``: the process re-runs itself with torch, oneDNN and MKL held to
+AVX2 and our kernels on their ``v3`` variant, as ``search_wall.py --as-avx2`` does: an AVX2-only CPU's
+instruction mix, emulated on this one's cores and caches).
 
 It also states how much of the machine a step uses: the step's floating-point work is the eager
 forward counted with ``torch.utils.flop_counter.FlopCounterMode``, times 3 (each conv and linear's
@@ -20,6 +23,7 @@ thread count), so each provider's GFLOP/s is also given as a fraction of that ra
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +32,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # siblings, bench/conftest.py
 import bench_mixed_op as b  # noqa: E402
+
+from search_wall import AVX2_ENV  # noqa: E402
 
 OUT = Path(__file__).parents[1] / "results" / "ab_supernet.json"
 PROVIDERS = ("eager_cl", "fused")
@@ -46,9 +52,16 @@ def gemm_rate_timer():
     return gemm
 
 
-def main(threads: int, rounds: int) -> None:
+def main(threads: int, rounds: int, as_avx2: bool = False) -> None:
     torch.set_num_threads(threads)
     from fbnet_fast.malloc import tune_malloc
+    from fbnet_fast.measure.core import cpu_name
+    from fbnet_fast.ops import _ext
+
+    ext = _ext.load() if _ext.available() else None
+    if as_avx2 and ext is not None:
+        ext.set_isa("v3")
+    isa = ext.isa() if ext is not None else None
 
     tune_malloc()  # as the fbnet-fast commands run (both providers)
     nets = {p: b._supernet(*b.SUPERNET_PROVIDERS[p]) for p in PROVIDERS}
@@ -80,16 +93,26 @@ def main(threads: int, rounds: int) -> None:
             ts[p].append(time.perf_counter() - t)
     med = {p: sorted(v)[len(v) // 2] for p, v in ts.items()}
     peak = sorted(rates)[len(rates) // 2]
+    print(f"{cpu_name()}, torch capability {torch.backends.cpu.get_cpu_capability()}, fused isa {isa}"
+          + (" (emulated AVX2)" if as_avx2 else ""))
     print(f"supernet step (fbnet-cifar, width 1.0, batch {b.SUPERNET_BATCH}, threads={threads}, median of {rounds}): "
           f"eager_cl {med['eager_cl']:.2f} s, fused {med['fused']:.2f} s, "
           f"speed-up {med['eager_cl'] / med['fused']:.2f}x")
     print(f"work {flops / 1e9:.2f} GFLOP a step (3 x the forward's, FlopCounterMode); fp32 GEMM rate {peak / 1e9:.1f} GFLOP/s; "
           + ", ".join(f"{p} {flops / med[p] / 1e9:.1f} GFLOP/s = {100 * flops / med[p] / peak:.1f} %" for p in PROVIDERS))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(dict(threads=threads, rounds_s=ts, median_s=med, step_gflop=flops / 1e9,
+    out = OUT.with_name("ab_supernet_avx2.json") if as_avx2 else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(cpu=cpu_name(), torch_capability=torch.backends.cpu.get_cpu_capability(),
+                                   fused_isa=isa, emulated_avx2=as_avx2, threads=threads, rounds_s=ts, median_s=med,
+                                   step_gflop=flops / 1e9,
                                    gemm_gflops_rounds=[r / 1e9 for r in rates], gemm_gflops=peak / 1e9,
                                    timestamp=time.time()), indent=1))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1, int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+    pos = [a for a in sys.argv[1:] if a != "--as-avx2"]
+    avx2 = len(pos) < len(sys.argv) - 1
+    if avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
+        # torch is imported above; ATen, oneDNN and MKL must see the limits before they start: run again with them
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
+    main(int(pos[0]) if pos else 1, int(pos[1]) if len(pos) > 1 else 3, avx2)

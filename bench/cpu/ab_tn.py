@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ if __name__ == "__main__" and "--as-avx2" in sys.argv:  # before torch loads
 
 import torch  # noqa: E402
 
+from fbnet_fast.measure.core import cpu_name  # noqa: E402
 from fbnet_fast.ops import _ext, gemm  # noqa: E402
 from fbnet_fast.space import load_space  # noqa: E402
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.as_avx2:
         ext.set_isa("v3")
     cases = sorted({s for w in args.width for s in shapes(w, args.batch)}, key=lambda s: (-s[0], s[1], s[2]))
-    print(f"cpu {platform.processor() or platform.machine()}, torch {torch.__version__} "
+    print(f"cpu {cpu_name()}, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), kernel ISA {ext.isa()}"
           f"{' (emulated AVX2)' if args.as_avx2 else ''}; fbnet-cifar widths {args.width}, batch {args.batch}")
     rows = []
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"({flop / med['kernel'] / 1e9:6.1f})  torch/kernel {med['torch'] / med['kernel']:5.2f}x"
                   f"{'  <- routed to the kernel' if routed else ''}", flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(dict(cpu=platform.processor(), isa=ext.isa(), as_avx2=args.as_avx2,
+    OUT.write_text(json.dumps(dict(cpu=cpu_name(), isa=ext.isa(), as_avx2=args.as_avx2,
                                    torch=torch.__version__, rows=rows, timestamp=time.time()), indent=1))
 
 

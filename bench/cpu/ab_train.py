@@ -31,6 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from search_wall import AVX2_ENV  # noqa: E402
 
+from fbnet_fast.measure.core import cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # results/pareto-seeds random nets of the 0.6, 0.75 and 0.9 bands (measured 0.20, 0.33, 0.43 ms on ORT)
@@ -106,7 +108,7 @@ def main() -> int:
                         print(f"round {r + 1} {a} threads {t} {name}: {s:.2f} s/epoch", file=sys.stderr)
     import torch
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    cpu = cpu_name()
     print(f"fbnet-fast train, fbnet-cifar w0.25, 4000 + 1000 images, batch 64, {args.epochs} epoch(s) a run; "
           f"median of {args.rounds} rounds, s/epoch; {cpu}, torch capability "
           f"{torch.backends.cpu.get_cpu_capability()}" + (" (emulated AVX2)" if args.as_avx2 else ""))

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from fbnet_fast.measure.core import cpu_name
+
 sys.path.insert(0, str(Path(__file__).parent))
 from profile_search import _lut  # noqa: E402  (the constant LUT the step profile uses)
 
@@ -103,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         from fbnet_fast.ops import _ext
 
         info["isa"] = _ext.load().isa()
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except Exception as e:  # noqa: BLE001 - the figures stand without these
         info.setdefault("isa", f"unavailable ({e})")
+    info["cpu"] = cpu_name()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     print(json.dumps(info))

@@ -41,11 +41,16 @@ import torch
 from divergence import perturb_weights  # noqa: E402  (bench/cpu is on sys.path when run as a script)
 from fbnet_fast.measure.core import cpu_name
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _searchers(run_dir: Path, tmp: Path):
     from fbnet_fast.search import SearchConfig, Searcher
 
     d = json.loads((run_dir / "config.json").read_text())["search"]
+    lut = d.get("lut")
+    if lut and not Path(lut).exists() and (ROOT / lut).exists():
+        d = {**d, "lut": str(ROOT / lut)}  # a relative path as recorded by a search run from the repository root
     out = {}
     for name, kernel in (("fused", "auto"), ("reference", "reference"), ("perturbed", "reference"),
                          ("float64", "reference")):
@@ -88,33 +93,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm()) / nb if nb > 0 else float((a - b).norm())
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--steps", type=int, default=3, help="weight steps and theta steps per checkpoint")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--checkpoints", nargs="*", default=None, help="file names in RUN_DIR/checkpoints "
-                   "(default: warmup.pt and the newest ckpt-*.pt)")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--tn-narrow", type=int, default=None, help="override fbnet_fast.ops.gemm.TN_MAX_NARROW (the "
-                   "weight-gradient routing) for the fused copy, e.g. 32 as the sixteenth session ran it on v4")
-    args = p.parse_args(argv)
-    from fbnet_fast.ops import gemm
-
-    if args.tn_narrow is not None:
-        gemm.TN_MAX_NARROW = args.tn_narrow
-    torch.set_num_threads(args.threads)
-    from fbnet_fast.malloc import tune_malloc
-
-    tune_malloc()
-    ck_dir = args.run_dir / "checkpoints"
-    names = args.checkpoints
-    if names is None:
-        ckpts = sorted(ck_dir.glob("ckpt-*.pt"))
-        names = [n for n in ["warmup.pt", ckpts[-1].name if ckpts else None] if n and (ck_dir / n).exists()]
-    if not names:
-        raise SystemExit(f"no checkpoints in {ck_dir}")
-    tmp = Path(tempfile.mkdtemp(prefix="fbnet-gradagree-"))
+def _compare(args, ck_dir: Path, names: list[str], tmp: Path) -> list[dict]:
+    """Every checkpoint's float32 gradients against float64's (the table rows; printed as they come)."""
     rows = []
     f32 = ("fused", "reference", "perturbed")
     print(f"{'checkpoint':>18s} {'phase':>5s} {'step':>4s} | distance to float64, all: " + " ".join(f"{k:>10s}" for k in f32)
@@ -154,6 +134,37 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"{name:>18s} {phase:>5s} {step:4d} | {'':26s}" + " ".join(f"{row[k]:10.3e}" for k in f32)
                       + f" | {cell}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--steps", type=int, default=3, help="weight steps and theta steps per checkpoint")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--checkpoints", nargs="*", default=None, help="file names in RUN_DIR/checkpoints "
+                   "(default: warmup.pt and the newest ckpt-*.pt)")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tn-narrow", type=int, default=None, help="override fbnet_fast.ops.gemm.TN_MAX_NARROW (the "
+                   "weight-gradient routing) for the fused copy, e.g. 32 as the sixteenth session ran it on v4")
+    args = p.parse_args(argv)
+    from fbnet_fast.ops import gemm
+
+    if args.tn_narrow is not None:
+        gemm.TN_MAX_NARROW = args.tn_narrow
+    torch.set_num_threads(args.threads)
+    from fbnet_fast.malloc import tune_malloc
+
+    tune_malloc()
+    ck_dir = args.run_dir / "checkpoints"
+    names = args.checkpoints
+    if names is None:
+        ckpts = sorted(ck_dir.glob("ckpt-*.pt"))
+        names = [n for n in ["warmup.pt", ckpts[-1].name if ckpts else None] if n and (ck_dir / n).exists()]
+    if not names:
+        raise SystemExit(f"no checkpoints in {ck_dir}")
+    with tempfile.TemporaryDirectory(prefix="fbnet-gradagree-") as tmp:  # the copies' run folders (nothing kept)
+        rows = _compare(args, ck_dir, names, Path(tmp))
     from fbnet_fast.ops import _ext
 
     info = {"run_dir": str(args.run_dir), "threads": args.threads, "tn_narrow": gemm.TN_MAX_NARROW, "torch": torch.__version__,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from fbnet_fast.lut import LatencyTable
+from fbnet_fast.measure.core import cpu_name
 from fbnet_fast.ops import head_op, stem_op
 from fbnet_fast.search import SearchConfig, Searcher, tau_at
 from fbnet_fast.space import load_space
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'phase':20s}" + "".join(f"{k:>16s}" for k in keys))
     for n in names:
         print(f"{n:20s}" + "".join(f"{med[k][n]:16.1f}" for k in keys))
-    info = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+    info = {"cpu": cpu_name(), "torch": torch.__version__,
             "capability": torch.backends.cpu.get_cpu_capability(), "rounds": args.rounds,
             "w_steps": s0.w_steps, "t_steps": s0.t_steps}
     try:
@@ -180,10 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         info["isa"] = _ext.load().isa()
     except Exception as e:  # noqa: BLE001 - the extension may be missing; the figures still stand
         info["isa"] = f"unavailable ({e})"
-    try:
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"info": info, "median_ms": med, "samples_ms": res}, indent=1))
     print(json.dumps(info))

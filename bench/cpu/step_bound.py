@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -42,6 +41,7 @@ import torch
 from ab_supernet import gemm_rate_timer  # noqa: E402  (bench/cpu is on sys.path when run as a script)
 from fbnet_fast.blocks import IRBlock, SkipBlock
 from fbnet_fast.malloc import tune_malloc
+from fbnet_fast.measure.core import cpu_name
 from fbnet_fast.space import load_space
 from fbnet_fast.supernet import Supernet
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             rows.append(dict(layer=i, phase=phase, res=f"{h}x{w}", eager_ms=1e3 * e, fused_ms=1e3 * f,
                              product_gflop=flop / 1e9, bound_ms=1e3 * flop / rate, mkl_ms=1e3 * mkl_med[key]))
-    print(f"cpu {platform.processor() or platform.machine()}, torch {torch.__version__} "
+    print(f"cpu {cpu_name()}, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), threads {args.threads}; fbnet-cifar width {args.width}, "
           f"batch {args.batch}, soft (every candidate active); median of {args.rounds} alternating rounds")
     print(f"fp32 GEMM rate {rate / 1e9:.1f} GFLOP/s; whole step: eager_cl {step_med['eager_cl']:.3f} s, fused "
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\noutside the layers (stem, head, loss, sampling, zero_grad, autograd engine): eager {rest['eager_cl']:.0f} ms, "
           f"fused {rest['fused']:.0f} ms")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(dict(cpu=platform.processor(), torch=torch.__version__, threads=args.threads,
+    OUT.write_text(json.dumps(dict(cpu=cpu_name(), torch=torch.__version__, threads=args.threads,
                                    width=args.width, batch=args.batch, rounds=args.rounds,
                                    gemm_gflops=rate / 1e9, step_s=step_med, layers=rows,
                                    groups={k: dict(eager_ms=v[0], fused_ms=v[1], bound_ms=v[2], mkl_ms=v[3])
