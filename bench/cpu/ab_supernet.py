@@ -6,9 +6,9 @@ candidates of all 22 layers active), forward + cross-entropy + backward. Rounds 
 (eager, fused, eager, fused, ...) after one untimed warm-up step each, so a shared machine's
 load falls on both alike; eager NCHW is left out (slower than channels_last on this CPU in
 every run so far). Prints the medians and writes ``bench/results/ab_supernet.json``
-(``ab_supernet_avx2.json`` with ``--as-avx2``: the process re-runs itself with torch, oneDNN and MKL held to
-AVX2 and our kernels on their ``v3`` variant, as ``search_wall.py --as-avx2`` does: an AVX2-only CPU's
-instruction mix, emulated on this one's cores and caches).
+(``ab_supernet_avx2.json`` with ``--as-avx2``: torch, oneDNN and MKL held to AVX2 before torch loads and our
+kernels on their ``v3`` variant, as ``search_wall.py --as-avx2`` does: an AVX2-only CPU's instruction mix,
+emulated on this one's cores and caches).
 
 It also states how much of the machine a step uses: the step's floating-point work is the eager
 forward counted with ``torch.utils.flop_counter.FlopCounterMode``, times 3 (each conv and linear's
@@ -28,12 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # siblings, bench/conftest.py
-import bench_mixed_op as b  # noqa: E402
+if __name__ == "__main__" and "--as-avx2" in sys.argv:  # before torch loads (as search_wall.py --as-avx2)
+    from search_wall import AVX2_ENV
 
-from search_wall import AVX2_ENV  # noqa: E402
+    os.environ.update(AVX2_ENV)
+
+import torch  # noqa: E402
+
+import bench_mixed_op as b  # noqa: E402
 
 OUT = Path(__file__).parents[1] / "results" / "ab_supernet.json"
 PROVIDERS = ("eager_cl", "fused")
@@ -111,8 +114,4 @@ def main(threads: int, rounds: int, as_avx2: bool = False) -> None:
 
 if __name__ == "__main__":
     pos = [a for a in sys.argv[1:] if a != "--as-avx2"]
-    avx2 = len(pos) < len(sys.argv) - 1
-    if avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
-        # torch is imported above; ATen, oneDNN and MKL must see the limits before they start: run again with them
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
-    main(int(pos[0]) if pos else 1, int(pos[1]) if len(pos) > 1 else 3, avx2)
+    main(int(pos[0]) if pos else 1, int(pos[1]) if len(pos) > 1 else 3, "--as-avx2" in sys.argv)
