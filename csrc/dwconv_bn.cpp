@@ -10,6 +10,8 @@
 #include <memory>
 #include <vector>
 
+#include <immintrin.h>  // the explicit FMA of row_centred_squares (v3, v4)
+
 FBNET_ISA_BEGIN
 namespace fbnet {
 namespace FBNET_ISA {
@@ -28,105 +30,208 @@ void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int6
 
 #include "vec.h"  // V16, V8, VW, kW, vload, vstore (this variant's)
 
-// Output pixels a row kernel computes at once (its P), in every variant: 8 would fit v4's 32 vector registers
-// (8 accumulators and the (P - 1) * S + K inputs of a tap row) but measured 0.56-1.2x (AMD EPYC Zen 4, v4).
+// Output pixels a row kernel computes at once (its P). The forward in v4 at stride 1 runs P = 8 over the row's
+// first Wo / 8 * 8 pixels (8 FMA chains; 8 accumulators and the 7 + K inputs of a tap row fit its 32 vector
+// registers; at stride 2, 7 * 2 + K do not) and this P for the rest, two channel blocks at a time (conv_row_fast).
+// The backward's row kernel and v3 and base use this P throughout (16 ymm registers in v3).
 constexpr int kRowPixels = 4;
 
-// ac[q] = sum over the K x K taps of wt[tap] * row[(o + q) * S + kw] for the np <= P output pixels
-// o .. o + np - 1 of one channel block [c0, c0 + |V|); rows r[kh] are zero-padded by K / 2 columns.
-// Each tap's weight vector is loaded once for the P pixels; kh major, kw minor.
+// a * b + c, rounded once where the ISA has FMA (v3, v4), twice in base: explicit, not left to gcc's contraction,
+// because gcc's Zen tuning (-mtune=native on an AMD EPYC) emits a multiply and an add instead of an FMA when the
+// sum is carried around a loop (vectors up to 256 bits, scalars): the bits of a sum then depended on whether the
+// compiler unrolled its loop, and on the build machine. Every sum below that was an FMA when its loop was fully
+// unrolled (or its accumulator lived in memory) is one here, so the bits are those of the unrolled code.
+template <typename T>
+inline T madd(T a, T b, T c) {
+#if defined(FBNET_ISA_V4) || defined(FBNET_ISA_V3)
+  if constexpr (sizeof(T) == 4) {
+    return __builtin_fmaf(a, b, c);
+  } else if constexpr (sizeof(T) == 32) {
+    return reinterpret_cast<T>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
+                                               reinterpret_cast<__m256>(c)));
+  } else {
+#if defined(FBNET_ISA_V4)
+    static_assert(sizeof(T) == 64, "madd: float, V8 or V16");
+    return reinterpret_cast<T>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
+                                               reinterpret_cast<__m512>(c)));
+#else
+    static_assert(sizeof(T) != 64, "madd: no 512-bit FMA in this variant");
+#endif
+  }
+#else
+  return a * b + c;
+#endif
+}
+
+// v4 skips the taps of rows of zeros (kh outside [kh0, kh1)), with explicit FMAs (madd): its sums' bits then
+// hold whatever gcc unrolls (a first try looped over [kh0, kh1), and v3's and v4's sums changed bits, not
+// values). v3 and base run every tap of the fully unrolled loops with gcc's own contraction, as before: the same
+// bits either way; skipping, or explicit FMAs, measured 0.79-0.95x in v3 (AMD EPYC Zen 4 held to AVX2, 1 thread).
+#if defined(FBNET_ISA_V4)
+constexpr bool kSkipPadRows = true;
+template <typename T>
+inline T tap_madd(T a, T b, T c) { return madd(a, b, c); }
+#else
+constexpr bool kSkipPadRows = false;
+template <typename T>
+inline T tap_madd(T a, T b, T c) { return c + a * b; }
+#endif
+
+// ac[q] = sum over the taps of wt[tap] * row[(o + q) * S + kw] for the np <= P output pixels o .. o + np - 1 of
+// one channel block [c0, c0 + |V|), over the tap rows kh in [kh0, kh1) (the rows inside the image: a padding
+// row's taps add w * 0, which leaves a sum unchanged, so they are skipped) and all K columns; rows r[kh] are
+// zero-padded by K / 2 columns. Each tap's weight vector is loaded once for the P pixels; kh major, kw minor.
 template <int K, int S, typename V, int P>
 inline void taps_accumulate(const float* const* r, const float* __restrict__ wt, int64_t C, int64_t o, int64_t c0,
-                            int np, V* ac) {
+                            int kh0, int kh1, int np, V* ac) {
   const V zero = {};
   for (int q = 0; q < P; ++q) ac[q] = zero;
   if (np < P) {  // the row's last pixels
     for (int q = 0; q < np; ++q)
       for (int kh = 0; kh < K; ++kh) {
+        if (kSkipPadRows && (kh < kh0 || kh >= kh1)) continue;
         const float* row = r[kh] + (o + q) * S * C + c0;
-        for (int kw = 0; kw < K; ++kw) ac[q] += vload<V>(wt + (kh * K + kw) * C + c0) * vload<V>(row + kw * C);
+        for (int kw = 0; kw < K; ++kw) ac[q] = tap_madd(vload<V>(wt + (kh * K + kw) * C + c0), vload<V>(row + kw * C), ac[q]);
       }
     return;
   }
-  if constexpr (K >= 5) {
+  if constexpr (K >= 5 || P >= 8) {
     // The (P - 1) * S + K input pixels of a tap row are loaded once into registers, walking the row
     // with one pointer: indexed by the P * K (pixel, tap) pairs, the compiler kept P * S + K runtime
     // offsets (C is not a constant), ran out of general registers, spilled them to vector ones and
     // reloaded each input up to K times (AMD EPYC Zen 4, perf). Same FMA order (kh, then kw).
     constexpr int X = (P - 1) * S + K;
     for (int kh = 0; kh < K; ++kh) {
+      if (kSkipPadRows && (kh < kh0 || kh >= kh1)) continue;
       const float* p = r[kh] + o * S * C + c0;
       V x[X];
       for (int j = 0; j < X; ++j, p += C) x[j] = vload<V>(p);
       const float* wk = wt + kh * K * C + c0;
       for (int kw = 0; kw < K; ++kw, wk += C) {
         const V w = vload<V>(wk);
-        for (int q = 0; q < P; ++q) ac[q] += w * x[q * S + kw];
+        for (int q = 0; q < P; ++q) ac[q] = tap_madd(w, x[q * S + kw], ac[q]);
       }
     }
   } else {  // k = 3: indexed loads measured faster (the load-once path: 0.71-1.33x, worse on 8 of 12)
     for (int kh = 0; kh < K; ++kh) {
+      if (kSkipPadRows && (kh < kh0 || kh >= kh1)) continue;
       const float* row = r[kh] + o * S * C + c0;
       for (int kw = 0; kw < K; ++kw) {
         const V w = vload<V>(wt + (kh * K + kw) * C + c0);
-        for (int q = 0; q < P; ++q) ac[q] += w * vload<V>(row + (q * S + kw) * C);
+        for (int q = 0; q < P; ++q) ac[q] = tap_madd(w, vload<V>(row + (q * S + kw) * C), ac[q]);
       }
     }
   }
 }
 
-// Forward, one output row, all channel blocks of |V|: P output pixels at a time, each tap's
+// taps_accumulate's load-once path for B adjacent channel blocks at once, P whole pixels: B * P independent FMA
+// chains (P = 4 alone leaves 4 chains of 4-cycle FMAs, at the edge of Zen 4's one 512-bit FMA a cycle). Each
+// output's sum in the same order (kh major, kw minor).
+template <int K, int S, typename V, int P, int B>
+inline void taps_accumulate_blocks(const float* const* r, const float* __restrict__ wt, int64_t C, int64_t o,
+                                   int64_t c0, int kh0, int kh1, V (*ac)[P]) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  constexpr int X = (P - 1) * S + K;
+  const V zero = {};
+  for (int b = 0; b < B; ++b)
+    for (int q = 0; q < P; ++q) ac[b][q] = zero;
+  for (int kh = 0; kh < K; ++kh) {
+    if (kSkipPadRows && (kh < kh0 || kh >= kh1)) continue;
+    V x[B][X];
+    for (int b = 0; b < B; ++b) {
+      const float* p = r[kh] + o * S * C + c0 + b * L;
+      for (int j = 0; j < X; ++j, p += C) x[b][j] = vload<V>(p);
+    }
+    const float* wk = wt + kh * K * C + c0;
+    for (int kw = 0; kw < K; ++kw, wk += C)
+      for (int b = 0; b < B; ++b) {
+        const V w = vload<V>(wk + b * L);
+        for (int q = 0; q < P; ++q) ac[b][q] = tap_madd(w, x[b][q * S + kw], ac[b][q]);
+      }
+  }
+}
+
+// Forward, output pixels [ow_begin, Wo) of one row, all channel blocks of |V| (B of them at a time where B > 1
+// and a whole P pixels remain): P output pixels at a time, each tap's
 // weight vector loaded once for the P pixels (1.25 loads a FMA at P = 4, not 2: the runtime-k
 // loop was load-bound) and P independent FMA chains. Pixel-major like the generic loop, so
 // the k activated rows stream through L1 in address order (a channel-block-major order with
 // the taps held in registers measured ~1.8x slower). Same summation order as the generic
 // loop (kh major, kw minor).
-template <int K, int S, typename V>
-inline int64_t conv_row_blocks(const float* const* rowp, const float* __restrict__ wt, int64_t C, int64_t c_begin,
-                               int64_t Wo, float* __restrict__ orow, float* __restrict__ fs,
+template <int K, int S, typename V, int P = kRowPixels, int B = 1>
+inline int64_t conv_row_blocks(const float* const* rowp, int kh0, int kh1, const float* __restrict__ wt, int64_t C,
+                               int64_t c_begin, int64_t ow_begin, int64_t Wo, float* __restrict__ orow, float* __restrict__ fs,
                                const float* __restrict__ a2, const float* __restrict__ b2, float* __restrict__ hrow) {
   constexpr int L = sizeof(V) / sizeof(float);
-  constexpr int P = kRowPixels;
   const V zero = {};
   int64_t c_end = c_begin;
   while (c_end + L <= C) c_end += L;
   if (c_end == c_begin) return c_begin;
   const float* r[K];
   for (int kh = 0; kh < K; ++kh) r[kh] = rowp[kh];
-  for (int64_t ow = 0; ow < Wo; ow += P) {
-    const int np = static_cast<int>(std::min<int64_t>(P, Wo - ow));
-    for (int64_t c0 = c_begin; c0 < c_end; c0 += L) {
-      V ac[P];
-      taps_accumulate<K, S, V, P>(r, wt, C, ow, c0, np, ac);
-      V sv = vload<V>(fs + c0);
-      for (int q = 0; q < np; ++q) {
-        vstore<V>(orow + (ow + q) * C + c0, ac[q]);
-        sv += ac[q];
-        if (hrow) {
-          const V hv = vload<V>(a2 + c0) * ac[q] + vload<V>(b2 + c0);
-          vstore<V>(hrow + (ow + q) * C + c0, hv < zero ? zero : hv);  // std::max(hv, 0): keeps NaN
-        }
+  // The np outputs of one channel block, in pixel order: stored, added to the row sums, activated.
+  auto epilogue = [&](const V* ac, int np, int64_t ow, int64_t c0) {
+    V sv = vload<V>(fs + c0);
+    for (int q = 0; q < np; ++q) {
+      vstore<V>(orow + (ow + q) * C + c0, ac[q]);
+      sv += ac[q];
+      if (hrow) {
+        const V hv = vload<V>(a2 + c0) * ac[q] + vload<V>(b2 + c0);
+        vstore<V>(hrow + (ow + q) * C + c0, hv < zero ? zero : hv);  // std::max(hv, 0): keeps NaN
       }
-      vstore<V>(fs + c0, sv);
+    }
+    vstore<V>(fs + c0, sv);
+  };
+  for (int64_t ow = ow_begin; ow < Wo; ow += P) {
+    const int np = static_cast<int>(std::min<int64_t>(P, Wo - ow));
+    int64_t c0 = c_begin;
+    if constexpr (B > 1) {
+      for (; np == P && c0 + B * L <= c_end; c0 += B * L) {
+        V ac[B][P];
+        taps_accumulate_blocks<K, S, V, P, B>(r, wt, C, ow, c0, kh0, kh1, ac);
+        for (int b = 0; b < B; ++b) epilogue(ac[b], P, ow, c0 + b * L);
+      }
+    }
+    for (; c0 < c_end; c0 += L) {
+      V ac[P];
+      taps_accumulate<K, S, V, P>(r, wt, C, ow, c0, kh0, kh1, np, ac);
+      epilogue(ac, np, ow, c0);
     }
   }
   return c_end;
 }
 
-// Channel blocks of kW, then at most one of 8; returns the first channel left to the generic loop.
+// Channel blocks of kW, then at most one of 8; returns the first channel left to the generic loop. v4, stride 1:
+// pixels in blocks of 8 first, then the rest in blocks of 4 with two kW-blocks at a time. Measured against one
+// block of 4 pixels and one channel block, padding rows skipped too (bench/cpu/ab_build.py, dwconv_bn_forward
+// alone, AMD EPYC Zen 4, v4, 1 thread): 1.39-1.49x on 8x8 and 16x16 images at k = 5, 1.18-1.24x at k = 3, 1.26x on
+// 4x4 at k = 5; 32x32 at k = 3 0.97-0.99x.
 template <int K, int S>
-int64_t conv_row_fast(const float* const* rowp, const float* wt, int64_t C, int64_t Wo, float* orow, float* fs,
+int64_t conv_row_fast(const float* const* rowp, int kh0, int kh1, const float* wt, int64_t C, int64_t Wo, float* orow, float* fs,
                       const float* a2, const float* b2, float* hrow) {
-  const int64_t c = conv_row_blocks<K, S, VW>(rowp, wt, C, 0, Wo, orow, fs, a2, b2, hrow);
-  return conv_row_blocks<K, S, V8>(rowp, wt, C, c, Wo, orow, fs, a2, b2, hrow);
+  int64_t w8 = 0;  // pixels [0, w8) in blocks of 8, the rest in blocks of kRowPixels
+#if defined(FBNET_ISA_V4)
+  if constexpr (S == 1) w8 = Wo / 8 * 8;
+  if (w8 > 0) {
+    const int64_t c = conv_row_blocks<K, S, VW, 8>(rowp, kh0, kh1, wt, C, 0, 0, w8, orow, fs, a2, b2, hrow);
+    conv_row_blocks<K, S, V8, 8>(rowp, kh0, kh1, wt, C, c, 0, w8, orow, fs, a2, b2, hrow);
+  }
+#endif
+#if defined(FBNET_ISA_V4)
+  constexpr int B = S == 1 ? 2 : 1;
+#else
+  constexpr int B = 1;
+#endif
+  const int64_t c = conv_row_blocks<K, S, VW, kRowPixels, B>(rowp, kh0, kh1, wt, C, 0, w8, Wo, orow, fs, a2, b2, hrow);
+  return conv_row_blocks<K, S, V8>(rowp, kh0, kh1, wt, C, c, w8, Wo, orow, fs, a2, b2, hrow);
 }
 
-int64_t conv_row_dispatch(int64_t k, int64_t stride, const float* const* rowp, const float* wt, int64_t C,
+int64_t conv_row_dispatch(int64_t k, int64_t stride, const float* const* rowp, int kh0, int kh1, const float* wt, int64_t C,
                           int64_t Wo, float* orow, float* fs, const float* a2, const float* b2, float* hrow) {
-  if (k == 3 && stride == 1) return conv_row_fast<3, 1>(rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
-  if (k == 3 && stride == 2) return conv_row_fast<3, 2>(rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
-  if (k == 5 && stride == 1) return conv_row_fast<5, 1>(rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
-  if (k == 5 && stride == 2) return conv_row_fast<5, 2>(rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
+  if (k == 3 && stride == 1) return conv_row_fast<3, 1>(rowp, kh0, kh1, wt, C, Wo, orow, fs, a2, b2, hrow);
+  if (k == 3 && stride == 2) return conv_row_fast<3, 2>(rowp, kh0, kh1, wt, C, Wo, orow, fs, a2, b2, hrow);
+  if (k == 5 && stride == 1) return conv_row_fast<5, 1>(rowp, kh0, kh1, wt, C, Wo, orow, fs, a2, b2, hrow);
+  if (k == 5 && stride == 2) return conv_row_fast<5, 2>(rowp, kh0, kh1, wt, C, Wo, orow, fs, a2, b2, hrow);
   return 0;
 }
 
@@ -153,7 +258,7 @@ inline int64_t bwd_row_blocks(const float* const* rowp, const float* __restrict_
     const int np = static_cast<int>(std::min<int64_t>(P, W - iw));
     for (int64_t c0 = c_begin; c0 < c_end; c0 += L) {
       V ac[P];
-      taps_accumulate<K, 1, V, P>(r, wf, C, iw, c0, np, ac);
+      taps_accumulate<K, 1, V, P>(r, wf, C, iw, c0, 0, K, np, ac);
       const V av = vload<V>(a + c0), bv = vload<V>(b + c0), mv = vload<V>(m + c0);
       V sv = vload<V>(fs + c0), qv = vload<V>(fq + c0);
       for (int q = 0; q < np; ++q) {
@@ -277,6 +382,36 @@ inline void wgrad_block(const float* __restrict__ hrow, const float* __restrict_
   vstore<V>(d + c0, vload<V>(d + c0) + ac);
 }
 
+// One output row's statistics, in place: fs [C] (the row's channel sums) becomes the row mean (times 1 / Wo, as a
+// float), fq [C] the centred sum of squares sum_ow (o - mean)^2 in ow order. Channel blocks outermost with the sum
+// in a register: the pixel-outer loop stored fq back every pixel (~10 % of the 8x8 forward, perf, AMD EPYC Zen 4).
+// The same operations per element in the same order (madd), so the same bits.
+inline void row_centred_squares(const float* __restrict__ orow, int64_t Wo, int64_t C, float* __restrict__ fs,
+                                float* __restrict__ fq) {
+  const float inv = 1.0f / static_cast<float>(Wo);
+  int64_t c0 = 0;
+  for (; c0 + kW <= C; c0 += kW) {
+    const VW mv = vload<VW>(fs + c0) * inv;
+    VW qv = {};
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const VW d = vload<VW>(orow + ow * C + c0) - mv;
+      qv = madd(d, d, qv);
+    }
+    vstore<VW>(fs + c0, mv);
+    vstore<VW>(fq + c0, qv);
+  }
+  for (int64_t c = c0; c < C; ++c) {
+    const float mean = fs[c] * inv;
+    float q = 0.0f;
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const float d = orow[ow * C + c] - mean;
+      q = madd(d, d, q);
+    }
+    fs[c] = mean;
+    fq[c] = q;
+  }
+}
+
 }  // namespace
 
 // h1 = relu(scale1 * z1 + shift1) of one row of W pixels x C channels (the forward's activated input row).
@@ -288,15 +423,17 @@ void activate_row(const float* __restrict__ src, int64_t W, int64_t C, const flo
   }
 }
 
-// One output row of the depthwise conv from the k activated input rows rowp[kh] (zero-padded by k / 2 columns):
-// orow [Wo, C] written, its per-channel sum added to fs [C], and with hrow relu(a2 * orow + b2) written there too.
+// One output row of the depthwise conv from the k activated input rows rowp[kh] (zero-padded by k / 2 columns),
+// of which [kh0, kh1) lie inside the image (the others are rows of zeros: where kSkipPadRows their taps are
+// skipped, leaving every sum as it was): orow [Wo, C] written, its per-channel sum added to fs [C], and with hrow
+// relu(a2 * orow + b2) written there too.
 // acc: C floats of scratch. k in {3, 5}: register-resident taps for whole channel blocks (conv_row_dispatch);
 // the generic loop does the rest (other k, and the last C % 8 channels).
-void conv_row(const float* const* rowp, const float* __restrict__ wt, int64_t k, int64_t stride, int64_t C,
+void conv_row(const float* const* rowp, int kh0, int kh1, const float* __restrict__ wt, int64_t k, int64_t stride, int64_t C,
               int64_t Wo, float* __restrict__ orow, float* __restrict__ fs, const float* __restrict__ a2,
               const float* __restrict__ b2, float* __restrict__ hrow, float* __restrict__ acc) {
   const bool act2 = hrow != nullptr;
-  const int64_t cfast = conv_row_dispatch(k, stride, rowp, wt, C, Wo, orow, fs, a2, b2, hrow);
+  const int64_t cfast = conv_row_dispatch(k, stride, rowp, kh0, kh1, wt, C, Wo, orow, fs, a2, b2, hrow);
   for (int64_t ow = 0; cfast < C && ow < Wo; ++ow) {
     float* __restrict__ o = orow + ow * C;
     float* __restrict__ hv = act2 ? hrow + ow * C : nullptr;
@@ -306,7 +443,7 @@ void conv_row(const float* const* rowp, const float* __restrict__ wt, int64_t k,
     int64_t c0 = cfast;
     for (; c0 + kV <= C; c0 += kV) {
       float ac[kV] = {};
-      for (int64_t kh = 0; kh < k; ++kh) {
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
         const float* __restrict__ arow = rowp[kh] + aoff + c0;
         const float* __restrict__ wrow = wt + kh * k * C + c0;
         for (int64_t kw = 0; kw < k; ++kw) {
@@ -327,7 +464,7 @@ void conv_row(const float* const* rowp, const float* __restrict__ wt, int64_t k,
     if (c0 < C) {
       float* __restrict__ ac = acc;
       std::fill(ac + c0, ac + C, 0.0f);
-      for (int64_t kh = 0; kh < k; ++kh)
+      for (int64_t kh = kh0; kh < kh1; ++kh)
         for (int64_t kw = 0; kw < k; ++kw) {
           const float* __restrict__ x = rowp[kh] + aoff + kw * C;
           const float* __restrict__ w = wt + (kh * k + kw) * C;
@@ -410,25 +547,12 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
         // double across rows: vectorises, and keeps the error at eager's level.
         std::fill(fs, fs + C, 0.0f);
         std::fill(fq, fq + C, 0.0f);
-        conv_row(rowp, wt, k, stride, C, Wo, orow, fs, a2, b2, act2 ? hp + r * Wo * C : nullptr, acc.data());
+        conv_row(rowp, pad_rows_before(oh, stride, p), k - pad_rows_after(oh, stride, p, H, k), wt, k, stride, C, Wo, orow, fs, a2, b2, act2 ? hp + r * Wo * C : nullptr, acc.data());
         if (stats) {
           // Row mean and centred sum of squares (second pass over the row, in cache),
           // merged into the chunk's running (mean, M2) with Chan's formula: with few
           // pixels per channel (2x2 -> 1x1 at batch 2) E[z^2] - E[z]^2 lost 5 digits.
-          const float inv = 1.0f / static_cast<float>(Wo);
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            fs[c] *= inv;
-            fq[c] = 0.0f;
-          }
-          for (int64_t ow = 0; ow < Wo; ++ow) {
-            const float* __restrict__ o = orow + ow * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) {
-              const float d = o[c] - fs[c];
-              fq[c] += d * d;
-            }
-          }
+          row_centred_squares(orow, Wo, C, fs, fq);
           const double na = static_cast<double>(r - ch * R) * Wo, nb = static_cast<double>(Wo);
           const double f = nb / (na + nb), g = na * nb / (na + nb);
           for (int64_t c = 0; c < C; ++c) {

@@ -73,7 +73,15 @@ void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float
                int64_t ldo, bool accumulate, const float* sc, const float* sh, float* scratch);
 // dwconv_bn.cpp: one activated input row, and one output row of the depthwise conv (see there).
 void activate_row(const float* src, int64_t W, int64_t C, const float* a, const float* b, float* dst);
-void conv_row(const float* const* rowp, const float* wt, int64_t k, int64_t stride, int64_t C, int64_t Wo,
-              float* orow, float* fs, const float* a2, const float* b2, float* hrow, float* acc);
+void conv_row(const float* const* rowp, int kh0, int kh1, const float* wt, int64_t k, int64_t stride, int64_t C,
+              int64_t Wo, float* orow, float* fs, const float* a2, const float* b2, float* hrow, float* acc);
+// The tap rows of output row oh that fall above (kh < pad_rows_before) and below (the last pad_rows_after) an
+// image of H rows: the rows of zeros a depthwise conv with padding p reads there.
+inline int pad_rows_before(int64_t oh, int64_t stride, int64_t p) {
+  return static_cast<int>(std::max<int64_t>(0, p - oh * stride));
+}
+inline int pad_rows_after(int64_t oh, int64_t stride, int64_t p, int64_t H, int64_t k) {
+  return static_cast<int>(std::max<int64_t>(0, oh * stride - p + k - H));
+}
 }  // namespace FBNET_ISA
 }  // namespace fbnet
