@@ -80,18 +80,23 @@ inline T tap_madd(T a, T b, T c) { return c + a * b; }
 // ac[q] = sum over the taps of wt[tap] * row[(o + q) * S + kw] for the np <= P output pixels o .. o + np - 1 of
 // one channel block [c0, c0 + |V|), over the tap rows kh in [kh0, kh1) (the rows inside the image: a padding
 // row's taps add w * 0, which leaves a sum unchanged, so they are skipped) and all K columns; rows r[kh] are
-// zero-padded by K / 2 columns. Each tap's weight vector is loaded once for the P pixels; kh major, kw minor.
-template <int K, int S, typename V, int P>
+// zero-padded by K / 2 columns. Each tap's weight vector is loaded once for the P pixels; kh major, kw minor
+// (Rev: both descending, the order of the backward's gather, which the backward's row kernel reproduces with it).
+template <int K, int S, typename V, int P, bool Rev = false>
 inline void taps_accumulate(const float* const* r, const float* __restrict__ wt, int64_t C, int64_t o, int64_t c0,
                             int kh0, int kh1, int np, V* ac) {
   const V zero = {};
   for (int q = 0; q < P; ++q) ac[q] = zero;
   if (np < P) {  // the row's last pixels
     for (int q = 0; q < np; ++q)
-      for (int kh = 0; kh < K; ++kh) {
-        if (kSkipPadRows && (kh < kh0 || kh >= kh1)) continue;
+      for (int i = 0; i < K; ++i) {
+        const int kh = Rev ? K - 1 - i : i;
+        if (kSkipPadRows && K >= 5 && (kh < kh0 || kh >= kh1)) continue;
         const float* row = r[kh] + (o + q) * S * C + c0;
-        for (int kw = 0; kw < K; ++kw) ac[q] = tap_madd(vload<V>(wt + (kh * K + kw) * C + c0), vload<V>(row + kw * C), ac[q]);
+        for (int j = 0; j < K; ++j) {
+          const int kw = Rev ? K - 1 - j : j;
+          ac[q] = tap_madd(vload<V>(wt + (kh * K + kw) * C + c0), vload<V>(row + kw * C), ac[q]);
+        }
       }
     return;
   }
@@ -101,22 +106,26 @@ inline void taps_accumulate(const float* const* r, const float* __restrict__ wt,
     // offsets (C is not a constant), ran out of general registers, spilled them to vector ones and
     // reloaded each input up to K times (AMD EPYC Zen 4, perf). Same FMA order (kh, then kw).
     constexpr int X = (P - 1) * S + K;
-    for (int kh = 0; kh < K; ++kh) {
-      if (kSkipPadRows && (kh < kh0 || kh >= kh1)) continue;
+    for (int i = 0; i < K; ++i) {
+      const int kh = Rev ? K - 1 - i : i;
+      if (kSkipPadRows && K >= 5 && (kh < kh0 || kh >= kh1)) continue;
       const float* p = r[kh] + o * S * C + c0;
       V x[X];
       for (int j = 0; j < X; ++j, p += C) x[j] = vload<V>(p);
-      const float* wk = wt + kh * K * C + c0;
-      for (int kw = 0; kw < K; ++kw, wk += C) {
+      const float* wk = wt + (kh * K + (Rev ? K - 1 : 0)) * C + c0;
+      for (int j = 0; j < K; ++j, wk += Rev ? -C : C) {
+        const int kw = Rev ? K - 1 - j : j;
         const V w = vload<V>(wk);
         for (int q = 0; q < P; ++q) ac[q] = tap_madd(w, x[q * S + kw], ac[q]);
       }
     }
   } else {  // k = 3: indexed loads measured faster (the load-once path: 0.71-1.33x, worse on 8 of 12)
-    for (int kh = 0; kh < K; ++kh) {
-      if (kSkipPadRows && (kh < kh0 || kh >= kh1)) continue;
+    for (int i = 0; i < K; ++i) {
+      const int kh = Rev ? K - 1 - i : i;
+      if (kSkipPadRows && K >= 5 && (kh < kh0 || kh >= kh1)) continue;
       const float* row = r[kh] + o * S * C + c0;
-      for (int kw = 0; kw < K; ++kw) {
+      for (int j = 0; j < K; ++j) {
+        const int kw = Rev ? K - 1 - j : j;
         const V w = vload<V>(wt + (kh * K + kw) * C + c0);
         for (int q = 0; q < P; ++q) ac[q] = tap_madd(w, vload<V>(row + (q * S + kw) * C), ac[q]);
       }
@@ -127,7 +136,7 @@ inline void taps_accumulate(const float* const* r, const float* __restrict__ wt,
 // taps_accumulate's load-once path for B adjacent channel blocks at once, P whole pixels: B * P independent FMA
 // chains (P = 4 alone leaves 4 chains of 4-cycle FMAs, at the edge of Zen 4's one 512-bit FMA a cycle). Each
 // output's sum in the same order (kh major, kw minor).
-template <int K, int S, typename V, int P, int B>
+template <int K, int S, typename V, int P, int B, bool Rev = false>
 inline void taps_accumulate_blocks(const float* const* r, const float* __restrict__ wt, int64_t C, int64_t o,
                                    int64_t c0, int kh0, int kh1, V (*ac)[P]) {
   constexpr int L = sizeof(V) / sizeof(float);
@@ -135,19 +144,22 @@ inline void taps_accumulate_blocks(const float* const* r, const float* __restric
   const V zero = {};
   for (int b = 0; b < B; ++b)
     for (int q = 0; q < P; ++q) ac[b][q] = zero;
-  for (int kh = 0; kh < K; ++kh) {
-    if (kSkipPadRows && (kh < kh0 || kh >= kh1)) continue;
+  for (int i = 0; i < K; ++i) {
+    const int kh = Rev ? K - 1 - i : i;
+    if (kSkipPadRows && K >= 5 && (kh < kh0 || kh >= kh1)) continue;
     V x[B][X];
     for (int b = 0; b < B; ++b) {
       const float* p = r[kh] + o * S * C + c0 + b * L;
       for (int j = 0; j < X; ++j, p += C) x[b][j] = vload<V>(p);
     }
-    const float* wk = wt + kh * K * C + c0;
-    for (int kw = 0; kw < K; ++kw, wk += C)
+    const float* wk = wt + (kh * K + (Rev ? K - 1 : 0)) * C + c0;
+    for (int j = 0; j < K; ++j, wk += Rev ? -C : C) {
+      const int kw = Rev ? K - 1 - j : j;
       for (int b = 0; b < B; ++b) {
         const V w = vload<V>(wk + b * L);
         for (int q = 0; q < P; ++q) ac[b][q] = tap_madd(w, x[b][q * S + kw], ac[b][q]);
       }
+    }
   }
 }
 
@@ -241,46 +253,72 @@ int64_t conv_row_dispatch(int64_t k, int64_t stride, const float* const* rowp, i
 // the ReLU-mask and BN1-sum epilogue: gu = (scale1*z1 + shift1 > 0) ? acc : 0, sum_g += gu,
 // sum_gz += gu * (z1 - center1). The former per-pixel gather built its tap list per pixel and
 // ran channels below a 16-block scalar (11.6 ms for 8 channels at 64x32x32, the forward 1.6).
-template <int K, typename V>
-inline int64_t bwd_row_blocks(const float* const* rowp, const float* __restrict__ wf, int64_t C, int64_t c_begin,
-                              int64_t W, float* __restrict__ orow, const float* __restrict__ zrow,
-                              const float* __restrict__ a, const float* __restrict__ b,
+template <int K, typename V, int P = kRowPixels, int B = 1, bool Rev = false>
+inline int64_t bwd_row_blocks(const float* const* rowp, int kh0, int kh1, const float* __restrict__ wf, int64_t C,
+                              int64_t c_begin, int64_t iw_begin, int64_t W, float* __restrict__ orow,
+                              const float* __restrict__ zrow, const float* __restrict__ a, const float* __restrict__ b,
                               const float* __restrict__ m, float* __restrict__ fs, float* __restrict__ fq) {
   constexpr int L = sizeof(V) / sizeof(float);
-  constexpr int P = kRowPixels;
   const V zero = {};
   int64_t c_end = c_begin;
   while (c_end + L <= C) c_end += L;
   if (c_end == c_begin) return c_begin;
   const float* r[K];
   for (int kh = 0; kh < K; ++kh) r[kh] = rowp[kh];
-  for (int64_t iw = 0; iw < W; iw += P) {
+  // The ReLU mask and BN1's sums of np pixels of one channel block, in pixel order.
+  auto epilogue = [&](const V* ac, int np, int64_t iw, int64_t c0) {
+    const V av = vload<V>(a + c0), bv = vload<V>(b + c0), mv = vload<V>(m + c0);
+    V sv = vload<V>(fs + c0), qv = vload<V>(fq + c0);
+    for (int q = 0; q < np; ++q) {
+      const V zv = vload<V>(zrow + (iw + q) * C + c0);
+      const V gu = av * zv + bv > zero ? ac[q] : zero;
+      vstore<V>(orow + (iw + q) * C + c0, gu);
+      sv += gu;
+      qv += gu * (zv - mv);
+    }
+    vstore<V>(fs + c0, sv);
+    vstore<V>(fq + c0, qv);
+  };
+  for (int64_t iw = iw_begin; iw < W; iw += P) {
     const int np = static_cast<int>(std::min<int64_t>(P, W - iw));
-    for (int64_t c0 = c_begin; c0 < c_end; c0 += L) {
-      V ac[P];
-      taps_accumulate<K, 1, V, P>(r, wf, C, iw, c0, 0, K, np, ac);
-      const V av = vload<V>(a + c0), bv = vload<V>(b + c0), mv = vload<V>(m + c0);
-      V sv = vload<V>(fs + c0), qv = vload<V>(fq + c0);
-      for (int q = 0; q < np; ++q) {
-        const V zv = vload<V>(zrow + (iw + q) * C + c0);
-        const V gu = av * zv + bv > zero ? ac[q] : zero;
-        vstore<V>(orow + (iw + q) * C + c0, gu);
-        sv += gu;
-        qv += gu * (zv - mv);
+    int64_t c0 = c_begin;
+    if constexpr (B > 1) {
+      for (; np == P && c0 + B * L <= c_end; c0 += B * L) {
+        V ac[B][P];
+        taps_accumulate_blocks<K, 1, V, P, B, Rev>(r, wf, C, iw, c0, kh0, kh1, ac);
+        for (int bb = 0; bb < B; ++bb) epilogue(ac[bb], P, iw, c0 + bb * L);
       }
-      vstore<V>(fs + c0, sv);
-      vstore<V>(fq + c0, qv);
+    }
+    for (; c0 < c_end; c0 += L) {
+      V ac[P];
+      taps_accumulate<K, 1, V, P, Rev>(r, wf, C, iw, c0, kh0, kh1, np, ac);
+      epilogue(ac, np, iw, c0);
     }
   }
   return c_end;
 }
 
-// Channel blocks of kW, then at most one of 8; returns the first channel left to the gather loop.
-template <int K>
-int64_t bwd_row_fast(const float* const* rowp, const float* wf, int64_t C, int64_t W, float* orow,
+// Channel blocks of kW, then at most one of 8 (only the 8-block where only8); returns the first channel left to
+// the gather loop. v4: pixels in blocks of 8 first, then the rest in blocks of 4 with two kW-blocks at a time, the
+// padding rows' taps skipped (the forward's conv_row_fast). Rev: the taps in the gather's order (v4's 16-blocks
+// at k = 5 on images narrower than 16, which gathered until the seventeenth session, so their bits stay).
+template <int K, bool Rev = false>
+int64_t bwd_row_fast(const float* const* rowp, int kh0, int kh1, const float* wf, int64_t C, int64_t W, float* orow,
                      const float* zrow, const float* a, const float* b, const float* m, float* fs, float* fq) {
-  const int64_t c = bwd_row_blocks<K, VW>(rowp, wf, C, 0, W, orow, zrow, a, b, m, fs, fq);
-  return bwd_row_blocks<K, V8>(rowp, wf, C, c, W, orow, zrow, a, b, m, fs, fq);
+  int64_t w8 = 0;
+#if defined(FBNET_ISA_V4)
+  if constexpr (K == 5) w8 = W / 8 * 8;
+  if (w8 > 0) {
+    const int64_t c = bwd_row_blocks<K, VW, 8, 1, Rev>(rowp, kh0, kh1, wf, C, 0, 0, w8, orow, zrow, a, b, m, fs, fq);
+    bwd_row_blocks<K, V8, 8>(rowp, kh0, kh1, wf, C, c, 0, w8, orow, zrow, a, b, m, fs, fq);
+  }
+  constexpr int B = K == 5 ? 2 : 1;
+#else
+  constexpr int B = 1;
+#endif
+  const int64_t c = bwd_row_blocks<K, VW, kRowPixels, B, Rev>(rowp, kh0, kh1, wf, C, 0, w8, W, orow, zrow, a, b, m,
+                                                               fs, fq);
+  return bwd_row_blocks<K, V8>(rowp, kh0, kh1, wf, C, c, w8, W, orow, zrow, a, b, m, fs, fq);
 }
 
 // grad_in of one pixel, channels [c0, c0 + |V|): the sum over its nt (tap, output) pairs, in tap
@@ -623,11 +661,13 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
     col_n[iw] = cnt;
   }
   // Stride 1 with k in {3, 5}: grad_in by the forward-style row kernel (bwd_row_fast) over a
-  // ring of k zero-padded grad_out rows, with the kernel flipped: every 16- and 8-channel block
-  // (in v4 at k = 5 the 16-blocks gathered faster until the row kernel loaded each input once a
-  // tap row: now the row kernel is 1.15-1.45x the gather on 16x16 and 32x32 images, but 0.77-0.93x on
-  // 8x8 and 4x4 ones, where v4 keeps gathering its 16-blocks; AMD EPYC Zen 4, 1 and 2 threads); the
-  // gather loop below does the remaining channels. Other k and stride 2 gather.
+  // ring of k zero-padded grad_out rows, with the kernel flipped: every 16- and 8-channel block; the
+  // gather loop below does the remaining channels. Other k and stride 2 gather. In v4 at k = 5 on images
+  // narrower than 16 the 16-blocks gathered (the row kernel with 4-pixel blocks measured 0.77-0.93x the gather
+  // there); since the nineteenth session the row kernel runs them in the gather's tap order (Rev), with 8-pixel
+  // blocks, two channel blocks at a time for 4-pixel rows and the padding rows skipped: the gather's bits, and
+  // 1.06-1.40x the backward on 4x4, 8x8 and 16x16 images (bench/cpu/ab_build.py, AMD EPYC Zen 4, v4, 1 thread;
+  // k = 3's backward measured 0.85-0.95x there, not traced: its row code is the same as before).
   const bool rowfast = stride == 1 && (k == 3 || k == 5);
   const int64_t Wp = W + 2 * p;
   std::vector<float> wflip(rowfast ? static_cast<size_t>(KK) * C : 0);
@@ -685,15 +725,14 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
             if (pad) std::fill(dst, dst + W * C, 0.0f);
             else std::memcpy(dst, gp + (n * Ho + oh) * Wo * C, W * C * sizeof(float));
           }
-          if (k == 3 || kW == 8 || W >= 16) {
-            cfast = k == 3 ? bwd_row_fast<3>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq)
-                           : bwd_row_fast<5>(rowp, wflip.data(), C, W, gi + r * W * C, zrow, a, b, m, fs, fq);
-            g16 = g8 = 0;
-            gs = cfast;
-          } else {  // v4, k = 5, images narrower than 16: the 8-block only, the 16-blocks gather (faster there)
-            gs = bwd_row_blocks<5, V8>(rowp, wflip.data(), C, g16, W, gi + r * W * C, zrow, a, b, m, fs, fq);
-            g8 = g16;
-          }
+          const int kh0 = pad_rows_before(ih, 1, p), kh1 = static_cast<int>(k) - pad_rows_after(ih, 1, p, Ho, k);
+          float* __restrict__ orow = gi + r * W * C;
+          const float* wf = wflip.data();
+          if (k == 3) cfast = bwd_row_fast<3>(rowp, kh0, kh1, wf, C, W, orow, zrow, a, b, m, fs, fq);
+          else if (kW == 8 || W >= 16) cfast = bwd_row_fast<5>(rowp, kh0, kh1, wf, C, W, orow, zrow, a, b, m, fs, fq);
+          else cfast = bwd_row_fast<5, true>(rowp, kh0, kh1, wf, C, W, orow, zrow, a, b, m, fs, fq);
+          g16 = g8 = 0;
+          gs = cfast;
         }
         // grad_in, the rest: gather every output this pixel feeds, kW- and 8-channel blocks in
         // [0, g8) and single channels in [gs, C); accumulator in registers.

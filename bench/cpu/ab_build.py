@@ -11,8 +11,9 @@ shapes (odd sizes, remainders of 1-15 channels, 1x1 to 32x32 images, k 3 and 5, 
 variant both builds carry and this CPU runs, at 1 and 2 threads, and compares them with ``torch.equal``. A change
 that passes keeps every search's numbers as they were (the held-out accuracy comparisons in BENCHMARKS.md stand).
 
-Without ``--bits`` it times ``dwconv_bn_forward`` (with statistics) of both builds on preallocated buffers,
-interleaved rounds (old, new, then new, old), medians, per shape: run it alone on the machine.
+Without ``--bits`` it times ``dwconv_bn_forward`` (with statistics) and ``dwconv_bn_backward`` (input and weight
+gradients, BN1's sums) of both builds on preallocated buffers, interleaved rounds (old, new, then new, old),
+medians, per shape: run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -129,30 +130,39 @@ def check_bits(old, new) -> int:
     return 1 if bad else 0
 
 
-def time_forward(old, new, shapes, rounds: int) -> None:
-    print("| shape [N, H, W, C] k stride | old ms | new ms | old/new |")
-    print("|---|---|---|---|")
+def time_kernels(old, new, shapes, rounds: int) -> None:
+    print("| shape [N, H, W, C] k stride | fwd old ms | fwd new ms | old/new | bwd old ms | bwd new ms | old/new |")
+    print("|---|---|---|---|---|---|---|")
     for n, h, w, c, k, s in shapes:
         g = torch.Generator().manual_seed(0)
-        z1, sc, sh = torch.randn(n, h, w, c, generator=g), torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
-        wt = 0.1 * torch.randn(k * k, c, generator=g)
         ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+        z1, sc, sh = torch.randn(n, h, w, c, generator=g), torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+        wt, go, cen = 0.1 * torch.randn(k * k, c, generator=g), torch.randn(n, ho, wo, c, generator=g), torch.randn(c)
         out, mean, var = torch.empty(n, ho, wo, c), torch.empty(c), torch.empty(c)
+        gi, gw, sg, sgz = torch.empty_like(z1), torch.empty(k * k, c), torch.empty(c), torch.empty(c)
 
-        def call(m):
+        def fwd(m):
             m.dwconv_bn_forward(_p(z1), n, h, w, c, _p(sc), _p(sh), _p(wt), k, s, _p(out), _p(mean), _p(var))
-        calls = max(5, int(2e6 // (n * ho * wo * c * k * k)))  # ~>= 1 ms a round
-        times = {id(old): [], id(new): []}
-        for m in (old, new):
-            call(m)
-        for r in range(rounds):
-            for m in ((old, new) if r % 2 == 0 else (new, old)):
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    call(m)
-                times[id(m)].append((time.perf_counter() - t0) * 1e3 / calls)
-        mo, mn = statistics.median(times[id(old)]), statistics.median(times[id(new)])
-        print(f"| {n}x{h}x{w}x{c} k{k} s{s} | {mo:.3f} | {mn:.3f} | {mo / mn:.2f}x |")
+
+        def bwd(m):
+            m.dwconv_bn_backward(_p(go), _p(z1), n, h, w, c, _p(sc), _p(sh), _p(wt), k, s, _p(cen), _p(gi), _p(gw),
+                                 _p(sg), _p(sgz))
+        calls = max(5, int(2e6 // (n * ho * wo * c * k * k)))  # >= ~1 ms a round
+        med = {}
+        for name, f in (("fwd", fwd), ("bwd", bwd)):
+            times = {"old": [], "new": []}
+            for m in (old, new):
+                f(m)
+            for r in range(rounds):
+                for tag, m in ((("old", old), ("new", new)) if r % 2 == 0 else (("new", new), ("old", old))):
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        f(m)
+                    times[tag].append((time.perf_counter() - t0) * 1e3 / calls)
+            med[name] = (statistics.median(times["old"]), statistics.median(times["new"]))
+        (fo, fn), (bo, bn) = med["fwd"], med["bwd"]
+        print(f"| {n}x{h}x{w}x{c} k{k} s{s} | {fo:.3f} | {fn:.3f} | {fo / fn:.2f}x | {bo:.3f} | {bn:.3f} | "
+              f"{bo / bn:.2f}x |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     old.set_isa(isa)
     torch.set_num_threads(args.threads)
     shapes = TIME_SHAPES if args.shapes is None else [tuple(map(int, x.split(","))) for x in args.shapes.split(";")]
-    print(f"{cpu_name()}, isa {isa}, threads {args.threads}; dwconv_bn_forward with statistics, old = {args.old}, "
-          f"medians of {args.rounds} interleaved rounds")
-    time_forward(old, new, shapes, args.rounds)
+    print(f"{cpu_name()}, isa {isa}, threads {args.threads}; dwconv_bn_forward (with statistics) and "
+          f"dwconv_bn_backward (with the weight gradient), old = {args.old}, medians of {args.rounds} interleaved rounds")
+    time_kernels(old, new, shapes, args.rounds)
     return 0
 
 
