@@ -172,8 +172,9 @@ inline void taps_accumulate_blocks(const float* const* r, const float* __restric
 // loop (kh major, kw minor).
 template <int K, int S, typename V, int P = kRowPixels, int B = 1>
 inline int64_t conv_row_blocks(const float* const* rowp, int kh0, int kh1, const float* __restrict__ wt, int64_t C,
-                               int64_t c_begin, int64_t ow_begin, int64_t Wo, float* __restrict__ orow, float* __restrict__ fs,
-                               const float* __restrict__ a2, const float* __restrict__ b2, float* __restrict__ hrow) {
+                               int64_t c_begin, int64_t ow_begin, int64_t Wo, float* __restrict__ orow,
+                               float* __restrict__ fs, const float* __restrict__ a2, const float* __restrict__ b2,
+                               float* __restrict__ hrow) {
   constexpr int L = sizeof(V) / sizeof(float);
   const V zero = {};
   int64_t c_end = c_begin;
@@ -219,8 +220,8 @@ inline int64_t conv_row_blocks(const float* const* rowp, int kh0, int kh1, const
 // alone, AMD EPYC Zen 4, v4, 1 thread): 1.39-1.49x on 8x8 and 16x16 images at k = 5, 1.18-1.24x at k = 3, 1.26x on
 // 4x4 at k = 5; 32x32 at k = 3 0.97-0.99x.
 template <int K, int S>
-int64_t conv_row_fast(const float* const* rowp, int kh0, int kh1, const float* wt, int64_t C, int64_t Wo, float* orow, float* fs,
-                      const float* a2, const float* b2, float* hrow) {
+int64_t conv_row_fast(const float* const* rowp, int kh0, int kh1, const float* wt, int64_t C, int64_t Wo, float* orow,
+                      float* fs, const float* a2, const float* b2, float* hrow) {
   int64_t w8 = 0;  // pixels [0, w8) in blocks of 8, the rest in blocks of kRowPixels
 #if defined(FBNET_ISA_V4)
   if constexpr (S == 1) w8 = Wo / 8 * 8;
@@ -238,8 +239,9 @@ int64_t conv_row_fast(const float* const* rowp, int kh0, int kh1, const float* w
   return conv_row_blocks<K, S, V8>(rowp, kh0, kh1, wt, C, c, w8, Wo, orow, fs, a2, b2, hrow);
 }
 
-int64_t conv_row_dispatch(int64_t k, int64_t stride, const float* const* rowp, int kh0, int kh1, const float* wt, int64_t C,
-                          int64_t Wo, float* orow, float* fs, const float* a2, const float* b2, float* hrow) {
+int64_t conv_row_dispatch(int64_t k, int64_t stride, const float* const* rowp, int kh0, int kh1, const float* wt,
+                          int64_t C, int64_t Wo, float* orow, float* fs, const float* a2, const float* b2,
+                          float* hrow) {
   if (k == 3 && stride == 1) return conv_row_fast<3, 1>(rowp, kh0, kh1, wt, C, Wo, orow, fs, a2, b2, hrow);
   if (k == 3 && stride == 2) return conv_row_fast<3, 2>(rowp, kh0, kh1, wt, C, Wo, orow, fs, a2, b2, hrow);
   if (k == 5 && stride == 1) return conv_row_fast<5, 1>(rowp, kh0, kh1, wt, C, Wo, orow, fs, a2, b2, hrow);
@@ -467,8 +469,8 @@ void activate_row(const float* __restrict__ src, int64_t W, int64_t C, const flo
 // relu(a2 * orow + b2) written there too.
 // acc: C floats of scratch. k in {3, 5}: register-resident taps for whole channel blocks (conv_row_dispatch);
 // the generic loop does the rest (other k, and the last C % 8 channels).
-void conv_row(const float* const* rowp, int kh0, int kh1, const float* __restrict__ wt, int64_t k, int64_t stride, int64_t C,
-              int64_t Wo, float* __restrict__ orow, float* __restrict__ fs, const float* __restrict__ a2,
+void conv_row(const float* const* rowp, int kh0, int kh1, const float* __restrict__ wt, int64_t k, int64_t stride,
+              int64_t C, int64_t Wo, float* __restrict__ orow, float* __restrict__ fs, const float* __restrict__ a2,
               const float* __restrict__ b2, float* __restrict__ hrow, float* __restrict__ acc) {
   const bool act2 = hrow != nullptr;
   const int64_t cfast = conv_row_dispatch(k, stride, rowp, kh0, kh1, wt, C, Wo, orow, fs, a2, b2, hrow);
@@ -585,7 +587,8 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
         // double across rows: vectorises, and keeps the error at eager's level.
         std::fill(fs, fs + C, 0.0f);
         std::fill(fq, fq + C, 0.0f);
-        conv_row(rowp, pad_rows_before(oh, stride, p), k - pad_rows_after(oh, stride, p, H, k), wt, k, stride, C, Wo, orow, fs, a2, b2, act2 ? hp + r * Wo * C : nullptr, acc.data());
+        const int kh0 = pad_rows_before(oh, stride, p), kh1 = static_cast<int>(k) - pad_rows_after(oh, stride, p, H, k);
+        conv_row(rowp, kh0, kh1, wt, k, stride, C, Wo, orow, fs, a2, b2, act2 ? hp + r * Wo * C : nullptr, acc.data());
         if (stats) {
           // Row mean and centred sum of squares (second pass over the row, in cache),
           // merged into the chunk's running (mean, M2) with Chan's formula: with few
