@@ -30,10 +30,10 @@ void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int6
 
 #include "vec.h"  // V16, V8, VW, kW, vload, vstore (this variant's)
 
-// Output pixels a row kernel computes at once (its P). The forward in v4 at stride 1 runs P = 8 over the row's
-// first Wo / 8 * 8 pixels (8 FMA chains; 8 accumulators and the 7 + K inputs of a tap row fit its 32 vector
-// registers; at stride 2, 7 * 2 + K do not) and this P for the rest, two channel blocks at a time (conv_row_fast).
-// The backward's row kernel and v3 and base use this P throughout (16 ymm registers in v3).
+// Output pixels a row kernel computes at once (its P). In v4 the forward at stride 1 (and the backward's row kernel
+// at k = 5) runs P = 8 over the row's first 8-pixel blocks (8 FMA chains; 8 accumulators and the 7 + K inputs of a
+// tap row fit its 32 vector registers; at stride 2, 7 * 2 + K do not) and this P for the rest, two channel blocks
+// at a time (conv_row_fast, bwd_row_fast). v3 and base use this P throughout (16 ymm registers in v3).
 constexpr int kRowPixels = 4;
 
 // a * b + c, rounded once where the ISA has FMA (v3, v4), twice in base: explicit, not left to gcc's contraction,
@@ -63,10 +63,11 @@ inline T madd(T a, T b, T c) {
 #endif
 }
 
-// v4 skips the taps of rows of zeros (kh outside [kh0, kh1)), with explicit FMAs (madd): its sums' bits then
-// hold whatever gcc unrolls (a first try looped over [kh0, kh1), and v3's and v4's sums changed bits, not
-// values). v3 and base run every tap of the fully unrolled loops with gcc's own contraction, as before: the same
-// bits either way; skipping, or explicit FMAs, measured 0.79-0.95x in v3 (AMD EPYC Zen 4 held to AVX2, 1 thread).
+// v4 skips the taps of rows of zeros (kh outside [kh0, kh1)) at k = 5 (k = 3 measured the same either way), with
+// explicit FMAs (madd): its sums' bits then hold whatever gcc unrolls (a first try looped over [kh0, kh1), and
+// v3's and v4's sums changed bits, not values). v3 and base run every tap of the fully unrolled loops with gcc's
+// own contraction, as before: the same bits either way; skipping, or explicit FMAs, measured 0.79-0.95x in v3
+// (AMD EPYC Zen 4, our v3 kernels, 1 thread).
 #if defined(FBNET_ISA_V4)
 constexpr bool kSkipPadRows = true;
 template <typename T>
