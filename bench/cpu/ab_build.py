@@ -9,7 +9,8 @@
 ``dwconv_bn_backward`` and ``ir_eval`` (which composes the forward's row kernel) of both builds on one grid of
 shapes (odd sizes, remainders of 1-15 channels, 1x1 to 32x32 images, k 3 and 5, stride 1 and 2), for every ISA
 variant both builds carry and this CPU runs, at 1 and 2 threads, and compares them with ``torch.equal``. A change
-that passes keeps every search's numbers as they were (the held-out accuracy comparisons in BENCHMARKS.md stand).
+to these kernels that passes keeps the searches' numbers as they were on this grid's evidence (the held-out
+comparisons in BENCHMARKS.md stand); confirm with one whole search, whose held-out accuracy must repeat.
 
 Without ``--bits`` it times ``dwconv_bn_forward`` (with statistics) and ``dwconv_bn_backward`` (input and weight
 gradients, BN1's sums) of both builds on preallocated buffers, interleaved rounds (old, new, then new, old),
