@@ -10,7 +10,7 @@
 #include <memory>
 #include <vector>
 
-#include <immintrin.h>  // the explicit FMA of row_centred_squares (v3, v4)
+#include <immintrin.h>  // madd's explicit FMAs (v3, v4)
 
 FBNET_ISA_BEGIN
 namespace fbnet {
@@ -77,6 +77,40 @@ constexpr bool kSkipPadRows = false;
 template <typename T>
 inline T tap_madd(T a, T b, T c) { return c + a * b; }
 #endif
+// Whether tap row kh (of K) is one of zeros that this variant skips.
+template <int K>
+constexpr bool skipped_row(int kh, int kh0, int kh1) { return kSkipPadRows && K >= 5 && (kh < kh0 || kh >= kh1); }
+
+// taps_accumulate (below) for B adjacent channel blocks at once and P whole pixels, each tap row's (P - 1) * S + K
+// inputs loaded once into registers: B * P independent FMA chains (P = 4 alone leaves 4 chains of 4-cycle FMAs, at
+// the edge of Zen 4's one 512-bit FMA a cycle). Each output's sum in taps_accumulate's order; B = 1 is its
+// load-once path.
+template <int K, int S, typename V, int P, int B, bool Rev = false>
+inline void taps_accumulate_blocks(const float* const* r, const float* __restrict__ wt, int64_t C, int64_t o,
+                                   int64_t c0, int kh0, int kh1, V (*ac)[P]) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  constexpr int X = (P - 1) * S + K;
+  const V zero = {};
+  for (int b = 0; b < B; ++b)
+    for (int q = 0; q < P; ++q) ac[b][q] = zero;
+  for (int i = 0; i < K; ++i) {
+    const int kh = Rev ? K - 1 - i : i;
+    if (skipped_row<K>(kh, kh0, kh1)) continue;
+    V x[B][X];
+    for (int b = 0; b < B; ++b) {
+      const float* p = r[kh] + o * S * C + c0 + b * L;
+      for (int j = 0; j < X; ++j, p += C) x[b][j] = vload<V>(p);
+    }
+    const float* wk = wt + (kh * K + (Rev ? K - 1 : 0)) * C + c0;
+    for (int j = 0; j < K; ++j, wk += Rev ? -C : C) {
+      const int kw = Rev ? K - 1 - j : j;
+      for (int b = 0; b < B; ++b) {
+        const V w = vload<V>(wk + b * L);
+        for (int q = 0; q < P; ++q) ac[b][q] = tap_madd(w, x[b][q * S + kw], ac[b][q]);
+      }
+    }
+  }
+}
 
 // ac[q] = sum over the taps of wt[tap] * row[(o + q) * S + kw] for the np <= P output pixels o .. o + np - 1 of
 // one channel block [c0, c0 + |V|), over the tap rows kh in [kh0, kh1) (the rows inside the image: a padding
@@ -92,7 +126,7 @@ inline void taps_accumulate(const float* const* r, const float* __restrict__ wt,
     for (int q = 0; q < np; ++q)
       for (int i = 0; i < K; ++i) {
         const int kh = Rev ? K - 1 - i : i;
-        if (kSkipPadRows && K >= 5 && (kh < kh0 || kh >= kh1)) continue;
+        if (skipped_row<K>(kh, kh0, kh1)) continue;
         const float* row = r[kh] + (o + q) * S * C + c0;
         for (int j = 0; j < K; ++j) {
           const int kw = Rev ? K - 1 - j : j;
@@ -106,59 +140,16 @@ inline void taps_accumulate(const float* const* r, const float* __restrict__ wt,
     // with one pointer: indexed by the P * K (pixel, tap) pairs, the compiler kept P * S + K runtime
     // offsets (C is not a constant), ran out of general registers, spilled them to vector ones and
     // reloaded each input up to K times (AMD EPYC Zen 4, perf). Same FMA order (kh, then kw).
-    constexpr int X = (P - 1) * S + K;
-    for (int i = 0; i < K; ++i) {
-      const int kh = Rev ? K - 1 - i : i;
-      if (kSkipPadRows && K >= 5 && (kh < kh0 || kh >= kh1)) continue;
-      const float* p = r[kh] + o * S * C + c0;
-      V x[X];
-      for (int j = 0; j < X; ++j, p += C) x[j] = vload<V>(p);
-      const float* wk = wt + (kh * K + (Rev ? K - 1 : 0)) * C + c0;
-      for (int j = 0; j < K; ++j, wk += Rev ? -C : C) {
-        const int kw = Rev ? K - 1 - j : j;
-        const V w = vload<V>(wk);
-        for (int q = 0; q < P; ++q) ac[q] = tap_madd(w, x[q * S + kw], ac[q]);
-      }
-    }
+    taps_accumulate_blocks<K, S, V, P, 1, Rev>(r, wt, C, o, c0, kh0, kh1, reinterpret_cast<V(*)[P]>(ac));
   } else {  // k = 3: indexed loads measured faster (the load-once path: 0.71-1.33x, worse on 8 of 12)
     for (int i = 0; i < K; ++i) {
       const int kh = Rev ? K - 1 - i : i;
-      if (kSkipPadRows && K >= 5 && (kh < kh0 || kh >= kh1)) continue;
+      if (skipped_row<K>(kh, kh0, kh1)) continue;
       const float* row = r[kh] + o * S * C + c0;
       for (int j = 0; j < K; ++j) {
         const int kw = Rev ? K - 1 - j : j;
         const V w = vload<V>(wt + (kh * K + kw) * C + c0);
         for (int q = 0; q < P; ++q) ac[q] = tap_madd(w, vload<V>(row + (q * S + kw) * C), ac[q]);
-      }
-    }
-  }
-}
-
-// taps_accumulate's load-once path for B adjacent channel blocks at once, P whole pixels: B * P independent FMA
-// chains (P = 4 alone leaves 4 chains of 4-cycle FMAs, at the edge of Zen 4's one 512-bit FMA a cycle). Each
-// output's sum in the same order (kh major, kw minor).
-template <int K, int S, typename V, int P, int B, bool Rev = false>
-inline void taps_accumulate_blocks(const float* const* r, const float* __restrict__ wt, int64_t C, int64_t o,
-                                   int64_t c0, int kh0, int kh1, V (*ac)[P]) {
-  constexpr int L = sizeof(V) / sizeof(float);
-  constexpr int X = (P - 1) * S + K;
-  const V zero = {};
-  for (int b = 0; b < B; ++b)
-    for (int q = 0; q < P; ++q) ac[b][q] = zero;
-  for (int i = 0; i < K; ++i) {
-    const int kh = Rev ? K - 1 - i : i;
-    if (kSkipPadRows && K >= 5 && (kh < kh0 || kh >= kh1)) continue;
-    V x[B][X];
-    for (int b = 0; b < B; ++b) {
-      const float* p = r[kh] + o * S * C + c0 + b * L;
-      for (int j = 0; j < X; ++j, p += C) x[b][j] = vload<V>(p);
-    }
-    const float* wk = wt + (kh * K + (Rev ? K - 1 : 0)) * C + c0;
-    for (int j = 0; j < K; ++j, wk += Rev ? -C : C) {
-      const int kw = Rev ? K - 1 - j : j;
-      for (int b = 0; b < B; ++b) {
-        const V w = vload<V>(wk + b * L);
-        for (int q = 0; q < P; ++q) ac[b][q] = tap_madd(w, x[b][q * S + kw], ac[b][q]);
       }
     }
   }
@@ -217,9 +208,9 @@ inline int64_t conv_row_blocks(const float* const* rowp, int kh0, int kh1, const
 
 // Channel blocks of kW, then at most one of 8; returns the first channel left to the generic loop. v4, stride 1:
 // pixels in blocks of 8 first, then the rest in blocks of 4 with two kW-blocks at a time. Measured against one
-// block of 4 pixels and one channel block, padding rows skipped too (bench/cpu/ab_build.py, dwconv_bn_forward
-// alone, AMD EPYC Zen 4, v4, 1 thread): 1.39-1.49x on 8x8 and 16x16 images at k = 5, 1.18-1.24x at k = 3, 1.26x on
-// 4x4 at k = 5; 32x32 at k = 3 0.97-0.99x.
+// block of 4 pixels and one channel block, padding rows skipped too (bench/cpu/ab_dwconv.py, AMD EPYC Zen 4,
+// AVX-512, v4, 1 thread): 1.56-1.81x on 8x8 and 16x16 images at k = 5, 1.29-1.32x at k = 3 (8x8, 14x14), 1.27x on
+// 4x4 at k = 5, 1.16x on 32x32 at k = 5; 32x32 at k = 3 0.95x.
 template <int K, int S>
 int64_t conv_row_fast(const float* const* rowp, int kh0, int kh1, const float* wt, int64_t C, int64_t Wo, float* orow,
                       float* fs, const float* a2, const float* b2, float* hrow) {
@@ -230,8 +221,6 @@ int64_t conv_row_fast(const float* const* rowp, int kh0, int kh1, const float* w
     const int64_t c = conv_row_blocks<K, S, VW, 8>(rowp, kh0, kh1, wt, C, 0, 0, w8, orow, fs, a2, b2, hrow);
     conv_row_blocks<K, S, V8, 8>(rowp, kh0, kh1, wt, C, c, 0, w8, orow, fs, a2, b2, hrow);
   }
-#endif
-#if defined(FBNET_ISA_V4)
   constexpr int B = S == 1 ? 2 : 1;
 #else
   constexpr int B = 1;
@@ -301,10 +290,10 @@ inline int64_t bwd_row_blocks(const float* const* rowp, int kh0, int kh1, const 
   return c_end;
 }
 
-// Channel blocks of kW, then at most one of 8 (only the 8-block where only8); returns the first channel left to
-// the gather loop. v4: pixels in blocks of 8 first, then the rest in blocks of 4 with two kW-blocks at a time, the
-// padding rows' taps skipped (the forward's conv_row_fast). Rev: the taps in the gather's order (v4's 16-blocks
-// at k = 5 on images narrower than 16, which gathered until the seventeenth session, so their bits stay).
+// Channel blocks of kW, then at most one of 8; returns the first channel left to the gather loop. v4 at k = 5:
+// pixels in blocks of 8 first, then the rest in blocks of 4 with two kW-blocks at a time, the padding rows' taps
+// skipped (as the forward's conv_row_fast). Rev: the taps in the gather's order (v4's 16-blocks at k = 5 on images
+// narrower than 16, which gathered until the nineteenth session, so their bits stay).
 template <int K, bool Rev = false>
 int64_t bwd_row_fast(const float* const* rowp, int kh0, int kh1, const float* wf, int64_t C, int64_t W, float* orow,
                      const float* zrow, const float* a, const float* b, const float* m, float* fs, float* fq) {
@@ -588,8 +577,9 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
         // double across rows: vectorises, and keeps the error at eager's level.
         std::fill(fs, fs + C, 0.0f);
         std::fill(fq, fq + C, 0.0f);
-        const int kh0 = pad_rows_before(oh, stride, p), kh1 = static_cast<int>(k) - pad_rows_after(oh, stride, p, H, k);
-        conv_row(rowp, kh0, kh1, wt, k, stride, C, Wo, orow, fs, a2, b2, act2 ? hp + r * Wo * C : nullptr, acc.data());
+        const auto [kh0, kh1] = tap_rows_inside(oh * stride - p, k, H);
+        conv_row(rowp, kh0, kh1, wt, k, stride, C, Wo, orow, fs, a2, b2, act2 ? hp + r * Wo * C : nullptr,
+                 acc.data());
         if (stats) {
           // Row mean and centred sum of squares (second pass over the row, in cache),
           // merged into the chunk's running (mean, M2) with Chan's formula: with few
@@ -670,8 +660,8 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
   // narrower than 16 the 16-blocks gathered (the row kernel with 4-pixel blocks measured 0.77-0.93x the gather
   // there); since the nineteenth session the row kernel runs them in the gather's tap order (Rev), with 8-pixel
   // blocks, two channel blocks at a time for 4-pixel rows and the padding rows skipped: the gather's bits, and
-  // 1.06-1.40x the backward on 4x4, 8x8 and 16x16 images (bench/cpu/ab_build.py, AMD EPYC Zen 4, v4, 1 thread;
-  // k = 3's backward measured 0.85-0.95x there, not traced: its row code is the same as before).
+  // 1.12-1.60x the backward on 4x4, 8x8 and 16x16 images (bench/cpu/ab_dwconv.py, AMD EPYC Zen 4, AVX-512, v4,
+  // 1 thread; k = 3's backward measured 0.92-0.95x there, not traced: its row code is the same as before).
   const bool rowfast = stride == 1 && (k == 3 || k == 5);
   const int64_t Wp = W + 2 * p;
   std::vector<float> wflip(rowfast ? static_cast<size_t>(KK) * C : 0);
@@ -729,7 +719,7 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
             if (pad) std::fill(dst, dst + W * C, 0.0f);
             else std::memcpy(dst, gp + (n * Ho + oh) * Wo * C, W * C * sizeof(float));
           }
-          const int kh0 = pad_rows_before(ih, 1, p), kh1 = static_cast<int>(k) - pad_rows_after(ih, 1, p, Ho, k);
+          const auto [kh0, kh1] = tap_rows_inside(ih - p, k, Ho);  // of grad_out rows ih - p .. ih + p
           float* __restrict__ orow = gi + r * W * C;
           const float* wf = wflip.data();
           if (k == 3) cfast = bwd_row_fast<3>(rowp, kh0, kh1, wf, C, W, orow, zrow, a, b, m, fs, fq);

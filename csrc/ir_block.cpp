@@ -198,7 +198,7 @@ void ir_eval(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1, in
           activate_row(z1row.data(), W, mid, a1, s1, row + p * mid);
         }
         std::fill(fs.begin(), fs.end(), 0.0f);  // the row's channel sums (conv_row adds them; not needed here)
-        const int kh0 = pad_rows_before(oh, stride, p), kh1 = static_cast<int>(k) - pad_rows_after(oh, stride, p, H, k);
+        const auto [kh0, kh1] = tap_rows_inside(oh * stride - p, k, H);
         conv_row(rowp, kh0, kh1, wk, k, stride, mid, Wo, z2row.data(), fs.data(), nullptr, nullptr, nullptr,
                  acc.data());
         gemm_rows(z2row.data(), mid, Wo, mid, b3.data(), Cout, op + (n * Ho + oh) * Wo * Cout, Cout, true, a2, s2,

@@ -75,13 +75,13 @@ void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float
 void activate_row(const float* src, int64_t W, int64_t C, const float* a, const float* b, float* dst);
 void conv_row(const float* const* rowp, int kh0, int kh1, const float* wt, int64_t k, int64_t stride, int64_t C,
               int64_t Wo, float* orow, float* fs, const float* a2, const float* b2, float* hrow, float* acc);
-// The tap rows of output row oh that fall above (kh < pad_rows_before) and below (the last pad_rows_after) an
-// image of H rows: the rows of zeros a depthwise conv with padding p reads there.
-inline int pad_rows_before(int64_t oh, int64_t stride, int64_t p) {
-  return static_cast<int>(std::max<int64_t>(0, p - oh * stride));
-}
-inline int pad_rows_after(int64_t oh, int64_t stride, int64_t p, int64_t H, int64_t k) {
-  return static_cast<int>(std::max<int64_t>(0, oh * stride - p + k - H));
+// The k tap rows first, first + 1, ... of a depthwise conv's output row (first = oh * stride - padding): those
+// inside an image of H rows are kh in [kh0, kh1); the others are the padding's rows of zeros.
+struct TapRows {
+  int kh0, kh1;
+};
+inline TapRows tap_rows_inside(int64_t first, int64_t k, int64_t H) {
+  return {static_cast<int>(std::max<int64_t>(0, -first)), static_cast<int>(std::min<int64_t>(k, H - first))};
 }
 }  // namespace FBNET_ISA
 }  // namespace fbnet
