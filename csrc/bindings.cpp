@@ -114,6 +114,9 @@ PYBIND11_MODULE(_C, m) {
     if (!supported(isa)) throw std::invalid_argument("this CPU cannot run the '" + isa + "' kernels");
     g_k = t;
   }, py::arg("isa"));
+  m.def("set_blas", [](buf_t sgemm) { g_sgemm = reinterpret_cast<SgemmFn>(sgemm); }, py::arg("sgemm"),
+        "The address of the Fortran BLAS sgemm_ that torch multiplies with (0: none), for the one-call paths.");
+  m.def("has_blas", [] { return g_sgemm != nullptr; });
   const auto nogil = py::call_guard<py::gil_scoped_release>();
 
   m.def("bn_stats", &call<&Table::bn_stats, buf_t, int64_t, int64_t, buf_t, buf_t>, nogil, py::arg("z"),
@@ -174,13 +177,13 @@ PYBIND11_MODULE(_C, m) {
         &call<&Table::ir_forward, buf_t, int64_t, int64_t, int64_t, int64_t, buf_t, int64_t, buf_t, int64_t,
               int64_t, buf_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t,
               buf_t, buf_t, double, double, double, double, double, double, buf_t, buf_t, buf_t, buf_t, buf_t,
-              float, bool>,
+              float, bool, int64_t>,
         nogil);
   m.def("ir_backward",
         &call<&Table::ir_backward, buf_t, buf_t, buf_t, buf_t, buf_t, int64_t, int64_t, int64_t, int64_t, int64_t,
               int64_t, int64_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t,
               buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, bool, bool, bool, double,
-              buf_t, buf_t, buf_t, buf_t, buf_t, bool>,
+              buf_t, buf_t, buf_t, buf_t, buf_t, bool, int64_t>,
         nogil);
   m.def("ir_eval",
         &call<&Table::ir_eval, buf_t, int64_t, int64_t, int64_t, int64_t, buf_t, int64_t, buf_t, int64_t, int64_t,

@@ -11,9 +11,18 @@ namespace fbnet {
 
 // Bumped whenever a kernel's signature or semantics change; fbnet_fast/_ext.py refuses
 // a module built from other sources (a stale in-place build) and says how to rebuild.
-constexpr int kAbiVersion = 9;
+constexpr int kAbiVersion = 10;
 
 using buf_t = std::uintptr_t;  // a tensor's data_ptr(), passed from Python
+
+// The Fortran BLAS sgemm (column-major; 32-bit ints) of the torch library the extension runs beside, found by
+// fbnet_fast/ops/_ext.py and set once at import (set_blas): the one-call C++ paths (ir_block.cpp) run the
+// products torch would run through it, with the arguments torch.mm passes, so they give torch's bits. nullptr:
+// none found; those candidates then keep the Python path. Shared by the ISA variants (one pointer).
+using SgemmFn = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                         const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                         const float* beta, float* c, const int* ldc);
+inline SgemmFn g_sgemm = nullptr;
 
 inline float* F(buf_t p) { return reinterpret_cast<float*>(p); }
 inline const float* CF(buf_t p) { return reinterpret_cast<const float*>(p); }

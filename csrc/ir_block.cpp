@@ -4,11 +4,16 @@
 // launch had its Python around it (argument checks, [C] outputs allocated, NamedTuples, the folds'
 // bookkeeping) and a thread fork/join, seven a candidate forward and eleven backward; measured (AMD EPYC Zen 4,
 // AVX-512, v4, fresh processes): the default search's weight step 594 -> 512 ms at 2 threads, 929 -> 893 ms
-// at 1. Reference: the Python path, which still runs where these do not apply (eval-mode BNs, products torch
-// runs, GPU tensors).
+// at 1. The products the Python path leaves to torch (wide ones, where MKL's blocking wins) run here through
+// torch's own sgemm_ with torch.mm's arguments (`blas` bits; twentieth session: the default search's weight step
+// 1.04x, theta step 1.06-1.08x, at 1 and 2 threads, AMD EPYC Zen 4, AVX-512, same bits). Reference: the Python
+// path, which still runs where these do not apply (eval-mode BNs, GPU tensors, no sgemm_ found).
 #include "kernels.h"
 
+#include <climits>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -18,7 +23,18 @@ namespace FBNET_ISA {
 
 namespace {
 
-std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[n]); }  // not zeroed
+struct FreeFloats {
+  void operator()(float* p) const { std::free(p); }
+};
+using Scratch = std::unique_ptr<float[], FreeFloats>;
+
+// Not zeroed; 64-byte aligned as torch's CPU tensors are (a BLAS may take another path for another alignment).
+Scratch scratch(int64_t n) {
+  const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  if (p == nullptr) throw std::bad_alloc();
+  return Scratch(p);
+}
 
 buf_t B(const float* p) { return reinterpret_cast<buf_t>(p); }
 
@@ -28,10 +44,53 @@ void transpose(const float* a, int64_t R, int64_t C, float* t) {
     for (int64_t j = 0; j < C; ++j) t[j * R + i] = a[i * C + j];
 }
 
-std::unique_ptr<float[]> transposed(const float* a, int64_t R, int64_t C) {
+Scratch transposed(const float* a, int64_t R, int64_t C) {
   auto t = scratch(R * C);
   transpose(a, R, C, t.get());
   return t;
+}
+
+// ---- the products torch runs, through its BLAS (g_sgemm), with torch.mm's arguments
+// `blas` bits of ir_forward / ir_backward: the products that run here instead of on the small kernels, set by
+// fbnet_fast/ops/mixed_op_fused.py from the rules its launches follow (gemm.small_rule, gemm.small_tn_rule).
+enum : int64_t {
+  kBlasW1 = 1,    // forward z1 = x W1^T, then its statistics in a pass of their own (bn_stats)
+  kBlasW3 = 2,    // forward z3 = h2 W3^T, h2 = relu(bn2(z2)) written first, then z3's statistics
+  kBlasGW3 = 4,   // backward W3's gradient gz3^T h2, h2 written first
+  kBlasGH2 = 8,   // backward gz3 W3
+  kBlasGW1 = 16,  // backward W1's gradient gz1^T x
+  kBlasGX = 32,   // backward gz1 W1 into gx
+};
+
+// c = op(a) op(b) (+ c), column-major: aten's cpublas::gemm hands its float products to sgemm_ this way.
+void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+           int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+  check(g_sgemm != nullptr, "a product for BLAS, but no sgemm was set (set_blas)");
+  check(std::max({m, n, k, lda, ldb, ldc}) <= INT_MAX, "a product too large for a 32-bit BLAS");
+  const int m_ = static_cast<int>(m), n_ = static_cast<int>(n), k_ = static_cast<int>(k);
+  const int lda_ = static_cast<int>(lda), ldb_ = static_cast<int>(ldb), ldc_ = static_cast<int>(ldc);
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  g_sgemm(&ta, &tb, &m_, &n_, &k_, &alpha, a, &lda_, b, &ldb_, &beta, c, &ldc_);
+}
+
+// torch.mm(a, b) into out [M, N] (out += a b with accumulate: Tensor.addmm_), a [M, K] contiguous rows, b [K, N]
+// contiguous or, b_t, b = w^T of a contiguous w [N, K] (a .t() view). Row-major out = a b is column-major
+// out^T = b^T a^T: torch (addmm_impl_cpu_) passes b first, transposed when it is a .t() view.
+void blas_mm(const float* a, int64_t M, int64_t K, const float* b, bool b_t, int64_t N, float* out,
+             bool accumulate) {
+  sgemm(b_t ? 't' : 'n', 'n', N, M, K, b, b_t ? K : N, a, K, accumulate, out, N);
+}
+
+// mixed_op_fused's mm_tn where torch multiplies: out [P, Q] = x^T y for x [M, P], y [M, Q] contiguous rows, as
+// torch.mm(x.t(), y), or torch.mm(y.t(), x).t() when P > Q (the narrower matrix as the transposed operand).
+void blas_mm_tn(const float* x, int64_t M, int64_t P, const float* y, int64_t Q, float* out) {
+  if (P > Q) {
+    auto t = scratch(Q * P);  // [Q, P] = y^T x
+    sgemm('n', 't', P, Q, M, x, P, y, Q, false, t.get(), P);
+    transpose(t.get(), Q, P, out);
+    return;
+  }
+  sgemm('n', 't', Q, P, M, y, Q, x, P, false, out, Q);
 }
 
 // The candidate's input and output rows (M = N*H*W, Mo after the stride), its sizes checked.
@@ -52,23 +111,35 @@ void ir_forward(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1,
                 buf_t gamma2, buf_t beta2, buf_t gamma3, buf_t beta3, buf_t run_mean1, buf_t run_var1,
                 buf_t run_mean2, buf_t run_var2, buf_t run_mean3, buf_t run_var3, double eps1, double eps2,
                 double eps3, double momentum1, double momentum2, double momentum3, buf_t z1, buf_t z2, buf_t z3,
-                buf_t folds, buf_t out, float alpha, bool assign) {
+                buf_t folds, buf_t out, float alpha, bool assign, int64_t blas) {
   check_buf(folds, "folds");
   const auto [M, Mo] = rows(N, H, W, Cin, mid, Cout, stride);
   float* f = F(folds);
   const auto v = [&](int64_t off) { return reinterpret_cast<buf_t>(f + off); };
   const int64_t s1 = 0, s2 = 5 * mid, s3 = 10 * mid;  // each BN's five vectors
-  // the products' right-hand sides [K, N]: W1^T [Cin, mid] and W3^T [mid, Cout] (a few KB)
-  const auto w1t = transposed(CF(w1), mid, Cin), w3t = transposed(CF(w3), Cout, mid);
-  small_gemm(x, M, Cin, Cin, B(w1t.get()), mid, z1, mid, false, 0, 0, v(s1 + 2 * mid), v(s1 + 3 * mid));
+  // the small kernel's right-hand sides [K, N]: W1^T [Cin, mid] and W3^T [mid, Cout] (a few KB)
+  if (blas & kBlasW1) {
+    blas_mm(CF(x), M, Cin, CF(w1), true, mid, F(z1), false);
+    bn_stats(z1, M, mid, v(s1 + 2 * mid), v(s1 + 3 * mid));
+  } else {
+    small_gemm(x, M, Cin, Cin, B(transposed(CF(w1), mid, Cin).get()), mid, z1, mid, false, 0, 0, v(s1 + 2 * mid),
+               v(s1 + 3 * mid));
+  }
   bn_fold(v(s1 + 2 * mid), v(s1 + 3 * mid), gamma1, beta1, perm1, mid, eps1, run_mean1, run_var1, momentum1, M,
           v(s1), v(s1 + mid), v(s1 + 4 * mid));
   dwconv_bn_forward(z1, N, H, W, mid, v(s1), v(s1 + mid), wt, k, stride, z2, v(s2 + 2 * mid), v(s2 + 3 * mid), 0, 0,
                     0);
   bn_fold(v(s2 + 2 * mid), v(s2 + 3 * mid), gamma2, beta2, 0, mid, eps2, run_mean2, run_var2, momentum2, Mo, v(s2),
           v(s2 + mid), v(s2 + 4 * mid));
-  small_gemm(z2, Mo, mid, mid, B(w3t.get()), Cout, z3, Cout, false, v(s2), v(s2 + mid), v(s3 + 2 * Cout),
-             v(s3 + 3 * Cout));
+  if (blas & kBlasW3) {
+    auto h2 = scratch(Mo * mid);
+    affine_act(z2, Mo, mid, v(s2), v(s2 + mid), true, B(h2.get()));
+    blas_mm(h2.get(), Mo, mid, CF(w3), true, Cout, F(z3), false);
+    bn_stats(z3, Mo, Cout, v(s3 + 2 * Cout), v(s3 + 3 * Cout));
+  } else {
+    small_gemm(z2, Mo, mid, mid, B(transposed(CF(w3), Cout, mid).get()), Cout, z3, Cout, false, v(s2), v(s2 + mid),
+               v(s3 + 2 * Cout), v(s3 + 3 * Cout));
+  }
   bn_fold(v(s3 + 2 * Cout), v(s3 + 3 * Cout), gamma3, beta3, 0, Cout, eps3, run_mean3, run_var3, momentum3, Mo,
           v(s3), v(s3 + Cout), v(s3 + 4 * Cout));
   affine_act_accumulate(z3, Mo, Cout, v(s3), v(s3 + Cout), false, alpha, out, assign);
@@ -101,7 +172,8 @@ void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int
                  buf_t beta1, buf_t perm1, buf_t gamma2, buf_t beta2, buf_t gamma3, buf_t beta3, buf_t scale1,
                  buf_t shift1, buf_t mean1, buf_t invstd1, buf_t scale2, buf_t shift2, buf_t mean2, buf_t invstd2,
                  buf_t scale3, buf_t shift3, buf_t mean3, buf_t invstd3, bool batch1, bool batch2, bool batch3,
-                 double alpha, buf_t grads, buf_t gw1, buf_t gwt, buf_t gw3, buf_t gx, bool accumulate_gx) {
+                 double alpha, buf_t grads, buf_t gw1, buf_t gwt, buf_t gw3, buf_t gx, bool accumulate_gx,
+                 int64_t blas) {
   check_buf(grads, "grads");
   const auto [M, Mo] = rows(N, H, W, Cin, mid, Cout, stride);
   float* g = F(grads);
@@ -114,10 +186,19 @@ void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int
   bn_grad_fold(psg, psgz, gamma3, beta3, invstd3, 0, Cout, alpha, Mo, batch3, pk1, pk2, pk3, B(g + 4 * mid),
                B(g + 4 * mid + Cout), B(g + 4 * mid + 2 * Cout));
   act_grad_apply(go, z3, Mo, Cout, scale3, shift3, false, mean3, pk1, pk2, pk3, B(gz3.get()));
-  if (gw3) mm_tn(B(gz3.get()), Mo, Cout, z2, mid, scale2, shift2, F(gw3));
+  if (gw3 && (blas & kBlasGW3)) {
+    auto h2 = scratch(Mo * mid);
+    affine_act(z2, Mo, mid, scale2, shift2, true, B(h2.get()));
+    blas_mm_tn(gz3.get(), Mo, Cout, h2.get(), mid, F(gw3));
+  } else if (gw3) {
+    mm_tn(B(gz3.get()), Mo, Cout, z2, mid, scale2, shift2, F(gw3));
+  }
   // h2's gradient, then BN2 + ReLU's (in place)
   auto gh2 = scratch(Mo * mid);
-  small_gemm(B(gz3.get()), Mo, Cout, Cout, w3, mid, B(gh2.get()), mid, false, 0, 0, 0, 0);
+  if (blas & kBlasGH2)
+    blas_mm(gz3.get(), Mo, Cout, CF(w3), false, mid, gh2.get(), false);
+  else
+    small_gemm(B(gz3.get()), Mo, Cout, Cout, w3, mid, B(gh2.get()), mid, false, 0, 0, 0, 0);
   gz3.reset();
   act_grad_sums(B(gh2.get()), z2, Mo, mid, scale2, shift2, true, mean2, psg, psgz);
   bn_grad_fold(psg, psgz, gamma2, beta2, invstd2, 0, mid, 1.0, Mo, batch2, pk1, pk2, pk3, B(g + 2 * mid),
@@ -130,8 +211,14 @@ void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int
   gh2.reset();
   bn_grad_fold(psg, psgz, gamma1, beta1, invstd1, perm1, mid, 1.0, M, batch1, pk1, pk2, pk3, B(g), B(g + mid), 0);
   act_grad_apply(B(gu1.get()), z1, M, mid, scale1, shift1, false, mean1, pk1, pk2, pk3, B(gu1.get()));
-  if (gw1) mm_tn(B(gu1.get()), M, mid, x, Cin, 0, 0, F(gw1));
-  if (gx) small_gemm(B(gu1.get()), M, mid, mid, w1, Cin, gx, Cin, accumulate_gx, 0, 0, 0, 0);
+  if (gw1 && (blas & kBlasGW1))
+    blas_mm_tn(gu1.get(), M, mid, CF(x), Cin, F(gw1));
+  else if (gw1)
+    mm_tn(B(gu1.get()), M, mid, x, Cin, 0, 0, F(gw1));
+  if (gx && (blas & kBlasGX))
+    blas_mm(gu1.get(), M, mid, CF(w1), false, Cin, F(gx), accumulate_gx);
+  else if (gx)
+    small_gemm(B(gu1.get()), M, mid, mid, w1, Cin, gx, Cin, accumulate_gx, 0, 0, 0, 0);
 }
 
 // An IR candidate's evaluation (every BN folded to an affine: running statistics), accumulated into out:

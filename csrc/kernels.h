@@ -46,7 +46,7 @@
                   buf_t run_mean1, buf_t run_var1, buf_t run_mean2, buf_t run_var2,                  \
                   buf_t run_mean3, buf_t run_var3, double eps1, double eps2, double eps3,            \
                   double momentum1, double momentum2, double momentum3, buf_t z1, buf_t z2,          \
-                  buf_t z3, buf_t folds, buf_t out, float alpha, bool assign);                      \
+                  buf_t z3, buf_t folds, buf_t out, float alpha, bool assign, int64_t blas);        \
   void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int64_t H, int64_t W, \
                    int64_t Cin, int64_t mid, int64_t Cout, int64_t k, int64_t stride, buf_t w1,      \
                    buf_t wt, buf_t w3, buf_t gamma1, buf_t beta1, buf_t perm1, buf_t gamma2,         \
@@ -54,7 +54,7 @@
                    buf_t invstd1, buf_t scale2, buf_t shift2, buf_t mean2, buf_t invstd2,            \
                    buf_t scale3, buf_t shift3, buf_t mean3, buf_t invstd3, bool batch1, bool batch2, \
                    bool batch3, double alpha, buf_t grads, buf_t gw1, buf_t gwt, buf_t gw3, buf_t gx, \
-                   bool accumulate_gx);                                                            \
+                   bool accumulate_gx, int64_t blas);                                              \
   void ir_eval(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1, int64_t mid, buf_t wt,        \
                int64_t k, int64_t stride, buf_t w3, int64_t Cout, buf_t scale1, buf_t shift1, buf_t scale2,     \
                buf_t shift2, buf_t out);

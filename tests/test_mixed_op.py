@@ -166,9 +166,10 @@ def test_keep_budget_decides_per_layer_what_is_saved(stride, monkeypatch):
     # No backward can follow (evaluation under no_grad): nothing is kept.
     monkeypatch.setenv(KEEP_ENV, "inf")
     calls = []
-    real = mixed_op_fused_mod._ir_forward
-    # _ir_forward(c, ps, wts, x2, shape, out2, alpha, keep, first): record keep
-    monkeypatch.setattr(mixed_op_fused_mod, "_ir_forward", lambda *a: calls.append(a[-2]) or real(*a))
+    # _ir_forward[_cpp](c, ps, wts, x2, shape, out2, alpha, keep, first): record keep, whichever path runs
+    for name in ("_ir_forward", "_ir_forward_cpp"):
+        real = getattr(mixed_op_fused_mod, name)
+        monkeypatch.setattr(mixed_op_fused_mod, name, lambda *a, real=real: calls.append(a[-2]) or real(*a))
     with torch.no_grad():
         mixed_op_fused(x, w, op.candidates)
     assert calls and not any(calls)
@@ -362,7 +363,9 @@ def test_block_op_dispatch():
 
 # ---- the head's conv + BN + ReLU + pool as one Function (fbnet_fast.ops.head_fused, used by head_op on CPU)
 @needs_ext
-@pytest.mark.parametrize("n,c_in,c_head,hw", [(2, 16, 64, 4), (3, 24, 40, 3), (4, 88, 1504, 4), (2, 8, 24, 1)])
+# (1, ...): one image, whose pooled gradient's rows expand to a zero-stride view (the backward copies it)
+@pytest.mark.parametrize("n,c_in,c_head,hw", [(2, 16, 64, 4), (3, 24, 40, 3), (4, 88, 1504, 4), (2, 8, 24, 1),
+                                              (1, 16, 32, 3)])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_fused_head_matches_reference(n, c_in, c_head, hw, train):
     """Output, every parameter's gradient and the BN running statistics of the fused head vs the eager head and
@@ -525,17 +528,32 @@ def test_parameter_changed_between_forward_and_backward_is_refused():
         y.sum().backward()
 
 
+@pytest.fixture
+def without_blas():
+    """A function that unsets the extension's BLAS (``_C.set_blas(0)``: as with a torch exporting no sgemm_), set
+    again after the test."""
+    ext = _ext.load()
+    yield lambda: ext.set_blas(0)
+    ext.set_blas(_ext._torch_sgemm())
+
+
 @needs_ext
 @pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", [SHAPES[0], SHAPES[3], SHAPES[5], SHAPES[7], SHAPES[10],
-                                                     SHAPES[21]])
+                                                     SHAPES[15], SHAPES[21],
+                                                     (2, 56, 56, 1, 4, 4, True)])  # every product to BLAS on v4
 @pytest.mark.parametrize("bn_mode", ["momentum", "cumulative", "untracked", "frozen-weights"])
-def test_candidate_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h, w, cl, bn_mode, isa, monkeypatch):
+@pytest.mark.parametrize("blas", [True, False], ids=["blas", "noblas"])
+def test_candidate_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h, w, cl, bn_mode, blas, isa,
+                                                      monkeypatch, without_blas):
     """``_C.ir_forward`` / ``_C.ir_backward`` (an IR candidate's training forward, and its backward from kept
     intermediates, each in one C++ call) give the same bits as the launches they compose: output, every
     gradient, running statistics and ``num_batches_tracked`` (momentum, the cumulative average of momentum None,
     a BN keeping no running statistics; frozen weights as in a theta step: only x and the Gumbel weights get
-    gradients)."""
+    gradients). Products the launches leave to torch run in the one call through torch's own BLAS
+    (``_C.set_blas``) with torch.mm's arguments: the same bits too."""
     monkeypatch.setenv(KEEP_ENV, "inf")
+    if not blas:
+        without_blas()
     op0 = make_mixed_op(c_in, c_out, stride, h)
     for m in op0.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -569,8 +587,13 @@ def test_candidate_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h,
             monkeypatch.setattr(mixed_op_fused_mod, name, counting[name] if one_call else (lambda *a: False))
         outs = [_run(op, x, theta, False, mixed_op_fused, go) for _ in range(2)]  # twice: running stats accumulate
         runs.append((outs, [p.grad for p in op.parameters()], [b.clone() for b in op.buffers()]))
-    # where they run: every product on the small kernels (8-wide variants: outputs of at most 8 channels)
-    if isa == "v4" or c_out == 8:
+    # where they run: every candidate, with torch's BLAS found (the x86 torch wheels export MKL's sgemm_);
+    # without it, where every product is on the small kernels (8-wide variants: outputs of at most 8 channels;
+    # none at 56 channels)
+    if _ext.load().has_blas():
+        for name, got in calls.items():
+            assert got and all(got), f"{name}: the one-call path ran for {sum(got)} of {len(got)} candidates"
+    elif (isa == "v4" and c_in <= 48) or c_out == 8:
         for name, got in calls.items():
             if name == "_ir_bwd_cpp_applies" and c_in > 16 and bn_mode != "frozen-weights":
                 continue  # W1's gradient x^T gz1 with both sides over 16 wide goes to torch

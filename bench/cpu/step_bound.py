@@ -49,20 +49,22 @@ OUT = Path(__file__).parents[1] / "results" / "step_bound.json"
 PROVIDERS = {"eager_cl": "reference", "fused": "cpp"}
 
 
-def layer_products(layer, m_in: int, m_out: int) -> dict[str, list[tuple[int, int, int, bool]]]:
+def layer_products(layer, m_in: int, m_out: int, frozen: bool = False) -> dict[str, list[tuple[int, int, int, bool]]]:
     """``phase -> [(M, K, N, transposed_a)]``: the products of every candidate of ``layer`` (a MixedOp) as eager
     autograd runs them, one per group. Forward ``x W1^T``, ``h2 W3^T``; backward the input gradients ``gz W``
-    and the weight gradients ``gz^T x`` (``transposed_a``: ``a`` is read transposed, ``[M, K]^T``)."""
+    and, unless ``frozen`` (weights wanting no gradient: the theta step), the weight gradients ``gz^T x``
+    (``transposed_a``: ``a`` is read transposed, ``[M, K]^T``)."""
     out: dict[str, list[tuple[int, int, int, bool]]] = {"fwd": [], "bwd": []}
     for b in layer.candidates:
         if isinstance(b, IRBlock):
             g = b.groups
             for m, k, n in ((m_in, b.c_in // g, b.mid // g), (m_out, b.mid // g, b.c_out // g)):
                 out["fwd"] += [(m, k, n, False)] * g
-                out["bwd"] += [(m, n, k, False), (n, m, k, True)] * g  # input gradient, weight gradient
+                # input gradient, weight gradient
+                out["bwd"] += ([(m, n, k, False)] if frozen else [(m, n, k, False), (n, m, k, True)]) * g
         elif isinstance(b, SkipBlock) and not b.identity:
             out["fwd"].append((m_out, b.c_in, b.c_out, False))
-            out["bwd"] += [(m_out, b.c_out, b.c_in, False), (b.c_out, m_out, b.c_in, True)]
+            out["bwd"] += [(m_out, b.c_out, b.c_in, False)] + ([] if frozen else [(b.c_out, m_out, b.c_in, True)])
     return out
 
 
@@ -72,13 +74,13 @@ def product_flop(layer, m_in: int, m_out: int) -> float:
     return sum(2.0 * m * k * n for m, k, n, _ in layer_products(layer, m_in, m_out)["fwd"])
 
 
-def products_timer(net, batch: int, shapes: dict[int, tuple[int, int, int, int]]):
+def products_timer(net, batch: int, shapes: dict[int, tuple[int, int, int, int]], frozen: bool = False):
     """A function timing each layer's products in MKL (torch.mm, new output per call as eager allocates):
     returns ``{"Lii fwd": seconds, ...}`` for one pass over every layer."""
     ops = {}
     for i, layer in enumerate(net.layers):
         h, w, ho, wo = shapes[i]
-        for phase, prods in layer_products(layer, batch * h * w, batch * ho * wo).items():
+        for phase, prods in layer_products(layer, batch * h * w, batch * ho * wo, frozen).items():
             mats = []
             for m, k, n, ta in prods:
                 a = torch.randn(k, m).t() if ta else torch.randn(m, k)  # [m, k], transposed storage for gz^T
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--frozen", action="store_true",
+                   help="the theta step's case: every weight frozen, only theta wants a gradient (backward: input "
+                        "gradients only; the first layer's backward is not timed, its input wants no gradient)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     tune_malloc()  # as the fbnet-fast commands run
@@ -112,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     for prov, impl in PROVIDERS.items():
         torch.manual_seed(0)
         net = Supernet(space, impl=impl).to(memory_format=torch.channels_last)
+        if args.frozen:
+            for name, prm in net.named_parameters():
+                prm.requires_grad_(name == "theta" or name.endswith(".theta"))
         x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (args.batch,))
         nets[prov] = (net, x, y)
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     for prov in PROVIDERS:
         times[prov].clear()
     gemm_rate()
-    mkl = products_timer(nets["fused"][0], args.batch, shapes)
+    mkl = products_timer(nets["fused"][0], args.batch, shapes, args.frozen)
     mkl()
     mkl_times: dict[str, list[float]] = defaultdict(list)
     steps: dict[str, list[float]] = {p: [] for p in PROVIDERS}
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, layer in enumerate(net.layers):
         h, w, ho, wo = shapes[i]
         fwd = product_flop(layer, args.batch * h * w, args.batch * ho * wo)
-        for phase, flop in (("fwd", fwd), ("bwd", 2 * fwd)):
+        for phase, flop in (("fwd", fwd), ("bwd", (1 if args.frozen else 2) * fwd)):
             key = f"L{i:02d} {phase}"
             e, f = med["eager_cl"].get(key), med["fused"].get(key)
             if e is None or f is None:
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                              product_gflop=flop / 1e9, bound_ms=1e3 * flop / rate, mkl_ms=1e3 * mkl_med[key]))
     print(f"cpu {cpu_name()}, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), threads {args.threads}; fbnet-cifar width {args.width}, "
-          f"batch {args.batch}, soft (every candidate active); median of {args.rounds} alternating rounds")
+          f"batch {args.batch}, soft (every candidate active){', weights frozen (theta step)' if args.frozen else ''}; median of {args.rounds} alternating rounds")
     print(f"fp32 GEMM rate {rate / 1e9:.1f} GFLOP/s; whole step: eager_cl {step_med['eager_cl']:.3f} s, fused "
           f"{step_med['fused']:.3f} s ({step_med['eager_cl'] / step_med['fused']:.2f}x)\n")
     print("| layer | res | eager ms | fused ms | eager/fused | products GFLOP | bound ms | eager/bound | fused/bound "
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\noutside the layers (stem, head, loss, sampling, zero_grad, autograd engine): eager {rest['eager_cl']:.0f} ms, "
           f"fused {rest['fused']:.0f} ms")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(dict(cpu=cpu_name(), torch=torch.__version__, threads=args.threads,
+    OUT.write_text(json.dumps(dict(cpu=cpu_name(), torch=torch.__version__, threads=args.threads, frozen=args.frozen,
                                    width=args.width, batch=args.batch, rounds=args.rounds,
                                    gemm_gflops=rate / 1e9, step_s=step_med, layers=rows,
                                    groups={k: dict(eager_ms=v[0], fused_ms=v[1], bound_ms=v[2], mkl_ms=v[3])

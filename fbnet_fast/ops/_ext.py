@@ -15,7 +15,7 @@ from ..errors import ExtensionError
 __all__ = ["load", "available", "BUILD_HINT", "ABI_VERSION"]
 
 # Must equal kAbiVersion in csrc/common.h; a mismatch means a stale in-place build.
-ABI_VERSION = 9
+ABI_VERSION = 10
 
 BUILD_HINT = (
     "build it from the repository root with `pip install -e .` (or `pip install .`); "
@@ -50,8 +50,32 @@ def load() -> ModuleType:
             f"(ABI {abi}, expected {ABI_VERSION}); rebuild it: {BUILD_HINT}"
         )
         raise _error
+    mod.set_blas(_torch_sgemm())
     _module = mod
     return mod
+
+
+def _torch_sgemm() -> int:
+    """The address of the Fortran BLAS ``sgemm_`` in the torch library already loaded (MKL in the x86 wheels), or 0.
+
+    torch.mm hands its float32 CPU products to it; the one-call C++ paths of the mixed op call it with the same
+    arguments for the products torch would run (csrc/ir_block.cpp), so they give the same bits without a
+    Python round trip per product. 0 (a torch without an exported sgemm_): those candidates keep the Python path.
+    """
+    import ctypes
+    import os
+    from pathlib import Path
+
+    import torch
+
+    lib_dir = Path(torch.__file__).parent / "lib"
+    for lib in sorted(lib_dir.glob("libtorch_cpu.*")):
+        try:  # RTLD_NOLOAD: the copy torch loaded, never a second one
+            handle = ctypes.CDLL(str(lib), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            return ctypes.cast(handle.sgemm_, ctypes.c_void_p).value or 0
+        except (OSError, AttributeError):
+            continue
+    return 0
 
 
 def available() -> bool:

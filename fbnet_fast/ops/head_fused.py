@@ -66,8 +66,9 @@ class HeadFunction(torch.autograd.Function):
         n, c_in, h, w = x.shape
         c = weight.shape[0]
         bn = ctx.fold
-        # the pool's gradient, grad / (H W) at every pixel, written once as the BN backward's input
-        g = (grad / ctx.hw).unsqueeze(1).expand(n, ctx.hw, c).reshape(n * ctx.hw, c)
+        # the pool's gradient, grad / (H W) at every pixel, written once as the BN backward's input (contiguous:
+        # at N = 1 the reshape of the expanded rows is a view with a zero row stride, not a copy)
+        g = (grad / ctx.hw).unsqueeze(1).expand(n, ctx.hw, c).reshape(n * ctx.hw, c).contiguous()
         r = module_bn_backward(bn, gamma, beta, g, z, relu=True, out=g)
         gz = r.grad_z
         x2 = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in)

@@ -29,11 +29,13 @@ candidate's last product adds straight into the output (``_eval_forward``: no z3
 pass). A backward whose input wants no gradient skips it, and stops at BN3 when no weight below
 it wants one either (the first layer of a theta step: only the Gumbel weight's gradient is left).
 
-On CPU, an IR candidate whose BNs all normalise with batch statistics and whose products all run on the
-small kernel (:func:`.gemm.small_rule`) runs its forward as one C++ call (``_C.ir_forward``) and, from the
-kept intermediates, its backward as another (``_C.ir_backward``, csrc/ir_block.cpp): the same kernels in the
-same order as the launches above, so the same bits, without the Python and the thread fork/join around each
-of the 7 + 11 launches (:func:`_ir_cpp_applies`, :func:`_ir_bwd_cpp_applies`). In evaluation the same holds
+On CPU, an IR candidate whose BNs all normalise with batch statistics runs its forward as one C++ call
+(``_C.ir_forward``) and, from the kept intermediates, its backward as another (``_C.ir_backward``,
+csrc/ir_block.cpp): the same kernels in the same order as the launches above, so the same bits, without the
+Python and the thread fork/join around each of the 7 + 11 launches (:func:`_ir_cpp_applies`,
+:func:`_ir_bwd_cpp_applies`). The products the launches leave to torch (:func:`.gemm.small_rule`) run there
+through torch's own BLAS (``sgemm_``, found at import: ``_ext._torch_sgemm``) with torch.mm's arguments, so
+they keep torch's bits too; without an exported sgemm_ such candidates keep the launches. In evaluation the same holds
 for the three launches of an IR candidate (``_C.ir_eval``, :func:`_ir_eval_cpp`), which also runs them image
 by image in cache instead of writing z1 and z2 to memory.
 
@@ -304,18 +306,41 @@ def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep:
                          g3.data_ptr(), b3.data_ptr(), p(rm1), p(rv1), p(rm2), p(rv2), p(rm3), p(rv3),
                          float(bn1.eps), float(bn2.eps), float(bn3.eps), float(f1), float(f2), float(f3),
                          z1.data_ptr(), z2.data_ptr(), z3.data_ptr(), folds.data_ptr(), out2.data_ptr(),
-                         float(alpha), bool(first))
+                         float(alpha), bool(first), _fwd_blas(b, x2, m, mo))
     v = folds.split_with_sizes([mid] * 10 + [cout] * 5)  # per BN: scale, shift, mean, var, invstd
     folded = [_BN(*v[i:i + 5], True) for i in (0, 5, 10)]
     return folded, [z1, z2, z3] if keep else []
 
 
+# Bits of the one-call paths' ``blas`` argument (csrc/ir_block.cpp): the products that torch would run (the rules
+# of .gemm.small_rule / small_tn_rule say so), run there through torch's own BLAS with torch.mm's arguments.
+_BLAS_W1, _BLAS_W3, _BLAS_GW3, _BLAS_GH2, _BLAS_GW1, _BLAS_GX = 1, 2, 4, 8, 16, 32
+
+
+def _fwd_blas(b: nn.Module, x2: torch.Tensor, m: int, mo: int) -> int:
+    """The ``blas`` bits of the IR candidate ``b``'s forward products (``x W1^T``, ``h2 W3^T``) on CPU."""
+    dev = x2.device
+    return ((0 if small_rule(dev, m, x2.shape[1], b.mid) else _BLAS_W1)
+            | (0 if small_rule(dev, mo, b.mid, b.c_out) else _BLAS_W3))
+
+
+def _bwd_blas(b: nn.Module, x2: torch.Tensor, gx2, needs, m: int, mo: int) -> int:
+    """The ``blas`` bits of the kept backward's products on CPU, as :func:`_ir_backward` sends them to torch:
+    W3's gradient (with h2 written first), gz3 W3, W1's gradient, gz1 W1."""
+    dev, mid, cout, cin = x2.device, b.mid, b.c_out, x2.shape[1]
+    return ((_BLAS_GW3 if needs[6] and not small_tn_rule(dev, cout, mid) else 0)
+            | (0 if small_rule(dev, mo, cout, mid) else _BLAS_GH2)
+            | (_BLAS_GW1 if needs[0] and not small_tn_rule(dev, mid, cin) else 0)
+            | (_BLAS_GX if gx2 is not None and not small_rule(dev, m, mid, cin) else 0))
+
+
 def _ir_cpp_applies(c: _Cand, x2: torch.Tensor, m: int, mo: int) -> bool:
-    """Whether :func:`_ir_forward_cpp` runs this candidate: a CPU tensor, every BN on batch statistics (training,
-    or no running statistics kept) and both products on the small-product kernel (torch runs the others)."""
+    """Whether :func:`_ir_forward_cpp` runs this candidate: a CPU tensor and every BN on batch statistics
+    (training, or no running statistics kept); products torch would run go through its BLAS from C++, so
+    without one found (``_C.has_blas()``) both products must be on the small-product kernel."""
     b = c.block
-    return (_uses_batch_stats(b.bn1) and _uses_batch_stats(b.bn2) and _uses_batch_stats(b.bn3)
-            and _ir_products_small(b, x2, m, mo))
+    return (x2.device.type == "cpu" and _uses_batch_stats(b.bn1) and _uses_batch_stats(b.bn2)
+            and _uses_batch_stats(b.bn3) and (cpu_ext().has_blas() or _fwd_blas(b, x2, m, mo) == 0))
 
 
 def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first):
@@ -325,6 +350,7 @@ def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape,
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, cin = shape
     mid, cout = b.mid, b.c_out
+    m, mo = n * h * w, n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
     bn1, bn2, bn3 = folds
     z1, z2, z3 = kept
     gvec = x2.new_empty(4 * mid + 2 * cout + 1)
@@ -339,22 +365,17 @@ def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape,
                           bn1.invstd.data_ptr(), bn2.scale.data_ptr(), bn2.shift.data_ptr(), bn2.mean.data_ptr(),
                           bn2.invstd.data_ptr(), bn3.scale.data_ptr(), bn3.shift.data_ptr(), bn3.mean.data_ptr(),
                           bn3.invstd.data_ptr(), bn1.batch, bn2.batch, bn3.batch, float(alpha), gvec.data_ptr(),
-                          p(gw1d), p(gwt), p(gw3), p(gx2), not first)
+                          p(gw1d), p(gwt), p(gw3), p(gx2), not first, _bwd_blas(b, x2, gx2, needs, m, mo))
     gg1, gb1, gg2, gb2, gg3, gb3, dot = gvec.split_with_sizes([mid] * 4 + [cout] * 2 + [1])
     return _ir_grads(c, ps, needs, gw1d, gg1, gb1, gwt, gg2, gb2, gw3, gg3, gb3), dot
 
 
 def _ir_bwd_cpp_applies(c: _Cand, kept, x2, gx2, needs, m: int, mo: int) -> bool:
     """Whether :func:`_ir_backward_cpp` runs this candidate: CPU, z1..z3 kept, a gradient below BN3 wanted, and
-    every product of the backward on the small kernels (torch runs the others, in :func:`_ir_backward`)."""
-    b = c.block
-    mid, cout, cin = b.mid, b.c_out, x2.shape[1]
-    dev = x2.device
-    return (bool(kept) and dev.type == "cpu" and (gx2 is not None or any(needs[:6]))
-            and small_rule(dev, mo, cout, mid)
-            and (not needs[6] or small_tn_rule(dev, cout, mid))
-            and (not needs[0] or small_tn_rule(dev, mid, cin))
-            and (gx2 is None or small_rule(dev, m, mid, cin)))
+    torch's BLAS found for the products torch would run (without one, every product of the backward must be on
+    the small kernels; :func:`_ir_backward` runs the others)."""
+    return (bool(kept) and x2.device.type == "cpu" and (gx2 is not None or any(needs[:6]))
+            and (cpu_ext().has_blas() or _bwd_blas(c.block, x2, gx2, needs, m, mo) == 0))
 
 
 def _ir_backward(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first):
