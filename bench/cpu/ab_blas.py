@@ -1,0 +1,90 @@
+"""The default search's steps with the one-call C++ path using torch's BLAS, against without it, in one process.
+
+    python bench/cpu/ab_blas.py [--threads 1] [--rounds 9] [--frozen] [--as-avx2]
+
+``fbnet_fast._C.set_blas`` gives the one-call paths (csrc/ir_block.cpp) torch's ``sgemm_``; with it every IR
+candidate of a training step runs as one C++ call forward and one backward, the products torch would run
+going through torch's BLAS from there. ``set_blas(0)`` is the code before that: candidates with such a product
+run the Python launches. Both give the same bits (tests/test_mixed_op.py), so the A/B can switch between them
+in one process, step by step, on the same supernet and batch: the default search's (fbnet-cifar width 0.25,
+batch 64, every candidate soft), forward + cross-entropy + backward. Rounds alternate the order; medians.
+``--frozen``: every weight frozen, theta alone wants a gradient (the search's theta step). ``--as-avx2``:
+torch, oneDNN and MKL held to AVX2 and our kernels' ``v3`` variant (an emulation of an AVX2-only CPU on
+this one, named so in the output). Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_wall import AVX2_ENV  # noqa: E402  (the restriction of the whole-search benchmark)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--frozen", action="store_true", help="the theta step: only theta wants a gradient")
+    p.add_argument("--as-avx2", action="store_true", help="as an AVX2-only CPU runs it (emulated)")
+    args = p.parse_args(argv)
+    if args.as_avx2:
+        os.environ.update(AVX2_ENV)
+    import torch
+
+    from fbnet_fast.malloc import tune_malloc
+    from fbnet_fast.measure.core import cpu_name
+    from fbnet_fast.ops import _ext
+    from fbnet_fast.space import load_space
+    from fbnet_fast.supernet import Supernet
+
+    torch.set_num_threads(args.threads)
+    tune_malloc()  # as the fbnet-fast commands run
+    ext = _ext.load()
+    if args.as_avx2:
+        ext.set_isa("v3")
+    sgemm = _ext._torch_sgemm()
+    if not sgemm:
+        raise SystemExit("this torch exports no sgemm_: the one-call paths cannot use its BLAS here")
+    torch.manual_seed(0)
+    net = Supernet(load_space("fbnet-cifar", width_mult=0.25), impl="cpp").to(memory_format=torch.channels_last)
+    if args.frozen:
+        for name, prm in net.named_parameters():
+            prm.requires_grad_(name.endswith("theta"))
+    x = torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,))
+
+    def step(blas: bool) -> float:
+        ext.set_blas(sgemm if blas else 0)
+        net.zero_grad(set_to_none=True)
+        w = net.sample_weights(5.0, generator=torch.Generator().manual_seed(0))
+        t = time.perf_counter()
+        torch.nn.functional.cross_entropy(net(x, w), y).backward()
+        return time.perf_counter() - t
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for blas in (False, True, False, True):  # warm-up
+        step(blas)
+    for r in range(args.rounds):
+        for blas in ((False, True) if r % 2 == 0 else (True, False)):
+            times[blas].append(step(blas))
+    ext.set_blas(sgemm)
+    old, new = statistics.median(times[False]), statistics.median(times[True])
+    ratios = [a / b for a, b in zip(times[False], times[True])]
+    what = "theta step (weights frozen)" if args.frozen else "weight step"
+    print(f"cpu {cpu_name()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), fused ISA "
+          f"{ext.isa()}{' (emulated AVX2)' if args.as_avx2 else ''}, threads {args.threads}; default search's "
+          f"{what}, fbnet-cifar width 0.25, batch 64, soft; medians of {args.rounds} alternating rounds")
+    print(f"without BLAS (Python launches where torch multiplies) {1e3 * old:.1f} ms, with (every candidate in "
+          f"one call) {1e3 * new:.1f} ms: {old / new:.3f}x on the medians; fastest rounds "
+          f"{1e3 * min(times[False]):.1f} vs {1e3 * min(times[True]):.1f} ms ({min(times[False]) / min(times[True]):.3f}x); "
+          f"median of the per-round ratios {statistics.median(ratios):.3f}x; per round {[round(r, 3) for r in ratios]}")
+
+
+if __name__ == "__main__":
+    main()
