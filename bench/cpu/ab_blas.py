@@ -1,13 +1,14 @@
 """The default search's steps with the one-call C++ path using torch's BLAS, against without it, in one process.
 
-    python bench/cpu/ab_blas.py [--threads 1] [--rounds 9] [--frozen] [--as-avx2]
+    python bench/cpu/ab_blas.py [--threads 1] [--rounds 9] [--frozen] [--as-avx2] [--width 0.25] [--batch 64]
 
 ``fbnet_fast._C.set_blas`` gives the one-call paths (csrc/ir_block.cpp) torch's ``sgemm_``; with it every IR
 candidate of a training step runs as one C++ call forward and one backward, the products torch would run
 going through torch's BLAS from there. ``set_blas(0)`` is the code before that: candidates with such a product
 run the Python launches. Both give the same bits (tests/test_mixed_op.py), so the A/B can switch between them
 in one process, step by step, on the same supernet and batch: the default search's (fbnet-cifar width 0.25,
-batch 64, every candidate soft), forward + cross-entropy + backward. Rounds alternate the order; medians.
+batch 64, every candidate soft; ``--width 1.0 --batch 32``: the speed issue's supernet step), forward +
+cross-entropy + backward. Rounds alternate the order; medians.
 ``--frozen``: every weight frozen, theta alone wants a gradient (the search's theta step). ``--as-avx2``:
 torch, oneDNN and MKL held to AVX2 and our kernels' ``v3`` variant (an emulation of an AVX2-only CPU on
 this one, named so in the output). Run it alone on the machine.
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--frozen", action="store_true", help="the theta step: only theta wants a gradient")
     p.add_argument("--as-avx2", action="store_true", help="as an AVX2-only CPU runs it (emulated)")
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--batch", type=int, default=64)
     args = p.parse_args(argv)
     if args.as_avx2:
         os.environ.update(AVX2_ENV)
@@ -52,12 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     if not sgemm:
         raise SystemExit("this torch exports no sgemm_: the one-call paths cannot use its BLAS here")
     torch.manual_seed(0)
-    net = Supernet(load_space("fbnet-cifar", width_mult=0.25), impl="cpp").to(memory_format=torch.channels_last)
+    net = Supernet(load_space("fbnet-cifar", width_mult=args.width), impl="cpp").to(memory_format=torch.channels_last)
     if args.frozen:
         for name, prm in net.named_parameters():
             prm.requires_grad_(name.endswith("theta"))
-    x = torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (64,))
+    x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,))
 
     def step(blas: bool) -> float:
         ext.set_blas(sgemm if blas else 0)
@@ -78,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     ratios = [a / b for a, b in zip(times[False], times[True])]
     what = "theta step (weights frozen)" if args.frozen else "weight step"
     print(f"cpu {cpu_name()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), fused ISA "
-          f"{ext.isa()}{' (emulated AVX2)' if args.as_avx2 else ''}, threads {args.threads}; default search's "
-          f"{what}, fbnet-cifar width 0.25, batch 64, soft; medians of {args.rounds} alternating rounds")
+          f"{ext.isa()}{' (emulated AVX2)' if args.as_avx2 else ''}, threads {args.threads}; {what}, fbnet-cifar "
+          f"width {args.width}, batch {args.batch}, soft; medians of {args.rounds} alternating rounds")
     print(f"without BLAS (Python launches where torch multiplies) {1e3 * old:.1f} ms, with (every candidate in "
           f"one call) {1e3 * new:.1f} ms: {old / new:.3f}x on the medians; fastest rounds "
           f"{1e3 * min(times[False]):.1f} vs {1e3 * min(times[True]):.1f} ms ({min(times[False]) / min(times[True]):.3f}x); "
