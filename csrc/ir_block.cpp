@@ -5,9 +5,10 @@
 // bookkeeping) and a thread fork/join, seven a candidate forward and eleven backward; measured (AMD EPYC Zen 4,
 // AVX-512, v4, fresh processes): the default search's weight step 594 -> 512 ms at 2 threads, 929 -> 893 ms
 // at 1. The products the Python path leaves to torch (wide ones, where MKL's blocking wins) run here through
-// torch's own sgemm_ with torch.mm's arguments (`blas` bits; twentieth session: the default search's weight step
-// 1.04x, theta step 1.06-1.08x, at 1 and 2 threads, AMD EPYC Zen 4, AVX-512, same bits). Reference: the Python
-// path, which still runs where these do not apply (eval-mode BNs, GPU tensors, no sgemm_ found).
+// torch's own sgemm_ with torch.mm's arguments (`blas` bits; same bits; twentieth session, bench/cpu/ab_blas.py,
+// AMD EPYC Zen 4: the default search's weight step 1.01x on the medians / 1.04x on the fastest rounds at 1 thread,
+// AVX-512, 1.04x emulated AVX2, nothing measurable at 2 threads). Reference: the Python path, which still runs
+// where these do not apply (eval-mode BNs, GPU tensors, no sgemm_ found).
 #include "kernels.h"
 
 #include <climits>

@@ -721,16 +721,11 @@ def _eval_forward(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand]
     return out4.permute(0, 3, 1, 2)
 
 
-def _ir_products_small(b: nn.Module, x2: torch.Tensor, m: int, mo: int) -> bool:
-    """Both of the IR candidate ``b``'s forward products (``x W1^T``, ``h2 W3^T``) run on the small-product kernel
-    (a CPU tensor; torch runs the others): what its one-call forwards need."""
-    return (x2.device.type == "cpu" and small_rule(x2.device, m, x2.shape[1], b.mid)
-            and small_rule(x2.device, mo, b.mid, b.c_out))
-
-
 def _ir_eval_cpp_applies(b: nn.Module, x2: torch.Tensor, m: int, mo: int) -> bool:
-    """Whether :func:`_eval_forward` runs this IR candidate as one C++ call (:func:`_ir_eval_cpp`)."""
-    return _ir_products_small(b, x2, m, mo)
+    """Whether :func:`_eval_forward` runs this IR candidate as one C++ call (:func:`_ir_eval_cpp`): a CPU tensor
+    and both forward products (``x W1^T``, ``h2 W3^T``) on the small-product kernel, whose row routine the call
+    runs image by image (a product torch would run keeps the launches here)."""
+    return x2.device.type == "cpu" and _fwd_blas(b, x2, m, mo) == 0
 
 
 def _ir_eval_cpp(b: nn.Module, wts: _IRWeights, bn1: _BN, bn2: _BN, w3: torch.Tensor, x2, shape, out2) -> None:
