@@ -82,18 +82,6 @@ void blas_mm(const float* a, int64_t M, int64_t K, const float* b, bool b_t, int
   sgemm(b_t ? 't' : 'n', 'n', N, M, K, b, b_t ? K : N, a, K, accumulate, out, N);
 }
 
-// mixed_op_fused's mm_tn where torch multiplies: out [P, Q] = x^T y for x [M, P], y [M, Q] contiguous rows, as
-// torch.mm(x.t(), y), or torch.mm(y.t(), x).t() when P > Q (the narrower matrix as the transposed operand).
-void blas_mm_tn(const float* x, int64_t M, int64_t P, const float* y, int64_t Q, float* out) {
-  if (P > Q) {
-    auto t = scratch(Q * P);  // [Q, P] = y^T x
-    sgemm('n', 't', P, Q, M, x, P, y, Q, false, t.get(), P);
-    transpose(t.get(), Q, P, out);
-    return;
-  }
-  sgemm('n', 't', Q, P, M, y, Q, x, P, false, out, Q);
-}
-
 // The candidate's input and output rows (M = N*H*W, Mo after the stride), its sizes checked.
 std::pair<int64_t, int64_t> rows(int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t mid, int64_t Cout,
                                  int64_t stride) {
@@ -149,14 +137,19 @@ void ir_forward(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1,
 namespace {
 
 // out [P, Q] = x [M, P]^T y [M, Q] (prologue relu(scale * y + shift) on y's columns when scale != 0), as
-// fbnet_fast.ops.gemm.mm_tn runs it: the wider operand on the kernel's vector side, transposed after.
-void mm_tn(buf_t x, int64_t M, int64_t P, buf_t y, int64_t Q, buf_t scale, buf_t shift, float* out) {
+// fbnet_fast.ops.gemm.mm_tn runs it: with P > Q the operands swap, [Q, P] transposed after (the small kernel's
+// wider operand on its vector side; blas, where torch multiplies: torch.mm(y.t(), x).t(), the narrower matrix as
+// the transposed operand, else torch.mm(x.t(), y); no prologue there, the caller writes the activated y).
+void mm_tn(buf_t x, int64_t M, int64_t P, buf_t y, int64_t Q, buf_t scale, buf_t shift, float* out, bool blas) {
+  check(!blas || scale == 0, "mm_tn: BLAS takes no prologue");
   if (P <= Q) {
-    small_gemm_tn(x, M, P, P, y, Q, Q, B(out), scale, shift, false);
+    if (blas) sgemm('n', 't', Q, P, M, CF(y), Q, CF(x), P, false, out, Q);
+    else small_gemm_tn(x, M, P, P, y, Q, Q, B(out), scale, shift, false);
     return;
   }
   auto t = scratch(Q * P);  // [Q, P]
-  small_gemm_tn(y, M, Q, Q, x, P, P, B(t.get()), scale, shift, true);
+  if (blas) sgemm('n', 't', P, Q, M, CF(x), P, CF(y), Q, false, t.get(), P);
+  else small_gemm_tn(y, M, Q, Q, x, P, P, B(t.get()), scale, shift, true);
   transpose(t.get(), Q, P, out);
 }
 
@@ -190,9 +183,9 @@ void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int
   if (gw3 && (blas & kBlasGW3)) {
     auto h2 = scratch(Mo * mid);
     affine_act(z2, Mo, mid, scale2, shift2, true, B(h2.get()));
-    blas_mm_tn(gz3.get(), Mo, Cout, h2.get(), mid, F(gw3));
+    mm_tn(B(gz3.get()), Mo, Cout, B(h2.get()), mid, 0, 0, F(gw3), true);
   } else if (gw3) {
-    mm_tn(B(gz3.get()), Mo, Cout, z2, mid, scale2, shift2, F(gw3));
+    mm_tn(B(gz3.get()), Mo, Cout, z2, mid, scale2, shift2, F(gw3), false);
   }
   // h2's gradient, then BN2 + ReLU's (in place)
   auto gh2 = scratch(Mo * mid);
@@ -212,10 +205,7 @@ void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int
   gh2.reset();
   bn_grad_fold(psg, psgz, gamma1, beta1, invstd1, perm1, mid, 1.0, M, batch1, pk1, pk2, pk3, B(g), B(g + mid), 0);
   act_grad_apply(B(gu1.get()), z1, M, mid, scale1, shift1, false, mean1, pk1, pk2, pk3, B(gu1.get()));
-  if (gw1 && (blas & kBlasGW1))
-    blas_mm_tn(gu1.get(), M, mid, CF(x), Cin, F(gw1));
-  else if (gw1)
-    mm_tn(B(gu1.get()), M, mid, x, Cin, 0, 0, F(gw1));
+  if (gw1) mm_tn(B(gu1.get()), M, mid, x, Cin, 0, 0, F(gw1), blas & kBlasGW1);
   if (gx && (blas & kBlasGX))
     blas_mm(gu1.get(), M, mid, CF(w1), false, Cin, F(gx), accumulate_gx);
   else if (gx)

@@ -534,7 +534,7 @@ def without_blas():
     again after the test."""
     ext = _ext.load()
     yield lambda: ext.set_blas(0)
-    ext.set_blas(_ext._torch_sgemm())
+    ext.set_blas(_ext.torch_sgemm())
 
 
 @needs_ext

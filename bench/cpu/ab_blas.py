@@ -51,14 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     ext = _ext.load()
     if args.as_avx2:
         ext.set_isa("v3")
-    sgemm = _ext._torch_sgemm()
+    sgemm = _ext.torch_sgemm()
     if not sgemm:
         raise SystemExit("this torch exports no sgemm_: the one-call paths cannot use its BLAS here")
     torch.manual_seed(0)
     net = Supernet(load_space("fbnet-cifar", width_mult=args.width), impl="cpp").to(memory_format=torch.channels_last)
     if args.frozen:
-        for name, prm in net.named_parameters():
-            prm.requires_grad_(name.endswith("theta"))
+        for prm in net.weight_parameters():  # theta alone wants a gradient, as the search's theta step
+            prm.requires_grad_(False)
     x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,))
 

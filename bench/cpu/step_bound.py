@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         net = Supernet(space, impl=impl).to(memory_format=torch.channels_last)
         if args.frozen:
-            for name, prm in net.named_parameters():
-                prm.requires_grad_(name == "theta" or name.endswith(".theta"))
+            for prm in net.weight_parameters():  # theta alone wants a gradient, as the search's theta step
+                prm.requires_grad_(False)
         x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (args.batch,))
         nets[prov] = (net, x, y)

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from ..errors import ExtensionError
 
-__all__ = ["load", "available", "BUILD_HINT", "ABI_VERSION"]
+__all__ = ["load", "available", "torch_sgemm", "BUILD_HINT", "ABI_VERSION"]
 
 # Must equal kAbiVersion in csrc/common.h; a mismatch means a stale in-place build.
 ABI_VERSION = 10
@@ -50,12 +50,12 @@ def load() -> ModuleType:
             f"(ABI {abi}, expected {ABI_VERSION}); rebuild it: {BUILD_HINT}"
         )
         raise _error
-    mod.set_blas(_torch_sgemm())
+    mod.set_blas(torch_sgemm())
     _module = mod
     return mod
 
 
-def _torch_sgemm() -> int:
+def torch_sgemm() -> int:
     """The address of the Fortran BLAS ``sgemm_`` in the torch library already loaded (MKL in the x86 wheels), or 0.
 
     torch.mm hands its float32 CPU products to it; the one-call C++ paths of the mixed op call it with the same

@@ -34,7 +34,7 @@ On CPU, an IR candidate whose BNs all normalise with batch statistics runs its f
 csrc/ir_block.cpp): the same kernels in the same order as the launches above, so the same bits, without the
 Python and the thread fork/join around each of the 7 + 11 launches (:func:`_ir_cpp_applies`,
 :func:`_ir_bwd_cpp_applies`). The products the launches leave to torch (:func:`.gemm.small_rule`) run there
-through torch's own BLAS (``sgemm_``, found at import: ``_ext._torch_sgemm``) with torch.mm's arguments, so
+through torch's own BLAS (``sgemm_``, found at import: ``_ext.torch_sgemm``) with torch.mm's arguments, so
 they keep torch's bits too; without an exported sgemm_ such candidates keep the launches. In evaluation the same holds
 for the three launches of an IR candidate (``_C.ir_eval``, :func:`_ir_eval_cpp`), which also runs them image
 by image in cache instead of writing z1 and z2 to memory.
