@@ -113,6 +113,42 @@ inline void row_block(const float* a, int64_t lda, int64_t K, const float* bp, i
   });
 }
 
+// Rows of the tiles of single-vector column blocks (NB = 1: the narrow products' only blocks, e.g. an IR block's
+// last 1x1 conv into 8 channels, and the remainder vectors of wider ones) where registers allow: a 4-row tile
+// has 4 accumulators, 4 FMA chains each waiting on its own last FMA (4 cycles on Zen 4) every k, a quarter of the
+// two FMA pipes; 8 rows keep both busy (8 accumulators + 1 B vector: of the 16 ymm in v3). base (two xmm a V8)
+// stays at 4. Each element is still its own FMA chain over k = 0 .. K-1: the same sums, the same bits (a whole
+// supernet's loss and gradients equal to the 4-row build's on v4 and v3). Measured in one process against the
+// 4-row build (bench/cpu/ab_so.py, AMD EPYC Zen 4, 1 thread, 41 / 21 rounds): the default search's 32x32 layers
+// (0-5) forward + backward 1.03x, its whole weight step 1.024x on AVX-512 (v4), 1.03x emulated AVX2 (v3).
+// small_gemm_tn's single-vector column blocks take 8 rows of X the same way.
+#if defined(FBNET_ISA_V4) || defined(FBNET_ISA_V3)
+constexpr int kPNarrow = 8;
+#else
+constexpr int kPNarrow = 4;
+#endif
+
+// Rows [r, r + 8) of out, every column block: the single-vector blocks as kPNarrow-row tiles, the others as two
+// kP-row tiles; with sc (the prologue) A's 8 rows go through abuf.
+inline void row_block8(const float* a, int64_t lda, int64_t K, const float* bp, int64_t Np, int64_t N, float* o,
+                       int64_t ldo, bool accumulate, const float* sc, const float* sh, float* abuf) {
+  if (sc) {
+    affine_relu_rows(a, lda, 8, K, sc, sh, abuf, K);
+    a = abuf;
+    lda = K;
+  }
+  column_blocks(Np, [&](auto v, auto nb, int64_t n0) {
+    using V = decltype(v);
+    constexpr int NB = decltype(nb)::value;
+    if constexpr (NB == 1 && kPNarrow == 8) {
+      tile<V, 8, 1>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
+    } else {
+      tile<V, kP, NB>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
+      tile<V, kP, NB>(a + kP * lda, lda, K, bp + n0, Np, o + kP * ldo + n0, ldo, N - n0, accumulate);
+    }
+  });
+}
+
 // Mean and centred sum of squares of rows [0, R) of o (row stride ldo), columns [c0, c0 + |V|): two
 // passes down the block's columns (in cache), accumulators in registers, float32 over <= 64 rows.
 template <typename V>
@@ -174,12 +210,14 @@ std::vector<float> padded_columns(const float* b, int64_t K, int64_t N) {
   return bp;
 }
 
-int64_t gemm_rows_scratch(int64_t K, int64_t N) { return kP * K + kP * padded_width(N); }
+int64_t gemm_rows_scratch(int64_t K, int64_t N) { return 2 * kP * K + kP * padded_width(N); }
 
 void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float* bp, int64_t N, float* o,
                int64_t ldo, bool accumulate, const float* sc, const float* sh, float* scratch) {
   const int64_t Np = padded_width(N);
   int64_t r = 0;
+  for (; r + 2 * kP <= rows; r += 2 * kP)
+    row_block8(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
   for (; r + kP <= rows; r += kP)
     row_block<kP>(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
   if (r == rows) return;
@@ -307,14 +345,6 @@ inline void tn_tile(const float* __restrict__ x, int64_t ldx, const float* __res
     for (int j = 0; j < NB; ++j) vstore<V>(part + q * ldp + j * L, c[q][j]);
 }
 
-template <int PB>
-inline void tn_rows(const float* x, int64_t ldx, const float* y, int64_t ldy, int64_t R, int64_t Qp, float* part,
-                    int64_t ldp) {
-  column_blocks(Qp, [&](auto v, auto nb, int64_t j0) {
-    tn_tile<decltype(v), PB, decltype(nb)::value>(x, ldx, y + j0, ldy, R, part + j0, ldp);
-  });
-}
-
 }  // namespace
 
 void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t Q, int64_t ldy, buf_t out,
@@ -363,11 +393,19 @@ void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t 
         lx = P;
       }
       float* pc = part.data() + ch * P * Qp;
-      int64_t p0 = 0;
-      if (P % 6 == 0)  // 6 x NB tiles: 1.5x fewer passes over the chunk of Y than 4-row ones (same sums)
-        for (; p0 + 6 <= P; p0 += 6) tn_rows<6>(xc + p0, lx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
-      for (; p0 + kP <= P; p0 += kP) tn_rows<kP>(xc + p0, lx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
-      for (; p0 < P; ++p0) tn_rows<1>(xc + p0, lx, yc, ly, R, Qp, pc + p0 * Qp, Qp);
+      column_blocks(Qp, [&](auto v, auto nb, int64_t j0) {
+        using V = decltype(v);
+        constexpr int NB = decltype(nb)::value;
+        const float* y0 = yc + j0;
+        float* p0c = pc + j0;
+        int64_t p0 = 0;
+        if constexpr (NB == 1 && kPNarrow == 8)  // single-vector blocks: 8 FMA chains (see kPNarrow)
+          for (; p0 + 8 <= P; p0 += 8) tn_tile<V, 8, 1>(xc + p0, lx, y0, ly, R, p0c + p0 * Qp, Qp);
+        if (P % 6 == 0)  // 6 x NB tiles: 1.5x fewer passes over the chunk of Y than 4-row ones (same sums)
+          for (; p0 + 6 <= P; p0 += 6) tn_tile<V, 6, NB>(xc + p0, lx, y0, ly, R, p0c + p0 * Qp, Qp);
+        for (; p0 + kP <= P; p0 += kP) tn_tile<V, kP, NB>(xc + p0, lx, y0, ly, R, p0c + p0 * Qp, Qp);
+        for (; p0 < P; ++p0) tn_tile<V, 1, NB>(xc + p0, lx, y0, ly, R, p0c + p0 * Qp, Qp);
+      });
     }
   }
   // chunk order, float64: the same bits for any thread count
