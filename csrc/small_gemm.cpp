@@ -115,8 +115,8 @@ inline void row_block(const float* a, int64_t lda, int64_t K, const float* bp, i
 
 // Rows of the tiles of single-vector column blocks (NB = 1: the narrow products' only blocks, e.g. an IR block's
 // last 1x1 conv into 8 channels, and the remainder vectors of wider ones) where registers allow: a 4-row tile
-// has 4 accumulators, 4 FMA chains each waiting on its own last FMA (4 cycles on Zen 4) every k, a quarter of the
-// two FMA pipes; 8 rows keep both busy (8 accumulators + 1 B vector: of the 16 ymm in v3). base (two xmm a V8)
+// has 4 accumulators, 4 FMA chains each waiting on its own last FMA (4 cycles on Zen 4) every k: at most one FMA
+// a cycle, half of the two FMA pipes at 8 lanes; 8 rows keep both busy (8 accumulators + 1 B vector: of the 16 ymm in v3). base (two xmm a V8)
 // stays at 4. Each element is still its own FMA chain over k = 0 .. K-1: the same sums, the same bits (a whole
 // supernet's loss and gradients equal to the 4-row build's on v4 and v3). Measured in one process against the
 // 4-row build (bench/cpu/ab_so.py, AMD EPYC Zen 4, 1 thread, 41 / 21 rounds): the default search's 32x32 layers
