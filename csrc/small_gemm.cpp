@@ -116,12 +116,13 @@ inline void row_block(const float* a, int64_t lda, int64_t K, const float* bp, i
 // Rows of the tiles of single-vector column blocks (NB = 1: the narrow products' only blocks, e.g. an IR block's
 // last 1x1 conv into 8 channels, and the remainder vectors of wider ones) where registers allow: a 4-row tile
 // has 4 accumulators, 4 FMA chains each waiting on its own last FMA (4 cycles on Zen 4) every k: at most one FMA
-// a cycle, half of the two FMA pipes at 8 lanes; 8 rows keep both busy (8 accumulators + 1 B vector: of the 16 ymm in v3). base (two xmm a V8)
-// stays at 4. Each element is still its own FMA chain over k = 0 .. K-1: the same sums, the same bits (a whole
-// supernet's loss and gradients equal to the 4-row build's on v4 and v3). Measured in one process against the
-// 4-row build (bench/cpu/ab_so.py, AMD EPYC Zen 4, 1 thread, 41 / 21 rounds): the default search's 32x32 layers
-// (0-5) forward + backward 1.03x, its whole weight step 1.024x on AVX-512 (v4), 1.03x emulated AVX2 (v3).
-// small_gemm_tn's single-vector column blocks take 8 rows of X the same way.
+// a cycle, half of the two FMA pipes at 8 lanes. 8 rows keep both busy (8 accumulators + 1 B vector: of the 16
+// ymm in v3); base (two xmm a V8) stays at 4. Each element is still its own FMA chain over k = 0 .. K-1: the
+// same sums, the same bits (a whole supernet's loss and gradients equal to the 4-row build's on v4 and v3).
+// Measured in one process against the 4-row build (bench/cpu/ab_so.py, AMD EPYC Zen 4, AVX-512, v4, 1 thread):
+// the default search's 32x32 layers (0-5) forward + backward 1.03x (41 rounds, twice); its whole weight step
+// 0.96-1.02x on the medians of 21 rounds, within the machine's noise. small_gemm_tn's single-vector column
+// blocks take 8 rows of X the same way.
 #if defined(FBNET_ISA_V4) || defined(FBNET_ISA_V3)
 constexpr int kPNarrow = 8;
 #else
