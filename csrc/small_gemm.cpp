@@ -99,20 +99,6 @@ inline void affine_relu_rows(const float* __restrict__ src, int64_t lds, int64_t
   }
 }
 
-// Rows [r, r + P) of out, every column block; with sc (the prologue) A's rows go through abuf.
-template <int P>
-inline void row_block(const float* a, int64_t lda, int64_t K, const float* bp, int64_t Np, int64_t N, float* o,
-                      int64_t ldo, bool accumulate, const float* sc, const float* sh, float* abuf) {
-  if (sc) {
-    affine_relu_rows(a, lda, P, K, sc, sh, abuf, K);
-    a = abuf;
-    lda = K;
-  }
-  column_blocks(Np, [&](auto v, auto nb, int64_t n0) {
-    tile<decltype(v), P, decltype(nb)::value>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
-  });
-}
-
 // Rows of the tiles of single-vector column blocks (NB = 1: the narrow products' only blocks, e.g. an IR block's
 // last 1x1 conv into 8 channels, and the remainder vectors of wider ones) where registers allow: a 4-row tile
 // has 4 accumulators, 4 FMA chains each waiting on its own last FMA (4 cycles on Zen 4) every k: at most one FMA
@@ -129,24 +115,22 @@ constexpr int kPNarrow = 8;
 constexpr int kPNarrow = 4;
 #endif
 
-// Rows [r, r + 8) of out, every column block: the single-vector blocks as kPNarrow-row tiles, the others as two
-// kP-row tiles; with sc (the prologue) A's 8 rows go through abuf.
-inline void row_block8(const float* a, int64_t lda, int64_t K, const float* bp, int64_t Np, int64_t N, float* o,
-                       int64_t ldo, bool accumulate, const float* sc, const float* sh, float* abuf) {
+// Rows [r, r + P) of out (P = kP or 2 kP), every column block, in tiles of kP rows, single-vector blocks of
+// kPNarrow; with sc (the prologue) A's rows go through abuf.
+template <int P>
+inline void row_block(const float* a, int64_t lda, int64_t K, const float* bp, int64_t Np, int64_t N, float* o,
+                      int64_t ldo, bool accumulate, const float* sc, const float* sh, float* abuf) {
   if (sc) {
-    affine_relu_rows(a, lda, 8, K, sc, sh, abuf, K);
+    affine_relu_rows(a, lda, P, K, sc, sh, abuf, K);
     a = abuf;
     lda = K;
   }
   column_blocks(Np, [&](auto v, auto nb, int64_t n0) {
-    using V = decltype(v);
     constexpr int NB = decltype(nb)::value;
-    if constexpr (NB == 1 && kPNarrow == 8) {
-      tile<V, 8, 1>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
-    } else {
-      tile<V, kP, NB>(a, lda, K, bp + n0, Np, o + n0, ldo, N - n0, accumulate);
-      tile<V, kP, NB>(a + kP * lda, lda, K, bp + n0, Np, o + kP * ldo + n0, ldo, N - n0, accumulate);
-    }
+    constexpr int PT = NB == 1 ? std::min(P, kPNarrow) : kP;  // rows a tile
+    static_assert(P % PT == 0, "whole tiles");
+    for (int q = 0; q < P; q += PT)
+      tile<decltype(v), PT, NB>(a + q * lda, lda, K, bp + n0, Np, o + q * ldo + n0, ldo, N - n0, accumulate);
   });
 }
 
@@ -218,7 +202,7 @@ void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float
   const int64_t Np = padded_width(N);
   int64_t r = 0;
   for (; r + 2 * kP <= rows; r += 2 * kP)
-    row_block8(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
+    row_block<2 * kP>(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
   for (; r + kP <= rows; r += kP)
     row_block<kP>(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
   if (r == rows) return;
