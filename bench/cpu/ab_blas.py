@@ -27,14 +27,37 @@ sys.path.insert(0, str(Path(__file__).parent))
 from search_wall import AVX2_ENV  # noqa: E402  (the restriction of the whole-search benchmark)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_step_args(p: argparse.ArgumentParser, rounds: int) -> None:
+    """The options of the in-process step A/Bs (this and ab_so.py): threads, rounds, the step, the supernet."""
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--rounds", type=int, default=rounds)
     p.add_argument("--frozen", action="store_true", help="the theta step: only theta wants a gradient")
     p.add_argument("--as-avx2", action="store_true", help="as an AVX2-only CPU runs it (emulated)")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--batch", type=int, default=64)
+
+
+def step_net(args: argparse.Namespace):
+    """(supernet, x, y) of the step the A/Bs time: fbnet-cifar at ``args.width`` on the fused kernels, channels
+    last, seed 0, weights frozen with ``args.frozen`` (as the search's theta step), a batch of ``args.batch``."""
+    import torch
+
+    from fbnet_fast.space import load_space
+    from fbnet_fast.supernet import Supernet
+
+    torch.manual_seed(0)
+    net = Supernet(load_space("fbnet-cifar", width_mult=args.width), impl="cpp").to(memory_format=torch.channels_last)
+    if args.frozen:
+        for prm in net.weight_parameters():  # theta alone wants a gradient, as the search's theta step
+            prm.requires_grad_(False)
+    x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,))
+    return net, x, y
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_step_args(p, rounds=9)
     args = p.parse_args(argv)
     if args.as_avx2:
         os.environ.update(AVX2_ENV)
@@ -43,8 +66,6 @@ def main(argv: list[str] | None = None) -> None:
     from fbnet_fast.malloc import tune_malloc
     from fbnet_fast.measure.core import cpu_name
     from fbnet_fast.ops import _ext
-    from fbnet_fast.space import load_space
-    from fbnet_fast.supernet import Supernet
 
     torch.set_num_threads(args.threads)
     tune_malloc()  # as the fbnet-fast commands run
@@ -54,13 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     sgemm = _ext.torch_sgemm()
     if not sgemm:
         raise SystemExit("this torch exports no sgemm_: the one-call paths cannot use its BLAS here")
-    torch.manual_seed(0)
-    net = Supernet(load_space("fbnet-cifar", width_mult=args.width), impl="cpp").to(memory_format=torch.channels_last)
-    if args.frozen:
-        for prm in net.weight_parameters():  # theta alone wants a gradient, as the search's theta step
-            prm.requires_grad_(False)
-    x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch,))
+    net, x, y = step_net(args)
 
     def step(blas: bool) -> float:
         ext.set_blas(sgemm if blas else 0)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ab_blas import add_step_args, step_net  # noqa: E402  (the same step and options as ab_blas.py)
 from search_wall import AVX2_ENV  # noqa: E402  (the restriction of the whole-search benchmark)
 
 
@@ -47,12 +48,7 @@ def load_copy(path: Path, tmp: str):
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline-so", type=Path, required=True, help="the baseline build's _C.cpython-*.so")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--frozen", action="store_true", help="the theta step: only theta wants a gradient")
-    p.add_argument("--as-avx2", action="store_true", help="as an AVX2-only CPU runs it (emulated)")
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--batch", type=int, default=64)
+    add_step_args(p, rounds=21)
     p.add_argument("--layers", default=None, help="A-B: time only searchable layers A..B (inclusive)")
     args = p.parse_args(argv)
     if not args.baseline_so.is_file():
@@ -64,8 +60,6 @@ def main(argv: list[str] | None = None) -> None:
     from fbnet_fast.malloc import tune_malloc
     from fbnet_fast.measure.core import cpu_name
     from fbnet_fast.ops import _ext, _launch
-    from fbnet_fast.space import load_space
-    from fbnet_fast.supernet import Supernet
 
     torch.set_num_threads(args.threads)
     tune_malloc()  # as the fbnet-fast commands run
@@ -81,14 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                 mod.set_isa("v3")
         mods = {"baseline": old, "this": new}
 
-        torch.manual_seed(0)
-        net = Supernet(load_space("fbnet-cifar", width_mult=args.width), impl="cpp").to(
-            memory_format=torch.channels_last)
-        if args.frozen:
-            for prm in net.weight_parameters():
-                prm.requires_grad_(False)
-        x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (args.batch,))
+        net, x, y = step_net(args)
 
         span = None
         if args.layers:
