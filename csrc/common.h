@@ -47,19 +47,12 @@ inline void check_positive(int64_t v, const char* name) {
   if (v <= 0) throw std::invalid_argument(std::string(name) + " must be > 0, got " + std::to_string(v));
 }
 
-// `rows` rows of n floats (row stride ld) from x asked into L2 ahead of their first use, for writing with `write`:
-// the rows a kernel reads or writes in its next step (the next image row, the next row block). The hardware
-// prefetcher follows a stream only while it is read, so each row of a big tensor visited row by row between
-// other work started cold: the loads or stores of its first touch stalled. No effect on any result.
-inline void prefetch_rows(const float* x, int64_t ld, int64_t rows, int64_t n, bool write = false) {
-  for (int64_t q = 0; q < rows; ++q) {
-    const char* c = reinterpret_cast<const char*>(x + q * ld);
-    const int64_t bytes = n * static_cast<int64_t>(sizeof(float));
-    if (write)
-      for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1, 2);
-    else
-      for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 2);
-  }
+// The n floats at x asked into L2 ahead of their first use: the row a kernel reads in its next step (the next
+// image row). The hardware prefetcher follows a stream only while it is read, so each row of a big tensor visited
+// row by row between other work started cold: the loads of its first touch stalled. No effect on any result.
+inline void prefetch_floats(const float* x, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(x);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(float)); off += 64) __builtin_prefetch(c + off, 0, 2);
 }
 
 // Rows per work chunk of a reduction over `rows` rows of `row_elems` floats: about `target` elements a chunk

@@ -576,7 +576,7 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
           const int64_t n1 = (r + 1) / Ho, oh1 = (r + 1) % Ho;
           for (int64_t kh = std::max<int64_t>(0, k - stride); kh < k; ++kh) {
             const int64_t ih = oh1 * stride - p + kh;
-            if (ih >= 0 && ih < H) prefetch_rows(zp + (n1 * H + ih) * W * C, 0, 1, W * C);
+            if (ih >= 0 && ih < H) prefetch_floats(zp + (n1 * H + ih) * W * C, W * C);
           }
         }
         float* __restrict__ orow = op + r * Wo * C;
@@ -702,10 +702,10 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
         // (bench/cpu/ab_so.py, AMD EPYC Zen 4, AVX-512, v4, 1 thread, the same bits): the default search's weight
         // step 1.025-1.038x, its theta step 1.031-1.038x (the forward's z1 rows, dwconv_bn_forward, included).
         if (r + 1 < r1) {
-          prefetch_rows(zrow + W * C, 0, 1, W * C);
+          prefetch_floats(zrow + W * C, W * C);
           // the grad_out row the next input row reads first (the ring copies it in, or the gather reads it)
           const int64_t oh1 = (ih + 1 + p) / stride;
-          if (oh1 < Ho && ih + 1 < H) prefetch_rows(gp + (n * Ho + oh1) * Wo * C, 0, 1, Wo * C);
+          if (oh1 < Ho && ih + 1 < H) prefetch_floats(gp + (n * Ho + oh1) * Wo * C, Wo * C);
         }
         for (int64_t i = 0; wgrad && i < W * C; i += C) {  // h feeds the weight gradient only
 #pragma omp simd
