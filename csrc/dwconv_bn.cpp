@@ -699,8 +699,9 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
         // The next row's z1 and grad_out asked into L2 while this row computes: a perf profile of the weight step put
         // 19 % of this kernel on the h loop's loads below, each row's first touch of z1 (the hardware prefetcher had
         // no stream to follow across the row's other work). Measured in one process against the build without
-        // (bench/cpu/ab_so.py, AMD EPYC Zen 4, AVX-512, v4, 1 thread, the same bits): the default search's weight
-        // step 1.025-1.038x, its theta step 1.031-1.038x (the forward's z1 rows, dwconv_bn_forward, included).
+        // (bench/cpu/ab_so.py, AMD EPYC Zen 4, AVX-512, v4, 1 thread, the same bits; two runs, their medians, fastest
+        // rounds and per-round ratios): the default search's weight step 1.015-1.038x, its theta step 1.022-1.038x
+        // (the forward's z1 rows, dwconv_bn_forward, included); at 2 threads nothing measurable.
         if (r + 1 < r1) {
           prefetch_floats(zrow + W * C, W * C);
           // the grad_out row the next input row reads first (the ring copies it in, or the gather reads it)
