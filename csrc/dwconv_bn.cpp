@@ -572,7 +572,7 @@ void dwconv_bn_forward(buf_t z1, int64_t N, int64_t H, int64_t W, int64_t C, buf
           }
           activate_row(zp + ((n * H + ih) * W) * C, W, C, a, b, dst);
         }
-        if (r + 1 < r1) {  // the input rows the next output row activates
+        if (r + 1 < r1) {  // the input rows the next output row activates (at an image's first row: its last stride)
           const int64_t n1 = (r + 1) / Ho, oh1 = (r + 1) % Ho;
           for (int64_t kh = std::max<int64_t>(0, k - stride); kh < k; ++kh) {
             const int64_t ih = oh1 * stride - p + kh;

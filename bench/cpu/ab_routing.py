@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from fbnet_fast.malloc import tune_malloc
+    from fbnet_fast.measure.core import cpu_name
     from fbnet_fast.ops import _launch, gemm
 
     tune_malloc()
@@ -80,8 +81,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             run(r)
             times[lim].append(time.perf_counter() - t0)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(f"cpu {cpu}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), fused ISA "
+    print(f"cpu {cpu_name()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), fused ISA "
           f"{_launch.cpu_ext().isa()}{' (emulated AVX2)' if args.as_avx2 else ''}, threads {args.threads}; "
           f"phase {args.phase}; medians of {args.rounds} rotating rounds")
     base = statistics.median(times[limits[0]])
