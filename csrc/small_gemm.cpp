@@ -35,8 +35,10 @@ namespace {
 
 #if defined(FBNET_ISA_V4)
 constexpr int kNB = 4;  // VW = one zmm: 4 x 4 accumulators + 4 B vectors of the 32 zmm
+#elif defined(FBNET_ISA_V3)
+constexpr int kNB = 3;  // VW = one ymm: 4 x 3 accumulators + 3 B vectors + 1 broadcast, the 16 ymm
 #else
-constexpr int kNB = 2;  // VW = one ymm (v3), two xmm (base): 4 x 2 accumulators + 2 B vectors of the 16 ymm
+constexpr int kNB = 2;  // VW = two xmm (base): 4 x 2 x 2 accumulators + 2 x 2 B vectors of the 16 xmm
 #endif
 constexpr int kP = 4;  // rows per register tile
 
@@ -53,6 +55,10 @@ inline void tile(const float* __restrict__ a, int64_t lda, int64_t K, const floa
   for (int64_t k = 0; k < K; ++k) {
     V bv[NB];
     for (int j = 0; j < NB; ++j) bv[j] = vload<V>(b + k * ldb + j * L);
+    // Each B vector loaded once for the P rows (gcc folded it into each of the P FMAs: 3 loads a FMA, load-bound;
+    // pinned, the v3 kernel went from 0.5-0.8x MKL to 0.9-1.3x on the default search's products, and v4's
+    // wide ones (N = 88-288) 1.3-1.7x faster; bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 thread). Same sums.
+    for (int j = 0; j < NB; ++j) in_register(bv[j]);
     for (int q = 0; q < P; ++q) {
       const float s = a[q * lda + k];
       for (int j = 0; j < NB; ++j) c[q][j] += s * bv[j];
@@ -75,13 +81,16 @@ inline void tile(const float* __restrict__ a, int64_t lda, int64_t K, const floa
   }
 }
 
-// The column blocks of a width Np padded to a multiple of 8, widest first: kNB vectors of VW at a time, then
-// single VW vectors, then (v4) at most one block of 8; f(V{}, integral_constant<NB>, n0) for each.
+// The column blocks of a width Np padded to a multiple of 8, widest first: kNB vectors of VW at a time, then (v3)
+// at most one block of 2, then single VW vectors, then (v4) at most one block of 8; f(V{}, integral_constant<NB>,
+// n0) for each.
 template <typename Fn>
 inline void column_blocks(int64_t Np, Fn&& f) {
   constexpr int LW = sizeof(VW) / sizeof(float);
   int64_t n0 = 0;
   for (; n0 + kNB * LW <= Np; n0 += kNB * LW) f(VW{}, std::integral_constant<int, kNB>{}, n0);
+  if constexpr (kNB == 3)
+    for (; n0 + 2 * LW <= Np; n0 += 2 * LW) f(VW{}, std::integral_constant<int, 2>{}, n0);
   for (; n0 + LW <= Np; n0 += LW) f(VW{}, std::integral_constant<int, 1>{}, n0);
   if (LW > 8)
     for (; n0 + 8 <= Np; n0 += 8) f(V8{}, std::integral_constant<int, 1>{}, n0);
@@ -321,6 +330,12 @@ inline void tn_tile(const float* __restrict__ x, int64_t ldx, const float* __res
   for (int64_t r = 0; r < R; ++r) {
     V yv[NB];
     for (int j = 0; j < NB; ++j) yv[j] = vload<V>(y + r * ldy + j * L);
+#if defined(FBNET_ISA_V3)
+    // v3: a Y vector read by at most 4 FMAs loaded once (in_register). Pinned with more accumulators (4 x 3), or
+    // in v4, the kernel measured slower (0.6-0.9x on [M, 8..32]^T [M, 24..192], bench/cpu/ab_tn.py).
+    if constexpr (PB * NB <= 8)
+      for (int j = 0; j < NB; ++j) in_register(yv[j]);
+#endif
     for (int q = 0; q < PB; ++q) {
       const float s = x[r * ldx + q];
       for (int j = 0; j < NB; ++j) c[q][j] += s * yv[j];
@@ -386,7 +401,9 @@ void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t 
         int64_t p0 = 0;
         if constexpr (NB == 1 && kPNarrow == 8)  // single-vector blocks: 8 FMA chains (see kPNarrow)
           for (; p0 + 8 <= P; p0 += 8) tn_tile<V, 8, 1>(xc + p0, lx, y0, ly, R, p0c + p0 * Qp, Qp);
-        if (P % 6 == 0)  // 6 x NB tiles: 1.5x fewer passes over the chunk of Y than 4-row ones (same sums)
+        // 6 x NB tiles: 1.5x fewer passes over the chunk of Y than 4-row ones (same sums), where their
+        // accumulators leave registers free (12 of v3's 16; v3's 6 x 3 spilled: 0.6x the 4 x 3 tiles)
+        if (P % 6 == 0 && 6 * NB <= (kW == 8 ? 12 : 24))
           for (; p0 + 6 <= P; p0 += 6) tn_tile<V, 6, NB>(xc + p0, lx, y0, ly, R, p0c + p0 * Qp, Qp);
         for (; p0 + kP <= P; p0 += kP) tn_tile<V, kP, NB>(xc + p0, lx, y0, ly, R, p0c + p0 * Qp, Qp);
         for (; p0 < P; ++p0) tn_tile<V, 1, NB>(xc + p0, lx, y0, ly, R, p0c + p0 * Qp, Qp);

@@ -30,3 +30,19 @@ inline V vload(const float* p) {
 }
 template <typename V>
 inline void vstore(float* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+
+// Pins v to a vector register here (v3, v4; nothing in base, whose V8 is two xmm). gcc folds a vector load into
+// every FMA that reads it (vfmadd231ps mem, reg, reg): a product kernel's B vector or a depthwise tap's weight,
+// read by 4 FMAs, was loaded 4 times, and those loops ran load-bound (Zen 4 issues two 256-bit loads a cycle)
+// below the FMA rate (perf, AMD EPYC Zen 4, v3). The empty asm makes the loaded value opaque to gcc, so it stays
+// in the register it was loaded into; the arithmetic and its order are unchanged (the same bits).
+template <typename V>
+inline void in_register(V& v) {
+#if defined(FBNET_ISA_V3)
+  asm("" : "+x"(v));
+#elif defined(FBNET_ISA_V4)
+  asm("" : "+v"(v));
+#else
+  (void)v;
+#endif
+}

@@ -108,10 +108,10 @@ def test_mm_routes_by_shape_and_agrees_with_torch(m, k, n, monkeypatch, isa):
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
     small = gemm.use_small(a, b)
-    if _ext.load().isa() == "v4":
-        assert small == (n <= gemm.NARROW_N or (k <= gemm.LONG_K and m * n >= gemm.LONG_OUT))
-    else:  # 8-wide vectors: one-vector outputs only
-        assert small == (n <= gemm.NARROW_N_8WIDE)
+    if _ext.load().isa() != "base":
+        assert small == (n <= gemm.NARROW_N)
+    else:  # SSE2: one-vector outputs only
+        assert small == (n <= gemm.NARROW_N_BASE)
     got = gemm.mm(a, b)
     assert ((got.double() - a.double() @ b.double()).abs() <= _bound(a, b)).all()
     out = torch.ones(m, n)
@@ -255,7 +255,7 @@ def test_small_gemm_prologue_and_statistics_same_bits_for_any_thread_count(m, is
     g, a, scale, shift = _prologue_inputs(m, 24, 6)
     b = torch.randn(24, 40, generator=g)
 
-    def kernel():  # called directly: with 8-wide vectors mm_stats sends N = 40 to torch, whose bits may not hold
+    def kernel():  # called directly: in base (SSE2) mm_stats sends N = 40 to torch, whose bits may not hold
         out, mean, var = a.new_empty(m, 40), a.new_empty(40), a.new_empty(40)
         _ext.load().small_gemm(a.data_ptr(), m, 24, 24, b.data_ptr(), 40, out.data_ptr(), 40, False,
                                scale.data_ptr(), shift.data_ptr(), mean.data_ptr(), var.data_ptr())

@@ -588,12 +588,12 @@ def test_candidate_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h,
         outs = [_run(op, x, theta, False, mixed_op_fused, go) for _ in range(2)]  # twice: running stats accumulate
         runs.append((outs, [p.grad for p in op.parameters()], [b.clone() for b in op.buffers()]))
     # where they run: every candidate, with torch's BLAS found (the x86 torch wheels export MKL's sgemm_);
-    # without it, where every product is on the small kernels (8-wide variants: outputs of at most 8 channels;
+    # without it, where every product is on the small kernels (base, SSE2: outputs of at most 8 channels;
     # none at 56 channels)
     if _ext.load().has_blas():
         for name, got in calls.items():
             assert got and all(got), f"{name}: the one-call path ran for {sum(got)} of {len(got)} candidates"
-    elif (isa == "v4" and c_in <= 48) or c_out == 8:
+    elif (isa != "base" and c_in <= 48) or c_out == 8:
         for name, got in calls.items():
             if name == "_ir_bwd_cpp_applies" and c_in > 16 and bn_mode != "frozen-weights":
                 continue  # W1's gradient x^T gz1 with both sides over 16 wide goes to torch
@@ -650,9 +650,9 @@ def test_evaluation_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h
             with torch.no_grad():
                 outs.append(mixed_op_fused(x, wts, op.candidates))
         assert torch.equal(outs[0], outs[1])
-    # where it runs: both products on the small kernel (8-wide variants: outputs of at most 8 channels, so only
+    # where it runs: both products on the small kernel (base, SSE2: outputs of at most 8 channels, so only
     # the FBNet table's expansion-1 candidates of an 8-channel layer)
-    if isa == "v4" or (cands == "fbnet" and c_in <= 8 and c_out <= 8):
+    if isa != "base" or (cands == "fbnet" and c_in <= 8 and c_out <= 8):
         assert sum(ran) >= 2, f"the one-call path ran for {sum(ran)} of {len(ran)} candidates"
 
 

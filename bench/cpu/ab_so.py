@@ -45,6 +45,18 @@ def load_copy(path: Path, tmp: str):
     return mod
 
 
+def baseline_beside(path: Path, tmp: str, new):
+    """The baseline build loaded beside this checkout's module ``new``: the same ABI, torch's BLAS set."""
+    from fbnet_fast.ops import _ext
+
+    old = load_copy(path, tmp)
+    if getattr(old, "ABI_VERSION", None) != new.ABI_VERSION:
+        raise SystemExit(f"the baseline build has ABI {getattr(old, 'ABI_VERSION', None)}, this checkout's "
+                         f"{new.ABI_VERSION}: their bindings differ, so one Python cannot drive both")
+    old.set_blas(_ext.torch_sgemm())
+    return old
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline-so", type=Path, required=True, help="the baseline build's _C.cpython-*.so")
@@ -65,11 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     tune_malloc()  # as the fbnet-fast commands run
     new = _ext.load()
     with tempfile.TemporaryDirectory() as tmp:
-        old = load_copy(args.baseline_so, tmp)
-        if getattr(old, "ABI_VERSION", None) != new.ABI_VERSION:
-            raise SystemExit(f"the baseline build has ABI {getattr(old, 'ABI_VERSION', None)}, this checkout's "
-                             f"{new.ABI_VERSION}: their bindings differ, so one Python cannot drive both")
-        old.set_blas(_ext.torch_sgemm())
+        old = baseline_beside(args.baseline_so, tmp, new)
         for mod in (old, new):
             if args.as_avx2:
                 mod.set_isa("v3")

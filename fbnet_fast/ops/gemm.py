@@ -1,12 +1,12 @@
-"""The mixed op's 1x1 convolutions as matrix products, with a kernel for the narrow ones.
+"""The mixed op's 1x1 convolutions as matrix products, with a kernel for their short inner dimensions.
 
 :func:`mm` computes ``a [M, K] @ b [K, N]`` (``out`` and ``accumulate`` for ``out += a @ b``).
 A 1x1 convolution over channels-last rows is such a product with a long ``M`` (pixels) and
 short ``K``, ``N`` (channels). BLAS sgemm is tuned for large ``K`` and ``N``: at the default
 search's width 0.25 (8-88 channels) the products ``[65536, 8] @ [8, 48]`` ran at ~20 GFLOP/s
 in MKL (1 thread, AMD EPYC Zen 4), bound neither by arithmetic nor by writing the output.
-CPU products of the shapes where it measured faster (:func:`use_small`) go to
-``fbnet_fast._C.small_gemm`` (csrc/small_gemm.cpp: register tiles of 4 rows x up to 64
+CPU products where it measured faster (:func:`use_small`: with AVX2 or AVX-512 every product the mixed op
+runs, in the SSE2 build outputs of one vector) go to ``fbnet_fast._C.small_gemm`` (csrc/small_gemm.cpp: register tiles of 4 rows x up to 64
 columns, one pass over ``a``, one write of ``out``); the rest, and every CUDA product, to torch.
 ``python bench/cpu/ab_gemm.py`` measures both on the mixed op's shapes (BENCHMARKS.md).
 
@@ -36,14 +36,19 @@ __all__ = ["MMStats", "SMALL_ENV", "enabled", "mm", "mm_stats", "mm_tn", "small_
            "small_tn_rule", "use_small", "use_small_tn"]
 
 SMALL_ENV = "FBNET_FAST_SMALL_GEMM"
-# Where the small kernel beat MKL on the mixed op's products (bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 and 2
-# threads, fbnet-cifar at widths 0.25 and 1.0): a narrow output (N <= 48: one register tile of columns), or a
-# long one over a short inner dimension (K <= 32 and M * N >= 2**21, write-bound). Elsewhere MKL's blocking wins.
-NARROW_N = 48
-LONG_OUT, LONG_K = 2**21, 32
-# With 8-wide vectors (the v3 = AVX2 and base variants) the kernel won only where the output is one vector wide
-# (N <= 8: 2.3-3.8x on [M, 8..48] @ [.., 8]) and lost elsewhere (0.5-0.8x; bench/cpu/ab_gemm.py --as-avx2).
-NARROW_N_8WIDE = 8
+# Which CPU products go to the small kernel. Until the twenty-third session: a narrow output (N <= 48, one register
+# tile of columns), or a long one over a short inner dimension (K <= 32 and M * N >= 2**21), in v4; N <= 8 in v3
+# (AVX2), whose kernel lost to MKL beyond one vector of columns (0.5-0.8x). gcc had folded the tiles' B loads into
+# each FMA (load-bound); held in registers (csrc/vec.h, in_register) the kernel measured 0.9-1.3x MKL in v3 and
+# 1.0-1.2x in v4 on nearly every product of fbnet-cifar's supernet step at widths 0.25 and 1.0, N up to 1,104
+# (bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 thread). Every product up to NARROW_N columns now goes to it, in v3 and
+# v4; against the former limits (bench/cpu/ab_routing.py, AMD EPYC Zen 4, medians of 11 rounds in one process):
+# emulated AVX2 (v3), 1 thread, the default search's evaluation forward 1.35x faster, its theta step 1.04x, its
+# weight step 1.02-1.03x; AVX-512 (v4), the evaluation 1.07x at 1 and 2 threads, the weight step 1.005-1.015x, the
+# width-1.0 supernet step (batch 32) 1.035x at 1 thread, 1.012x at 2. NARROW_N bounds the padded copy of B.
+NARROW_N = 4096
+# The base variant (SSE2, a V8 is two xmm, nothing pinned) keeps the one-vector limit: it won only at N <= 8 there.
+NARROW_N_BASE = 8
 MAX_K = 4096  # the kernel keeps a padded copy of b ([K, N] floats)
 
 
@@ -71,9 +76,9 @@ def small_rule(device: torch.device, m: int, k: int, n: int) -> bool:
         return False
     if k > MAX_K:
         return False
-    if cpu_ext().isa() != "v4":
-        return n <= NARROW_N_8WIDE
-    return n <= NARROW_N or (k <= LONG_K and m * n >= LONG_OUT)
+    if cpu_ext().isa() == "base":
+        return n <= NARROW_N_BASE
+    return n <= NARROW_N
 
 
 def small_mm_ref(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *,
