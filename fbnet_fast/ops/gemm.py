@@ -39,13 +39,14 @@ SMALL_ENV = "FBNET_FAST_SMALL_GEMM"
 # Which CPU products go to the small kernel. Until the twenty-third session: a narrow output (N <= 48, one register
 # tile of columns), or a long one over a short inner dimension (K <= 32 and M * N >= 2**21), in v4; N <= 8 in v3
 # (AVX2), whose kernel lost to MKL beyond one vector of columns (0.5-0.8x). gcc had folded the tiles' B loads into
-# each FMA (load-bound); held in registers (csrc/vec.h, in_register) the kernel measured 0.9-1.3x MKL in v3 and
-# 1.0-1.2x in v4 on nearly every product of fbnet-cifar's supernet step at widths 0.25 and 1.0, N up to 1,104
-# (bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 thread). Every product up to NARROW_N columns now goes to it, in v3 and
-# v4; against the former limits (bench/cpu/ab_routing.py, AMD EPYC Zen 4, medians of 11 rounds in one process):
-# emulated AVX2 (v3), 1 thread, the default search's evaluation forward 1.35x faster, its theta step 1.04x, its
-# weight step 1.02-1.03x; AVX-512 (v4), the evaluation 1.07x at 1 and 2 threads, the weight step 1.005-1.015x, the
-# width-1.0 supernet step (batch 32) 1.035x at 1 thread, 1.012x at 2. NARROW_N bounds the padded copy of B.
+# each FMA (load-bound); held in registers (csrc/vec.h, in_register) the kernel measured 0.84-1.5x MKL in v3 (under 1x on
+# 4 of fbnet-cifar's 44 width-0.25 product shapes) and 1.0-1.9x in v4 on every width-1.0 one, N up to 1,104
+# (bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 thread; bench/results/session23/). Every product up to NARROW_N columns now goes to it, in v3 and
+# v4 (bench/cpu/ab_routing.py, AMD EPYC Zen 4, 1 thread unless said, medians of 11 rounds in one process;
+# bench/results/session23/): emulated AVX2 (v3) against the former limit of 8, the default search's evaluation
+# forward 1.35-1.46x faster, its theta step 1.04x, its weight step 1.03-1.04x; AVX-512 (v4) against a limit of 48,
+# the evaluation 1.07-1.14x (1.08x at 2 threads), the weight step 1.005-1.015x, the width-1.0 supernet step (batch
+# 32) 1.035x (1.012x at 2 threads). NARROW_N bounds the padded copy of B.
 NARROW_N = 4096
 # The base variant (SSE2, a V8 is two xmm, nothing pinned) keeps the one-vector limit: it won only at N <= 8 there.
 NARROW_N_BASE = 8
