@@ -55,9 +55,10 @@ inline void tile(const float* __restrict__ a, int64_t lda, int64_t K, const floa
   for (int64_t k = 0; k < K; ++k) {
     V bv[NB];
     for (int j = 0; j < NB; ++j) bv[j] = vload<V>(b + k * ldb + j * L);
-    // Each B vector loaded once for the P rows (gcc folded it into each of the P FMAs: 3 loads a FMA, load-bound;
-    // pinned, the v3 kernel went from 0.5-0.8x MKL to 0.84-1.5x on the default search's products, and v4's
-    // wide ones (N = 88-288) ran 1.3-1.7x faster; bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 thread). Same sums.
+    // Each B vector loaded once for the P rows. gcc had folded it into each of the P FMAs (a 4 x 2 tile: 12 loads
+    // for its 8 FMAs, load-bound); pinned, the v3 kernel went from 0.5-0.8x MKL to 0.84-1.5x on the default
+    // search's products, and v4's wide ones (N = 88-288) ran 1.3-1.7x faster (bench/cpu/ab_gemm.py, AMD EPYC
+    // Zen 4, 1 thread). Same sums.
     for (int j = 0; j < NB; ++j) in_register(bv[j]);
     for (int q = 0; q < P; ++q) {
       const float s = a[q * lda + k];
