@@ -2,7 +2,7 @@
 
     python bench/cpu/ab_single_path.py ARCH_JSON [--as-avx2] [--threads 1] [--rounds 15]
 
-ARCH_JSON: a search's ``arch.json`` (its ``blocks``). The supernet of that run's space (width 0.25), the
+ARCH_JSON: a search's ``arch.json`` (read as ``fbnet-fast`` reads one). The supernet of its space, the
 weights the exact one-hot of those blocks, as ``Searcher`` runs the epochs after every layer is decided;
 batch 64, forward + cross-entropy + backward, the fused path (``impl="cpp"``) and the eager reference with the
 same parameters, alternating, medians of ``--rounds``. ``--as-avx2`` holds torch, oneDNN and MKL to AVX2 and our
@@ -12,7 +12,6 @@ kernels to ``v3``. Run it alone on the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,20 +36,16 @@ def main(argv: list[str] | None = None) -> None:
     from fbnet_fast.malloc import tune_malloc
     from fbnet_fast.measure.core import cpu_name
     from fbnet_fast.ops import _ext
-    from fbnet_fast.space import load_space
+    from fbnet_fast.runs import load_architecture_file
     from fbnet_fast.supernet import Supernet
 
     tune_malloc()
     torch.set_num_threads(args.threads)
     if args.as_avx2:
         _ext.load().set_isa("v3")
-    doc = json.loads(args.arch.read_text())
-    space = load_space(doc.get("space", "fbnet-cifar"), width_mult=0.25)
-    unknown = [b for b in doc["blocks"] if b not in space.candidates]
-    if unknown or len(doc["blocks"]) != space.num_layers:
-        raise SystemExit(f"{args.arch}: {len(doc['blocks'])} blocks for {space.num_layers} layers, unknown {unknown}")
+    space, arch = load_architecture_file(args.arch)
     w = torch.zeros(space.num_layers, len(space.candidates))
-    w[range(space.num_layers), [space.candidates.index(b) for b in doc["blocks"]]] = 1.0
+    w[range(space.num_layers), arch.indices(space)] = 1.0
     torch.manual_seed(0)
     nets = {k: Supernet(space, impl=k).to(memory_format=torch.channels_last) for k in ("cpp", "reference")}
     nets["reference"].load_state_dict(nets["cpp"].state_dict())
@@ -72,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     m = {k: statistics.median(v) * 1e3 for k, v in ts.items()}
     print(f"cpu {cpu_name()}, torch {torch.backends.cpu.get_cpu_capability()}, fused ISA {_ext.load().isa()}"
           f"{' (emulated AVX2)' if args.as_avx2 else ''}, threads {args.threads}; {args.arch}: "
-          f"{sum(b != 'skip' for b in doc['blocks'])} blocks, {sum(b == 'skip' for b in doc['blocks'])} skips")
+          f"{sum(b != 'skip' for b in arch.blocks)} blocks, {sum(b == 'skip' for b in arch.blocks)} skips")
     print(f"single-path weight step, medians of {args.rounds}: fused {m['cpp']:.1f} ms, reference "
           f"{m['reference']:.1f} ms, {m['reference'] / m['cpp']:.2f}x")
 

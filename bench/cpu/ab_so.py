@@ -45,6 +45,24 @@ def load_copy(path: Path, tmp: str):
     return mod
 
 
+def setup(args: argparse.Namespace):
+    """This checkout's extension module, set up as the A/Bs time it: ``args.baseline_so`` checked to exist, AVX2
+    held (``args.as_avx2``) before torch loads, ``args.threads`` threads, the allocator tuned as the fbnet-fast
+    commands run."""
+    if not args.baseline_so.is_file():
+        raise SystemExit(f"--baseline-so {args.baseline_so}: no such file")
+    if args.as_avx2:
+        os.environ.update(AVX2_ENV)
+    import torch
+
+    from fbnet_fast.malloc import tune_malloc
+    from fbnet_fast.ops import _ext
+
+    torch.set_num_threads(args.threads)
+    tune_malloc()
+    return _ext.load()
+
+
 def baseline_beside(path: Path, tmp: str, new):
     """The baseline build loaded beside this checkout's module ``new``: the same ABI, torch's BLAS set."""
     from fbnet_fast.ops import _ext
@@ -63,19 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     add_step_args(p, rounds=21)
     p.add_argument("--layers", default=None, help="A-B: time only searchable layers A..B (inclusive)")
     args = p.parse_args(argv)
-    if not args.baseline_so.is_file():
-        raise SystemExit(f"--baseline-so {args.baseline_so}: no such file")
-    if args.as_avx2:
-        os.environ.update(AVX2_ENV)
+    new = setup(args)
     import torch
 
-    from fbnet_fast.malloc import tune_malloc
     from fbnet_fast.measure.core import cpu_name
-    from fbnet_fast.ops import _ext, _launch
-
-    torch.set_num_threads(args.threads)
-    tune_malloc()  # as the fbnet-fast commands run
-    new = _ext.load()
+    from fbnet_fast.ops import _launch
     with tempfile.TemporaryDirectory() as tmp:
         old = baseline_beside(args.baseline_so, tmp, new)
         for mod in (old, new):

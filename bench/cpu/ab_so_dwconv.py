@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import statistics
 import sys
 import tempfile
@@ -23,19 +22,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ab_so import baseline_beside  # noqa: E402
-from search_wall import AVX2_ENV  # noqa: E402
+from ab_so import baseline_beside, setup  # noqa: E402
 
 
 def step_dw_shapes(space, batch: int, res: int = 32) -> collections.Counter:
     """``(n, h, w, c, k, stride) -> count`` of the depthwise convs one soft supernet step runs."""
+    from fbnet_fast.space import parse_candidate
+
     shapes: collections.Counter = collections.Counter()
     for layer in space.layers:
-        for name in space.candidates:
-            if name == "skip":
-                continue
-            k, e = int(name.split("_")[0][1:]), int(name.split("_")[1][1:])
-            shapes[(batch, res, res, layer.c_in * e, k, layer.stride)] += 1
+        for cand in map(parse_candidate, space.candidates):
+            if cand.kind != "skip":
+                shapes[(batch, res, res, cand.mid_channels(layer.c_in), cand.kernel, layer.stride)] += 1
         res = (res + layer.stride - 1) // layer.stride
     return shapes
 
@@ -49,22 +47,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
-    if not args.baseline_so.is_file():
-        raise SystemExit(f"--baseline-so {args.baseline_so}: no such file")
-    if args.as_avx2:
-        os.environ.update(AVX2_ENV)
+    new = setup(args)
     import torch
 
     from fbnet_fast.measure.core import cpu_name
-    from fbnet_fast.ops import _ext, _launch
+    from fbnet_fast.ops import _launch
     from fbnet_fast.ops.dwconv_bn import dwconv_bn_backward, dwconv_bn_forward
     from fbnet_fast.space import load_space
-
-    torch.set_num_threads(args.threads)
-    from fbnet_fast.malloc import tune_malloc  # as the fbnet-fast commands run
-
-    tune_malloc()
-    new = _ext.load()
     with tempfile.TemporaryDirectory() as tmp:
         old = baseline_beside(args.baseline_so, tmp, new)
         cfg = {f"baseline {args.isa[0]}": (old, args.isa[0])}
