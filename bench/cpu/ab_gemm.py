@@ -39,7 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from fbnet_fast.measure.core import cpu_name  # noqa: E402
 from fbnet_fast.ops import _ext, gemm  # noqa: E402
-from fbnet_fast.space import load_space  # noqa: E402
+from fbnet_fast.space import load_space, parse_candidate  # noqa: E402
 from fbnet_fast.supernet import Supernet  # noqa: E402
 
 
@@ -56,13 +56,12 @@ def _median_ms(f, rounds: int) -> float:
 def step_shapes(space, batch: int, res: int = 32) -> collections.Counter:
     """``(M, K, N) -> count`` of the products one soft supernet step's IR candidates run (forward + backward)."""
     shapes: collections.Counter = collections.Counter()
-    ir = [c for c in space.candidates if c != "skip"]
+    ir = [c for c in map(parse_candidate, space.candidates) if c.kind == "ir"]
     for layer in space.layers:
         out_res = (res + layer.stride - 1) // layer.stride
         m_in, m_out = batch * res * res, batch * out_res * out_res
-        for name in ir:
-            e = int(name.split("_e")[1].split("_")[0])
-            mid = layer.c_in * e
+        for cand in ir:
+            mid = cand.mid_channels(layer.c_in)
             shapes[(m_in, layer.c_in, mid)] += 1  # z1 (the default keep budget holds every layer: no recomputation)
             shapes[(m_out, mid, layer.c_out)] += 1  # z3
             shapes[(m_out, layer.c_out, mid)] += 1  # gh2
@@ -73,7 +72,7 @@ def step_shapes(space, batch: int, res: int = 32) -> collections.Counter:
 
 def concat_table(space, batch: int, rounds: int) -> None:
     """8 separate first-1x1 products per layer vs one over the concatenated weights (torch.mm both)."""
-    ir = [c for c in space.candidates if c != "skip"]
+    ir = [c for c in map(parse_candidate, space.candidates) if c.kind == "ir"]
     seen, res = set(), 32
     print(f"{'M':>6s} {'C':>4s} {'sum mid':>7s} | fwd 8 calls / 1 call | grad_in 8 / 1 | grad_w 8 / 1 (ms, median)")
     for layer in space.layers:
@@ -82,7 +81,7 @@ def concat_table(space, batch: int, rounds: int) -> None:
         if (m, c) in seen:
             continue
         seen.add((m, c))
-        mids = [c * int(n.split("_e")[1].split("_")[0]) for n in ir]
+        mids = [cand.mid_channels(c) for cand in ir]
         x = torch.randn(m, c)
         ws = [torch.randn(mid, c) for mid in mids]
         wcat = torch.cat(ws, 0)
