@@ -17,14 +17,13 @@ this one, named so in the output). Run it alone on the machine.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_wall import AVX2_ENV  # noqa: E402  (the restriction of the whole-search benchmark)
+from search_wall import prepare  # noqa: E402  (the whole-search benchmark's AVX2 restriction, threads, malloc)
 
 
 def add_step_args(p: argparse.ArgumentParser, rounds: int) -> None:
@@ -59,19 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_step_args(p, rounds=9)
     args = p.parse_args(argv)
-    if args.as_avx2:
-        os.environ.update(AVX2_ENV)
+    ext = prepare(args.as_avx2, args.threads)
     import torch
 
-    from fbnet_fast.malloc import tune_malloc
     from fbnet_fast.measure.core import cpu_name
     from fbnet_fast.ops import _ext
-
-    torch.set_num_threads(args.threads)
-    tune_malloc()  # as the fbnet-fast commands run
-    ext = _ext.load()
-    if args.as_avx2:
-        ext.set_isa("v3")
     sgemm = _ext.torch_sgemm()
     if not sgemm:
         raise SystemExit("this torch exports no sgemm_: the one-call paths cannot use its BLAS here")

@@ -12,14 +12,13 @@ kernels to ``v3``. Run it alone on the machine.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_wall import AVX2_ENV  # noqa: E402
+from search_wall import prepare  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,20 +28,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=15)
     args = p.parse_args(argv)
-    if args.as_avx2:
-        os.environ.update(AVX2_ENV)
+    ext = prepare(args.as_avx2, args.threads)
     import torch
 
-    from fbnet_fast.malloc import tune_malloc
     from fbnet_fast.measure.core import cpu_name
-    from fbnet_fast.ops import _ext
     from fbnet_fast.runs import load_architecture_file
     from fbnet_fast.supernet import Supernet
 
-    tune_malloc()
-    torch.set_num_threads(args.threads)
-    if args.as_avx2:
-        _ext.load().set_isa("v3")
     space, arch = load_architecture_file(args.arch)
     w = torch.zeros(space.num_layers, len(space.candidates))
     w[range(space.num_layers), arch.indices(space)] = 1.0
@@ -65,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             step(nets[k])
             ts[k].append(time.perf_counter() - t0)
     m = {k: statistics.median(v) * 1e3 for k, v in ts.items()}
-    print(f"cpu {cpu_name()}, torch {torch.backends.cpu.get_cpu_capability()}, fused ISA {_ext.load().isa()}"
+    print(f"cpu {cpu_name()}, torch {torch.backends.cpu.get_cpu_capability()}, fused ISA {ext.isa()}"
           f"{' (emulated AVX2)' if args.as_avx2 else ''}, threads {args.threads}; {args.arch}: "
           f"{sum(b != 'skip' for b in arch.blocks)} blocks, {sum(b == 'skip' for b in arch.blocks)} skips")
     print(f"single-path weight step, medians of {args.rounds}: fused {m['cpp']:.1f} ms, reference "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import shutil
 import statistics
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ab_blas import add_step_args, step_net  # noqa: E402  (the same step and options as ab_blas.py)
-from search_wall import AVX2_ENV  # noqa: E402  (the restriction of the whole-search benchmark)
+from search_wall import prepare  # noqa: E402  (the whole-search benchmark's AVX2 restriction, threads, malloc)
 
 
 def load_copy(path: Path, tmp: str):
@@ -46,21 +45,11 @@ def load_copy(path: Path, tmp: str):
 
 
 def setup(args: argparse.Namespace):
-    """This checkout's extension module, set up as the A/Bs time it: ``args.baseline_so`` checked to exist, AVX2
-    held (``args.as_avx2``) before torch loads, ``args.threads`` threads, the allocator tuned as the fbnet-fast
-    commands run."""
+    """This checkout's extension module, set up as the A/Bs time it (search_wall.prepare), ``args.baseline_so``
+    checked to exist first."""
     if not args.baseline_so.is_file():
         raise SystemExit(f"--baseline-so {args.baseline_so}: no such file")
-    if args.as_avx2:
-        os.environ.update(AVX2_ENV)
-    import torch
-
-    from fbnet_fast.malloc import tune_malloc
-    from fbnet_fast.ops import _ext
-
-    torch.set_num_threads(args.threads)
-    tune_malloc()
-    return _ext.load()
+    return prepare(args.as_avx2, args.threads)
 
 
 def baseline_beside(path: Path, tmp: str, new):

@@ -24,6 +24,25 @@ import time
 AVX2_ENV = dict(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
 
 
+def prepare(as_avx2: bool, threads: int):
+    """The in-process benchmarks' set-up (bench/cpu/ab_*.py): with ``as_avx2`` torch, oneDNN and MKL held to AVX2
+    (before torch loads) and our kernels' ``v3`` variant; ``threads`` threads; glibc malloc tuned as the
+    fbnet-fast commands run. Returns the extension module."""
+    if as_avx2:
+        os.environ.update(AVX2_ENV)
+    import torch
+
+    from fbnet_fast.malloc import tune_malloc
+    from fbnet_fast.ops import _ext
+
+    torch.set_num_threads(threads)
+    tune_malloc()
+    ext = _ext.load()
+    if as_avx2:
+        ext.set_isa("v3")
+    return ext
+
+
 def main(argv: list[str]) -> int:
     as_avx2 = "--as-avx2" in argv
     rest = argv[argv.index("--") + 1:] if "--" in argv else []

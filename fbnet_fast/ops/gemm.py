@@ -40,7 +40,7 @@ SMALL_ENV = "FBNET_FAST_SMALL_GEMM"
 # tile of columns), or a long one over a short inner dimension (K <= 32 and M * N >= 2**21), in v4; N <= 8 in v3
 # (AVX2), whose kernel lost to MKL beyond one vector of columns (0.5-0.8x). gcc had folded the tiles' B loads into
 # each FMA (load-bound); held in registers (csrc/vec.h, in_register) the kernel measured 0.84-1.5x MKL in v3 (under 1x on
-# 4 of fbnet-cifar's 44 width-0.25 product shapes) and 1.0-1.9x in v4 on every width-1.0 one, N up to 1,104
+# 4 of fbnet-cifar's 45 width-0.25 product shapes) and 1.0-1.9x in v4 on every width-1.0 one, N up to 1,104
 # (bench/cpu/ab_gemm.py, AMD EPYC Zen 4, 1 thread; bench/results/session23/). Every product up to NARROW_N columns now goes to it, in v3 and
 # v4 (bench/cpu/ab_routing.py, AMD EPYC Zen 4, 1 thread unless said, medians of 11 rounds in one process;
 # bench/results/session23/): emulated AVX2 (v3) against the former limit of 8, the default search's evaluation
