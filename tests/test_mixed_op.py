@@ -144,7 +144,8 @@ def _saved(op, x, w):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = mixed_op_fused(x, w, op.candidates)
-    return y, [t for t in saved if t.data_ptr() not in param_ptrs and t.data_ptr() != x.data_ptr()]
+    skip = param_ptrs | {x.data_ptr(), w.data_ptr()}
+    return y, [t for t in saved if t.data_ptr() not in skip]
 
 
 @needs_ext
@@ -161,15 +162,16 @@ def test_keep_budget_decides_per_layer_what_is_saved(stride, monkeypatch):
     for mib, keeps in [(need / 2**20, True), ((need - 4) / 2**20, False)]:
         monkeypatch.setenv(KEEP_ENV, repr(mib))
         _, acts = _saved(op, x, w)
-        big = sum(t.numel() * 4 for t in acts if t.dim() > 1)
+        big = sum(t.numel() * 4 for t in acts)  # z1, z2, z3 (the one-call forward keeps them in one buffer)
         assert big == (need if keeps else 0), (mib, big, need)
     # No backward can follow (evaluation under no_grad): nothing is kept.
     monkeypatch.setenv(KEEP_ENV, "inf")
     calls = []
-    # _ir_forward[_cpp](c, ps, wts, x2, shape, out2, alpha, keep, first): record keep, whichever path runs
+    # _ir_forward[_cpp](c, ps, wts, x2, shape, out2, alpha, keep, first, r, counters): record keep, whichever
+    # path runs
     for name in ("_ir_forward", "_ir_forward_cpp"):
         real = getattr(mixed_op_fused_mod, name)
-        monkeypatch.setattr(mixed_op_fused_mod, name, lambda *a, real=real: calls.append(a[-2]) or real(*a))
+        monkeypatch.setattr(mixed_op_fused_mod, name, lambda *a, real=real: calls.append(a[7]) or real(*a))
     with torch.no_grad():
         mixed_op_fused(x, w, op.candidates)
     assert calls and not any(calls)
@@ -209,7 +211,7 @@ def test_saves_only_input_weights_params_and_stats(monkeypatch):
     x = torch.randn(4, 16, 8, 8).requires_grad_(True)
     w = torch.softmax(torch.randn(len(FBNET_CANDIDATES)), 0).requires_grad_(True)
     _, acts = _saved(op, x, w)
-    # Besides x and the parameters: the weights and per-BN [C] vectors only.
+    # Besides x, the weights and the parameters: per-BN [C] vectors only.
     assert all(t.dim() <= 1 for t in acts), [list(t.shape) for t in acts]
     assert sum(t.numel() for t in acts) < x.numel()
 
@@ -675,5 +677,41 @@ def test_identity_skip_alone(weight, isa):
     assert torch.equal(y, weight * x.detach())
     assert torch.equal(x.grad, weight * go)
     assert torch.allclose(w.grad[skip], (go * x.detach()).sum(), rtol=1e-5) and w.grad.count_nonzero() <= 1
+    # a weight of exactly 1 (a decided skip layer): x itself, no copy in either direction
+    assert (y.data_ptr() == x.data_ptr()) == (weight == 1.0)
+    # constant weights (no gradient asked of them): x's gradient alone, the same
+    x.grad = None
+    mixed_op_fused(x, w.detach(), op.candidates).backward(go)
+    assert torch.equal(x.grad, weight * go)
+    # x in another memory format: the general path, the same values, a channels_last output
+    xc = x.detach().contiguous().requires_grad_(True)
+    yc = mixed_op_fused(xc, w, op.candidates)
+    yc.backward(go)
+    assert torch.equal(yc, y) and yc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(xc.grad, weight * go)
     with torch.no_grad():
         assert torch.equal(mixed_op_fused(x, w, op.eval().candidates), weight * x.detach())
+        assert torch.equal(mixed_op_fused(x, w, op.train().candidates), weight * x.detach())
+
+
+@needs_ext
+@pytest.mark.parametrize("keep", ["0", "inf"])
+def test_constant_weights_same_gradients(keep, isa, monkeypatch):
+    """Weights that want no gradient (a step on constant Gumbel weights): the backward skips the weights'
+    gradient and gives x and every parameter the same bits as when it is asked for."""
+    monkeypatch.setenv(KEEP_ENV, keep)
+    torch.manual_seed(0)
+    op0 = make_mixed_op(8, 8, 1, 6)
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last)
+    go = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(2))
+    w = torch.softmax(torch.randn(len(FBNET_CANDIDATES), generator=torch.Generator().manual_seed(3)), 0)
+    got = []
+    for want in (True, False):
+        op = copy.deepcopy(op0)
+        xr = x.clone().requires_grad_(True)
+        wr = w.clone().requires_grad_(want)
+        mixed_op_fused(xr, wr, op.candidates).backward(go)
+        assert (wr.grad is not None) == want
+        got.append([xr.grad] + [p.grad for p in op.candidates.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*got))

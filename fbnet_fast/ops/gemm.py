@@ -32,7 +32,8 @@ from ..errors import ConfigError
 from ._launch import check_vec, cpu_ext
 from .bn_act import affine_act, bn_stats
 
-__all__ = ["MMStats", "SMALL_ENV", "enabled", "mm", "mm_stats", "mm_tn", "small_mm_ref", "small_rule",
+__all__ = ["MMStats", "Rules", "SMALL_ENV", "enabled", "mm", "mm_stats", "mm_tn", "rules", "small_mm_ref",
+           "small_rule",
            "small_tn_rule", "use_small", "use_small_tn"]
 
 SMALL_ENV = "FBNET_FAST_SMALL_GEMM"
@@ -71,15 +72,36 @@ def use_small(a: torch.Tensor, b: torch.Tensor) -> bool:
     return small_rule(a.device, a.shape[0], a.shape[1], b.shape[1])
 
 
+class Rules(NamedTuple):
+    """:func:`small_rule` and :func:`small_tn_rule` with ``$FBNET_FAST_SMALL_GEMM`` and the CPU's variant read once
+    (:func:`rules`): the mixed op asks for every product of every candidate, ~1,100 times a default-search step,
+    and each reading of the environment costs about a microsecond."""
+
+    on: bool  # CPU tensors and the kernel enabled
+    narrow_n: int  # widest output the small kernel takes (NARROW_N, or NARROW_N_BASE in the SSE2 build)
+
+    def small(self, m: int, k: int, n: int) -> bool:
+        """:func:`small_rule` for a float32 ``[m, k] @ [k, n]``."""
+        return self.on and k <= MAX_K and n <= self.narrow_n
+
+    def small_tn(self, p: int, q: int) -> bool:
+        """:func:`small_tn_rule` for float32 ``[M, p]^T [M, q]``."""
+        if not self.on:
+            return False
+        narrow, wide = (p, q) if p <= q else (q, p)
+        return wide <= TN_MAX_WIDE and narrow <= TN_MAX_NARROW
+
+
+def rules(device: torch.device) -> Rules:
+    """The routing rules for products on ``device`` as they stand now (read the environment and the variant)."""
+    if device.type != "cpu" or not enabled():
+        return Rules(False, 0)
+    return Rules(True, NARROW_N_BASE if cpu_ext().isa() == "base" else NARROW_N)
+
+
 def small_rule(device: torch.device, m: int, k: int, n: int) -> bool:
     """:func:`use_small` for a float32 ``[m, k] @ [k, n]`` on ``device``, by shape alone."""
-    if device.type != "cpu" or not enabled():
-        return False
-    if k > MAX_K:
-        return False
-    if cpu_ext().isa() == "base":
-        return n <= NARROW_N_BASE
-    return n <= NARROW_N
+    return rules(device).small(m, k, n)
 
 
 def small_mm_ref(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *,
@@ -182,10 +204,7 @@ def small_tn_rule(device: torch.device, p: int, q: int) -> bool:
     """:func:`use_small_tn` for float32 ``[M, p]^T [M, q]`` on ``device``, by shape alone."""
     if device.type != "cpu" or not enabled():
         return False
-    narrow, wide = sorted((p, q))
-    if wide > TN_MAX_WIDE:
-        return False
-    return narrow <= TN_MAX_NARROW
+    return Rules(True, 0).small_tn(p, q)
 
 
 def mm_tn(x: torch.Tensor, y: torch.Tensor, *, y_scale: torch.Tensor | None = None,

@@ -65,7 +65,7 @@ from .bn_act import (act_grad_apply, act_grad_sums, affine_act, affine_act_accum
                      bn_stats)
 from .dwconv_bn import conv_out_size, dwconv_bn_backward, dwconv_bn_forward
 from ._launch import cpu_ext, launches_unchecked, ptr
-from .gemm import mm, mm_stats, mm_tn, small_rule, small_tn_rule
+from .gemm import Rules, mm, mm_stats, mm_tn, rules
 from .mixed_op_ref import active_candidates
 
 __all__ = ["FUSED_KINDS", "KEEP_ENV", "MixedOpFunction", "fold_module_bn", "keep_budget_bytes", "kept_bytes",
@@ -110,16 +110,22 @@ def _uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
     return bn.training or (buf.get("running_mean") is None and buf.get("running_var") is None)
 
 
-def _running_update(bn: nn.BatchNorm2d, count: int) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+def _running_update(bn: nn.BatchNorm2d, count: int, counters: list | None = None
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
     """``(running_mean, running_var, momentum)`` for a fold with batch statistics over ``count`` values per
     channel: ``nn.BatchNorm2d``'s update in training (``num_batches_tracked`` counted here, momentum ``None``:
-    the cumulative average), ``(None, None, 0.0)`` when the module keeps no running statistics or is in eval."""
+    the cumulative average), ``(None, None, 0.0)`` when the module keeps no running statistics or is in eval.
+    With ``counters`` (a list) and a fixed momentum, ``num_batches_tracked`` is appended there instead, for the
+    caller to count the layer's BNs in one call (``torch._foreach_add_``) rather than one add a BN."""
     if not (bn.training and bn.track_running_stats):
         return None, None, 0.0
     if count < 2:
         raise ConfigError(f"BatchNorm in training needs more than 1 value per channel, got {count}")
     buf = bn._buffers
     nbt = buf["num_batches_tracked"]
+    if counters is not None and bn.momentum is not None:
+        counters.append(nbt)
+        return buf["running_mean"], buf["running_var"], bn.momentum
     nbt.add_(1)
     f = bn.momentum if bn.momentum is not None else 1.0 / float(nbt)
     return buf["running_mean"], buf["running_var"], f
@@ -264,9 +270,11 @@ def _mm_bn(bn: nn.BatchNorm2d, a, b, a_scale=None, a_shift=None) -> _MMBN:
     return _MMBN(mm(a, b, a_scale=a_scale, a_shift=a_shift), None)
 
 
-def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool, first: bool):
+def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool, first: bool, r: Rules,
+                counters: list):
     """Adds ``alpha * block(x)`` into ``out2`` (writes it, ``first``); returns the three BN folds (for the backward)
-    and, with ``keep``, ``[z1, z2, z3]``."""
+    and, with ``keep``, ``[z1, z2, z3]``. (``r``, ``counters``: :func:`_ir_forward_cpp`'s; the launches here read
+    the rules themselves and count each BN's batches as it folds.)"""
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, _ = shape
@@ -285,31 +293,83 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
     return [bn1, bn2, bn3], [z1, z2, z3] if keep else []
 
 
-def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool, first: bool):
+def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool, first: bool, r: Rules,
+                    counters: list):
     """:func:`_ir_forward` as one C++ call (``_C.ir_forward``: the same kernels in the same order, so the same
     bits), where it applies (:func:`_ir_cpp_applies`). With :func:`_ir_backward_cpp`: the default search's weight
-    step 594 -> 512 ms at 2 threads (AMD EPYC Zen 4, AVX-512, fresh processes; BENCHMARKS.md)."""
+    step 594 -> 512 ms at 2 threads (AMD EPYC Zen 4, AVX-512, fresh processes; BENCHMARKS.md).
+
+    z1, z2 and z3 are written into one buffer (kept as ``[zs]``: :func:`_kept_z` makes the views where the Python
+    backward wants them) and the three folds into another (:class:`_Folds`); ``num_batches_tracked`` goes to
+    ``counters`` (the caller counts the layer's BNs in one call)."""
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, cin = shape
     mid, cout = b.mid, b.c_out
     m, mo = n * h * w, n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
-    z1, z2, z3 = x2.new_empty(m, mid), x2.new_empty(mo, mid), x2.new_empty(mo, cout)
+    zs = x2.new_empty(m * mid + mo * (mid + cout))
     folds = x2.new_empty(10 * mid + 5 * cout)
     bn1, bn2, bn3 = b.bn1, b.bn2, b.bn3
-    rm1, rv1, f1 = _running_update(bn1, m)
-    rm2, rv2, f2 = _running_update(bn2, mo)
-    rm3, rv3, f3 = _running_update(bn3, mo)
+    rm1, rv1, f1 = _running_update(bn1, m, counters)
+    rm2, rv2, f2 = _running_update(bn2, mo, counters)
+    rm3, rv3, f3 = _running_update(bn3, mo, counters)
     p = ptr
+    z1p = zs.data_ptr()
+    z2p = z1p + 4 * m * mid
     cpu_ext().ir_forward(x2.data_ptr(), n, h, w, cin, wts.w1.data_ptr(), mid, wts.wt.data_ptr(), b.kernel, b.stride,
                          wts.w3.data_ptr(), cout, g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(), b2.data_ptr(),
                          g3.data_ptr(), b3.data_ptr(), p(rm1), p(rv1), p(rm2), p(rv2), p(rm3), p(rv3),
                          float(bn1.eps), float(bn2.eps), float(bn3.eps), float(f1), float(f2), float(f3),
-                         z1.data_ptr(), z2.data_ptr(), z3.data_ptr(), folds.data_ptr(), out2.data_ptr(),
-                         float(alpha), bool(first), _fwd_blas(b, x2, m, mo))
-    v = folds.split_with_sizes([mid] * 10 + [cout] * 5)  # per BN: scale, shift, mean, var, invstd
-    folded = [_BN(*v[i:i + 5], True) for i in (0, 5, 10)]
-    return folded, [z1, z2, z3] if keep else []
+                         z1p, z2p, z2p + 4 * mo * mid, folds.data_ptr(), out2.data_ptr(),
+                         float(alpha), bool(first), _fwd_blas(b, x2, m, mo, r))
+    return _Folds(folds, mid, cout), [zs] if keep else []
+
+
+class _Folds(NamedTuple):
+    """The one-call forward's three BatchNorm folds in one float32 buffer: per BN (BN1 and BN2 over ``mid``
+    channels, BN3 over ``cout``) scale, shift, mean, var, invstd; every one on batch statistics. The one-call
+    backward reads them by address (:func:`_fold_ptrs`); the Python one as :class:`_BN` views (:meth:`bns`)."""
+
+    buf: torch.Tensor
+    mid: int
+    cout: int
+
+    def bns(self) -> list[_BN]:
+        v = self.buf.split_with_sizes([self.mid] * 10 + [self.cout] * 5)
+        return [_BN(*v[i:i + 5], True) for i in (0, 5, 10)]
+
+
+def _fold_ptrs(folds) -> tuple:
+    """``_C.ir_backward``'s fold arguments, BN1..BN3 each (scale, shift, mean, invstd), then the three ``batch``
+    flags, from a :class:`_Folds` or a list of three :class:`_BN`."""
+    if isinstance(folds, _Folds):
+        mid, cout = folds.mid, folds.cout
+        a = folds.buf.data_ptr()
+        b = a + 20 * mid
+        c = a + 40 * mid
+        return (a, a + 4 * mid, a + 8 * mid, a + 16 * mid, b, b + 4 * mid, b + 8 * mid, b + 16 * mid,
+                c, c + 4 * cout, c + 8 * cout, c + 16 * cout, True, True, True)
+    bn1, bn2, bn3 = folds
+    return (bn1.scale.data_ptr(), bn1.shift.data_ptr(), bn1.mean.data_ptr(), bn1.invstd.data_ptr(),
+            bn2.scale.data_ptr(), bn2.shift.data_ptr(), bn2.mean.data_ptr(), bn2.invstd.data_ptr(),
+            bn3.scale.data_ptr(), bn3.shift.data_ptr(), bn3.mean.data_ptr(), bn3.invstd.data_ptr(),
+            bn1.batch, bn2.batch, bn3.batch)
+
+
+def _kept_z(kept, m: int, mo: int, mid: int, cout: int) -> list[torch.Tensor]:
+    """``[z1, z2, z3]`` (``[m, mid]``, ``[mo, mid]``, ``[mo, cout]``) from what a forward kept: themselves, or views
+    of the one buffer :func:`_ir_forward_cpp` wrote them into."""
+    if len(kept) == 3:
+        return list(kept)
+    return [t.view(-1, c) for t, c in zip(kept[0].split_with_sizes([m * mid, mo * mid, mo * cout]), (mid, mid, cout))]
+
+
+def _kept_ptrs(kept, m: int, mo: int, mid: int) -> tuple[int, int, int]:
+    """The addresses of z1, z2, z3 in what a forward kept (:func:`_kept_z`)."""
+    if len(kept) == 3:
+        return kept[0].data_ptr(), kept[1].data_ptr(), kept[2].data_ptr()
+    a = kept[0].data_ptr()
+    return a, a + 4 * m * mid, a + 4 * (m + mo) * mid
 
 
 # Bits of the one-call paths' ``blas`` argument (csrc/ir_block.cpp): the products that torch would run (the rules
@@ -317,83 +377,87 @@ def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep:
 _BLAS_W1, _BLAS_W3, _BLAS_GW3, _BLAS_GH2, _BLAS_GW1, _BLAS_GX = 1, 2, 4, 8, 16, 32
 
 
-def _fwd_blas(b: nn.Module, x2: torch.Tensor, m: int, mo: int) -> int:
-    """The ``blas`` bits of the IR candidate ``b``'s forward products (``x W1^T``, ``h2 W3^T``) on CPU."""
-    dev = x2.device
-    return ((0 if small_rule(dev, m, x2.shape[1], b.mid) else _BLAS_W1)
-            | (0 if small_rule(dev, mo, b.mid, b.c_out) else _BLAS_W3))
+def _fwd_blas(b: nn.Module, x2: torch.Tensor, m: int, mo: int, r: Rules) -> int:
+    """The ``blas`` bits of the IR candidate ``b``'s forward products (``x W1^T``, ``h2 W3^T``) on CPU, by the
+    rules ``r`` (:func:`.gemm.rules` of x2's device)."""
+    return ((0 if r.small(m, x2.shape[1], b.mid) else _BLAS_W1)
+            | (0 if r.small(mo, b.mid, b.c_out) else _BLAS_W3))
 
 
-def _bwd_blas(b: nn.Module, x2: torch.Tensor, gx2, needs, m: int, mo: int) -> int:
+def _bwd_blas(b: nn.Module, x2: torch.Tensor, gx2, needs, m: int, mo: int, r: Rules) -> int:
     """The ``blas`` bits of the kept backward's products on CPU, as :func:`_ir_backward` sends them to torch:
     W3's gradient (with h2 written first), gz3 W3, W1's gradient, gz1 W1."""
-    dev, mid, cout, cin = x2.device, b.mid, b.c_out, x2.shape[1]
-    return ((_BLAS_GW3 if needs[6] and not small_tn_rule(dev, cout, mid) else 0)
-            | (0 if small_rule(dev, mo, cout, mid) else _BLAS_GH2)
-            | (_BLAS_GW1 if needs[0] and not small_tn_rule(dev, mid, cin) else 0)
-            | (_BLAS_GX if gx2 is not None and not small_rule(dev, m, mid, cin) else 0))
+    mid, cout, cin = b.mid, b.c_out, x2.shape[1]
+    return ((_BLAS_GW3 if needs[6] and not r.small_tn(cout, mid) else 0)
+            | (0 if r.small(mo, cout, mid) else _BLAS_GH2)
+            | (_BLAS_GW1 if needs[0] and not r.small_tn(mid, cin) else 0)
+            | (_BLAS_GX if gx2 is not None and not r.small(m, mid, cin) else 0))
 
 
-def _ir_cpp_applies(c: _Cand, x2: torch.Tensor, m: int, mo: int) -> bool:
+def _ir_cpp_applies(c: _Cand, x2: torch.Tensor, m: int, mo: int, r: Rules) -> bool:
     """Whether :func:`_ir_forward_cpp` runs this candidate: a CPU tensor and every BN on batch statistics
     (training, or no running statistics kept); products torch would run go through its BLAS from C++, so
     without one found (``_C.has_blas()``) both products must be on the small-product kernel."""
     b = c.block
     return (x2.device.type == "cpu" and _uses_batch_stats(b.bn1) and _uses_batch_stats(b.bn2)
-            and _uses_batch_stats(b.bn3) and (cpu_ext().has_blas() or _fwd_blas(b, x2, m, mo) == 0))
+            and _uses_batch_stats(b.bn3) and (cpu_ext().has_blas() or _fwd_blas(b, x2, m, mo, r) == 0))
 
 
-def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first):
+def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first,
+                     r: Rules):
     """:func:`_ir_backward`'s kept path with the products' prologue as one C++ call (``_C.ir_backward``: the same
-    launches in the same order, so the same bits), where :func:`_ir_bwd_cpp_applies` says so."""
+    launches in the same order, so the same bits), where :func:`_ir_bwd_cpp_applies` says so. Every gradient it
+    makes is written into one buffer; the returned ones are views of it."""
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, cin = shape
     mid, cout = b.mid, b.c_out
+    kk = b.kernel * b.kernel
     m, mo = n * h * w, n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
-    bn1, bn2, bn3 = folds
-    z1, z2, z3 = kept
-    gvec = x2.new_empty(4 * mid + 2 * cout + 1)
-    gw1d = x2.new_empty(mid, cin) if needs[0] else None
-    gwt = torch.empty_like(wts.wt) if needs[3] else None
-    gw3 = x2.new_empty(cout, mid) if needs[6] else None
+    sizes = [mid * cin if needs[0] else 0, kk * mid if needs[3] else 0, cout * mid if needs[6] else 0,
+             mid, mid, mid, mid, cout, cout, 1]
+    out = x2.new_empty(sum(sizes))
+    gw1d, gwt, gw3, gg1, gb1, gg2, gb2, gg3, gb3, dot = out.split_with_sizes(sizes)
+    a = out.data_ptr()
+    gw1p = a if needs[0] else 0
+    gwtp = a + 4 * sizes[0] if needs[3] else 0
+    gw3p = a + 4 * (sizes[0] + sizes[1]) if needs[6] else 0
     p = ptr
-    cpu_ext().ir_backward(go2.data_ptr(), z1.data_ptr(), z2.data_ptr(), z3.data_ptr(), x2.data_ptr(), n, h, w, cin,
+    cpu_ext().ir_backward(go2.data_ptr(), *_kept_ptrs(kept, m, mo, mid), x2.data_ptr(), n, h, w, cin,
                           mid, cout, b.kernel, b.stride, wts.w1.data_ptr(), wts.wt.data_ptr(), wts.w3.data_ptr(),
                           g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(), b2.data_ptr(), g3.data_ptr(),
-                          b3.data_ptr(), bn1.scale.data_ptr(), bn1.shift.data_ptr(), bn1.mean.data_ptr(),
-                          bn1.invstd.data_ptr(), bn2.scale.data_ptr(), bn2.shift.data_ptr(), bn2.mean.data_ptr(),
-                          bn2.invstd.data_ptr(), bn3.scale.data_ptr(), bn3.shift.data_ptr(), bn3.mean.data_ptr(),
-                          bn3.invstd.data_ptr(), bn1.batch, bn2.batch, bn3.batch, float(alpha), gvec.data_ptr(),
-                          p(gw1d), p(gwt), p(gw3), p(gx2), not first, _bwd_blas(b, x2, gx2, needs, m, mo))
-    gg1, gb1, gg2, gb2, gg3, gb3, dot = gvec.split_with_sizes([mid] * 4 + [cout] * 2 + [1])
-    return _ir_grads(c, ps, needs, gw1d, gg1, gb1, gwt, gg2, gb2, gw3, gg3, gb3), dot
+                          b3.data_ptr(), *_fold_ptrs(folds), float(alpha), gg1.data_ptr(),
+                          gw1p, gwtp, gw3p, p(gx2), not first, _bwd_blas(b, x2, gx2, needs, m, mo, r))
+    return _ir_grads(c, ps, needs, gw1d.view(mid, cin) if needs[0] else None, gg1, gb1,
+                     gwt.view(kk, mid) if needs[3] else None, gg2, gb2, gw3.view(cout, mid) if needs[6] else None,
+                     gg3, gb3), dot
 
 
-def _ir_bwd_cpp_applies(c: _Cand, kept, x2, gx2, needs, m: int, mo: int) -> bool:
+def _ir_bwd_cpp_applies(c: _Cand, kept, x2, gx2, needs, m: int, mo: int, r: Rules) -> bool:
     """Whether :func:`_ir_backward_cpp` runs this candidate: CPU, z1..z3 kept, a gradient below BN3 wanted, and
     torch's BLAS found for the products torch would run (without one, every product of the backward must be on
     the small kernels; :func:`_ir_backward` runs the others)."""
     return (bool(kept) and x2.device.type == "cpu" and (gx2 is not None or any(needs[:6]))
-            and (cpu_ext().has_blas() or _bwd_blas(c.block, x2, gx2, needs, m, mo) == 0))
+            and (cpu_ext().has_blas() or _bwd_blas(c.block, x2, gx2, needs, m, mo, r) == 0))
 
 
-def _ir_backward(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first):
+def _ir_backward(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first, r: Rules):
     """``gx2`` None: x wants no gradient. With neither it nor a parameter below W3 wanting one (a theta step's
     first layer), the backward stops at BN3: its sums give the Gumbel weight's gradient."""
     b = c.block
     deep = gx2 is not None or any(needs[:6])
     w1, g1, b1, wd, g2, b2, w3, g3, b3 = ps
     n, h, w, _ = shape
-    bn1, bn2, bn3 = folds  # the forward's (its parameters are saved tensors: changed in place, backward refuses)
+    # the forward's (its parameters are saved tensors: changed in place, backward refuses)
+    bn1, bn2, bn3 = folds.bns() if isinstance(folds, _Folds) else folds
     # h2 = relu(bn2(z2)) feeds W3's product (recomputed z3) and its weight gradient: read from z2 through the
     # kernels' prologue where the small kernels run both (h2 None), else written once.
     m_out = n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
-    prologue = (small_rule(x2.device, m_out, b.mid, wts.w3.shape[0]) or bool(kept)) and (
-        not needs[6] or small_tn_rule(x2.device, wts.w3.shape[0], b.mid))
+    prologue = (r.small(m_out, b.mid, wts.w3.shape[0]) or bool(kept)) and (
+        not needs[6] or r.small_tn(wts.w3.shape[0], b.mid))
     if kept:
         # Kept by the forward (the layer fit the keep budget).
-        z1, z2, z3 = kept
+        z1, z2, z3 = _kept_z(kept, n * h * w, m_out, b.mid, wts.w3.shape[0])
         z1_4 = z1.view(n, h, w, b.mid)
         h2 = None if prologue else affine_act(z2, bn2.scale, bn2.shift, relu=True)
     else:
@@ -555,15 +619,18 @@ class MixedOpFunction(torch.autograd.Function):
         # ``grad``: a backward can follow (grad mode on and an input requiring grad), known only to the caller:
         # under no_grad, ctx.needs_input_grad still says True.
         keep = grad and kept_bytes(cands, n * h * w, n * ho * wo) <= keep_budget_bytes()
-        folds, wts, kept, residual, k, first = [], [], [], 0.0, 0, True
+        folds, wts, kept, nkept, residual, k, first = [], [], [], [], 0.0, 0, True
+        r, counters = rules(x.device), []
+        m, mo = n * h * w, n * ho * wo
         for c in cands:
             ps, k = params[k:k + c.nparams], k + c.nparams
             alpha = wl[c.index]
             wts.append(_ir_weights(c, ps) if c.kind == "ir" else None)
             if c.kind == "ir":
-                run = _ir_forward_cpp if _ir_cpp_applies(c, x2, n * h * w, n * ho * wo) else _ir_forward
-                f, kp = run(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep, first)
+                run = _ir_forward_cpp if _ir_cpp_applies(c, x2, m, mo, r) else _ir_forward
+                f, kp = run(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep, first, r, counters)
                 kept += kp
+                nkept.append(len(kp))
                 residual += alpha if c.block.residual else 0.0
                 first = False
             elif c.kind == "skip_conv":
@@ -577,7 +644,10 @@ class MixedOpFunction(torch.autograd.Function):
             torch.mul(x2, residual, out=out2)
         elif residual:
             out2.add_(x2, alpha=residual)
+        if counters:  # the one-call candidates' BNs: num_batches_tracked += 1, one call for the layer
+            torch._foreach_add_(counters, 1)
         ctx.cands, ctx.folds, ctx.nparams, ctx.wts, ctx.keep = cands, folds, len(params), wts, keep
+        ctx.nkept = nkept  # per IR candidate: 3 tensors kept (z1, z2, z3), 1 (the one-call forward's buffer) or 0
         ctx.save_for_backward(x, weights, *params, *kept)
         return out4.permute(0, 3, 1, 2)
 
@@ -589,7 +659,7 @@ class MixedOpFunction(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad):
         x, weights, *rest = ctx.saved_tensors
-        params, kept = rest[:ctx.nparams], rest[ctx.nparams:]  # kept: z1, z2, z3 of each IR candidate, if ctx.keep
+        params, kept = rest[:ctx.nparams], rest[ctx.nparams:]  # kept: what each IR candidate kept (ctx.nkept)
         wl = weights.tolist()
         x4 = _nhwc(x)
         n, h, w, cin = x4.shape
@@ -600,17 +670,18 @@ class MixedOpFunction(torch.autograd.Function):
         gx2 = gx4.view(-1, cin) if gx4 is not None else None
         stride = ctx.cands[0].block.stride  # one per layer, as in forward
         m, mo = n * h * w, n * conv_out_size(h, stride) * conv_out_size(w, stride)
-        dots, grads, residual, x_dot, k, i_ir, first = [], [], 0.0, None, 0, 0, True
+        dots, grads, residual, x_dot, k, i_ir, j, first = [], [], 0.0, None, 0, 0, 0, True
+        r, want_w = rules(x.device), ctx.needs_input_grad[1]
         for c, fo, wts in zip(ctx.cands, ctx.folds, ctx.wts):
             ps, k = params[k:k + c.nparams], k + c.nparams
             alpha = wl[c.index]
             dot = None
             needs = ctx.needs_input_grad[4 + k - c.nparams:4 + k]
             if c.kind == "ir":
-                kp = kept[3 * i_ir:3 * i_ir + 3] if ctx.keep else None
-                i_ir += 1
-                run = _ir_backward_cpp if _ir_bwd_cpp_applies(c, kp, x2, gx2, needs, m, mo) else _ir_backward
-                g, dot = run(c, ps, wts, fo, kp, x2, gx2, x4.shape, go2, alpha, needs, first)
+                nk = ctx.nkept[i_ir]
+                kp, j, i_ir = kept[j:j + nk] if nk else None, j + nk, i_ir + 1
+                run = _ir_backward_cpp if _ir_bwd_cpp_applies(c, kp, x2, gx2, needs, m, mo, r) else _ir_backward
+                g, dot = run(c, ps, wts, fo, kp, x2, gx2, x4.shape, go2, alpha, needs, first, r)
                 is_res, first = c.block.residual, False
             elif c.kind == "skip_conv":
                 g, dot = _skip_backward(c, ps, fo, x4, gx4, go2, alpha, needs, first)
@@ -619,17 +690,21 @@ class MixedOpFunction(torch.autograd.Function):
                 g, is_res = [], True
             if is_res:
                 residual += alpha
-                if x_dot is None:
-                    x_dot = torch.dot(go2.reshape(-1), x2.reshape(-1))
-                dot = x_dot if dot is None else dot + x_dot
-            dots.append(dot.reshape(()))
+                if want_w:
+                    if x_dot is None:
+                        x_dot = torch.dot(go2.reshape(-1), x2.reshape(-1))
+                    dot = x_dot if dot is None else dot + x_dot
+            if want_w:
+                dots.append(dot.reshape(()))
             grads += g
         if gx2 is not None and first:  # identity skips only: one pass
             torch.mul(go2, residual, out=gx2)
         elif gx2 is not None and residual:
             gx2.add_(go2, alpha=residual)
-        index = torch.tensor([c.index for c in ctx.cands], device=weights.device)
-        gweights = torch.zeros_like(weights).index_copy_(0, index, torch.stack(dots))
+        gweights = None
+        if want_w:  # not wanted: a step whose weights are constants (a decided layer's, or a benchmark's)
+            index = torch.tensor([c.index for c in ctx.cands], device=weights.device)
+            gweights = torch.zeros_like(weights).index_copy_(0, index, torch.stack(dots))
         return (gx4.permute(0, 3, 1, 2) if gx4 is not None else None, gweights, None, None, *grads)
 
 
@@ -707,9 +782,9 @@ def _eval_forward(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand]
         torch.add(bias, x2, alpha=residual, out=out2)
     else:
         out2.copy_(bias.expand_as(out2))
-    m, mo = n * h * w, n * ho * wo
+    m, mo, r = n * h * w, n * ho * wo, rules(x.device)
     for b, wts, bn1, bn2, w3 in irs:
-        if _ir_eval_cpp_applies(b, x2, m, mo):
+        if _ir_eval_cpp_applies(b, x2, m, mo, r):
             _ir_eval_cpp(b, wts, bn1, bn2, w3, x2, x4.shape, out2)
             continue
         z1 = mm(x2, wts.w1.t())
@@ -721,11 +796,11 @@ def _eval_forward(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand]
     return out4.permute(0, 3, 1, 2)
 
 
-def _ir_eval_cpp_applies(b: nn.Module, x2: torch.Tensor, m: int, mo: int) -> bool:
+def _ir_eval_cpp_applies(b: nn.Module, x2: torch.Tensor, m: int, mo: int, r: Rules) -> bool:
     """Whether :func:`_eval_forward` runs this IR candidate as one C++ call (:func:`_ir_eval_cpp`): a CPU tensor
     and both forward products (``x W1^T``, ``h2 W3^T``) on the small-product kernel, whose row routine the call
     runs image by image (a product torch would run keeps the launches here)."""
-    return x2.device.type == "cpu" and _fwd_blas(b, x2, m, mo) == 0
+    return x2.device.type == "cpu" and _fwd_blas(b, x2, m, mo, r) == 0
 
 
 def _ir_eval_cpp(b: nn.Module, wts: _IRWeights, bn1: _BN, bn2: _BN, w3: torch.Tensor, x2, shape, out2) -> None:
@@ -737,6 +812,48 @@ def _ir_eval_cpp(b: nn.Module, wts: _IRWeights, bn1: _BN, bn2: _BN, w3: torch.Te
     cpu_ext().ir_eval(x2.data_ptr(), n, h, w, cin, wts.w1.data_ptr(), b.mid, wts.wt.data_ptr(), b.kernel, b.stride,
                       w3.data_ptr(), b.c_out, bn1.scale.data_ptr(), bn1.shift.data_ptr(), bn2.scale.data_ptr(),
                       bn2.shift.data_ptr(), out2.data_ptr())
+
+
+# ------------------------------------------------------------- identity skips alone
+def _identity_scale(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand]) -> torch.Tensor:
+    """``(sum of the identity skips' weights) * x`` without autograd: ``x`` itself (a view of it) when the sum is
+    exactly 1, as a layer decided for the skip runs (x * 1.0 is x, bit for bit); else one multiply."""
+    wl = weights.detach().tolist()
+    residual = 0.0
+    for c in cands:
+        residual += wl[c.index]
+    return x.view_as(x) if residual == 1.0 else torch.mul(x, residual)
+
+
+class _IdentityScale(torch.autograd.Function):
+    """A layer whose active candidates are identity skips only (a skip layer of a single-path step, a layer a
+    search decided for the skip): ``r * x`` with ``r`` the sum of their weights, as :class:`MixedOpFunction`
+    computes it (the same bits), without its copies where ``r`` is exactly 1: the output is a view of ``x`` and
+    ``x``'s gradient is the incoming one. The weights' gradient ``<grad, x>`` (the same sum in the same order)
+    is made only when they want one."""
+
+    @staticmethod
+    def forward(ctx, x, weights, index):
+        wl = weights.detach().tolist()
+        residual = 0.0
+        for i in index:
+            residual += wl[i]
+        ctx.residual, ctx.index = residual, index
+        ctx.save_for_backward(x, weights)
+        # returned as-is, autograd hands out a view of x (the output is x, bit for bit, as x * 1.0)
+        return x if residual == 1.0 else torch.mul(x, residual)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weights = ctx.saved_tensors
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = grad if ctx.residual == 1.0 else torch.mul(grad, ctx.residual)
+        if ctx.needs_input_grad[1]:
+            dot = torch.dot(_nhwc(grad).view(-1), _nhwc(x).view(-1))
+            gw = torch.zeros_like(weights)
+            gw[ctx.index] = dot
+        return gx, gw, None
 
 
 def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module], *,
@@ -757,6 +874,9 @@ def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.M
         raise ConfigError(f"fused mixed op: {why}")
     cands, params = _plan(weights, blocks)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weights, *params))
+    if all(c.kind == "skip_id" for c in cands) and x.is_contiguous(memory_format=torch.channels_last):
+        return _IdentityScale.apply(x, weights, [c.index for c in cands]) if grad else _identity_scale(x, weights,
+                                                                                                      cands)
     with launches_unchecked():  # supports() has checked x and the blocks; the op builds every other argument
         if not grad and _frozen(cands):
             return _eval_forward(x, weights, cands, params)
