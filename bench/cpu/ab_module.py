@@ -13,7 +13,7 @@ machine's drift. A caller that bound a name from the module at import time keeps
 what goes through the module at call time.
 
 The steps (batch 64, fbnet-cifar width 0.25 as the default search, forward + cross-entropy + backward):
-``weight``: every candidate soft, every parameter wanting a gradient (a warm-up / search weight step);
+``weight``: every candidate soft, every weight wanting a gradient, theta none (a warm-up / search weight step);
 ``theta``: the same with the weights frozen (a theta step); ``single``: every layer the exact one-hot of
 ``--arch`` (a search's ``arch.json``; default: the twenty-third session's emulated-AVX2 seed-0 result), as the
 epochs after every layer is decided run. It checks that both give the same bits (loss and every gradient of the
@@ -87,16 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     for kind in args.steps:
         torch.manual_seed(0)
         net = Supernet(space, impl="cpp").to(memory_format=torch.channels_last)
-        if kind == "theta":
-            for prm in net.weight_parameters():
-                prm.requires_grad_(False)
+        # as Searcher._train_step: a weight step freezes theta (its Gumbel weights are constants), a theta step
+        # the weights
+        for prm in (net.weight_parameters() if kind == "theta" else net.arch_parameters()):
+            prm.requires_grad_(False)
         if kind == "single":
             aspace, arch = load_architecture_file(args.arch)
             if aspace.name != space.name or aspace.num_layers != space.num_layers:
                 raise SystemExit(f"--arch {args.arch}: not an fbnet-cifar architecture")
             w = torch.zeros(space.num_layers, len(space.candidates))
-            w[range(space.num_layers), arch.indices(space)] = 1.0
-            w.requires_grad_(True)  # as the search's weights after _fix: they want a gradient (to theta)
+            w[range(space.num_layers), arch.indices(space)] = 1.0  # constants, as in the search's weight steps
         else:
             w = None
         steps[kind] = (net, w)
