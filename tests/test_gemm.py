@@ -122,6 +122,30 @@ def test_mm_routes_by_shape_and_agrees_with_torch(m, k, n, monkeypatch, isa):
     assert torch.equal(gemm.mm(a, b), torch.mm(a, b))
 
 
+def test_rules_read_the_environment_once(monkeypatch, isa):
+    """gemm.rules: the routing of small_rule / small_tn_rule as one snapshot (the mixed op takes one a layer): the
+    same answers while the environment stands, unchanged by a later change to it, which the next snapshot sees."""
+    cpu = torch.device("cpu")
+    r = gemm.rules(cpu)
+    narrow = gemm.NARROW_N_BASE if _ext.load().isa() == "base" else gemm.NARROW_N
+    assert r.on and r.narrow_n == narrow
+    shapes = [(65536, 8, 48), (4096, 48, 8), (1024, 1504, 88), (16, gemm.MAX_K + 1, 8), (8, 3, narrow + 1)]
+    for m, k, n in shapes:
+        assert r.small(m, k, n) == gemm.small_rule(cpu, m, k, n) == (k <= gemm.MAX_K and n <= narrow)
+    for p, q in [(8, 48), (48, 8), (16, 512), (17, 17), (8, 513)]:
+        assert r.small_tn(p, q) == gemm.small_tn_rule(cpu, p, q) == (min(p, q) <= gemm.TN_MAX_NARROW
+                                                                        and max(p, q) <= gemm.TN_MAX_WIDE)
+    monkeypatch.setenv(gemm.SMALL_ENV, "0")
+    assert r.small(65536, 48, 8) and r.small_tn(8, 48)  # the snapshot stands
+    off = gemm.rules(cpu)
+    assert not off.on and not off.small(65536, 8, 48) and not off.small_tn(8, 48)
+    assert not gemm.small_rule(cpu, 65536, 8, 48) and not gemm.small_tn_rule(cpu, 8, 48)
+    assert not gemm.rules(torch.device("meta")).on  # not a CPU tensor: torch's
+    monkeypatch.setenv(gemm.SMALL_ENV, "yes")
+    with pytest.raises(ConfigError, match=gemm.SMALL_ENV):
+        gemm.rules(cpu)
+
+
 def test_mm_bad_input_one_clear_error(monkeypatch):
     a, b = torch.randn(10, 4), torch.randn(5, 3)
     with pytest.raises(ConfigError, match="do not multiply"):
