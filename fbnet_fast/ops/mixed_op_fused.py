@@ -21,7 +21,10 @@ The backward's weight gradient of W3 reads h2 the same way (``mm_tn`` with the p
 Each BatchNorm's per-channel finish is one launcher call (``bn_fold`` forward, ``bn_grad_fold``
 backward: scale/shift/invstd, running statistics, k1..k3, gamma/beta grads, the Gumbel dot).
 
-plus ``out += (sum of w_i over residual candidates) * x`` once.
+plus ``out += (sum of w_i over residual candidates) * x`` once. A layer whose only active candidates are
+identity skips (a decided skip layer, a sampled net's skip) is :class:`_IdentityScale` instead: ``r * x``, and
+with ``r`` exactly 1 a view of ``x`` with no copy either way. The Gumbel weights' gradient is made only when
+they want one (a weight step's are constants).
 
 Without autograd and with every BN on its running statistics (evaluation), BN3 is an affine known
 before the product: ``w_i * bn3(z3) = h2 @ (w_i * scale3 * W3)^T + w_i * shift3``, so each IR
