@@ -649,7 +649,7 @@ class MixedOpFunction(torch.autograd.Function):
             out2.add_(x2, alpha=residual)
         if counters:  # the one-call candidates' BNs: num_batches_tracked += 1, one call for the layer
             torch._foreach_add_(counters, 1)
-        ctx.cands, ctx.folds, ctx.nparams, ctx.wts, ctx.keep = cands, folds, len(params), wts, keep
+        ctx.cands, ctx.folds, ctx.nparams, ctx.wts = cands, folds, len(params), wts
         ctx.nkept = nkept  # per IR candidate: 3 tensors kept (z1, z2, z3), 1 (the one-call forward's buffer) or 0
         ctx.save_for_backward(x, weights, *params, *kept)
         return out4.permute(0, 3, 1, 2)
@@ -818,14 +818,13 @@ def _ir_eval_cpp(b: nn.Module, wts: _IRWeights, bn1: _BN, bn2: _BN, w3: torch.Te
 
 
 # ------------------------------------------------------------- identity skips alone
-def _identity_scale(x: torch.Tensor, weights: torch.Tensor, cands: Sequence[_Cand]) -> torch.Tensor:
-    """``(sum of the identity skips' weights) * x`` without autograd: ``x`` itself (a view of it) when the sum is
-    exactly 1, as a layer decided for the skip runs (x * 1.0 is x, bit for bit); else one multiply."""
+def _identity_residual(weights: torch.Tensor, cands: Sequence[_Cand]) -> float:
+    """The sum of the identity skips' weights, in candidate order (as :class:`MixedOpFunction` sums it)."""
     wl = weights.detach().tolist()
     residual = 0.0
     for c in cands:
         residual += wl[c.index]
-    return x.view_as(x) if residual == 1.0 else torch.mul(x, residual)
+    return residual
 
 
 class _IdentityScale(torch.autograd.Function):
@@ -836,11 +835,7 @@ class _IdentityScale(torch.autograd.Function):
     is made only when they want one."""
 
     @staticmethod
-    def forward(ctx, x, weights, index):
-        wl = weights.detach().tolist()
-        residual = 0.0
-        for i in index:
-            residual += wl[i]
+    def forward(ctx, x, weights, index, residual):
         ctx.residual, ctx.index = residual, index
         ctx.save_for_backward(x, weights)
         # returned as-is, autograd hands out a view of x (the output is x, bit for bit, as x * 1.0)
@@ -856,7 +851,7 @@ class _IdentityScale(torch.autograd.Function):
             dot = torch.dot(_nhwc(grad).view(-1), _nhwc(x).view(-1))
             gw = torch.zeros_like(weights)
             gw[ctx.index] = dot
-        return gx, gw, None
+        return gx, gw, None, None
 
 
 def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.Module], *,
@@ -878,8 +873,10 @@ def mixed_op_fused(x: torch.Tensor, weights: torch.Tensor, blocks: Sequence[nn.M
     cands, params = _plan(weights, blocks)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weights, *params))
     if all(c.kind == "skip_id" for c in cands) and x.is_contiguous(memory_format=torch.channels_last):
-        return _IdentityScale.apply(x, weights, [c.index for c in cands]) if grad else _identity_scale(x, weights,
-                                                                                                      cands)
+        r = _identity_residual(weights, cands)  # exactly 1: x itself (a view), x * 1.0 bit for bit
+        if grad:
+            return _IdentityScale.apply(x, weights, [c.index for c in cands], r)
+        return x.view_as(x) if r == 1.0 else torch.mul(x, r)
     with launches_unchecked():  # supports() has checked x and the blocks; the op builds every other argument
         if not grad and _frozen(cands):
             return _eval_forward(x, weights, cands, params)
