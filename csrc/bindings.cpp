@@ -175,13 +175,13 @@ PYBIND11_MODULE(_C, m) {
   // positional only: called once per candidate from fbnet_fast/ops/mixed_op_fused.py (_ir_*_cpp)
   m.def("ir_forward",
         &call<&Table::ir_forward, buf_t, int64_t, int64_t, int64_t, int64_t, buf_t, int64_t, buf_t, int64_t,
-              int64_t, buf_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t,
+              int64_t, buf_t, int64_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t,
               buf_t, buf_t, double, double, double, double, double, double, buf_t, buf_t, buf_t, buf_t, buf_t,
               float, bool, int64_t>,
         nogil);
   m.def("ir_backward",
         &call<&Table::ir_backward, buf_t, buf_t, buf_t, buf_t, buf_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-              int64_t, int64_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t,
+              int64_t, int64_t, int64_t, buf_t, buf_t, buf_t, int64_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t,
               buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, buf_t, bool, bool, bool, double,
               buf_t, buf_t, buf_t, buf_t, buf_t, bool, int64_t>,
         nogil);

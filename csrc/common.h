@@ -11,7 +11,7 @@ namespace fbnet {
 
 // Bumped whenever a kernel's signature or semantics change; fbnet_fast/_ext.py refuses
 // a module built from other sources (a stale in-place build) and says how to rebuild.
-constexpr int kAbiVersion = 10;
+constexpr int kAbiVersion = 11;
 
 using buf_t = std::uintptr_t;  // a tensor's data_ptr(), passed from Python
 

@@ -11,6 +11,7 @@
 // where these do not apply (eval-mode BNs, GPU tensors, no sgemm_ found).
 #include "kernels.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <memory>
@@ -91,18 +92,51 @@ std::pair<int64_t, int64_t> rows(int64_t N, int64_t H, int64_t W, int64_t Cin, i
   return {N * H * W, N * ((H - 1) / stride + 1) * ((W - 1) / stride + 1)};
 }
 
+// An IR candidate's three weights in the layouts its kernels read, from the module's (mixed_op_fused.py's
+// _ir_weights did this in Python, ~10 torch calls a candidate and step): w1 [mid, Cin] dense (block-diagonal for
+// groups > 1) with its rows in the internal order (row j = module row perm[j], the channel shuffle folded in), the
+// depthwise taps [k*k, mid], w3 [Cout, mid] dense. Module layouts: w1 [mid, Cin/g], wd [mid, k*k], w3 [Cout, mid/g].
+struct KernelWeights {
+  Scratch w1, wt, w3;
+};
+
+void check_groups(int64_t Cin, int64_t mid, int64_t Cout, int64_t groups) {
+  check(groups >= 1 && Cin % groups == 0 && mid % groups == 0 && Cout % groups == 0,
+        "groups must divide Cin, mid and Cout");
+}
+
+KernelWeights kernel_weights(const float* w1, const float* wd, const float* w3, int64_t Cin, int64_t mid, int64_t Cout,
+                             int64_t kk, int64_t groups, const int64_t* perm) {
+  KernelWeights r{scratch(mid * Cin), scratch(kk * mid), scratch(Cout * mid)};
+  const int64_t cig = Cin / groups, mog = mid / groups, mig = mid / groups, cog = Cout / groups;
+  std::fill(r.w1.get(), r.w1.get() + mid * Cin, 0.0f);
+  for (int64_t j = 0; j < mid; ++j) {
+    const int64_t o = perm ? perm[j] : j;
+    check(o >= 0 && o < mid, "perm must hold channel indices in [0, mid)");
+    std::copy(w1 + o * cig, w1 + (o + 1) * cig, r.w1.get() + j * Cin + (o / mog) * cig);
+  }
+  transpose(wd, mid, kk, r.wt.get());
+  std::fill(r.w3.get(), r.w3.get() + Cout * mid, 0.0f);
+  for (int64_t o = 0; o < Cout; ++o) std::copy(w3 + o * mig, w3 + (o + 1) * mig, r.w3.get() + o * mid + (o / cog) * mig);
+  return r;
+}
+
 }  // namespace
 
 // folds: 5 vectors per BN (scale, shift, mean, var, invstd), BN1 and BN2 of `mid` channels,
 // BN3 of `Cout`: [scale1, shift1, mean1, var1, invstd1, scale2, ..., invstd3].
-void ir_forward(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1, int64_t mid, buf_t wt,
-                int64_t k, int64_t stride, buf_t w3, int64_t Cout, buf_t gamma1, buf_t beta1, buf_t perm1,
+void ir_forward(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1m, int64_t mid, buf_t wdm,
+                int64_t k, int64_t stride, buf_t w3m, int64_t Cout, int64_t groups, buf_t gamma1, buf_t beta1, buf_t perm1,
                 buf_t gamma2, buf_t beta2, buf_t gamma3, buf_t beta3, buf_t run_mean1, buf_t run_var1,
                 buf_t run_mean2, buf_t run_var2, buf_t run_mean3, buf_t run_var3, double eps1, double eps2,
                 double eps3, double momentum1, double momentum2, double momentum3, buf_t z1, buf_t z2, buf_t z3,
                 buf_t folds, buf_t out, float alpha, bool assign, int64_t blas) {
-  check_buf(folds, "folds");
+  check_buf(folds, "folds"); check_buf(w1m, "w1"); check_buf(wdm, "wt"); check_buf(w3m, "w3");
   const auto [M, Mo] = rows(N, H, W, Cin, mid, Cout, stride);
+  check_groups(Cin, mid, Cout, groups);
+  const KernelWeights kw = kernel_weights(CF(w1m), CF(wdm), CF(w3m), Cin, mid, Cout, k * k, groups,
+                                          reinterpret_cast<const int64_t*>(perm1));
+  const buf_t w1 = B(kw.w1.get()), wt = B(kw.wt.get()), w3 = B(kw.w3.get());
   float* f = F(folds);
   const auto v = [&](int64_t off) { return reinterpret_cast<buf_t>(f + off); };
   const int64_t s1 = 0, s2 = 5 * mid, s3 = 10 * mid;  // each BN's five vectors
@@ -162,14 +196,25 @@ void mm_tn(buf_t x, int64_t M, int64_t P, buf_t y, int64_t Q, buf_t scale, buf_t
 // 2 mid + 2 mid + 2 Cout + 1 floats). gw1 [mid, Cin] (rows in internal order), gwt [k*k, mid], gw3 [Cout, mid]:
 // 0 when not wanted; gx [M, Cin]: 0 when x wants no gradient, else written (accumulate_gx: added to).
 void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin,
-                 int64_t mid, int64_t Cout, int64_t k, int64_t stride, buf_t w1, buf_t wt, buf_t w3, buf_t gamma1,
-                 buf_t beta1, buf_t perm1, buf_t gamma2, buf_t beta2, buf_t gamma3, buf_t beta3, buf_t scale1,
+                 int64_t mid, int64_t Cout, int64_t k, int64_t stride, buf_t w1m, buf_t wdm, buf_t w3m, int64_t groups,
+                 buf_t gamma1, buf_t beta1, buf_t perm1, buf_t gamma2, buf_t beta2, buf_t gamma3, buf_t beta3, buf_t scale1,
                  buf_t shift1, buf_t mean1, buf_t invstd1, buf_t scale2, buf_t shift2, buf_t mean2, buf_t invstd2,
                  buf_t scale3, buf_t shift3, buf_t mean3, buf_t invstd3, bool batch1, bool batch2, bool batch3,
-                 double alpha, buf_t grads, buf_t gw1, buf_t gwt, buf_t gw3, buf_t gx, bool accumulate_gx,
+                 double alpha, buf_t grads, buf_t gw1m, buf_t gwtm, buf_t gw3m, buf_t gx, bool accumulate_gx,
                  int64_t blas) {
-  check_buf(grads, "grads");
+  check_buf(grads, "grads"); check_buf(w1m, "w1"); check_buf(wdm, "wt"); check_buf(w3m, "w3");
   const auto [M, Mo] = rows(N, H, W, Cin, mid, Cout, stride);
+  check_groups(Cin, mid, Cout, groups);
+  const int64_t* perm = reinterpret_cast<const int64_t*>(perm1);
+  const KernelWeights kw = kernel_weights(CF(w1m), CF(wdm), CF(w3m), Cin, mid, Cout, k * k, groups, perm);
+  const buf_t w1 = B(kw.w1.get()), wt = B(kw.wt.get()), w3 = B(kw.w3.get());
+  // The weights' gradients in the kernels' layouts (kernel_weights'), written to the module's at the end: where
+  // the two differ, through scratch.
+  const bool dense = groups == 1 && perm == nullptr;
+  Scratch gw1s = gw1m && !dense ? scratch(mid * Cin) : Scratch(), gwts = gwtm ? scratch(k * k * mid) : Scratch(),
+          gw3s = gw3m && groups > 1 ? scratch(Cout * mid) : Scratch();
+  const buf_t gw1 = gw1m ? (dense ? gw1m : B(gw1s.get())) : 0, gwt = gwtm ? B(gwts.get()) : 0,
+              gw3 = gw3m ? (groups == 1 ? gw3m : B(gw3s.get())) : 0;
   float* g = F(grads);
   const int64_t C3 = std::max(mid, Cout);
   std::vector<float> sg(C3), sgz(C3), k1(C3), k2(C3), k3(C3);
@@ -210,6 +255,24 @@ void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int
     blas_mm(gu1.get(), M, mid, CF(w1), false, Cin, F(gx), accumulate_gx);
   else if (gx)
     small_gemm(B(gu1.get()), M, mid, mid, w1, Cin, gx, Cin, accumulate_gx, 0, 0, 0, 0);
+  // the weights' gradients into the module's layouts (kernel_weights' inverse)
+  const int64_t cig = Cin / groups, mig = mid / groups, cog = Cout / groups;
+  if (gw1m && !dense) {
+    float* o1 = F(gw1m);
+    for (int64_t j = 0; j < mid; ++j) {
+      const int64_t o = perm ? perm[j] : j;
+      const float* src = gw1s.get() + j * Cin + (o / mig) * cig;
+      std::copy(src, src + cig, o1 + o * cig);
+    }
+  }
+  if (gwtm) transpose(gwts.get(), k * k, mid, F(gwtm));
+  if (gw3m && groups > 1) {
+    float* o3 = F(gw3m);
+    for (int64_t o = 0; o < Cout; ++o) {
+      const float* src = gw3s.get() + o * mid + (o / cog) * mig;
+      std::copy(src, src + mig, o3 + o * mig);
+    }
+  }
 }
 
 // An IR candidate's evaluation (every BN folded to an affine: running statistics), accumulated into out:

@@ -41,7 +41,8 @@
                      buf_t out, buf_t aff_scale, buf_t aff_shift, bool aff_on_x);                   \
   /* ir_block: one IR candidate's training forward (the launches above, composed) */               \
   void ir_forward(buf_t x, int64_t N, int64_t H, int64_t W, int64_t Cin, buf_t w1, int64_t mid,      \
-                  buf_t wt, int64_t k, int64_t stride, buf_t w3, int64_t Cout, buf_t gamma1,         \
+                  buf_t wt, int64_t k, int64_t stride, buf_t w3, int64_t Cout, int64_t groups,       \
+                  buf_t gamma1,                                                                      \
                   buf_t beta1, buf_t perm1, buf_t gamma2, buf_t beta2, buf_t gamma3, buf_t beta3,    \
                   buf_t run_mean1, buf_t run_var1, buf_t run_mean2, buf_t run_var2,                  \
                   buf_t run_mean3, buf_t run_var3, double eps1, double eps2, double eps3,            \
@@ -49,7 +50,8 @@
                   buf_t z3, buf_t folds, buf_t out, float alpha, bool assign, int64_t blas);        \
   void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int64_t H, int64_t W, \
                    int64_t Cin, int64_t mid, int64_t Cout, int64_t k, int64_t stride, buf_t w1,      \
-                   buf_t wt, buf_t w3, buf_t gamma1, buf_t beta1, buf_t perm1, buf_t gamma2,         \
+                   buf_t wt, buf_t w3, int64_t groups, buf_t gamma1, buf_t beta1, buf_t perm1,       \
+                   buf_t gamma2,                                                                     \
                    buf_t beta2, buf_t gamma3, buf_t beta3, buf_t scale1, buf_t shift1, buf_t mean1,  \
                    buf_t invstd1, buf_t scale2, buf_t shift2, buf_t mean2, buf_t invstd2,            \
                    buf_t scale3, buf_t shift3, buf_t mean3, buf_t invstd3, bool batch1, bool batch2, \

@@ -609,6 +609,57 @@ def test_candidate_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h,
     assert len(bufs_a) == len(bufs_b) and all(torch.equal(u, v) for u, v in zip(bufs_a, bufs_b))
 
 
+@needs_ext
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("n,c_in,c_out,stride,h,w", [(2, 8, 8, 1, 6, 6), (3, 12, 16, 2, 7, 5), (2, 16, 24, 1, 4, 4)])
+def test_one_call_takes_the_module_layouts(n, c_in, c_out, stride, h, w, layout, isa, monkeypatch):
+    """The one-call paths take each IR candidate's weights in the module's layouts and make the kernels' in C++
+    (dense block-diagonal W1 and W3 for groups > 1, W1's rows in the channel shuffle's order, the depthwise taps
+    transposed), and write the weights' gradients back in the module's: the same bits as the launches, which build
+    them in Python. Candidates beyond the FBNet table (k = 7, k = 1, a fractional expansion, groups 2 at e6: W3
+    block-diagonal too), the parameters contiguous, in channels_last (as the search holds them) or strided views
+    (made row-major first)."""
+    from fbnet_fast.space import LayerSpec
+    from fbnet_fast.supernet import MixedOp
+
+    monkeypatch.setenv(KEEP_ENV, "inf")
+    names = _OTHER_CANDIDATES + ["k3_e1_g2"]
+    torch.manual_seed(0)
+    op0 = MixedOp(LayerSpec(0, 0, c_in, c_out, stride, h, (h - 1) // stride + 1), names)
+    if layout == "channels_last":
+        op0 = op0.to(memory_format=torch.channels_last)
+    elif layout == "strided":  # every conv weight a transposed view: neither memory format's strides
+        for m in op0.modules():
+            if isinstance(m, nn.Conv2d):
+                t = m.weight.detach().flatten(1).t().contiguous().t()  # [out, rest], column-major
+                m.weight = nn.Parameter(t.view(m.weight.shape) if t.is_contiguous() else
+                                        t.unflatten(1, m.weight.shape[1:]))
+        assert not all(m.weight.is_contiguous() for m in op0.modules() if isinstance(m, nn.Conv2d))
+    x = torch.randn(n, c_in, h, w, generator=torch.Generator().manual_seed(1))
+    theta = torch.randn(len(names), generator=torch.Generator().manual_seed(2))
+    go = torch.randn(n, c_out, (h - 1) // stride + 1, (w - 1) // stride + 1, generator=torch.Generator().manual_seed(3))
+    used = []
+    applies = {name: getattr(mixed_op_fused_mod, name) for name in ("_ir_cpp_applies", "_ir_bwd_cpp_applies")}
+    runs = []
+    for one_call in (True, False):
+        op = copy.deepcopy(op0)
+        for name, f in applies.items():
+            monkeypatch.setattr(mixed_op_fused_mod, name,
+                                (lambda f: lambda *a: used.append(f(*a)) or used[-1])(f) if one_call else
+                                (lambda *a: False))
+        outs = [_run(op, x, theta, False, mixed_op_fused, go) for _ in range(2)]
+        runs.append((outs, [p.grad for p in op.parameters()]))
+    assert used and all(used) or not _ext.load().has_blas()
+    (outs_a, grads_a), (outs_b, grads_b) = runs
+    for a, b in zip(outs_a, outs_b):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+    assert len(grads_a) == len(grads_b)
+    for (name, p), u, v in zip(op0.named_parameters(), grads_a, grads_b):
+        if name != "theta":  # the layer's own logits: _run draws from a theta of its own
+            assert u is not None and v is not None and u.shape == p.shape and torch.equal(u, v), name
+
+
 # Evaluation shapes for the one-call path: the grid's edge cases, channels that are not whole vectors (the
 # depthwise pass's generic loop), a batch of 1 on a full plane (work split into bands of output rows, each
 # recomputing the input rows it shares with the band before) and a batch larger than the work items' split.

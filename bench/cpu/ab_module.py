@@ -19,7 +19,10 @@ The steps (batch 64, fbnet-cifar width 0.25 as the default search, forward + cro
 epochs after every layer is decided run. It checks that both give the same bits (loss and every gradient of the
 first round, ``torch.equal``), then times rounds alternating the order; prints medians and ratios
 (``baseline / this``: above 1, this checkout is faster). ``--as-avx2``: torch, oneDNN and MKL held to AVX2 and
-our kernels' ``v3`` variant (an emulation on a wider CPU, named so). Run it alone on the machine.
+our kernels' ``v3`` variant (an emulation on a wider CPU, named so). ``--baseline-so PATH``: the baseline module
+calls that build of ``_C`` (a copy of REV's ``_C.cpython-*.so``, saved before rebuilding) wherever it names
+``cpu_ext`` itself, so a change to the Python and the bindings together (another ABI) is timed against REV as a
+whole; the launchers it reaches through other modules keep this checkout's build. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -62,7 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--steps", nargs="+", choices=("weight", "theta", "single"), default=["weight", "theta", "single"])
     p.add_argument("--arch", type=Path, default=DEFAULT_ARCH)
+    p.add_argument("--baseline-so", type=Path, default=None,
+                   help="REV's build of _C, for the baseline module's own cpu_ext() calls")
     args = p.parse_args(argv)
+    if args.baseline_so is not None and not args.baseline_so.is_file():
+        raise SystemExit(f"--baseline-so {args.baseline_so}: no such file")
     ext = prepare(args.as_avx2, args.threads)
     import torch
 
@@ -73,6 +80,19 @@ def main(argv: list[str] | None = None) -> None:
 
     this = importlib.import_module(args.module)
     mods = {"baseline": load_baseline(args.module, args.baseline_rev), "this": this}
+    if args.baseline_so is not None:
+        import tempfile
+
+        from ab_so import load_copy
+        from fbnet_fast.ops import _ext
+
+        if not hasattr(mods["baseline"], "cpu_ext"):
+            raise SystemExit(f"--baseline-so: {args.module} at {args.baseline_rev} calls no cpu_ext() of its own")
+        old = load_copy(args.baseline_so, tempfile.mkdtemp())
+        old.set_blas(_ext.torch_sgemm())
+        if args.as_avx2:
+            old.set_isa("v3")
+        mods["baseline"].cpu_ext = lambda: old
     package, _, leaf = args.module.rpartition(".")
 
     def use(name: str) -> None:
@@ -131,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     use("this")
     print(f"cpu {cpu_name()}, torch {torch.backends.cpu.get_cpu_capability()}, fused ISA {ext.isa()}"
           f"{' (emulated AVX2)' if args.as_avx2 else ''}, threads {args.threads}, {args.rounds} rounds; "
-          f"{args.module} at {args.baseline_rev} (baseline) vs this checkout")
+          f"{args.module} at {args.baseline_rev}{' with ' + str(args.baseline_so) if args.baseline_so else ''} "
+          f"(baseline) vs this checkout")
     for kind in args.steps:
         b, t = (statistics.median(ts[kind, n]) * 1e3 for n in ("baseline", "this"))
         per = sorted(bb / tt for bb, tt in zip(ts[kind, "baseline"], ts[kind, "this"]))

@@ -15,7 +15,7 @@ from ..errors import ExtensionError
 __all__ = ["load", "available", "torch_sgemm", "BUILD_HINT", "ABI_VERSION"]
 
 # Must equal kAbiVersion in csrc/common.h; a mismatch means a stale in-place build.
-ABI_VERSION = 10
+ABI_VERSION = 11
 
 BUILD_HINT = (
     "build it from the repository root with `pip install -e .` (or `pip install .`); "

@@ -36,7 +36,8 @@ On CPU, an IR candidate whose BNs all normalise with batch statistics runs its f
 (``_C.ir_forward``) and, from the kept intermediates, its backward as another (``_C.ir_backward``,
 csrc/ir_block.cpp): the same kernels in the same order as the launches above, so the same bits, without the
 Python and the thread fork/join around each of the 7 + 11 launches (:func:`_ir_cpp_applies`,
-:func:`_ir_bwd_cpp_applies`). The products the launches leave to torch (:func:`.gemm.small_rule`) run there
+:func:`_ir_bwd_cpp_applies`). Both take the weights in the module's layouts and make the kernels' themselves
+(:func:`_ir_weights` is the launches' only), and the backward writes the weights' gradients in the module's. The products the launches leave to torch (:func:`.gemm.small_rule`) run there
 through torch's own BLAS (``sgemm_``, found at import: ``_ext.torch_sgemm``) with torch.mm's arguments, so
 they keep torch's bits too; without an exported sgemm_ such candidates keep the launches. In evaluation the same holds
 for the three launches of an IR candidate (``_C.ir_eval``, :func:`_ir_eval_cpp`), which also runs them image
@@ -296,11 +297,19 @@ def _ir_forward(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: boo
     return [bn1, bn2, bn3], [z1, z2, z3] if keep else []
 
 
-def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep: bool, first: bool, r: Rules,
-                    counters: list):
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself where its memory is row-major (a conv weight in either memory format: its 1x1 or single-channel
+    dimensions have no stride that matters), else a contiguous copy."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights | None, x2, shape, out2, alpha, keep: bool, first: bool,
+                    r: Rules, counters: list):
     """:func:`_ir_forward` as one C++ call (``_C.ir_forward``: the same kernels in the same order, so the same
     bits), where it applies (:func:`_ir_cpp_applies`). With :func:`_ir_backward_cpp`: the default search's weight
-    step 594 -> 512 ms at 2 threads (AMD EPYC Zen 4, AVX-512, fresh processes; BENCHMARKS.md).
+    step 594 -> 512 ms at 2 threads (AMD EPYC Zen 4, AVX-512, fresh processes; BENCHMARKS.md). It takes the
+    parameters in the module's layouts and makes the kernels' itself (``wts`` unused: None where only the C++
+    calls need them).
 
     z1, z2 and z3 are written into one buffer (kept as ``[zs]``: :func:`_kept_z` makes the views where the Python
     backward wants them) and the three folds into another (:class:`_Folds`); ``num_batches_tracked`` goes to
@@ -319,8 +328,10 @@ def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights, x2, shape, out2, alpha, keep:
     p = ptr
     z1p = zs.data_ptr()
     z2p = z1p + 4 * m * mid
-    cpu_ext().ir_forward(x2.data_ptr(), n, h, w, cin, wts.w1.data_ptr(), mid, wts.wt.data_ptr(), b.kernel, b.stride,
-                         wts.w3.data_ptr(), cout, g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(), b2.data_ptr(),
+    w1, wd, w3 = _row_major(ps[0]), _row_major(ps[3]), _row_major(ps[6])
+    cpu_ext().ir_forward(x2.data_ptr(), n, h, w, cin, w1.data_ptr(), mid, wd.data_ptr(), b.kernel, b.stride,
+                         w3.data_ptr(), cout, b.groups, g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(),
+                         b2.data_ptr(),
                          g3.data_ptr(), b3.data_ptr(), p(rm1), p(rv1), p(rm2), p(rv2), p(rm3), p(rv3),
                          float(bn1.eps), float(bn2.eps), float(bn3.eps), float(f1), float(f2), float(f3),
                          z1p, z2p, z2p + 4 * mo * mid, folds.data_ptr(), out2.data_ptr(),
@@ -406,34 +417,38 @@ def _ir_cpp_applies(c: _Cand, x2: torch.Tensor, m: int, mo: int, r: Rules) -> bo
             and _uses_batch_stats(b.bn3) and (cpu_ext().has_blas() or _fwd_blas(b, x2, m, mo, r) == 0))
 
 
-def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2, alpha, needs, first,
+def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights | None, folds, kept, x2, gx2, shape, go2, alpha, needs, first,
                      r: Rules):
     """:func:`_ir_backward`'s kept path with the products' prologue as one C++ call (``_C.ir_backward``: the same
-    launches in the same order, so the same bits), where :func:`_ir_bwd_cpp_applies` says so. Every gradient it
-    makes is written into one buffer; the returned ones are views of it."""
+    launches in the same order, so the same bits), where :func:`_ir_bwd_cpp_applies` says so. It takes the
+    parameters in the module's layouts (``wts`` unused) and writes every gradient in the module's layout into one
+    buffer; the returned ones are views of it."""
     b = c.block
     _, g1, b1, _, g2, b2, _, g3, b3 = ps
     n, h, w, cin = shape
     mid, cout = b.mid, b.c_out
-    kk = b.kernel * b.kernel
     m, mo = n * h * w, n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
-    sizes = [mid * cin if needs[0] else 0, kk * mid if needs[3] else 0, cout * mid if needs[6] else 0,
+    w1, wd, w3 = _row_major(ps[0]), _row_major(ps[3]), _row_major(ps[6])
+    sizes = [w1.numel() if needs[0] else 0, wd.numel() if needs[3] else 0, w3.numel() if needs[6] else 0,
              mid, mid, mid, mid, cout, cout, 1]
     out = x2.new_empty(sum(sizes))
-    gw1d, gwt, gw3, gg1, gb1, gg2, gb2, gg3, gb3, dot = out.split_with_sizes(sizes)
+    grads = list(out.split_with_sizes(sizes))
+    dot = grads.pop()
     a = out.data_ptr()
     gw1p = a if needs[0] else 0
     gwtp = a + 4 * sizes[0] if needs[3] else 0
     gw3p = a + 4 * (sizes[0] + sizes[1]) if needs[6] else 0
     p = ptr
     cpu_ext().ir_backward(go2.data_ptr(), *_kept_ptrs(kept, m, mo, mid), x2.data_ptr(), n, h, w, cin,
-                          mid, cout, b.kernel, b.stride, wts.w1.data_ptr(), wts.wt.data_ptr(), wts.w3.data_ptr(),
+                          mid, cout, b.kernel, b.stride, w1.data_ptr(), wd.data_ptr(), w3.data_ptr(), b.groups,
                           g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(), b2.data_ptr(), g3.data_ptr(),
-                          b3.data_ptr(), *_fold_ptrs(folds), float(alpha), gg1.data_ptr(),
+                          b3.data_ptr(), *_fold_ptrs(folds), float(alpha), a + 4 * (sizes[0] + sizes[1] + sizes[2]),
                           gw1p, gwtp, gw3p, p(gx2), not first, _bwd_blas(b, x2, gx2, needs, m, mo, r))
-    return _ir_grads(c, ps, needs, gw1d.view(mid, cin) if needs[0] else None, gg1, gb1,
-                     gwt.view(kk, mid) if needs[3] else None, gg2, gb2, gw3.view(cout, mid) if needs[6] else None,
-                     gg3, gb3), dot
+    # the gradients come in the module's layouts: [gw1, gg1, gb1, gwd, gg2, gb2, gw3, gg3, gb3], as views
+    gw1, gwd, gw3, gg1, gb1, gg2, gb2, gg3, gb3 = grads
+    return [gw1.view(ps[0].shape) if needs[0] else None, gg1 if needs[1] else None, gb1 if needs[2] else None,
+            gwd.view(ps[3].shape) if needs[3] else None, gg2 if needs[4] else None, gb2 if needs[5] else None,
+            gw3.view(ps[6].shape) if needs[6] else None, gg3 if needs[7] else None, gb3 if needs[8] else None], dot
 
 
 def _ir_bwd_cpp_applies(c: _Cand, kept, x2, gx2, needs, m: int, mo: int, r: Rules) -> bool:
@@ -601,8 +616,8 @@ class MixedOpFunction(torch.autograd.Function):
     Saved: x ``[N, C_in, H, W]``, weights ``[K]``, the active candidates' parameters; off the
     autograd record, per BatchNorm the forward's fold (scale, shift, mean, variance, invstd ``[C]``: 3 per
     IR candidate, 1 per skip conv; the backward reuses it, and a parameter changed in place in between makes
-    autograd refuse the backward, as the parameters are saved) and each IR candidate's weights in kernel
-    layout (parameter-sized).
+    autograd refuse the backward, as the parameters are saved) and, for an IR candidate run by the launches
+    (not the one-call C++ path, which takes the module's layouts), its weights in kernel layout (parameter-sized).
     Recomputed: every intermediate (z1, z2, h2, z3, one candidate at a time in backward), unless
     the layer's z1, z2 and z3 together fit the keep budget (:func:`keep_budget_bytes`): then
     they are saved too and the backward reads h2 from z2 through the products' prologue (or rebuilds it
@@ -628,18 +643,23 @@ class MixedOpFunction(torch.autograd.Function):
         for c in cands:
             ps, k = params[k:k + c.nparams], k + c.nparams
             alpha = wl[c.index]
-            wts.append(_ir_weights(c, ps) if c.kind == "ir" else None)
             if c.kind == "ir":
-                run = _ir_forward_cpp if _ir_cpp_applies(c, x2, m, mo, r) else _ir_forward
+                # the kernels' weight layouts: made in C++ where the one-call paths run, else here (kept for the
+                # backward: the Python one needs them, a one-call one does not)
+                cpp = _ir_cpp_applies(c, x2, m, mo, r)
+                wts.append(None if cpp else _ir_weights(c, ps))
+                run = _ir_forward_cpp if cpp else _ir_forward
                 f, kp = run(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep, first, r, counters)
                 kept += kp
                 nkept.append(len(kp))
                 residual += alpha if c.block.residual else 0.0
                 first = False
             elif c.kind == "skip_conv":
+                wts.append(None)
                 f = _skip_forward(c, ps, x4, out2, alpha, first)
                 first = False
             else:
+                wts.append(None)
                 f = []
                 residual += alpha
             folds.append(f)
@@ -683,7 +703,10 @@ class MixedOpFunction(torch.autograd.Function):
             if c.kind == "ir":
                 nk = ctx.nkept[i_ir]
                 kp, j, i_ir = kept[j:j + nk] if nk else None, j + nk, i_ir + 1
-                run = _ir_backward_cpp if _ir_bwd_cpp_applies(c, kp, x2, gx2, needs, m, mo, r) else _ir_backward
+                if _ir_bwd_cpp_applies(c, kp, x2, gx2, needs, m, mo, r):
+                    run = _ir_backward_cpp
+                else:  # the Python backward reads the kernels' weight layouts (made now if the forward did not)
+                    run, wts = _ir_backward, wts if wts is not None else _ir_weights(c, ps)
                 g, dot = run(c, ps, wts, fo, kp, x2, gx2, x4.shape, go2, alpha, needs, first, r)
                 is_res, first = c.block.residual, False
             elif c.kind == "skip_conv":
