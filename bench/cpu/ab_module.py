@@ -12,7 +12,7 @@ machine's drift. A caller that bound a name from the module at import time keeps
 ``mixed_op_fused``: ``head_fused`` binds ``fold_module_bn`` and ``module_bn_backward``), so the A/B covers
 what goes through the module at call time.
 
-The steps (batch 64, fbnet-cifar width 0.25 as the default search, forward + cross-entropy + backward):
+The steps (batch 64 unless ``--batch``, fbnet-cifar width 0.25 as the default search, forward + cross-entropy + backward):
 ``weight``: every candidate soft, every weight wanting a gradient, theta none (a warm-up / search weight step);
 ``theta``: the same with the weights frozen (a theta step); ``single``: every layer the exact one-hot of
 ``--arch`` (a search's ``arch.json``; default: the twenty-third session's emulated-AVX2 seed-0 result), as the
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--steps", nargs="+", choices=("weight", "theta", "single"), default=["weight", "theta", "single"])
     p.add_argument("--arch", type=Path, default=DEFAULT_ARCH)
+    p.add_argument("--batch", type=int, default=64,
+                   help="images a step (default 64, the search's); a small one leaves the work around the kernels")
     p.add_argument("--baseline-so", type=Path, default=None,
                    help="REV's build of _C, for the baseline module's own cpu_ext() calls")
     args = p.parse_args(argv)
@@ -100,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         setattr(sys.modules[package], leaf, mods[name])
 
     space = load_space("fbnet-cifar", width_mult=0.25)
-    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(1)).contiguous(
+    x = torch.randn(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(1)).contiguous(
         memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(2))
+    y = torch.randint(0, 10, (args.batch,), generator=torch.Generator().manual_seed(2))
     steps = {}
     for kind in args.steps:
         torch.manual_seed(0)
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
                 ts[kind, name].append(time.perf_counter() - t0)
     use("this")
     print(f"cpu {cpu_name()}, torch {torch.backends.cpu.get_cpu_capability()}, fused ISA {ext.isa()}"
-          f"{' (emulated AVX2)' if args.as_avx2 else ''}, threads {args.threads}, {args.rounds} rounds; "
+          f"{' (emulated AVX2)' if args.as_avx2 else ''}, threads {args.threads}, batch {args.batch}, "
+          f"{args.rounds} rounds; "
           f"{args.module} at {args.baseline_rev}{' with ' + str(args.baseline_so) if args.baseline_so else ''} "
           f"(baseline) vs this checkout")
     for kind in args.steps:
