@@ -105,19 +105,29 @@ void check_groups(int64_t Cin, int64_t mid, int64_t Cout, int64_t groups) {
         "groups must divide Cin, mid and Cout");
 }
 
+// Row o of a grouped 1x1 weight [R, C/g] (the module's) is row j of its dense block-diagonal [R, C] (the kernels'),
+// o = perm[j] (o = j without perm), its C/g values at column (o / (R/g)) * (C/g). ToDense: module -> dense (the
+// dense rows' other columns are left as they are); else dense -> module (a gradient).
+template <bool ToDense>
+void grouped_rows(const float* src, float* dst, int64_t R, int64_t C, int64_t groups, const int64_t* perm) {
+  const int64_t cg = C / groups, rg = R / groups;
+  for (int64_t j = 0; j < R; ++j) {
+    const int64_t o = perm ? perm[j] : j;
+    check(o >= 0 && o < R, "perm must hold channel indices in [0, mid)");
+    const int64_t d = j * C + (o / rg) * cg, m = o * cg;
+    if constexpr (ToDense) std::copy(src + m, src + m + cg, dst + d);
+    else std::copy(src + d, src + d + cg, dst + m);
+  }
+}
+
 KernelWeights kernel_weights(const float* w1, const float* wd, const float* w3, int64_t Cin, int64_t mid, int64_t Cout,
                              int64_t kk, int64_t groups, const int64_t* perm) {
   KernelWeights r{scratch(mid * Cin), scratch(kk * mid), scratch(Cout * mid)};
-  const int64_t cig = Cin / groups, mog = mid / groups, mig = mid / groups, cog = Cout / groups;
   std::fill(r.w1.get(), r.w1.get() + mid * Cin, 0.0f);
-  for (int64_t j = 0; j < mid; ++j) {
-    const int64_t o = perm ? perm[j] : j;
-    check(o >= 0 && o < mid, "perm must hold channel indices in [0, mid)");
-    std::copy(w1 + o * cig, w1 + (o + 1) * cig, r.w1.get() + j * Cin + (o / mog) * cig);
-  }
+  grouped_rows<true>(w1, r.w1.get(), mid, Cin, groups, perm);
   transpose(wd, mid, kk, r.wt.get());
   std::fill(r.w3.get(), r.w3.get() + Cout * mid, 0.0f);
-  for (int64_t o = 0; o < Cout; ++o) std::copy(w3 + o * mig, w3 + (o + 1) * mig, r.w3.get() + o * mid + (o / cog) * mig);
+  grouped_rows<true>(w3, r.w3.get(), Cout, mid, groups, nullptr);
   return r;
 }
 
@@ -256,23 +266,9 @@ void ir_backward(buf_t go, buf_t z1, buf_t z2, buf_t z3, buf_t x, int64_t N, int
   else if (gx)
     small_gemm(B(gu1.get()), M, mid, mid, w1, Cin, gx, Cin, accumulate_gx, 0, 0, 0, 0);
   // the weights' gradients into the module's layouts (kernel_weights' inverse)
-  const int64_t cig = Cin / groups, mig = mid / groups, cog = Cout / groups;
-  if (gw1m && !dense) {
-    float* o1 = F(gw1m);
-    for (int64_t j = 0; j < mid; ++j) {
-      const int64_t o = perm ? perm[j] : j;
-      const float* src = gw1s.get() + j * Cin + (o / mig) * cig;
-      std::copy(src, src + cig, o1 + o * cig);
-    }
-  }
+  if (gw1m && !dense) grouped_rows<false>(gw1s.get(), F(gw1m), mid, Cin, groups, perm);
   if (gwtm) transpose(gwts.get(), k * k, mid, F(gwtm));
-  if (gw3m && groups > 1) {
-    float* o3 = F(gw3m);
-    for (int64_t o = 0; o < Cout; ++o) {
-      const float* src = gw3s.get() + o * mid + (o / cog) * mig;
-      std::copy(src, src + mig, o3 + o * mig);
-    }
-  }
+  if (gw3m && groups > 1) grouped_rows<false>(gw3s.get(), F(gw3m), Cout, mid, groups, nullptr);
 }
 
 // An IR candidate's evaluation (every BN folded to an affine: running statistics), accumulated into out:

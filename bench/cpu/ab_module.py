@@ -85,13 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.baseline_so is not None:
         import tempfile
 
-        from ab_so import load_copy
-        from fbnet_fast.ops import _ext
+        from ab_so import baseline_beside
 
         if not hasattr(mods["baseline"], "cpu_ext"):
             raise SystemExit(f"--baseline-so: {args.module} at {args.baseline_rev} calls no cpu_ext() of its own")
-        old = load_copy(args.baseline_so, tempfile.mkdtemp())
-        old.set_blas(_ext.torch_sgemm())
+        old = baseline_beside(args.baseline_so, tempfile.mkdtemp(), ext, same_abi=False)
         if args.as_avx2:
             old.set_isa("v3")
         mods["baseline"].cpu_ext = lambda: old

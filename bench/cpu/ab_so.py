@@ -52,12 +52,13 @@ def setup(args: argparse.Namespace):
     return prepare(args.as_avx2, args.threads)
 
 
-def baseline_beside(path: Path, tmp: str, new):
-    """The baseline build loaded beside this checkout's module ``new``: the same ABI, torch's BLAS set."""
+def baseline_beside(path: Path, tmp: str, new, same_abi: bool = True):
+    """The baseline build loaded beside this checkout's module ``new``: the same ABI (``same_abi=False``: any, for a
+    caller that drives it with its own Python, as ab_module.py --baseline-so does), torch's BLAS set."""
     from fbnet_fast.ops import _ext
 
     old = load_copy(path, tmp)
-    if getattr(old, "ABI_VERSION", None) != new.ABI_VERSION:
+    if same_abi and getattr(old, "ABI_VERSION", None) != new.ABI_VERSION:
         raise SystemExit(f"the baseline build has ABI {getattr(old, 'ABI_VERSION', None)}, this checkout's "
                          f"{new.ABI_VERSION}: their bindings differ, so one Python cannot drive both")
     old.set_blas(_ext.torch_sgemm())

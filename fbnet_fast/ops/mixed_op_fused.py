@@ -37,7 +37,8 @@ On CPU, an IR candidate whose BNs all normalise with batch statistics runs its f
 csrc/ir_block.cpp): the same kernels in the same order as the launches above, so the same bits, without the
 Python and the thread fork/join around each of the 7 + 11 launches (:func:`_ir_cpp_applies`,
 :func:`_ir_bwd_cpp_applies`). Both take the weights in the module's layouts and make the kernels' themselves
-(:func:`_ir_weights` is the launches' only), and the backward writes the weights' gradients in the module's. The products the launches leave to torch (:func:`.gemm.small_rule`) run there
+(:func:`_ir_weights` is the launches' only), and the backward writes the weights' gradients in the module's.
+The products the launches leave to torch (:func:`.gemm.small_rule`) run there
 through torch's own BLAS (``sgemm_``, found at import: ``_ext.torch_sgemm``) with torch.mm's arguments, so
 they keep torch's bits too; without an exported sgemm_ such candidates keep the launches. In evaluation the same holds
 for the three launches of an IR candidate (``_C.ir_eval``, :func:`_ir_eval_cpp`), which also runs them image
@@ -331,8 +332,7 @@ def _ir_forward_cpp(c: _Cand, ps, wts: _IRWeights | None, x2, shape, out2, alpha
     w1, wd, w3 = _row_major(ps[0]), _row_major(ps[3]), _row_major(ps[6])
     cpu_ext().ir_forward(x2.data_ptr(), n, h, w, cin, w1.data_ptr(), mid, wd.data_ptr(), b.kernel, b.stride,
                          w3.data_ptr(), cout, b.groups, g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(),
-                         b2.data_ptr(),
-                         g3.data_ptr(), b3.data_ptr(), p(rm1), p(rv1), p(rm2), p(rv2), p(rm3), p(rv3),
+                         b2.data_ptr(), g3.data_ptr(), b3.data_ptr(), p(rm1), p(rv1), p(rm2), p(rv2), p(rm3), p(rv3),
                          float(bn1.eps), float(bn2.eps), float(bn3.eps), float(f1), float(f2), float(f3),
                          z1p, z2p, z2p + 4 * mo * mid, folds.data_ptr(), out2.data_ptr(),
                          float(alpha), bool(first), _fwd_blas(b, x2, m, mo, r))
@@ -432,20 +432,15 @@ def _ir_backward_cpp(c: _Cand, ps, wts: _IRWeights | None, folds, kept, x2, gx2,
     sizes = [w1.numel() if needs[0] else 0, wd.numel() if needs[3] else 0, w3.numel() if needs[6] else 0,
              mid, mid, mid, mid, cout, cout, 1]
     out = x2.new_empty(sum(sizes))
-    grads = list(out.split_with_sizes(sizes))
-    dot = grads.pop()
-    a = out.data_ptr()
-    gw1p = a if needs[0] else 0
-    gwtp = a + 4 * sizes[0] if needs[3] else 0
-    gw3p = a + 4 * (sizes[0] + sizes[1]) if needs[6] else 0
+    gw1, gwd, gw3, gg1, gb1, gg2, gb2, gg3, gb3, dot = out.split_with_sizes(sizes)
     p = ptr
     cpu_ext().ir_backward(go2.data_ptr(), *_kept_ptrs(kept, m, mo, mid), x2.data_ptr(), n, h, w, cin,
                           mid, cout, b.kernel, b.stride, w1.data_ptr(), wd.data_ptr(), w3.data_ptr(), b.groups,
                           g1.data_ptr(), b1.data_ptr(), p(c.perm), g2.data_ptr(), b2.data_ptr(), g3.data_ptr(),
-                          b3.data_ptr(), *_fold_ptrs(folds), float(alpha), a + 4 * (sizes[0] + sizes[1] + sizes[2]),
-                          gw1p, gwtp, gw3p, p(gx2), not first, _bwd_blas(b, x2, gx2, needs, m, mo, r))
-    # the gradients come in the module's layouts: [gw1, gg1, gb1, gwd, gg2, gb2, gw3, gg3, gb3], as views
-    gw1, gwd, gw3, gg1, gb1, gg2, gb2, gg3, gb3 = grads
+                          b3.data_ptr(), *_fold_ptrs(folds), float(alpha), gg1.data_ptr(),
+                          gw1.data_ptr() if needs[0] else 0, gwd.data_ptr() if needs[3] else 0,
+                          gw3.data_ptr() if needs[6] else 0, p(gx2), not first, _bwd_blas(b, x2, gx2, needs, m, mo, r))
+    # the weights' gradients come in the module's layouts
     return [gw1.view(ps[0].shape) if needs[0] else None, gg1 if needs[1] else None, gb1 if needs[2] else None,
             gwd.view(ps[3].shape) if needs[3] else None, gg2 if needs[4] else None, gb2 if needs[5] else None,
             gw3.view(ps[6].shape) if needs[6] else None, gg3 if needs[7] else None, gb3 if needs[8] else None], dot
@@ -643,26 +638,26 @@ class MixedOpFunction(torch.autograd.Function):
         for c in cands:
             ps, k = params[k:k + c.nparams], k + c.nparams
             alpha = wl[c.index]
+            wt = None  # an IR candidate's weights in kernel layout, where the launches (not the one-call path) run it
             if c.kind == "ir":
-                # the kernels' weight layouts: made in C++ where the one-call paths run, else here (kept for the
-                # backward: the Python one needs them, a one-call one does not)
+                # made in C++ where the one-call paths run, else here (kept for the backward: the Python one needs
+                # them, a one-call one does not)
                 cpp = _ir_cpp_applies(c, x2, m, mo, r)
-                wts.append(None if cpp else _ir_weights(c, ps))
+                wt = None if cpp else _ir_weights(c, ps)
                 run = _ir_forward_cpp if cpp else _ir_forward
-                f, kp = run(c, ps, wts[-1], x2, x4.shape, out2, alpha, keep, first, r, counters)
+                f, kp = run(c, ps, wt, x2, x4.shape, out2, alpha, keep, first, r, counters)
                 kept += kp
                 nkept.append(len(kp))
                 residual += alpha if c.block.residual else 0.0
                 first = False
             elif c.kind == "skip_conv":
-                wts.append(None)
                 f = _skip_forward(c, ps, x4, out2, alpha, first)
                 first = False
             else:
-                wts.append(None)
                 f = []
                 residual += alpha
             folds.append(f)
+            wts.append(wt)
         if first:  # identity skips only: one pass (a one-hot skip layer of a single-path step)
             torch.mul(x2, residual, out=out2)
         elif residual:
