@@ -132,14 +132,19 @@ def test_rules_read_the_environment_once(monkeypatch, isa):
     shapes = [(65536, 8, 48), (4096, 48, 8), (1024, 1504, 88), (16, gemm.MAX_K + 1, 8), (8, 3, narrow + 1)]
     for m, k, n in shapes:
         assert r.small(m, k, n) == gemm.small_rule(cpu, m, k, n) == (k <= gemm.MAX_K and n <= narrow)
-    for p, q in [(8, 48), (48, 8), (16, 512), (17, 17), (8, 513)]:
-        assert r.small_tn(p, q) == gemm.small_tn_rule(cpu, p, q) == (min(p, q) <= gemm.TN_MAX_NARROW
-                                                                        and max(p, q) <= gemm.TN_MAX_WIDE)
+    long_narrow = gemm.TN_LONG_NARROW if _ext.load().isa() == "v4" else 0
+    assert r.tn_long_narrow == long_narrow
+    for m in (gemm.TN_LONG_M - 1, gemm.TN_LONG_M, 65536):
+        for p, q in [(8, 48), (48, 8), (16, 512), (17, 17), (8, 513), (48, 144), (144, 48), (49, 49), (24, 513)]:
+            narrow, wide = min(p, q), max(p, q)
+            want = wide <= gemm.TN_MAX_WIDE and (narrow <= gemm.TN_MAX_NARROW
+                                                 or (m >= gemm.TN_LONG_M and narrow <= long_narrow))
+            assert r.small_tn(p, q, m) == gemm.small_tn_rule(cpu, p, q, m) == want, (m, p, q)
     monkeypatch.setenv(gemm.SMALL_ENV, "0")
-    assert r.small(65536, 48, 8) and r.small_tn(8, 48)  # the snapshot stands
+    assert r.small(65536, 48, 8) and r.small_tn(8, 48, 1024)  # the snapshot stands
     off = gemm.rules(cpu)
-    assert not off.on and not off.small(65536, 8, 48) and not off.small_tn(8, 48)
-    assert not gemm.small_rule(cpu, 65536, 8, 48) and not gemm.small_tn_rule(cpu, 8, 48)
+    assert not off.on and not off.small(65536, 8, 48) and not off.small_tn(8, 48, 1024)
+    assert not gemm.small_rule(cpu, 65536, 8, 48) and not gemm.small_tn_rule(cpu, 8, 48, 1024)
     assert not gemm.rules(torch.device("meta")).on  # not a CPU tensor: torch's
     monkeypatch.setenv(gemm.SMALL_ENV, "yes")
     with pytest.raises(ConfigError, match=gemm.SMALL_ENV):
@@ -199,12 +204,16 @@ def test_small_gemm_tn_same_bits_for_any_thread_count(p, q, isa):
 
 
 @pytest.mark.parametrize("m,p,q", [(65536, 48, 8), (4096, 8, 96), (1024, 48, 288), (100, 600, 4), (8192, 24, 144),
-                                   (2048, 112, 40)])
-def test_mm_tn_routes_by_shape_and_agrees_with_torch(m, p, q, monkeypatch):
+                                   (2048, 112, 40), (8191, 24, 32), (32768, 96, 48), (8192, 49, 64)])
+def test_mm_tn_routes_by_shape_and_agrees_with_torch(m, p, q, isa, monkeypatch):
+    """Every ISA variant: the kernel where its rule says (v4 also takes narrow sides up to TN_LONG_NARROW over
+    TN_LONG_M rows or more), torch's elsewhere, both within their bounds of the float64 product."""
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(m, p, generator=g), torch.randn(m, q, generator=g)
     narrow, wide = sorted((p, q))
-    assert gemm.use_small_tn(x, y) == (narrow <= gemm.TN_MAX_NARROW and wide <= gemm.TN_MAX_WIDE)
+    long_narrow = gemm.TN_LONG_NARROW if isa == "v4" else gemm.TN_MAX_NARROW
+    limit = long_narrow if m >= gemm.TN_LONG_M else gemm.TN_MAX_NARROW
+    assert gemm.use_small_tn(x, y) == (narrow <= limit and wide <= gemm.TN_MAX_WIDE)
     got = gemm.mm_tn(x, y)
     assert got.shape == (p, q) and got.is_contiguous()
     bound = _tn_bound(x, y) if gemm.use_small_tn(x, y) else 1.01 * m * U * (x.double().abs().t() @ y.double().abs())

@@ -542,7 +542,9 @@ def without_blas():
 @needs_ext
 @pytest.mark.parametrize("n,c_in,c_out,stride,h,w,cl", [SHAPES[0], SHAPES[3], SHAPES[5], SHAPES[7], SHAPES[10],
                                                      SHAPES[15], SHAPES[21],
-                                                     (2, 56, 56, 1, 4, 4, True)])  # every product to BLAS on v4
+                                                     (2, 56, 56, 1, 4, 4, True),  # every product to BLAS on v4
+                                                     # 8,192 rows: v4's 24-wide weight gradients on the kernel
+                                                     (8, 24, 24, 1, 32, 32, True)])
 @pytest.mark.parametrize("bn_mode", ["momentum", "cumulative", "untracked", "frozen-weights"])
 @pytest.mark.parametrize("blas", [True, False], ids=["blas", "noblas"])
 def test_candidate_in_one_call_is_the_launch_sequence(n, c_in, c_out, stride, h, w, cl, bn_mode, blas, isa,

@@ -79,24 +79,27 @@ class Rules(NamedTuple):
 
     on: bool  # CPU tensors and the kernel enabled
     narrow_n: int  # widest output the small kernel takes (NARROW_N, or NARROW_N_BASE in the SSE2 build)
+    tn_long_narrow: int = 0  # narrow side the TN kernel takes over at least TN_LONG_M rows (v4's TN_LONG_NARROW)
 
     def small(self, m: int, k: int, n: int) -> bool:
         """:func:`small_rule` for a float32 ``[m, k] @ [k, n]``."""
         return self.on and k <= MAX_K and n <= self.narrow_n
 
-    def small_tn(self, p: int, q: int) -> bool:
-        """:func:`small_tn_rule` for float32 ``[M, p]^T [M, q]``."""
+    def small_tn(self, p: int, q: int, m: int) -> bool:
+        """:func:`small_tn_rule` for float32 ``[m, p]^T [m, q]``."""
         if not self.on:
             return False
         narrow, wide = (p, q) if p <= q else (q, p)
-        return wide <= TN_MAX_WIDE and narrow <= TN_MAX_NARROW
+        return wide <= TN_MAX_WIDE and (narrow <= TN_MAX_NARROW
+                                         or (m >= TN_LONG_M and narrow <= self.tn_long_narrow))
 
 
 def rules(device: torch.device) -> Rules:
     """The routing rules for products on ``device`` as they stand now (read the environment and the variant)."""
     if device.type != "cpu" or not enabled():
         return Rules(False, 0)
-    return Rules(True, NARROW_N_BASE if cpu_ext().isa() == "base" else NARROW_N)
+    isa = cpu_ext().isa()
+    return Rules(True, NARROW_N_BASE if isa == "base" else NARROW_N, TN_LONG_NARROW if isa == "v4" else 0)
 
 
 def small_rule(device: torch.device, m: int, k: int, n: int) -> bool:
@@ -189,22 +192,29 @@ def _mm(a, b, out, accumulate, a_scale, a_shift, stats) -> MMStats:
 # ~6 % of the width-1.0 supernet step) and is as accurate (bench/cpu/grad_agreement.py: the gradients differ in the
 # 7th digit); it stays at 16 because 16 is the setting whose whole-search held-out accuracy is measured (18 seeds,
 # 1.7 points below the reference on the mean; one 12-seed run with 32 drew 7.3 below; BENCHMARKS.md, seventeenth
-# session). The wider side is capped so that the per-chunk partial sums stay small (M / 256 x 16 x 512 floats).
+# session); over long products v4 takes more (below). The wider side is capped so that the per-chunk partial sums stay small (M / 256 x 16 x 512 floats).
 TN_MAX_WIDE, TN_MAX_NARROW = 512, 16
+# Over long products (at least TN_LONG_M rows, the 32x32 and 16x16 layers of a wide supernet) v4's kernel also takes
+# narrow sides up to TN_LONG_NARROW: there MKL spends about half its time packing the transposed operand
+# (mkl_blas_def_sgemm_scopy_down16_bdz in perf), and the kernel measured 1.09-1.67x MKL on the width-1.0 batch-32
+# shapes, 1.0-1.6x on width 1.5 and 2.0 (0.95-0.99x only with the wider side at 192-240), and lost at 64 columns
+# (0.87-1.07x); over 2,048 rows it is 0.87-1.07x (bench/cpu/ab_tn.py --width 1.0 1.5 2.0, AMD EPYC Zen 4, v4,
+# 1 thread; bench/results/session27/). v3 (emulated AVX2) measured 0.84-1.19x at 24-32 columns there: 16 stays.
+# The default search (width 0.25, batch 64) has no product this widens (its narrow sides over 8,192 rows are <= 16),
+# so its bits, and the held-out accuracy measured on them, stand.
+TN_LONG_M, TN_LONG_NARROW = 8192, 48
 
 
 def use_small_tn(x: torch.Tensor, y: torch.Tensor) -> bool:
     """Whether :func:`mm_tn` sends ``x^T y`` to the kernel (``small_gemm_tn``)."""
     if x.dtype != torch.float32 or y.dtype != torch.float32:
         return False
-    return small_tn_rule(x.device, x.shape[1], y.shape[1])
+    return small_tn_rule(x.device, x.shape[1], y.shape[1], x.shape[0])
 
 
-def small_tn_rule(device: torch.device, p: int, q: int) -> bool:
-    """:func:`use_small_tn` for float32 ``[M, p]^T [M, q]`` on ``device``, by shape alone."""
-    if device.type != "cpu" or not enabled():
-        return False
-    return Rules(True, 0).small_tn(p, q)
+def small_tn_rule(device: torch.device, p: int, q: int, m: int) -> bool:
+    """:func:`use_small_tn` for float32 ``[m, p]^T [m, q]`` on ``device``, by shape alone."""
+    return rules(device).small_tn(p, q, m)
 
 
 def mm_tn(x: torch.Tensor, y: torch.Tensor, *, y_scale: torch.Tensor | None = None,

@@ -402,9 +402,9 @@ def _bwd_blas(b: nn.Module, x2: torch.Tensor, gx2, needs, m: int, mo: int, r: Ru
     """The ``blas`` bits of the kept backward's products on CPU, as :func:`_ir_backward` sends them to torch:
     W3's gradient (with h2 written first), gz3 W3, W1's gradient, gz1 W1."""
     mid, cout, cin = b.mid, b.c_out, x2.shape[1]
-    return ((_BLAS_GW3 if needs[6] and not r.small_tn(cout, mid) else 0)
+    return ((_BLAS_GW3 if needs[6] and not r.small_tn(cout, mid, mo) else 0)
             | (0 if r.small(mo, cout, mid) else _BLAS_GH2)
-            | (_BLAS_GW1 if needs[0] and not r.small_tn(mid, cin) else 0)
+            | (_BLAS_GW1 if needs[0] and not r.small_tn(mid, cin, m) else 0)
             | (_BLAS_GX if gx2 is not None and not r.small(m, mid, cin) else 0))
 
 
@@ -467,7 +467,7 @@ def _ir_backward(c: _Cand, ps, wts: _IRWeights, folds, kept, x2, gx2, shape, go2
     # kernels' prologue where the small kernels run both (h2 None), else written once.
     m_out = n * conv_out_size(h, b.stride) * conv_out_size(w, b.stride)
     prologue = (r.small(m_out, b.mid, wts.w3.shape[0]) or bool(kept)) and (
-        not needs[6] or r.small_tn(wts.w3.shape[0], b.mid))
+        not needs[6] or r.small_tn(wts.w3.shape[0], b.mid, m_out))
     if kept:
         # Kept by the forward (the layer fit the keep budget).
         z1, z2, z3 = _kept_z(kept, n * h * w, m_out, b.mid, wts.w3.shape[0])
