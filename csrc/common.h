@@ -54,6 +54,11 @@ inline void prefetch_floats(const float* x, int64_t n) {
   const char* c = reinterpret_cast<const char*>(x);
   for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(float)); off += 64) __builtin_prefetch(c + off, 0, 2);
 }
+// The same for n floats about to be written (asked for ownership, so the stores do not wait for the line).
+inline void prefetch_floats_w(float* x, int64_t n) {
+  char* c = reinterpret_cast<char*>(x);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(float)); off += 64) __builtin_prefetch(c + off, 1, 2);
+}
 
 // Rows per work chunk of a reduction over `rows` rows of `row_elems` floats: about `target` elements a chunk
 // (float32 sums stay short within a chunk), and at least kMinChunks chunks where there are that many rows, so

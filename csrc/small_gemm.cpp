@@ -211,8 +211,22 @@ void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float
                int64_t ldo, bool accumulate, const float* sc, const float* sh, float* scratch) {
   const int64_t Np = padded_width(N);
   int64_t r = 0;
-  for (; r + 2 * kP <= rows; r += 2 * kP)
+  for (; r + 2 * kP <= rows; r += 2 * kP) {
+    // A's and out's rows four blocks ahead (past this call's rows too: the next block of the product; a prefetch
+    // never faults). A tile reads its 2 kP rows of A side by side, each only K floats long: streams too short for
+    // the hardware prefetcher, so where A did not fit the caches every row started cold (the width-1.0
+    // supernet's [32768, 144] @ [144, 8] read A at 4.5 GB/s, 17x the time of [8192, 144] @ [144, 8], whose A stays
+    // in L3); out's rows are written as cold. No arithmetic changes: the same bits. Measured in one process
+    // against the build before (bench/cpu/ab_so.py, AMD EPYC Zen 4, 1 thread, bench/results/session27/): that
+    // product alone 4.2-4.7 -> 1.8-2.6 ms; the width-1.0 batch-32 supernet's 32x32 layers (0-4), AVX-512 (v4),
+    // 1.12x on the medians of 41 rounds (1.06x per round); emulated AVX2 (v3) 1.01x, the default search's 32x32
+    // layers 1.01x (its rows are 8-48 floats: nothing to gain, nothing lost).
+    for (int q = 0; q < 2 * kP; ++q) {
+      prefetch_floats(a + (r + 8 * kP + q) * lda, K);
+      prefetch_floats_w(o + (r + 8 * kP + q) * ldo, N);
+    }
     row_block<2 * kP>(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
+  }
   for (; r + kP <= rows; r += kP)
     row_block<kP>(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
   if (r == rows) return;
