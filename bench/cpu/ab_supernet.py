@@ -8,7 +8,10 @@ load falls on both alike; eager NCHW is left out (slower than channels_last on t
 every run so far). Prints the medians and writes ``bench/results/ab_supernet.json``
 (``ab_supernet_avx2.json`` with ``--as-avx2``: torch, oneDNN and MKL held to AVX2 before torch loads and our
 kernels on their ``v3`` variant, as ``search_wall.py --as-avx2`` does: an AVX2-only CPU's instruction mix,
-emulated on this one's cores and caches).
+emulated on this one's cores and caches). The timed rounds run as a search's epochs do: inside
+``fbnet_fast.malloc.long_lived_frozen`` (the long-lived objects exempt from the cyclic collector's scans) and
+with ``tune_malloc``'s thresholds. Until the twenty-seventh session they ran outside it, and both providers' steps
+paid full collections of the whole process now and then (~35-60 ms a fused step at width 1.0, `perf`).
 
 It also states how much of the machine a step uses: the step's floating-point work is the eager
 forward counted with ``torch.utils.flop_counter.FlopCounterMode``, times 3 (each conv and linear's
@@ -57,7 +60,7 @@ def gemm_rate_timer():
 
 def main(threads: int, rounds: int, as_avx2: bool = False) -> None:
     torch.set_num_threads(threads)
-    from fbnet_fast.malloc import tune_malloc
+    from fbnet_fast.malloc import long_lived_frozen, tune_malloc
     from fbnet_fast.measure.core import cpu_name
     from fbnet_fast.ops import _ext
 
@@ -88,12 +91,13 @@ def main(threads: int, rounds: int, as_avx2: bool = False) -> None:
     gemm()
     ts = {p: [] for p in PROVIDERS}
     rates = []
-    for _ in range(rounds):
-        rates.append(gemm())
-        for p in PROVIDERS:
-            t = time.perf_counter()
-            step(p)
-            ts[p].append(time.perf_counter() - t)
+    with long_lived_frozen():  # the collector as a search's or a training's epochs run (both providers)
+        for _ in range(rounds):
+            rates.append(gemm())
+            for p in PROVIDERS:
+                t = time.perf_counter()
+                step(p)
+                ts[p].append(time.perf_counter() - t)
     med = {p: sorted(v)[len(v) // 2] for p, v in ts.items()}
     peak = sorted(rates)[len(rates) // 2]
     print(f"{cpu_name()}, torch capability {torch.backends.cpu.get_cpu_capability()}, fused isa {isa}"
