@@ -208,6 +208,9 @@ std::vector<float> padded_columns(const float* b, int64_t K, int64_t N) {
 
 int64_t gemm_rows_scratch(int64_t K, int64_t N) { return 2 * kP * K + kP * padded_width(N); }
 
+// Rows of at least this many floats (4 cache lines) are prefetched ahead in gemm_rows (see there).
+constexpr int64_t kPrefetchMin = 64;
+
 void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float* bp, int64_t N, float* o,
                int64_t ldo, bool accumulate, const float* sc, const float* sh, float* scratch) {
   const int64_t Np = padded_width(N);
@@ -221,11 +224,15 @@ void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float
     // against the build before (bench/cpu/ab_so.py, AMD EPYC Zen 4, 1 thread, bench/results/session27/): that
     // product alone 4.2-4.7 -> 1.8-2.6 ms; the width-1.0 batch-32 supernet's 32x32 layers (0-4), AVX-512 (v4),
     // 1.12x on the medians of 41 rounds (1.06x per round); emulated AVX2 (v3) 1.01x, the default search's 32x32
-    // layers 1.01x (its rows are 8-48 floats: nothing to gain, nothing lost).
-    for (int q = 0; q < 2 * kP; ++q) {
-      prefetch_floats(a + (r + 8 * kP + q) * lda, K);
-      prefetch_floats_w(o + (r + 8 * kP + q) * ldo, N);
-    }
+    // layers 1.01x. But over the default search's whole step, emulated AVX2 lost 3.5-4 % (weight step 0.965x per
+    // round, theta step 0.977x, 31 rounds; its products' rows are 8-48 floats, each prefetched line mostly a line
+    // already on its way), so only rows of kPrefetchMin floats or more are prefetched: then the v3 weight and theta
+    // steps 0.995x / 0.999x against the build without any prefetch, v4's 1.009x, and the width-1.0 32x32 layers
+    // 1.000x against prefetching every row (bench/results/session27/ab_so_prefetch_rows.txt).
+    if (K >= kPrefetchMin)
+      for (int q = 0; q < 2 * kP; ++q) prefetch_floats(a + (r + 8 * kP + q) * lda, K);
+    if (N >= kPrefetchMin)
+      for (int q = 0; q < 2 * kP; ++q) prefetch_floats_w(o + (r + 8 * kP + q) * ldo, N);
     row_block<2 * kP>(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
   }
   for (; r + kP <= rows; r += kP)
