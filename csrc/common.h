@@ -50,14 +50,11 @@ inline void check_positive(int64_t v, const char* name) {
 // The n floats at x asked into L2 ahead of their first use: the row a kernel reads in its next step (the next
 // image row). The hardware prefetcher follows a stream only while it is read, so each row of a big tensor visited
 // row by row between other work started cold: the loads of its first touch stalled. No effect on any result.
+// Write = true: floats about to be written, asked for ownership (the stores then do not wait for the line).
+template <bool Write = false>
 inline void prefetch_floats(const float* x, int64_t n) {
   const char* c = reinterpret_cast<const char*>(x);
-  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(float)); off += 64) __builtin_prefetch(c + off, 0, 2);
-}
-// The same for n floats about to be written (asked for ownership, so the stores do not wait for the line).
-inline void prefetch_floats_w(float* x, int64_t n) {
-  char* c = reinterpret_cast<char*>(x);
-  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(float)); off += 64) __builtin_prefetch(c + off, 1, 2);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(float)); off += 64) __builtin_prefetch(c + off, Write, 2);
 }
 
 // Rows per work chunk of a reduction over `rows` rows of `row_elems` floats: about `target` elements a chunk

@@ -208,7 +208,7 @@ std::vector<float> padded_columns(const float* b, int64_t K, int64_t N) {
 
 int64_t gemm_rows_scratch(int64_t K, int64_t N) { return 2 * kP * K + kP * padded_width(N); }
 
-// Rows of at least this many floats (4 cache lines) are prefetched ahead in gemm_rows (see there).
+// Rows of at least this many floats (4 cache lines) are prefetched ahead, in gemm_rows and small_gemm_tn (see there).
 constexpr int64_t kPrefetchMin = 64;
 
 void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float* bp, int64_t N, float* o,
@@ -232,7 +232,7 @@ void gemm_rows(const float* a, int64_t lda, int64_t rows, int64_t K, const float
     if (K >= kPrefetchMin)
       for (int q = 0; q < 2 * kP; ++q) prefetch_floats(a + (r + 8 * kP + q) * lda, K);
     if (N >= kPrefetchMin)
-      for (int q = 0; q < 2 * kP; ++q) prefetch_floats_w(o + (r + 8 * kP + q) * ldo, N);
+      for (int q = 0; q < 2 * kP; ++q) prefetch_floats<true>(o + (r + 8 * kP + q) * ldo, N);
     row_block<2 * kP>(a + r * lda, lda, K, bp, Np, N, o + r * ldo, ldo, accumulate, sc, sh, scratch);
   }
   for (; r + kP <= rows; r += kP)
@@ -340,8 +340,6 @@ namespace {
 
 constexpr int64_t kTnRows = 256;  // rows per chunk: float32 sums within, float64 across chunks
 
-// Chunk rows [0, R) of X (ldx) and of Y (padded, Qp columns, row stride ldy): the P x Q partial,
-// 4 columns of X broadcast against NB vectors of a Y row, registers for the whole chunk.
 // Rows to ask into L2 while a tile runs, one pair a row r: x + r * ldx (nx floats) and y + r * ldy (ny floats).
 struct TnPrefetch {
   const float* x = nullptr;
@@ -350,7 +348,9 @@ struct TnPrefetch {
   int64_t ldy = 0, ny = 0;
 };
 
-// pf: taken (and cleared) by the first tile that runs with it; the sums are the same with or without.
+// Chunk rows [0, R) of X (ldx) and of Y (padded, Qp columns, row stride ldy): the P x Q partial,
+// 4 columns of X broadcast against NB vectors of a Y row, registers for the whole chunk. pf: taken (and cleared)
+// by the first tile that runs with it; the sums are the same with or without.
 template <typename V, int PB, int NB>
 inline void tn_tile(const float* __restrict__ x, int64_t ldx, const float* __restrict__ y, int64_t ldy, int64_t R,
                     float* __restrict__ part, int64_t ldp, TnPrefetch& pf) {
@@ -438,7 +438,7 @@ void small_gemm_tn(buf_t x, int64_t M, int64_t P, int64_t ldx, buf_t y, int64_t 
       // are read whole by the first tiles and followed by it (with them it measured ~1 % slower). Past the end
       // of X or Y harmlessly (a prefetch never faults). No effect on any result.
       TnPrefetch pf;
-      if (ch + 1 < nch && P + Q >= 64) pf = {xp + (r0 + kTnRows) * ldx, ldx, P, yp + (r0 + kTnRows) * ldy, ldy, Q};
+      if (ch + 1 < nch && P + Q >= kPrefetchMin) pf = {xp + (r0 + kTnRows) * ldx, ldx, P, yp + (r0 + kTnRows) * ldy, ldy, Q};
       column_blocks(Qp, [&](auto v, auto nb, int64_t j0) {
         using V = decltype(v);
         constexpr int NB = decltype(nb)::value;

@@ -15,7 +15,6 @@ two settings are the same code and the ratio reads the noise. Run it alone on th
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ def main() -> None:
     p.add_argument("--phase", choices=("weight", "theta"), default="weight")
     args = p.parse_args()
 
-    from fbnet_fast.malloc import tune_malloc
+    from fbnet_fast.malloc import long_lived_frozen, tune_malloc
     from fbnet_fast.measure.core import cpu_name
     from fbnet_fast.ops import _ext, gemm
     from fbnet_fast.space import load_space
@@ -60,17 +59,16 @@ def main() -> None:
 
     on = gemm.TN_LONG_NARROW
     settings = {"route": on, "before": 0}
-    gc.collect()
-    gc.freeze()  # as the search runs its steps (fbnet_fast.malloc)
     ts: dict[str, list[float]] = {k: [] for k in settings}
     try:
-        for k, v in settings.items():  # one untimed warm-up step each
-            gemm.TN_LONG_NARROW = v
-            step()
-        for r in range(args.rounds):
-            for k in (("route", "before") if r % 2 == 0 else ("before", "route")):
-                gemm.TN_LONG_NARROW = settings[k]
-                ts[k].append(step())
+        with long_lived_frozen():  # the collector as a search's epochs run
+            for k, v in settings.items():  # one untimed warm-up step each
+                gemm.TN_LONG_NARROW = v
+                step()
+            for r in range(args.rounds):
+                for k in (("route", "before") if r % 2 == 0 else ("before", "route")):
+                    gemm.TN_LONG_NARROW = settings[k]
+                    ts[k].append(step())
     finally:
         gemm.TN_LONG_NARROW = on
     med = {k: statistics.median(v) for k, v in ts.items()}

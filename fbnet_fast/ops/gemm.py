@@ -192,7 +192,8 @@ def _mm(a, b, out, accumulate, a_scale, a_shift, stats) -> MMStats:
 # ~6 % of the width-1.0 supernet step) and is as accurate (bench/cpu/grad_agreement.py: the gradients differ in the
 # 7th digit); it stays at 16 because 16 is the setting whose whole-search held-out accuracy is measured (18 seeds,
 # 1.7 points below the reference on the mean; one 12-seed run with 32 drew 7.3 below; BENCHMARKS.md, seventeenth
-# session); over long products v4 takes more (below). The wider side is capped so that the per-chunk partial sums stay small (M / 256 x 16 x 512 floats).
+# session); over long products v4 takes more (below). The wider side is capped so that the per-chunk partial sums
+# stay small (M / 256 x 16 x 512 floats; x 48 over long products).
 TN_MAX_WIDE, TN_MAX_NARROW = 512, 16
 # Over long products (at least TN_LONG_M rows, the 32x32 and 16x16 layers of a wide supernet) v4's kernel also takes
 # narrow sides up to TN_LONG_NARROW: there MKL spends about half its time packing the transposed operand
