@@ -10,7 +10,7 @@
 #include <memory>
 #include <vector>
 
-#include <immintrin.h>  // madd's explicit FMAs (v3, v4)
+#include <immintrin.h>  // vec.h's madd: explicit FMAs (v3, v4)
 
 FBNET_ISA_BEGIN
 namespace fbnet {
@@ -28,40 +28,13 @@ void check_conv_args(int64_t N, int64_t H, int64_t W, int64_t C, int64_t k, int6
   if (k > 31) check(false, "weight: depthwise kernel size must be <= 31, got " + std::to_string(k));
 }
 
-#include "vec.h"  // V16, V8, VW, kW, vload, vstore (this variant's)
+#include "vec.h"  // V16, V8, VW, kW, vload, vstore, madd (this variant's)
 
 // Output pixels a row kernel computes at once (its P). In v4 the forward at stride 1 (and the backward's row kernel
 // at k = 5) runs P = 8 over the row's first 8-pixel blocks (8 FMA chains; 8 accumulators and the 7 + K inputs of a
 // tap row fit its 32 vector registers; at stride 2, 7 * 2 + K do not) and this P for the rest, two channel blocks
 // at a time (conv_row_fast, bwd_row_fast). v3 and base use this P throughout (16 ymm registers in v3).
 constexpr int kRowPixels = 4;
-
-// a * b + c, rounded once where the ISA has FMA (v3, v4), twice in base: explicit, not left to gcc's contraction,
-// because gcc's Zen tuning (-mtune=native on an AMD EPYC) emits a multiply and an add instead of an FMA when the
-// sum is carried around a loop (vectors up to 256 bits, scalars): the bits of a sum then depended on whether the
-// compiler unrolled its loop, and on the build machine. Every sum below that was an FMA when its loop was fully
-// unrolled (or its accumulator lived in memory) is one here, so the bits are those of the unrolled code.
-template <typename T>
-inline T madd(T a, T b, T c) {
-#if defined(FBNET_ISA_V4) || defined(FBNET_ISA_V3)
-  if constexpr (sizeof(T) == 4) {
-    return __builtin_fmaf(a, b, c);
-  } else if constexpr (sizeof(T) == 32) {
-    return reinterpret_cast<T>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
-                                               reinterpret_cast<__m256>(c)));
-  } else {
-#if defined(FBNET_ISA_V4)
-    static_assert(sizeof(T) == 64, "madd: float, V8 or V16");
-    return reinterpret_cast<T>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
-                                               reinterpret_cast<__m512>(c)));
-#else
-    static_assert(sizeof(T) != 64, "madd: no 512-bit FMA in this variant");
-#endif
-  }
-#else
-  return a * b + c;
-#endif
-}
 
 // v4 skips the taps of rows of zeros (kh outside [kh0, kh1)) at k = 5 (k = 3 measured the same either way), with
 // explicit FMAs (madd): its sums' bits then hold whatever gcc unrolls (a first try looped over [kh0, kh1), and

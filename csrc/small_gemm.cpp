@@ -26,6 +26,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <immintrin.h>  // vec.h's madd
+
 FBNET_ISA_BEGIN
 namespace fbnet {
 namespace FBNET_ISA {

@@ -3,7 +3,8 @@
 // FBNET_ISA_BEGIN), never at global scope, so each variant's instances get their own names
 // and the linker cannot swap an AVX-512 copy into the base variant (common.h).
 #pragma once
-// (std::memcpy: the including file includes <cstring> at global scope first.)
+// (std::memcpy and the FMA intrinsics: the including file includes <cstring> and <immintrin.h> at global scope
+// first.)
 
 // GCC vector types: one `V` is 16 (or 8) channels, a zmm in the v4 build, two ymm in v3,
 // four xmm in base; unaligned (aligned(4)) so any channel offset loads.
@@ -44,5 +45,32 @@ inline void in_register(V& v) {
   asm("" : "+v"(v));
 #else
   (void)v;
+#endif
+}
+
+// a * b + c, rounded once where the ISA has FMA (v3, v4), twice in base: explicit, not left to gcc's contraction,
+// because gcc's Zen tuning (-mtune=native on an AMD EPYC) emits a multiply and an add instead of an FMA when the
+// sum is carried around a loop (vectors up to 256 bits, scalars): the bits of a sum then depended on whether the
+// compiler unrolled its loop, and on the build machine. Every sum below that was an FMA when its loop was fully
+// unrolled (or its accumulator lived in memory) is one with madd, so the bits are those of the unrolled code.
+template <typename T>
+inline T madd(T a, T b, T c) {
+#if defined(FBNET_ISA_V4) || defined(FBNET_ISA_V3)
+  if constexpr (sizeof(T) == 4) {
+    return __builtin_fmaf(a, b, c);
+  } else if constexpr (sizeof(T) == 32) {
+    return reinterpret_cast<T>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
+                                               reinterpret_cast<__m256>(c)));
+  } else {
+#if defined(FBNET_ISA_V4)
+    static_assert(sizeof(T) == 64, "madd: float, V8 or V16");
+    return reinterpret_cast<T>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
+                                               reinterpret_cast<__m512>(c)));
+#else
+    static_assert(sizeof(T) != 64, "madd: no 512-bit FMA in this variant");
+#endif
+  }
+#else
+  return a * b + c;
 #endif
 }

@@ -82,6 +82,17 @@ def test_act_grad_sums_and_apply(m, c, relu):
     assert_close_to_ref("act_grad_apply", got, bn_act_ref.act_grad_apply_ref(g, z, a, b, ctr, *ks, relu=relu), ref64)
 
 
+# Row widths of one to four vector blocks, whose act_grad_sums keeps every channel's sums in registers across the
+# rows (an 8-channel tail in v4: 8, 24, 40, 56), wider ones and ones not a multiple of 8 (the per-channel loop); 203
+# rows: three whole 64-row blocks of float partial sums and a part block.
+@pytest.mark.parametrize("c", [8, 16, 24, 32, 40, 48, 56, 64, 72, 12])
+@pytest.mark.parametrize("relu", [False, True])
+def test_act_grad_passes_every_variant(c, relu, isa):
+    """act_grad_sums and act_grad_apply in every ISA variant (the row forms each variant's vectors take) against the
+    reference."""
+    test_act_grad_sums_and_apply(203, c, relu)
+
+
 @pytest.mark.parametrize("m,c", [(5003, 72), (1024, 48)])  # 6 chunks by size; 16 of 64 rows (the chunk floor)
 def test_reductions_are_thread_count_invariant(m, c):
     z, g, (a, b, ctr, *_) = _inputs(m, c, seed=3)
