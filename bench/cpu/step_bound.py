@@ -1,6 +1,6 @@
 """Where the supernet step's time goes, layer by layer, against what its matrix products alone must cost.
 
-    python bench/cpu/step_bound.py [--threads 2] [--rounds 5] [--width 1.0] [--batch 32]
+    python bench/cpu/step_bound.py [--threads 2] [--rounds 5] [--width 1.0] [--batch 32] [--frozen] [--as-avx2]
 
 One soft supernet training step (fbnet-cifar, every candidate of every layer active: the speed issue's
 "supernet step" case at width 1.0, batch 32), eager channels_last and fused, rounds alternating after one
@@ -23,6 +23,11 @@ cost where they run in MKL (the fused path runs the 8x8 and 4x4 layers' there, a
 kernel), so ``eager / MKL`` is the most any implementation that leaves its products to MKL can gain on the layer
 over eager: where it is below 2, a 2x step needs products faster than MKL runs them, not less work around them.
 
+The timed rounds run with the objects alive at their start frozen out of the collector's scans
+(``long_lived_frozen``), as ``fbnet-fast search`` and ``train`` run their steps: without that a full collection
+landed in one layer's forward every few steps. ``--as-avx2``: torch, oneDNN and MKL held to AVX2 and our kernels'
+``v3`` variant, as ``search_wall.py --as-avx2``.
+
 Prints a table per layer and per resolution, the totals, and writes ``bench/results/step_bound.json``. Run it
 alone on the machine.
 """
@@ -31,19 +36,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
+from search_wall import AVX2_ENV  # noqa: E402  (bench/cpu is on sys.path when run as a script)
 
-from ab_supernet import gemm_rate_timer  # noqa: E402  (bench/cpu is on sys.path when run as a script)
-from fbnet_fast.blocks import IRBlock, SkipBlock
-from fbnet_fast.malloc import tune_malloc
-from fbnet_fast.measure.core import cpu_name
-from fbnet_fast.space import load_space
-from fbnet_fast.supernet import Supernet
+if __name__ == "__main__" and "--as-avx2" in sys.argv:  # before torch loads: it reads them once
+    os.environ.update(AVX2_ENV)
+
+import torch  # noqa: E402
+
+from ab_supernet import gemm_rate_timer  # noqa: E402
+from fbnet_fast.blocks import IRBlock, SkipBlock  # noqa: E402
+from fbnet_fast.malloc import long_lived_frozen, tune_malloc  # noqa: E402
+from fbnet_fast.measure.core import cpu_name  # noqa: E402
+from fbnet_fast.space import load_space  # noqa: E402
+from fbnet_fast.supernet import Supernet  # noqa: E402
 
 OUT = Path(__file__).parents[1] / "results" / "step_bound.json"
 PROVIDERS = {"eager_cl": "reference", "fused": "cpp"}
@@ -107,7 +119,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frozen", action="store_true",
                    help="the theta step's case: every weight frozen, only theta wants a gradient (backward: input "
                         "gradients only; the first layer's backward is not timed, its input wants no gradient)")
+    p.add_argument("--as-avx2", action="store_true", help="as an AVX2-only CPU runs it (emulated)")
     args = p.parse_args(argv)
+    from fbnet_fast.ops import _ext
+
+    ext = _ext.load()
+    if args.as_avx2:
+        if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "DEFAULT"):
+            raise SystemExit("--as-avx2: torch loaded before the AVX2 restriction was set; run this file as a script")
+        ext.set_isa("v3")
+    isa = ext.isa()
     torch.set_num_threads(args.threads)
     tune_malloc()  # as the fbnet-fast commands run
     space = load_space("fbnet-cifar", width_mult=args.width)
@@ -168,12 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     mkl_times: dict[str, list[float]] = defaultdict(list)
     steps: dict[str, list[float]] = {p: [] for p in PROVIDERS}
     rates = []
-    for _ in range(args.rounds):
-        rates.append(gemm_rate())
-        for k, v in mkl().items():
-            mkl_times[k].append(v)
-        for prov in PROVIDERS:
-            steps[prov].append(step(prov))
+    with long_lived_frozen():
+        for _ in range(args.rounds):
+            rates.append(gemm_rate())
+            for k, v in mkl().items():
+                mkl_times[k].append(v)
+            for prov in PROVIDERS:
+                steps[prov].append(step(prov))
     rate = statistics.median(rates)
     med = {p: {k: statistics.median(v) for k, v in times[p].items()} for p in PROVIDERS}
     mkl_med = {k: statistics.median(v) for k, v in mkl_times.items()}
@@ -191,9 +213,10 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             rows.append(dict(layer=i, phase=phase, res=f"{h}x{w}", eager_ms=1e3 * e, fused_ms=1e3 * f,
                              product_gflop=flop / 1e9, bound_ms=1e3 * flop / rate, mkl_ms=1e3 * mkl_med[key]))
-    print(f"cpu {cpu_name()}, torch {torch.__version__} "
-          f"({torch.backends.cpu.get_cpu_capability()}), threads {args.threads}; fbnet-cifar width {args.width}, "
-          f"batch {args.batch}, soft (every candidate active){', weights frozen (theta step)' if args.frozen else ''}; median of {args.rounds} alternating rounds")
+    frozen = ", weights frozen (theta step)" if args.frozen else ""
+    print(f"cpu {cpu_name()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), fused ISA {isa}, "
+          f"threads {args.threads}; fbnet-cifar width {args.width}, batch {args.batch}, soft (every candidate "
+          f"active){frozen}; median of {args.rounds} alternating rounds")
     print(f"fp32 GEMM rate {rate / 1e9:.1f} GFLOP/s; whole step: eager_cl {step_med['eager_cl']:.3f} s, fused "
           f"{step_med['fused']:.3f} s ({step_med['eager_cl'] / step_med['fused']:.2f}x)\n")
     print("| layer | res | eager ms | fused ms | eager/fused | products GFLOP | bound ms | eager/bound | fused/bound "
@@ -220,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\noutside the layers (stem, head, loss, sampling, zero_grad, autograd engine): eager {rest['eager_cl']:.0f} ms, "
           f"fused {rest['fused']:.0f} ms")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(dict(cpu=cpu_name(), torch=torch.__version__, threads=args.threads, frozen=args.frozen,
+    OUT.write_text(json.dumps(dict(cpu=cpu_name(), torch=torch.__version__,
+                                   capability=torch.backends.cpu.get_cpu_capability(), threads=args.threads,
+                                   isa=isa, frozen=args.frozen,
                                    width=args.width, batch=args.batch, rounds=args.rounds,
                                    gemm_gflops=rate / 1e9, step_s=step_med, layers=rows,
                                    groups={k: dict(eager_ms=v[0], fused_ms=v[1], bound_ms=v[2], mkl_ms=v[3])
