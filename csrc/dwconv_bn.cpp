@@ -419,11 +419,63 @@ inline void row_centred_squares(const float* __restrict__ orow, int64_t Wo, int6
   }
 }
 
+// activate_row for rows of C = B * kW (+ 8 with Tail8) channels, scale and shift in registers across the pixels: the
+// per-channel loop reloaded them, and set its loop up, for each pixel (at 8 channels a pixel is one vector). Per
+// element relu(a * z + b) with the FMA gcc contracts the loop's to (madd): the same bits.
+template <int B, bool Tail8>
+void activate_row_regs(const float* __restrict__ src, int64_t W, int64_t C, const float* __restrict__ a,
+                       const float* __restrict__ b, float* __restrict__ dst) {
+  constexpr int NB = B > 0 ? B : 1;
+  VW va[NB], vb[NB];
+  for (int j = 0; j < B; ++j) {
+    va[j] = vload<VW>(a + j * kW);
+    vb[j] = vload<VW>(b + j * kW);
+  }
+  constexpr int64_t t = B * kW;  // the 8-channel tail's first channel
+  V8 ta = {}, tb = {};
+  if constexpr (Tail8) {
+    ta = vload<V8>(a + t);
+    tb = vload<V8>(b + t);
+  }
+  const VW zw = {};
+  const V8 z8 = {};
+  for (int64_t iw = 0; iw < W; ++iw) {
+    const float* x = src + iw * C;
+    float* y = dst + iw * C;
+    for (int j = 0; j < B; ++j) {
+      const VW h = madd(va[j], vload<VW>(x + j * kW), vb[j]);
+      vstore<VW>(y + j * kW, h < zw ? zw : h);  // std::max(h, 0): keeps NaN
+    }
+    if constexpr (Tail8) {
+      const V8 h = madd(ta, vload<V8>(x + t), tb);
+      vstore<V8>(y + t, h < z8 ? z8 : h);
+    }
+  }
+}
+
 }  // namespace
 
 // h1 = relu(scale1 * z1 + shift1) of one row of W pixels x C channels (the forward's activated input row).
 void activate_row(const float* __restrict__ src, int64_t W, int64_t C, const float* __restrict__ a,
                   const float* __restrict__ b, float* __restrict__ dst) {
+  constexpr int64_t kMaxBlocks = 4;  // two vectors a block (scale, shift) in registers
+  const bool t8 = C % kW != 0;
+  if (C % 8 == 0 && C / kW + (t8 ? 1 : 0) <= kMaxBlocks) {
+    switch (C / kW) {
+      case 0: return activate_row_regs<0, true>(src, W, C, a, b, dst);
+      case 1:
+        return t8 ? activate_row_regs<1, true>(src, W, C, a, b, dst)
+                  : activate_row_regs<1, false>(src, W, C, a, b, dst);
+      case 2:
+        return t8 ? activate_row_regs<2, true>(src, W, C, a, b, dst)
+                  : activate_row_regs<2, false>(src, W, C, a, b, dst);
+      case 3:
+        return t8 ? activate_row_regs<3, true>(src, W, C, a, b, dst)
+                  : activate_row_regs<3, false>(src, W, C, a, b, dst);
+      case 4: return activate_row_regs<4, false>(src, W, C, a, b, dst);
+      default: break;
+    }
+  }
   for (int64_t iw = 0; iw < W; ++iw) {
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) dst[iw * C + c] = std::max(a[c] * src[iw * C + c] + b[c], 0.0f);
@@ -685,10 +737,7 @@ void dwconv_bn_backward(buf_t grad_out, buf_t z1, int64_t N, int64_t H, int64_t 
           const int64_t oh1 = (ih + 1 + p) / stride;
           if (oh1 < Ho && ih + 1 < H) prefetch_floats(gp + (n * Ho + oh1) * Wo * C, Wo * C);
         }
-        for (int64_t i = 0; wgrad && i < W * C; i += C) {  // h feeds the weight gradient only
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) hrow[i + c] = std::max(a[c] * zrow[i + c] + b[c], 0.0f);
-        }
+        if (wgrad) activate_row(zrow, W, C, a, b, hrow);  // h feeds the weight gradient only
         // Output (oh, ow) reads input (oh*s - p + kh, ow*s - p + kw): the rows oh this
         // input row feeds, one per kh at most.
         int64_t ohs[32];

@@ -41,6 +41,10 @@ SHAPES = [
     # stride-2 backward by the gather loop: 16-channel blocks, then 8-channel blocks, then single channels
     (2, 9, 10, 8, 3, 2),    # one 8-block (the e1 candidates of a reduction layer)
     (2, 7, 6, 28, 5, 2),    # a 16-block, an 8-block and 4 single channels
+    # activated rows with scale and shift in registers (activate_row): 4 vector blocks in v3 / v4, 3 and an 8-tail in v4
+    (2, 5, 6, 32, 3, 1),
+    (2, 4, 5, 64, 5, 1),
+    (1, 5, 5, 56, 3, 2),
 ]
 
 
