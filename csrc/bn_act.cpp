@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <immintrin.h>  // vec.h's madd
@@ -145,22 +146,6 @@ template <bool kRelu>
 using GradSumsRegs = void (*)(const float*, const float*, int64_t, int64_t, int64_t, const float*, const float*,
                               const float*, float*, float*);
 
-// The grad_sums_regs instance for C channels, or nullptr: C not a whole number of blocks (a multiple of 8), or more
-// than 4 of them (then every row has enough independent sums for the loop below).
-template <bool kRelu>
-GradSumsRegs<kRelu> grad_sums_regs_for(int64_t C) {
-  if (C % 8 != 0) return nullptr;
-  const bool t8 = C % kW != 0;
-  switch (C / kW) {
-    case 0: return t8 ? grad_sums_regs<kRelu, 0, true> : nullptr;
-    case 1: return t8 ? grad_sums_regs<kRelu, 1, true> : grad_sums_regs<kRelu, 1, false>;
-    case 2: return t8 ? grad_sums_regs<kRelu, 2, true> : grad_sums_regs<kRelu, 2, false>;
-    case 3: return t8 ? grad_sums_regs<kRelu, 3, true> : grad_sums_regs<kRelu, 3, false>;
-    case 4: return t8 ? nullptr : grad_sums_regs<kRelu, 4, false>;
-    default: return nullptr;
-  }
-}
-
 // sum gm and sum gm * (z - m) for rows [r0, r1): float within blocks of kBlock rows
 // (vectorises; <= 64 terms keep float error at the 1e-7 level), double across blocks.
 // Rows of at most 4 vector blocks keep their sums in registers (grad_sums_regs): this loop keeps them in memory, and
@@ -174,7 +159,10 @@ void grad_sums_rows(const float* __restrict__ gp, const float* __restrict__ zp, 
                     const float* __restrict__ m, float* __restrict__ fs, float* __restrict__ fq,
                     double* __restrict__ s, double* __restrict__ q) {
   constexpr int64_t kBlock = 64;
-  const GradSumsRegs<kRelu> regs = grad_sums_regs_for<kRelu>(C);
+  GradSumsRegs<kRelu> regs = nullptr;  // wider rows: enough independent sums a row for the loop below
+  with_row_blocks<4>(C, [&](auto B, auto T8) {
+    regs = grad_sums_regs<kRelu, decltype(B)::value, decltype(T8)::value>;
+  });
   for (int64_t rb = r0; rb < r1; rb += kBlock) {
     const int64_t re = std::min(r1, rb + kBlock);
     if (regs) {
@@ -244,24 +232,6 @@ void apply_rows_regs(const float* gp, const float* zp, int64_t r0, int64_t r1, i
 using ApplyRowsRegs = void (*)(const float*, const float*, int64_t, int64_t, int64_t, const float*, const float*,
                                const float*, const float*, const float*, const float*, float*);
 
-// The apply_rows_regs instance for C channels, or nullptr: C not a multiple of 8, or more blocks than the registers
-// hold six coefficient vectors for (v4: 4 of 16 channels; v3 and base: 2 of 8).
-template <bool Relu>
-ApplyRowsRegs apply_rows_regs_for(int64_t C) {
-  if (C % 8 != 0) return nullptr;
-  const bool t8 = C % kW != 0;
-  constexpr int64_t kMaxBlocks = kW == 16 ? 4 : 2;
-  if (C / kW + (t8 ? 1 : 0) > kMaxBlocks) return nullptr;
-  switch (C / kW) {
-    case 0: return apply_rows_regs<Relu, 0, true>;
-    case 1: return t8 ? apply_rows_regs<Relu, 1, true> : apply_rows_regs<Relu, 1, false>;
-    case 2: return t8 ? apply_rows_regs<Relu, 2, true> : apply_rows_regs<Relu, 2, false>;
-    case 3: return t8 ? apply_rows_regs<Relu, 3, true> : apply_rows_regs<Relu, 3, false>;
-    case 4: return apply_rows_regs<Relu, 4, false>;
-    default: return nullptr;
-  }
-}
-
 }  // namespace
 
 void act_grad_sums(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t shift, bool relu,
@@ -311,7 +281,12 @@ void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t s
   const float* __restrict__ c2 = CF(k2);
   const float* __restrict__ c3 = CF(k3);
   float* op = F(out);
-  const ApplyRowsRegs regs = relu ? apply_rows_regs_for<true>(C) : apply_rows_regs_for<false>(C);
+  ApplyRowsRegs regs = nullptr;  // up to 4 blocks in v4, 2 in v3 and base: six coefficient vectors a block
+  with_row_blocks<kW == 16 ? 4 : 2>(C, [&](auto B, auto T8) {
+    constexpr int kB = decltype(B)::value;
+    constexpr bool kT8 = decltype(T8)::value;
+    regs = relu ? apply_rows_regs<true, kB, kT8> : apply_rows_regs<false, kB, kT8>;
+  });
   if (regs) {
     constexpr int64_t kRows = 64;
 #pragma omp parallel for schedule(static)

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include <immintrin.h>  // vec.h's madd: explicit FMAs (v3, v4)
@@ -458,24 +459,11 @@ void activate_row_regs(const float* __restrict__ src, int64_t W, int64_t C, cons
 // h1 = relu(scale1 * z1 + shift1) of one row of W pixels x C channels (the forward's activated input row).
 void activate_row(const float* __restrict__ src, int64_t W, int64_t C, const float* __restrict__ a,
                   const float* __restrict__ b, float* __restrict__ dst) {
-  constexpr int64_t kMaxBlocks = 4;  // two vectors a block (scale, shift) in registers
-  const bool t8 = C % kW != 0;
-  if (C % 8 == 0 && C / kW + (t8 ? 1 : 0) <= kMaxBlocks) {
-    switch (C / kW) {
-      case 0: return activate_row_regs<0, true>(src, W, C, a, b, dst);
-      case 1:
-        return t8 ? activate_row_regs<1, true>(src, W, C, a, b, dst)
-                  : activate_row_regs<1, false>(src, W, C, a, b, dst);
-      case 2:
-        return t8 ? activate_row_regs<2, true>(src, W, C, a, b, dst)
-                  : activate_row_regs<2, false>(src, W, C, a, b, dst);
-      case 3:
-        return t8 ? activate_row_regs<3, true>(src, W, C, a, b, dst)
-                  : activate_row_regs<3, false>(src, W, C, a, b, dst);
-      case 4: return activate_row_regs<4, false>(src, W, C, a, b, dst);
-      default: break;
-    }
-  }
+  // up to 4 blocks: two vectors a block (scale, shift) in registers
+  if (with_row_blocks<4>(C, [&](auto B, auto T8) {
+        activate_row_regs<decltype(B)::value, decltype(T8)::value>(src, W, C, a, b, dst);
+      }))
+    return;
   for (int64_t iw = 0; iw < W; ++iw) {
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) dst[iw * C + c] = std::max(a[c] * src[iw * C + c] + b[c], 0.0f);

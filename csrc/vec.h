@@ -3,8 +3,8 @@
 // FBNET_ISA_BEGIN), never at global scope, so each variant's instances get their own names
 // and the linker cannot swap an AVX-512 copy into the base variant (common.h).
 #pragma once
-// (std::memcpy and the FMA intrinsics: the including file includes <cstring> and <immintrin.h> at global scope
-// first.)
+// (std::memcpy, std::integral_constant and the FMA intrinsics: the including file includes <cstring>, <type_traits>
+// and <immintrin.h> at global scope first.)
 
 // GCC vector types: one `V` is 16 (or 8) channels, a zmm in the v4 build, two ymm in v3,
 // four xmm in base; unaligned (aligned(4)) so any channel offset loads.
@@ -73,4 +73,27 @@ inline T madd(T a, T b, T c) {
 #else
   return a * b + c;
 #endif
+}
+
+// The register forms of the passes over narrow rows (bn_act.cpp's act_grad_sums and act_grad_apply, dwconv_bn.cpp's
+// activate_row): a row of C = B * kW + (Tail8 ? 8 : 0) channels, B + Tail8 <= MaxBlocks vectors, whose per-channel
+// vectors stay in registers across the rows. with_row_blocks calls f(integral_constant<int, B>, bool_constant<Tail8>)
+// for C's form and returns true, or returns false when C has none (not a multiple of 8, or too many blocks).
+template <int B, int MaxBlocks, typename F>
+inline bool row_blocks_from(int64_t nb, bool t8, F& f) {
+  if constexpr (B > MaxBlocks) {
+    return false;
+  } else {
+    if (nb != B) return row_blocks_from<B + 1, MaxBlocks>(nb, t8, f);
+    if (t8) {
+      if constexpr (B + 1 <= MaxBlocks) f(std::integral_constant<int, B>{}, std::true_type{});
+      return B + 1 <= MaxBlocks;
+    }
+    if constexpr (B > 0) f(std::integral_constant<int, B>{}, std::false_type{});
+    return B > 0;
+  }
+}
+template <int MaxBlocks, typename F>
+inline bool with_row_blocks(int64_t C, F&& f) {
+  return C % 8 == 0 && row_blocks_from<0, MaxBlocks>(C / kW, C % kW != 0, f);
 }
