@@ -175,7 +175,7 @@ void grad_sums_rows(const float* __restrict__ gp, const float* __restrict__ zp, 
         const float* __restrict__ zr = zp + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const float g = gr[c];  // read whatever the mask (see act_grad_apply)
+          const float g = gr[c];  // read whatever the mask (see act_grad_apply's loop)
           const float gm = (!kRelu || a[c] * zr[c] + b[c] > 0.0f) ? g : 0.0f;
           fs[c] += gm;
           fq[c] += gm * (zr[c] - m[c]);
@@ -300,16 +300,11 @@ void act_grad_apply(buf_t g, buf_t z, int64_t M, int64_t C, buf_t scale, buf_t s
     float* o = op + r * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-#if defined(FBNET_ISA_V4)
-      const float gm = (!relu || a[c] * zr[c] + b[c] > 0.0f) ? gr[c] : 0.0f;
-#else
-      // g read whatever the mask (a load, then a select): the conditional read above is a masked load (vmaskmovps)
-      // in v3, after the compare, and this loop ran up to 1.7x slower for it (bench/cpu/ab_bn_act.py, AMD EPYC Zen 4,
-      // 1 thread: 1.6-1.7x at 24-48 channels, 1.3-1.4x at 96 and 672, 1.0-1.1x at 8-16). v4's is an AVX-512 masked
-      // load (a k register), no slower than a plain one there: kept. The same value either way.
+      // g read whatever the mask (a load, then a select): gcc made a conditional read a masked load (vmaskmovps)
+      // in v3, behind the compare, and this loop ran up to 1.7x slower for it (bench/cpu/ab_bn_act.py, AMD EPYC Zen 4,
+      // 1 thread: 1.6-1.7x at 24-48 channels, 1.3-1.4x at 96 and 672). The same value either way.
       const float g = gr[c];
       const float gm = (!relu || a[c] * zr[c] + b[c] > 0.0f) ? g : 0.0f;
-#endif
       // Centred: k2 * z + (k3 - k2 * center) cancels when |mean| >> std (few pixels).
       o[c] = c1[c] * gm + c2[c] * (zr[c] - m[c]) + c3[c];
     }

@@ -66,9 +66,8 @@ def test_affine_act_and_accumulate(m, c, relu):
     assert_close_to_ref("affine_act in place", zz, bn_act_ref.affine_act_ref(z, a, b, relu=relu), ref)
 
 
-@pytest.mark.parametrize("m,c", SHAPES)
-@pytest.mark.parametrize("relu", [False, True])
-def test_act_grad_sums_and_apply(m, c, relu):
+def _check_act_grad_passes(m, c, relu):
+    """act_grad_sums and act_grad_apply over [m, c] against the reference."""
     z, g, (a, b, ctr, k1, k2, k3) = _inputs(m, c)
     d = [t.double() for t in (g, z, a, b, ctr)]
     got = bn_act.act_grad_sums(g, z, a, b, ctr, relu=relu)
@@ -82,6 +81,12 @@ def test_act_grad_sums_and_apply(m, c, relu):
     assert_close_to_ref("act_grad_apply", got, bn_act_ref.act_grad_apply_ref(g, z, a, b, ctr, *ks, relu=relu), ref64)
 
 
+@pytest.mark.parametrize("m,c", SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_act_grad_sums_and_apply(m, c, relu):
+    _check_act_grad_passes(m, c, relu)
+
+
 # Row widths of one to four vector blocks, whose act_grad_sums keeps every channel's sums in registers across the
 # rows (an 8-channel tail in v4: 8, 24, 40, 56), wider ones and ones not a multiple of 8 (the per-channel loop); 203
 # rows: three whole 64-row blocks of float partial sums and a part block.
@@ -90,7 +95,7 @@ def test_act_grad_sums_and_apply(m, c, relu):
 def test_act_grad_passes_every_variant(c, relu, isa):
     """act_grad_sums and act_grad_apply in every ISA variant (the row forms each variant's vectors take) against the
     reference."""
-    test_act_grad_sums_and_apply(203, c, relu)
+    _check_act_grad_passes(203, c, relu)
 
 
 @pytest.mark.parametrize("m,c", [(5003, 72), (1024, 48)])  # 6 chunks by size; 16 of 64 rows (the chunk floor)

@@ -43,7 +43,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from search_wall import AVX2_ENV  # noqa: E402  (bench/cpu is on sys.path when run as a script)
+from search_wall import AVX2_ENV, prepare  # noqa: E402  (bench/cpu is on sys.path when run as a script)
 
 if __name__ == "__main__" and "--as-avx2" in sys.argv:  # before torch loads: it reads them once
     os.environ.update(AVX2_ENV)
@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 from ab_supernet import gemm_rate_timer  # noqa: E402
 from fbnet_fast.blocks import IRBlock, SkipBlock  # noqa: E402
-from fbnet_fast.malloc import long_lived_frozen, tune_malloc  # noqa: E402
+from fbnet_fast.malloc import long_lived_frozen  # noqa: E402
 from fbnet_fast.measure.core import cpu_name  # noqa: E402
 from fbnet_fast.space import load_space  # noqa: E402
 from fbnet_fast.supernet import Supernet  # noqa: E402
@@ -121,16 +121,9 @@ def main(argv: list[str] | None = None) -> None:
                         "gradients only; the first layer's backward is not timed, its input wants no gradient)")
     p.add_argument("--as-avx2", action="store_true", help="as an AVX2-only CPU runs it (emulated)")
     args = p.parse_args(argv)
-    from fbnet_fast.ops import _ext
-
-    ext = _ext.load()
-    if args.as_avx2:
-        if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "DEFAULT"):
-            raise SystemExit("--as-avx2: torch loaded before the AVX2 restriction was set; run this file as a script")
-        ext.set_isa("v3")
-    isa = ext.isa()
-    torch.set_num_threads(args.threads)
-    tune_malloc()  # as the fbnet-fast commands run
+    if args.as_avx2 and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "DEFAULT"):
+        raise SystemExit("--as-avx2: torch loaded before the AVX2 restriction was set; run this file as a script")
+    isa = prepare(args.as_avx2, args.threads).isa()  # our v3 with --as-avx2, threads, malloc as the commands run
     space = load_space("fbnet-cifar", width_mult=args.width)
     times: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in PROVIDERS}
     shapes: dict[int, tuple[int, int, int, int]] = {}
