@@ -128,6 +128,24 @@ constexpr int kPNarrow = 8;
 constexpr int kPNarrow = 4;
 #endif
 
+// The 8-row single-vector tile, out of line. Its loop addresses 8 rows of A (a base and 7 row offsets) besides B,
+// its stride and the bound. Inlined into gemm_rows, whose own loops keep their values in registers across it, gcc
+// kept 4 of the row offsets on the stack and reloaded them every k (perf: 4 stack loads beside the 8 broadcasts and
+// 8 FMAs of each k, v3); the loops of the other tiles there lost registers to it too (2-5 stack loads a k in v3).
+// In a function of its own none of the loops has one (bench/results/session30/gemm_rows_loops_v3.txt). The same
+// instructions otherwise, so the same bits (small_gemm over base, v3 and v4, 1-4,099 rows x 1-144 x 1-184: plain,
+// prologue, accumulate, statistics; equal to the inlined build's). One call per tile of 8 rows x K. Measured in one
+// process against the inlined build (bench/cpu/ab_small_gemm.py, AMD EPYC Zen 4, 1 thread, the default search's
+// products): emulated AVX2 (v3) 1.04-1.23x on every product into 8 channels; AVX-512 (v4), whose broadcasts fold
+// into the FMAs, 1.06-1.29x where single-vector tiles make most of the columns (8 -> 24 and 8 -> 48 channels), the
+// rest within 0.95-1.07x both ways.
+template <typename V>
+__attribute__((noinline)) void tile_narrow(const float* __restrict__ a, int64_t lda, int64_t K,
+                                           const float* __restrict__ b, int64_t ldb, float* __restrict__ o,
+                                           int64_t ldo, int64_t valid, bool accumulate) {
+  tile<V, 8, 1>(a, lda, K, b, ldb, o, ldo, valid, accumulate);
+}
+
 // Rows [r, r + P) of out (P = kP or 2 kP), every column block, in tiles of kP rows, single-vector blocks of
 // kPNarrow; with sc (the prologue) A's rows go through abuf.
 template <int P>
@@ -143,7 +161,10 @@ inline void row_block(const float* a, int64_t lda, int64_t K, const float* bp, i
     constexpr int PT = NB == 1 ? std::min(P, kPNarrow) : kP;  // rows a tile
     static_assert(P % PT == 0, "whole tiles");
     for (int q = 0; q < P; q += PT)
-      tile<decltype(v), PT, NB>(a + q * lda, lda, K, bp + n0, Np, o + q * ldo + n0, ldo, N - n0, accumulate);
+      if constexpr (NB == 1 && PT == 8)
+        tile_narrow<decltype(v)>(a + q * lda, lda, K, bp + n0, Np, o + q * ldo + n0, ldo, N - n0, accumulate);
+      else
+        tile<decltype(v), PT, NB>(a + q * lda, lda, K, bp + n0, Np, o + q * ldo + n0, ldo, N - n0, accumulate);
   });
 }
 
