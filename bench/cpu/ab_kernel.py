@@ -1,5 +1,9 @@
 """What the one-kernel A/Bs (``ab_bn_act.py``, ``ab_small_gemm.py``) share: their options, the baseline build loaded
-beside this checkout's, and rounds that alternate which build goes first."""
+beside this checkout's, and rounds that alternate which build goes first.
+
+Both builds are timed writing into the same output buffers (each first writes its own, for the bits compared): with
+one buffer each, a 12 MB output's pages (huge or not) moved one product's ratio by up to 0.25 between runs (AMD EPYC
+Zen 4, ``bench/results/session30/ab_small_gemm_first.txt``)."""
 
 from __future__ import annotations
 

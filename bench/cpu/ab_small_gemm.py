@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                 run(name)  # warm-up; the outputs compared are this first call's
             kept = 3 if stats else 1  # the statistics' vectors are written only with stats
             same = all(torch.equal(u, v) for u, v in zip(outs["baseline"][:kept], outs["this"][:kept]))
-            # Both builds time into the same buffers: separate ones of up to 12 MB may differ in their pages (huge or
-            # not), which moved the ratio of one product by up to 0.25 between runs.
-            shared = outs["baseline"]
+            shared = outs["baseline"]  # timed into the same buffers (ab_kernel.py says why)
             med = alternate(lambda name: run(name, shared), args.rounds)
             print(f"| {label} | {med['baseline']:.3f} | {med['this']:.3f} | {med['baseline'] / med['this']:.2f}x | "
                   f"{same} |")
