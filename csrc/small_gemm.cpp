@@ -374,8 +374,14 @@ struct TnPrefetch {
 // Chunk rows [0, R) of X (ldx) and of Y (padded, Qp columns, row stride ldy): the P x Q partial,
 // 4 columns of X broadcast against NB vectors of a Y row, registers for the whole chunk. pf: taken (and cleared)
 // by the first tile that runs with it; the sums are the same with or without.
+// Out of line, as gemm_rows's narrow tile (see tile_narrow): inlined into small_gemm_tn's chunk loop, the v3 tiles'
+// loops reloaded up to 5 values a row from the stack; on their own none does (the prefetching rows' loops 2). Same
+// instructions otherwise, same bits (every variant, 1-4,099 rows x 1-48 x 1-192, with the prologue on either side:
+// equal to the inlined build's). The default search's weight gradients, in one process against the inlined build
+// (bench/cpu/ab_small_gemm.py, AMD EPYC Zen 4, 1 thread, 31 rounds): emulated AVX2 (v3) 1.05-1.21x but for one
+// (0.99x); AVX-512 (v4) 0.97-1.24x, most within 0.97-1.04x.
 template <typename V, int PB, int NB>
-inline void tn_tile(const float* __restrict__ x, int64_t ldx, const float* __restrict__ y, int64_t ldy, int64_t R,
+__attribute__((noinline)) void tn_tile(const float* __restrict__ x, int64_t ldx, const float* __restrict__ y, int64_t ldy, int64_t R,
                     float* __restrict__ part, int64_t ldp, TnPrefetch& pf) {
   constexpr int L = sizeof(V) / sizeof(float);
   const TnPrefetch ahead = pf;
