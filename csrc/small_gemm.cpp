@@ -381,8 +381,8 @@ struct TnPrefetch {
 // (bench/cpu/ab_small_gemm.py, AMD EPYC Zen 4, 1 thread, 31 rounds): emulated AVX2 (v3) 1.05-1.21x but for one
 // (0.99x); AVX-512 (v4) 0.97-1.24x, most within 0.97-1.04x.
 template <typename V, int PB, int NB>
-__attribute__((noinline)) void tn_tile(const float* __restrict__ x, int64_t ldx, const float* __restrict__ y, int64_t ldy, int64_t R,
-                    float* __restrict__ part, int64_t ldp, TnPrefetch& pf) {
+__attribute__((noinline)) void tn_tile(const float* __restrict__ x, int64_t ldx, const float* __restrict__ y,
+                                       int64_t ldy, int64_t R, float* __restrict__ part, int64_t ldp, TnPrefetch& pf) {
   constexpr int L = sizeof(V) / sizeof(float);
   const TnPrefetch ahead = pf;
   pf = {};

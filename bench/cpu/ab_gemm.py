@@ -53,21 +53,34 @@ def _median_ms(f, rounds: int) -> float:
     return statistics.median(ts) * 1e3
 
 
-def step_shapes(space, batch: int, res: int = 32) -> collections.Counter:
-    """``(M, K, N) -> count`` of the products one soft supernet step's IR candidates run (forward + backward)."""
-    shapes: collections.Counter = collections.Counter()
+# The 1x1 products of an IR candidate in a supernet step, by role: ``z1 = x W1^T``, ``z3 = relu(bn2(z2)) W3^T``,
+# ``gh2 = gz3 W3``, ``gx += gz1 W1`` (``[M, K] @ [K, N]``), and the weight gradients ``gw3 = gz3^T relu(bn2(z2))``,
+# ``gw1 = gz1^T x`` (``[M, K]^T [M, N]``, the operands as the fused op passes them to gemm.mm_tn).
+PRODUCTS = ("z1", "z3", "gh2", "gx")
+WEIGHT_GRADIENTS = ("gw3", "gw1")
+
+
+def step_products(space, batch: int, res: int = 32):
+    """``(role, M, K, N)`` of every product one soft supernet step's IR candidates run (forward + backward), roles as
+    in :data:`PRODUCTS` and :data:`WEIGHT_GRADIENTS` (the default keep budget holds every layer: no recomputation)."""
     ir = [c for c in map(parse_candidate, space.candidates) if c.kind == "ir"]
     for layer in space.layers:
         out_res = (res + layer.stride - 1) // layer.stride
         m_in, m_out = batch * res * res, batch * out_res * out_res
         for cand in ir:
             mid = cand.mid_channels(layer.c_in)
-            shapes[(m_in, layer.c_in, mid)] += 1  # z1 (the default keep budget holds every layer: no recomputation)
-            shapes[(m_out, mid, layer.c_out)] += 1  # z3
-            shapes[(m_out, layer.c_out, mid)] += 1  # gh2
-            shapes[(m_in, mid, layer.c_in)] += 1  # gx
+            yield "z1", m_in, layer.c_in, mid
+            yield "z3", m_out, mid, layer.c_out
+            yield "gh2", m_out, layer.c_out, mid
+            yield "gx", m_in, mid, layer.c_in
+            yield "gw3", m_out, layer.c_out, mid
+            yield "gw1", m_in, mid, layer.c_in
         res = out_res
-    return shapes
+
+
+def step_shapes(space, batch: int, res: int = 32) -> collections.Counter:
+    """``(M, K, N) -> count`` of the products (:data:`PRODUCTS`) one soft supernet step's IR candidates run."""
+    return collections.Counter((m, k, n) for role, m, k, n in step_products(space, batch, res) if role in PRODUCTS)
 
 
 def concat_table(space, batch: int, rounds: int) -> None:

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ab_so import baseline_beside  # noqa: E402  (the baseline build loaded beside this checkout's)
-from search_wall import prepare  # noqa: E402  (threads, malloc)
+from ab_so import baseline_beside, setup  # noqa: E402  (the baseline build beside this checkout's, set up as ab_so's)
 
 
 @contextlib.contextmanager
@@ -29,10 +28,9 @@ def kernel_ab(description: str, argv: list[str] | None):
     p.add_argument("--isa", default=None, help="the ISA variant both builds run (base, v3, v4)")
     p.add_argument("--rounds", type=int, default=31)
     p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(as_avx2=False)  # the variant is --isa's; torch and its libraries run as they load
     args = p.parse_args(argv)
-    if not args.baseline_so.is_file():
-        raise SystemExit(f"--baseline-so {args.baseline_so}: no such file")
-    new = prepare(False, args.threads)
+    new = setup(args)
     import torch
 
     from fbnet_fast.measure.core import cpu_name

@@ -3,11 +3,11 @@ one process.
 
     python bench/cpu/ab_small_gemm.py --baseline-so PATH [--isa v3] [--rounds 31] [--threads 1]
 
-The products are an IR candidate's that run on the narrow-product kernels in a step of the default search
-(fbnet-cifar, width 0.25, batch 64), at its 8-, 16- and 32-channel layers, for the expansions 1, 3 and 6:
-``small_gemm``'s ``x W1^T`` (with the output's batch statistics), ``relu(bn2(z2)) W3^T`` (the BN2 + ReLU prologue,
-statistics), ``gz3 W3`` and ``gx += gz1 W1`` (accumulate), and ``small_gemm_tn``'s weight gradients
-``gz3^T relu(bn2(z2))`` (the prologue) and ``gz1^T x``, as ``gemm.mm_tn`` calls it (the narrower side broadcast).
+The products are every distinct one a soft supernet step of the default search (fbnet-cifar, width 0.25, batch 64)
+runs on the narrow-product kernels, by role (``ab_gemm.step_products``): ``small_gemm``'s ``z1 = x W1^T`` (with the
+output's batch statistics), ``z3 = relu(bn2(z2)) W3^T`` (the BN2 + ReLU prologue, statistics), ``gh2 = gz3 W3`` and
+``gx += gz1 W1`` (accumulate), and ``small_gemm_tn``'s weight gradients ``gw3 = gz3^T relu(bn2(z2))`` (the prologue)
+and ``gw1 = gz1^T x``, called as ``gemm.mm_tn`` calls it (the narrower operand broadcast).
 Rounds alternate which build goes first; each row gives both builds' medians, the ratio baseline / this
 (above 1: this checkout faster) and whether the two gave the same bits. ``--isa``: the variant both builds run
 (default: the best this CPU has). Run it alone on the machine.
@@ -21,23 +21,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from ab_kernel import alternate, kernel_ab  # noqa: E402
 
-# (rows, channels in = out) of the default search's layers at 32x32, 16x16 and 8x8 (batch 64)
-LAYERS = [(65536, 8), (16384, 16), (4096, 32)]
-EXPANSIONS = (1, 3, 6)
+# What each role's call adds to the plain product: (prologue, accumulate, statistics, small_gemm_tn)
+MODES = {"z1": (False, False, True, False), "z3": (True, False, True, False), "gh2": (False, False, False, False),
+         "gx": (False, True, False, False), "gw3": (True, False, False, True), "gw1": (False, False, False, True)}
 
 
 def cases():
-    """(label, M, K, N, prologue, accumulate, stats, tn) of each product; tn: ``small_gemm_tn`` of ``[M, K]^T
-    [M, N]`` (the prologue on the ``[M, N]`` side), else ``small_gemm`` of ``[M, K] @ [K, N]``."""
-    for m, c in LAYERS:
-        for e in EXPANSIONS:
-            mid = c * e
-            yield f"x W1^T {m}x{c}->{mid}", m, c, mid, False, False, True, False
-            yield f"h2 W3^T {m}x{mid}->{c}", m, mid, c, True, False, True, False
-            yield f"gz3 W3 {m}x{c}->{mid}", m, c, mid, False, False, False, False
-            yield f"gx += gz1 W1 {m}x{mid}->{c}", m, mid, c, False, True, False, False
-            yield f"gz3^T h2 {m}x{c}x{mid}", m, c, mid, True, False, False, True
-            yield f"gz1^T x {m}x{c}x{mid}", m, c, mid, False, False, False, True
+    """(label, M, K, N, prologue, accumulate, stats, tn) of each distinct product of the default search's step, in
+    step order; tn: ``[M, K]^T [M, N]`` by ``small_gemm_tn`` (the prologue on the ``[M, N]`` operand), else
+    ``[M, K] @ [K, N]`` by ``small_gemm``."""
+    from ab_gemm import step_products
+    from fbnet_fast.space import load_space
+
+    for role, m, k, n in dict.fromkeys(step_products(load_space("fbnet-cifar", width_mult=0.25), 64)):
+        yield f"{role} {m}x{k}->{n}" if role not in ("gw3", "gw1") else f"{role} {m}x{k}x{n}", m, k, n, *MODES[role]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,10 +45,11 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---|---|---|---|")
         g = torch.Generator().manual_seed(0)
         for label, m, k, n, pro, acc, stats, tn in cases():
+            swap = tn and k > n  # gemm.mm_tn broadcasts the narrower operand: [M, N] first
             if tn:
                 a, b = torch.randn(m, k, generator=g), torch.randn(m, n, generator=g)
                 sc, sh = torch.randn(n, generator=g), torch.randn(n, generator=g)
-                start = torch.zeros(k, n)
+                start = torch.zeros(n, k) if swap else torch.zeros(k, n)
             else:
                 a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
                 sc, sh = torch.randn(k, generator=g), torch.randn(k, generator=g)
@@ -61,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
             def run(name, bufs=None):
                 o, mean, var = bufs or outs[name]
                 pro_args = (sc.data_ptr(), sh.data_ptr()) if pro else (0, 0)
-                if tn:
+                if swap:
+                    mods[name].small_gemm_tn(b.data_ptr(), m, n, n, a.data_ptr(), k, k, o.data_ptr(), *pro_args, True)
+                elif tn:
                     mods[name].small_gemm_tn(a.data_ptr(), m, k, k, b.data_ptr(), n, n, o.data_ptr(), *pro_args, False)
                 else:
                     mods[name].small_gemm(a.data_ptr(), m, k, k, b.data_ptr(), n, o.data_ptr(), n, acc, *pro_args,
